@@ -1,0 +1,128 @@
+"""`configure(...)`: the trigger.config equivalent, for the default engine or an explicit one.
+
+>>> nbtasks.configure(on_failure=notify, retry={"max_attempts": 5}, machine="small-1x")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConfigurationError
+from ._models import check_machine, parse_retry
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+OPTIONS = ("store", "on_start", "on_success", "on_failure", "retry", "machine",
+           "concurrency_limit", "executor", "resume", "log_level", "clock")
+
+_lock = threading.Lock()
+_default: Engine | None = None
+_pending: dict[str, Any] = {}
+
+
+def _check(options: dict[str, Any]) -> None:
+    unknown = set(options) - set(OPTIONS)
+    if unknown:
+        raise ConfigurationError(
+            f"configure: unknown option(s) {sorted(unknown)}; valid: {', '.join(OPTIONS)}")
+    for hook in ("on_start", "on_success", "on_failure"):
+        fn = options.get(hook)
+        if fn is not None and not callable(fn):
+            raise ConfigurationError(f"configure: {hook} must be callable")
+    if "retry" in options:
+        parse_retry(options["retry"], where="configure: retry")
+    if "machine" in options:
+        check_machine(options["machine"], where="configure: machine")
+    if "log_level" in options and options["log_level"] not in ("none", "error", "warn", "info",
+                                                                "debug"):
+        raise ConfigurationError("configure: log_level must be none|error|warn|info|debug")
+
+
+def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
+    """Apply everything but `store`/`clock` (those choose the engine itself)."""
+    _check(options)
+    if "store" in options or "clock" in options:
+        raise ConfigurationError("configure: store and clock are fixed when an Engine is created")
+    cfg = engine.config
+    for hook in ("on_start", "on_success", "on_failure"):
+        if hook in options:
+            setattr(cfg.hooks, hook, options[hook])
+    if "retry" in options:
+        cfg.retry = parse_retry(options["retry"], where="configure: retry")
+    if "machine" in options:
+        cfg.machine = options["machine"]
+    if "resume" in options:
+        cfg.resume = bool(options["resume"])
+    if "log_level" in options:
+        from ._context import _Logger
+
+        _Logger.level = options["log_level"]
+    if "executor" in options:
+        engine.preset_executor = options["executor"]
+    if "concurrency_limit" in options:
+        from ._engine import _check_limit
+
+        limit = _check_limit(options["concurrency_limit"])
+        cfg.concurrency_limit = limit
+
+        def _apply() -> None:
+            engine.scheduler.dispatcher.limit = limit
+            engine.scheduler.dispatcher.pump()
+
+        engine.on_loop(_apply)
+
+
+def default_engine() -> Engine:
+    """The engine behind module-level calls; created on first use from configure()'s options."""
+    global _default
+    if _default is not None and not _default.closed:
+        return _default
+    with _lock:
+        if _default is None or _default.closed:
+            from ._engine import Engine
+            from ._tasks import DEFAULT_REGISTRY
+
+            opts = dict(_pending)
+            store = opts.pop("store", None)
+            clock = opts.pop("clock", None)
+            log_level = opts.pop("log_level", None)
+            executor = opts.pop("executor", None)
+            eng = Engine(store, clock=clock, registry=DEFAULT_REGISTRY, executor=executor, **opts)
+            if log_level is not None:
+                apply_to_engine(eng, {"log_level": log_level})
+            _default = eng
+        return _default
+
+
+def configure(**options: Any) -> None:
+    """Set hooks, defaults, executor and store for the module-level API.
+
+    Options: store (path or ":memory:"), on_start, on_success, on_failure, retry, machine,
+    concurrency_limit, executor, resume, log_level, clock. Changing `store` or `clock` after
+    the default engine started closes it and starts a new one on the next call.
+    """
+    global _default
+    _check(options)
+    with _lock:
+        _pending.update(options)
+        eng = _default
+    if eng is None or eng.closed:
+        return
+    if "store" in options or "clock" in options:
+        eng.close()
+        with _lock:
+            _default = None
+        return
+    apply_to_engine(eng, options)
+
+
+def reset() -> None:
+    """Close the default engine and forget configure()'s options (tests, and notebook resets)."""
+    global _default
+    with _lock:
+        eng, _default = _default, None
+        _pending.clear()
+    if eng is not None:
+        eng.close()

@@ -1,0 +1,286 @@
+"""The running attempt, as context variables: `ctx`, `logger`, `metadata` and `tags`.
+
+Everything here finds "the current run" through one ContextVar, so the same code works on the
+engine loop, in a sync body's worker thread (contextvars are copied there) and in a worker
+process (whose sink forwards to the kernel over a pipe).
+
+>>> @nbtasks.task(id="etl")                               # doctest: +SKIP
+... def etl(payload, ctx):
+...     nbtasks.logger.info("loaded", rows=120)
+...     nbtasks.metadata.set("progress", 0.5)
+...     nbtasks.tags.add("big")
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+from ._errors import ConfigurationError, EngineError
+from ._models import MAX_METADATA_BYTES, check_tags
+
+
+class CancelSignal(threading.Event):
+    """`ctx.signal`: set when the run is cancelled or times out. Cooperative code checks it."""
+
+    reason: str | None = None
+
+    @property
+    def aborted(self) -> bool:
+        return self.is_set()
+
+    def abort(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+            self.set()
+
+
+@dataclass(frozen=True, slots=True)
+class TaskInfo:
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    id: str
+    tags: tuple[str, ...]
+    is_test: bool
+    idempotency_key: str | None
+    created_at: datetime
+    parent_id: str | None = None
+    root_id: str | None = None
+    batch_id: str | None = None
+    max_attempts: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    number: int
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class QueueInfo:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class MachineInfo:
+    name: str
+    cpu: float
+    memory: float
+
+
+@dataclass(slots=True)
+class TaskContext:
+    """`ctx`, a snapshot taken when the attempt starts (reference §10), plus `init` and `signal`."""
+
+    task: TaskInfo
+    run: RunInfo
+    attempt: AttemptInfo
+    queue: QueueInfo
+    machine: MachineInfo
+    signal: CancelSignal = field(default_factory=CancelSignal)
+    init: Any = None
+
+
+class AttemptSink(Protocol):
+    """Where a running attempt's side effects go: the scheduler in-kernel, a pipe in a worker."""
+
+    def log(self, level: str, message: str, attributes: dict[str, Any] | None) -> None: ...
+
+    def metadata_changed(self, metadata: dict[str, Any]) -> None: ...
+
+    def tags_changed(self, tags: list[str]) -> None: ...
+
+
+@dataclass(slots=True)
+class AttemptScope:
+    """What the context variable holds while an attempt runs."""
+
+    ctx: TaskContext
+    sink: AttemptSink
+    metadata: dict[str, Any]
+    tags: list[str]
+    engine: Any = None  # the Engine, when the attempt runs in the kernel
+
+
+CURRENT: ContextVar[AttemptScope | None] = ContextVar("nbtasks_attempt", default=None)
+
+
+def current_scope() -> AttemptScope | None:
+    return CURRENT.get()
+
+
+def current_ctx() -> TaskContext | None:
+    scope = CURRENT.get()
+    return None if scope is None else scope.ctx
+
+
+# --------------------------------------------------------------------------- logger
+
+_LEVELS = ["none", "error", "warn", "info", "debug"]
+
+
+def _level_index() -> int:
+    level = os.environ.get("NBTASKS_LOG_LEVEL", _Logger.level)
+    return _LEVELS.index(level) if level in _LEVELS else _LEVELS.index("info")
+
+
+class _Logger:
+    """`nbtasks.logger`: structured log lines recorded on the current run (reference §11.2)."""
+
+    level = "info"
+
+    def _emit(self, need: str, level: str, message: str, attrs: dict[str, Any]) -> None:
+        if _level_index() < _LEVELS.index(need):
+            return
+        scope = CURRENT.get()
+        if scope is not None:
+            scope.sink.log(level, str(message), attrs or None)
+
+    def debug(self, message: str, **attributes: Any) -> None:
+        self._emit("debug", "debug", message, attributes)
+
+    def log(self, message: str, **attributes: Any) -> None:
+        self._emit("info", "log", message, attributes)
+
+    def info(self, message: str, **attributes: Any) -> None:
+        self._emit("info", "info", message, attributes)
+
+    def warn(self, message: str, **attributes: Any) -> None:
+        self._emit("warn", "warn", message, attributes)
+
+    warning = warn
+
+    def error(self, message: str, **attributes: Any) -> None:
+        self._emit("error", "error", message, attributes)
+
+
+logger = _Logger()
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+class _Metadata:
+    """`nbtasks.metadata`: a JSON dict on the run, live while it executes (reference §11.1).
+
+    Outside a run the writers do nothing and the readers return None.
+    """
+
+    def _apply(self, change: Any) -> _Metadata:
+        scope = CURRENT.get()
+        if scope is None:
+            return self
+        new = copy.deepcopy(scope.metadata)
+        change(new)
+        if new == scope.metadata:
+            return self
+        size = len(json.dumps(new, default=str).encode())
+        if size > MAX_METADATA_BYTES:
+            raise ConfigurationError(
+                f"metadata: {size} bytes is over the {MAX_METADATA_BYTES}-byte limit"
+            )
+        try:
+            json.dumps(new)
+        except TypeError as exc:
+            raise ConfigurationError(f"metadata: values must be JSON ({exc})") from None
+        # A new dict each time: the writer may be serialising the old one on another thread.
+        scope.metadata = new
+        scope.sink.metadata_changed(new)
+        return self
+
+    def current(self) -> dict[str, Any] | None:
+        scope = CURRENT.get()
+        return None if scope is None else copy.deepcopy(scope.metadata)
+
+    def get(self, key: str) -> Any:
+        scope = CURRENT.get()
+        return None if scope is None else copy.deepcopy(scope.metadata.get(key))
+
+    def set(self, key: str, value: Any) -> _Metadata:
+        return self._apply(lambda m: m.__setitem__(key, value))
+
+    def delete(self, key: str) -> _Metadata:
+        return self._apply(lambda m: m.pop(key, None))
+
+    def replace(self, value: dict[str, Any]) -> _Metadata:
+        if not isinstance(value, dict):
+            raise ConfigurationError("metadata.replace: expected a dict")
+
+        def change(m: dict[str, Any]) -> None:
+            m.clear()
+            m.update(value)
+
+        return self._apply(change)
+
+    def append(self, key: str, value: Any) -> _Metadata:
+        def change(m: dict[str, Any]) -> None:
+            old = m.get(key)
+            m[key] = [value] if old is None else [*old, value] if isinstance(old, list) else [
+                old, value]
+
+        return self._apply(change)
+
+    def remove(self, key: str, value: Any) -> _Metadata:
+        def change(m: dict[str, Any]) -> None:
+            old = m.get(key)
+            if isinstance(old, list):
+                m[key] = [v for v in old if v != value]
+
+        return self._apply(change)
+
+    def increment(self, key: str, value: float = 1) -> _Metadata:
+        def change(m: dict[str, Any]) -> None:
+            old = m.get(key)
+            base = old if isinstance(old, int | float) and not isinstance(old, bool) else 0
+            m[key] = base + value
+
+        return self._apply(change)
+
+    def decrement(self, key: str, value: float = 1) -> _Metadata:
+        return self.increment(key, -value)
+
+
+metadata = _Metadata()
+
+
+# --------------------------------------------------------------------------- tags
+
+
+class _Tags:
+    """`nbtasks.tags.add(...)`: add tags to the current run (10 at most, 128 chars each)."""
+
+    def add(self, *tags: str | list[str]) -> None:
+        scope = CURRENT.get()
+        if scope is None:
+            raise EngineError("Can't set tags outside of a run: call tags.add() inside a task")
+        flat: list[str] = []
+        for t in tags:
+            flat.extend([t] if isinstance(t, str) else t)
+        new = [t for t in check_tags(flat, where="tags.add") if t not in scope.tags]
+        if not new:
+            return
+        # Over the limit: reference §11.3 logs an error and returns without throwing.
+        if len(scope.tags) + len(new) > 10:
+            scope.sink.log(
+                "error", f"tags.add: runs can only have 10 tags, you're trying to set "
+                f"{len(scope.tags) + len(new)}", None)
+            return
+        scope.tags = [*scope.tags, *new]
+        scope.sink.tags_changed(scope.tags)
+
+
+tags = _Tags()
+
+
+def now_ms() -> float:
+    return time.time() * 1000

@@ -1,0 +1,106 @@
+"""Durations, delays, TTLs and cron: pure parsing helpers that raise ConfigurationError.
+
+>>> parse_duration("1h30m")
+5400.0
+>>> parse_duration("90s", where="delay")
+90.0
+>>> format_duration(5400)
+'1h30m'
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from croniter import croniter
+
+from ._errors import ConfigurationError
+
+_UNITS = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+Duration = str | int | float | timedelta
+
+
+def parse_duration(value: Duration, *, where: str = "duration") -> float:
+    """Seconds in "1w2d3h4m5s" (units in that order), a number of seconds, or a timedelta."""
+    if isinstance(value, bool):
+        raise ConfigurationError(f"{where}: expected a duration, got {value!r}")
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        m = _DURATION.match(value.strip())
+        if not value.strip() or m is None:
+            raise ConfigurationError(
+                f"{where}: {value!r} is not a duration; use units w, d, h, m, s in that order, "
+                'e.g. "1h30m" or "90s"'
+            )
+        seconds = float(
+            sum(int(n) * mult for n, mult in zip(m.groups(), _UNITS.values(), strict=True) if n)
+        )
+    else:
+        raise ConfigurationError(f"{where}: expected a duration, got {type(value).__name__}")
+    if seconds < 0:
+        raise ConfigurationError(f"{where}: {value!r} is negative")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration for whole seconds: 5400 -> "1h30m"."""
+    left = round(seconds)
+    out = []
+    for unit, mult in _UNITS.items():
+        n, left = divmod(left, mult)
+        if n:
+            out.append(f"{n}{unit}")
+    return "".join(out) or "0s"
+
+
+def parse_delay(value: Duration | datetime, now: float, *, where: str = "delay") -> float | None:
+    """The epoch time a delayed run becomes due, or None when it is due now (a past date)."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError(f"{where}: {value!r} has no timezone; pass an aware datetime")
+        at = value.timestamp()
+    else:
+        at = now + parse_duration(value, where=where)
+    return at if at > now else None
+
+
+def parse_ttl(value: Duration | None, *, where: str = "ttl") -> float | None:
+    """TTL seconds, or None for no TTL (0 means none, as in Trigger.dev)."""
+    if value is None:
+        return None
+    seconds = parse_duration(value, where=where)
+    return seconds or None
+
+
+def parse_timezone(name: str, *, where: str = "timezone") -> ZoneInfo:
+    """An IANA zone, or ConfigurationError naming the bad value."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{where}: {name!r} is not an IANA timezone") from exc
+
+
+def validate_cron(pattern: str, *, where: str = "cron") -> str:
+    """Check a 5-field cron expression (no seconds field, as in Trigger.dev)."""
+    if not isinstance(pattern, str) or len(pattern.split()) != 5:
+        raise ConfigurationError(
+            f"{where}: {pattern!r} must have 5 fields (minute hour day-of-month month day-of-week)"
+        )
+    if not croniter.is_valid(pattern):
+        raise ConfigurationError(f"{where}: {pattern!r} is not a valid cron expression")
+    return pattern
+
+
+def cron_next(pattern: str, timezone: str, after: float, count: int = 1) -> list[float]:
+    """The next `count` tick times strictly after `after`, DST-aware in `timezone`."""
+    tz = parse_timezone(timezone)
+    start = datetime.fromtimestamp(after, UTC).astimezone(tz)
+    it = croniter(pattern, start)
+    return [it.get_next(datetime).timestamp() for _ in range(count)]

@@ -1,0 +1,380 @@
+"""The Engine: a store, a clock, a scheduler on its own loop thread, and the ways in.
+
+>>> with Engine(store=":memory:") as eng:                   # doctest: +SKIP
+...     @eng.task(id="double")
+...     def double(payload, ctx):
+...         return payload * 2
+...     double.trigger(21).wait().output
+42
+
+Module-level `nbtasks.task`, `nbtasks.runs`, ... use a default engine, created on first use
+with `.nbtasks/runs.db` next to the notebook (see `configure`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+from typing import Any
+
+from . import _capture
+from ._clock import Clock, RealClock
+from ._context import CURRENT, AttemptScope
+from ._errors import EngineError, RunNotFoundError, RunWaitTimeoutError
+from ._handles import BatchHandle, BatchResult, Result, RunHandle
+from ._lifecycle import GlobalHooks
+from ._models import check_machine, parse_retry
+from ._prepare import QueueRequest, prepare_run
+from ._recovery import recover
+from ._queues_api import QueuesAPI
+from ._runs import RunsAPI
+from ._runtime import Runtime
+from ._runstate import RunState, new_id
+from ._scheduler import EngineConfig, RunEvent, Scheduler
+from ._status import FINAL, RunStatus
+from ._tasks import NOT_GIVEN, Registry, TaskDefinition, TaskFactory
+from ._tokens import TokenBook
+from ._wait import WaitAPI
+from ._writer import GroupWriter
+from .executors import Executor, InlineExecutor
+from .stores import Store, open_store
+
+#: Owners of engines open in this process (a same-pid engine row is alive only if listed here).
+LIVE_OWNERS: set[str] = set()
+
+
+def _result_of(run: RunState) -> Result[Any]:
+    return Result(run.id, run.task_id, run.status, run.output_json, run.error)
+
+
+class Engine:
+    """An explicit engine, for tests and embedding; usable as a context manager."""
+
+    def __init__(
+        self,
+        store: str | Store | None = None,
+        *,
+        clock: Clock | None = None,
+        concurrency_limit: int = 100,
+        executor: Executor | None = None,
+        registry: Registry | None = None,
+        resume: bool = True,
+        retry: Any = NOT_GIVEN,
+        machine: str = "kernel",
+        on_start: Any = None,
+        on_success: Any = None,
+        on_failure: Any = None,
+    ) -> None:
+        self.config = EngineConfig(concurrency_limit=_check_limit(concurrency_limit),
+                                   resume=resume,
+                                   hooks=GlobalHooks(on_start, on_success, on_failure))
+        if retry is not NOT_GIVEN:
+            self.config.retry = parse_retry(retry, where="configure: retry")
+        self.config.machine = check_machine(machine, where="configure: machine")
+        self.registry = registry if registry is not None else Registry()
+        self.registry.owner = lambda: self
+        self.clock: Clock = clock or RealClock()
+        self.owner = new_id("eng_")
+        self.store: Store = open_store(store)
+        self.inline = InlineExecutor()
+        self.preset_executor: Executor | None = executor
+        self.closed = False
+        self.task = TaskFactory(self.registry)
+        self.schema_task = self.task.schema_task
+        self.runs = RunsAPI(lambda: self)
+        self.queues = QueuesAPI(lambda: self)
+        self.wait = WaitAPI(lambda: self)
+        self.tokens = TokenBook(self)
+        self.runtime = Runtime()
+        self.clock.bind(self.runtime.loop)
+        LIVE_OWNERS.add(self.owner)
+        self.runtime.call(self._start)
+        self.registry.listen(self._on_define)
+        _capture.install()
+        atexit.register(self.close)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.writer = GroupWriter(self.store, loop)
+        self.scheduler = Scheduler(
+            loop=loop, clock=self.clock, writer=self.writer, registry=self.registry,
+            config=self.config, executor_for=self.executor_for, owner=self.owner, engine=self,
+        )
+        for task_id in self.registry.ids():
+            defn = self.registry.get(task_id)
+            if defn is not None:
+                self.scheduler.on_define(defn)
+        recover(self)
+        self.tokens.restore()
+        await self.writer.barrier()
+
+    def _on_define(self, defn: TaskDefinition) -> None:
+        if self.closed:
+            return
+        if self.runtime.in_loop():
+            self.scheduler.on_define(defn)
+        else:
+            self.runtime.loop.call_soon_threadsafe(self.scheduler.on_define, defn)
+
+    def executor_for(self, machine: str) -> Executor:
+        if machine == "kernel":
+            return self.inline
+        if self.preset_executor is None:
+            from .executors.process import ProcessExecutor
+
+            self.preset_executor = ProcessExecutor()
+        return self.preset_executor
+
+    def close(self) -> None:
+        """Commit what is pending and stop the engine thread. Never hangs the kernel."""
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        self.registry.unlisten(self._on_define)
+        try:
+            fut = self.runtime.submit(self._shutdown)
+            fut.result(timeout=10)
+        except (concurrent.futures.TimeoutError, EngineError, RuntimeError):
+            pass
+        self.runtime.close()
+        self.store.close()
+        LIVE_OWNERS.discard(self.owner)
+
+    async def _shutdown(self) -> None:
+        for executor in {self.inline, self.preset_executor}:
+            if executor is not None:
+                await executor.close()
+        self.writer.statement("DELETE FROM engines WHERE owner = ?", (self.owner,))
+        await self.writer.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.store.path} {'closed' if self.closed else 'running'}>"
+
+    # ------------------------------------------------------------------ configure
+
+    def configure(self, **options: Any) -> None:
+        """Change hooks, default retry/machine, concurrency limit, executor, resume."""
+        from ._configure import apply_to_engine
+
+        apply_to_engine(self, options)
+
+    # ------------------------------------------------------------------ loop helpers
+
+    def on_loop(self, fn: Any, *args: Any) -> Any:
+        """Call a plain function on the engine loop from any thread and return its value."""
+        if self.runtime.in_loop():
+            return fn(*args)
+
+        async def _call() -> Any:
+            return fn(*args)
+
+        return self.runtime.call(_call)
+
+    def subscribe(self, fn: Any) -> Any:
+        """Call `fn(RunEvent)` on the engine loop for every change; returns an unsubscribe."""
+        self.on_loop(self.scheduler.subscribers.append, fn)
+
+        def unsubscribe() -> None:
+            if fn in self.scheduler.subscribers:
+                self.on_loop(self.scheduler.subscribers.remove, fn)
+
+        return unsubscribe
+
+    # ------------------------------------------------------------------ triggering (TaskOwner)
+
+    def _prepare(self, defn: TaskDefinition, payload_json: str, options: dict[str, Any],
+                 **extra: Any) -> tuple[RunState, QueueRequest | None]:
+        return prepare_run(self, defn, payload_json, options, CURRENT.get(), **extra)
+
+    def _handle(self, run: RunState, wanted: RunState) -> RunHandle[Any]:
+        return RunHandle(self, run.id, run.task_id, is_cached=run is not wanted)
+
+    def _submit(self, run: RunState, queue: QueueRequest | None) -> RunState:
+        if queue is not None:
+            self.scheduler.dispatcher.configure(*queue)
+        if run.idempotency_key is not None:
+            cached = self._stored_idempotent(run)
+            if cached is not None:
+                return cached
+        return self.scheduler.submit(run)
+
+    def _stored_idempotent(self, run: RunState) -> RunState | None:
+        """A finished run with the same key, from the store (active ones are found in memory)."""
+        if (run.task_id, run.idempotency_key) in self.scheduler.idempotency:
+            return None
+        cols, rows = self.store.select(
+            "SELECT id, idempotency_expires_at FROM runs WHERE task_id = ? AND idempotency_key = ?"
+            " ORDER BY created_at DESC LIMIT 1", (run.task_id, run.idempotency_key))
+        if not rows:
+            return None
+        run_id, expires = rows[0]
+        if expires is not None and expires <= self.clock.now():
+            self.writer.statement("UPDATE runs SET idempotency_key = NULL WHERE id = ?", (run_id,))
+            return None
+        stub = RunState(run_id, run.task_id, "null", self.clock.now())
+        return stub
+
+    async def _submit_durable(self, run: RunState, queue: QueueRequest | None) -> RunState:
+        got = self._submit(run, queue)
+        await self.writer.barrier()
+        return got
+
+    def trigger_encoded(self, defn: TaskDefinition, payload_json: str,
+                        options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
+        run, queue = self._prepare(defn, payload_json, options, **extra)
+        if self.runtime.in_loop():  # inside an async body: durable with the next commit
+            return self._handle(self._submit(run, queue), run)
+        return self._handle(self.runtime.call(self._submit_durable, run, queue), run)
+
+    async def trigger_async(self, defn: TaskDefinition, payload_json: str,
+                            options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
+        """trigger() for async callers on any loop: returns once the run is durable."""
+        run, queue = self._prepare(defn, payload_json, options, **extra)
+        got = await self.runtime.run(self._submit_durable, run, queue)
+        return self._handle(got, run)
+
+    async def trigger_and_wait_encoded(self, defn: TaskDefinition, payload_json: str,
+                                       options: dict[str, Any]) -> Result[Any]:
+        run, queue = self._prepare(defn, payload_json, options)
+        scope = CURRENT.get()
+        return await self.runtime.run(self._trigger_and_wait, run, queue, scope)
+
+    async def _trigger_and_wait(self, run: RunState, queue: QueueRequest | None,
+                                scope: AttemptScope | None) -> Result[Any]:
+        got = self._submit(run, queue)
+        return await self._wait_one(got.id, scope)
+
+    def _batch(self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
+               options: dict[str, Any]) -> tuple[str, list[tuple[RunState, QueueRequest | None]]]:
+        batch_id = new_id("batch_")
+        prepared = [self._prepare(defn, pj, {**options, **opts}, batch_id=batch_id)
+                    for pj, opts in items]
+        return batch_id, prepared
+
+    async def _submit_batch(self, prepared: list[tuple[RunState, QueueRequest | None]],
+                            durable: bool) -> list[RunState]:
+        runs = [self._submit(run, queue) for run, queue in prepared]
+        if durable:
+            await self.writer.barrier()
+        return runs
+
+    def batch_trigger_encoded(self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
+                              options: dict[str, Any]) -> BatchHandle[Any]:
+        batch_id, prepared = self._batch(defn, items, options)
+        if self.runtime.in_loop():
+            runs = [self._submit(run, queue) for run, queue in prepared]
+        else:
+            runs = self.runtime.call(self._submit_batch, prepared, True)
+        return BatchHandle(self, batch_id, [
+            self._handle(got, want) for got, (want, _) in zip(runs, prepared, strict=True)])
+
+    async def batch_trigger_and_wait_encoded(
+        self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
+        options: dict[str, Any],
+    ) -> BatchResult[Any]:
+        batch_id, prepared = self._batch(defn, items, options)
+        scope = CURRENT.get()
+
+        async def _go() -> list[Result[Any]]:
+            runs = await self._submit_batch(prepared, False)
+            return await self._wait_many([r.id for r in runs], scope)
+
+        return BatchResult(batch_id, await self.runtime.run(_go))
+
+    # ------------------------------------------------------------------ waiting for results
+
+    def _result_future(self, run_id: str) -> asyncio.Future[Result[Any]]:
+        fut: asyncio.Future[Result[Any]] = self.runtime.loop.create_future()
+
+        def _done(run: RunState) -> None:
+            if not fut.done():
+                fut.set_result(_result_of(run))
+
+        if not self.scheduler.on_final(run_id, _done):
+            row = self.runs.row(run_id)
+            if row is None:
+                fut.set_exception(RunNotFoundError(f"no run with id {run_id!r}"))
+            elif RunStatus(row["status"]) not in FINAL:
+                fut.set_exception(EngineError(
+                    f"run {run_id} is not final and is owned by another kernel; poll "
+                    "runs.retrieve() to follow it"))
+            else:
+                from ._payload import loads
+
+                fut.set_result(Result(row["id"], row["task_id"], RunStatus(row["status"]),
+                                      row["output"], loads(row["error"])))
+        return fut
+
+    def _parked(self, scope: AttemptScope | None) -> RunState | None:
+        if scope is None or scope.engine is not self:
+            return None
+        return self.scheduler.active.get(scope.ctx.run.id)
+
+    async def _wait_one(self, run_id: str, scope: AttemptScope | None) -> Result[Any]:
+        fut = self._result_future(run_id)
+        parent = self._parked(scope)
+        return await (self.scheduler.park(parent, fut) if parent is not None else fut)
+
+    async def _wait_many(self, run_ids: list[str], scope: AttemptScope | None) -> list[Result[Any]]:
+        gathered = asyncio.gather(*(self._result_future(i) for i in run_ids))
+        parent = self._parked(scope)
+        return list(await (self.scheduler.park(parent, gathered) if parent is not None
+                           else gathered))
+
+    async def result_async(self, run_id: str) -> Result[Any]:
+        scope = CURRENT.get()
+        return await self.runtime.run(self._wait_one, run_id, scope)
+
+    async def results_async(self, run_ids: list[str]) -> list[Result[Any]]:
+        scope = CURRENT.get()
+        return await self.runtime.run(self._wait_many, run_ids, scope)
+
+    def _block(self, fn: Any, *args: Any, timeout: float | None) -> Any:
+        if self.runtime.in_loop():
+            raise EngineError(
+                "handle.wait() blocks, and this code runs on the engine loop (an async task body "
+                "or hook): use `await handle` instead")
+        fut = self.runtime.submit(fn, *args)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise RunWaitTimeoutError(
+                f"not final after {timeout}s; the run goes on (wait again, or cancel it)"
+            ) from None
+
+    def wait_result(self, run_id: str, timeout: float | None = None) -> Result[Any]:
+        return self._block(self._wait_one, run_id, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
+
+    def wait_results(self, run_ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
+        return self._block(self._wait_many, run_ids, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
+
+    def status_of(self, run_id: str) -> RunStatus:
+        run = self.scheduler.active.get(run_id)
+        if run is not None:
+            return run.status
+        row = self.runs.row(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        return RunStatus(row["status"])
+
+    def events(self) -> list[RunEvent]:  # pragma: no cover - convenience for debugging
+        return []
+
+
+def _check_limit(limit: Any) -> int:
+    from ._errors import ConfigurationError
+
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"concurrency_limit must be a positive int, got {limit!r}")
+    return limit

@@ -1,0 +1,173 @@
+"""What a trigger gives back: RunHandle, BatchHandle, and the Result of a finished run.
+
+>>> handle = hello_world.trigger({"message": "hi"})      # doctest: +SKIP
+>>> handle.status                                         # live
+>>> result = handle.wait(timeout=10)                      # blocks; or `await handle` in a cell
+>>> result.ok, result.output, result.unwrap()
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from ._errors import SubtaskUnwrapError, TaskRunError, error_from_record
+from ._payload import loads
+from ._status import FINAL, RunStatus
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+    from ._models import Run
+
+O = TypeVar("O")
+
+
+class Result(Generic[O]):
+    """A final run's outcome: `ok` with `output`, or not with `error`."""
+
+    __slots__ = ("_output", "_output_json", "error", "id", "status", "task_id")
+
+    def __init__(self, run_id: str, task_id: str, status: RunStatus, output_json: str | None,
+                 error: dict[str, Any] | None) -> None:
+        self.id = run_id
+        self.task_id = task_id
+        self.status = status
+        self._output_json = output_json
+        self._output: Any = _UNSET
+        self.error: TaskRunError | None = (
+            None if status is RunStatus.COMPLETED
+            else error_from_record(error or {"type": status.value, "message": status.value})
+        )
+
+    @property
+    def ok(self) -> bool:
+        return self.status is RunStatus.COMPLETED
+
+    @property
+    def output(self) -> O | None:
+        if self._output is _UNSET:
+            self._output = loads(self._output_json)
+        return self._output  # type: ignore[no-any-return]
+
+    def unwrap(self) -> O:
+        """The output, or SubtaskUnwrapError("Error in <task id>: <message>")."""
+        if self.error is not None:
+            raise SubtaskUnwrapError(self.task_id, self.id, self.error)
+        return self.output  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        if self.ok:
+            return f"Result(ok, id={self.id!r}, task={self.task_id!r}, output={self.output!r})"
+        return f"Result({self.status.value}, id={self.id!r}, task={self.task_id!r}, error={self.error!s})"
+
+    def _repr_html_(self) -> str:
+        from .notebook.display import result_html
+
+        return result_html(self)
+
+
+_UNSET: Any = object()
+
+
+class RunHandle(Generic[O]):
+    """Returned at once by trigger(). Live `status`; `wait()`, `cancel()`, `replay()`; awaitable."""
+
+    __slots__ = ("_engine", "id", "is_cached", "task_id")
+
+    def __init__(self, engine: Engine, run_id: str, task_id: str, is_cached: bool = False) -> None:
+        self._engine = engine
+        self.id = run_id
+        self.task_id = task_id
+        self.is_cached = is_cached
+
+    @property
+    def status(self) -> RunStatus:
+        return self._engine.status_of(self.id)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+    def retrieve(self) -> Run:
+        return self._engine.runs.retrieve(self.id)
+
+    def wait(self, timeout: float | None = None) -> Result[O]:
+        """Block until the run is final (RunWaitTimeoutError after `timeout` seconds)."""
+        return self._engine.wait_result(self.id, timeout)
+
+    def __await__(self) -> Generator[Any, None, Result[O]]:
+        return self._engine.result_async(self.id).__await__()
+
+    def cancel(self) -> bool:
+        """Cancel if not final; False (a no-op) when it already was."""
+        return self._engine.runs.cancel(self.id)
+
+    def replay(self, payload: Any = _UNSET) -> RunHandle[O]:
+        return self._engine.runs.replay(self.id, payload)  # type: ignore[return-value]
+
+    def __repr__(self) -> str:
+        cached = ", cached" if self.is_cached else ""
+        return f"<RunHandle {self.id} task={self.task_id!r} {self.status.value}{cached}>"
+
+    def _ipython_display_(self) -> None:
+        from .notebook.display import display_handle
+
+        display_handle(self)
+
+
+class BatchResult(Generic[O]):
+    """`batch_trigger_and_wait`'s answer: `runs` in item order. Iterable."""
+
+    __slots__ = ("id", "runs")
+
+    def __init__(self, batch_id: str, runs: list[Result[O]]) -> None:
+        self.id = batch_id
+        self.runs = runs
+
+    def __iter__(self) -> Iterator[Result[O]]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, i: int) -> Result[O]:
+        return self.runs[i]
+
+    def __repr__(self) -> str:
+        ok = sum(r.ok for r in self.runs)
+        return f"<BatchResult {self.id}: {ok}/{len(self.runs)} ok>"
+
+    def _repr_html_(self) -> str:
+        from .notebook.display import batch_html
+
+        return batch_html(self.id, list(self.runs))
+
+
+class BatchHandle(Generic[O]):
+    """`batch_trigger`'s answer: one RunHandle per item, in order. Awaitable for a BatchResult."""
+
+    __slots__ = ("_engine", "id", "runs")
+
+    def __init__(self, engine: Engine, batch_id: str, runs: list[RunHandle[O]]) -> None:
+        self._engine = engine
+        self.id = batch_id
+        self.runs = runs
+
+    def __iter__(self) -> Iterator[RunHandle[O]]:
+        return iter(self.runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def wait(self, timeout: float | None = None) -> BatchResult[O]:
+        return BatchResult(self.id, self._engine.wait_results([h.id for h in self.runs], timeout))
+
+    def __await__(self) -> Generator[Any, None, BatchResult[O]]:
+        async def _all() -> BatchResult[O]:
+            results = await self._engine.results_async([h.id for h in self.runs])
+            return BatchResult(self.id, results)
+
+        return _all().__await__()
+
+    def __repr__(self) -> str:
+        return f"<BatchHandle {self.id} with {len(self.runs)} runs>"

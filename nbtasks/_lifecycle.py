@@ -1,0 +1,225 @@
+"""One attempt: the hooks in Trigger.dev v3's order, with every error classified.
+
+on_start (attempt 1 only; global, then task) -> init -> middleware(next -> run) ->
+  success: encode output -> on_success (task, then global)
+  failure: handle_error -> retry decision -> on_failure (task, then global; final failure only)
+-> cleanup (always)
+
+DESIGN.md's rules: errors in init, middleware, run and cleanup fail the attempt and the retry
+policy applies; errors in on_start/on_success/on_failure are logged on the run and change
+nothing; an error in handle_error ends the run CRASHED with no retry and no on_failure. The
+output is always run's value, whatever the middleware returns.
+
+This module runs wherever the attempt runs: on the engine loop, or inside a worker process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._context import CURRENT, AttemptScope, TaskContext
+from ._errors import AbortTaskRunError, OutputSerializationError, PayloadValidationError
+from ._models import RetryOptions
+from ._payload import dumps, loads
+from ._retry import decide
+from ._status import RunStatus
+from ._tasks import TaskDefinition
+
+SyncCaller = Callable[..., Awaitable[Any]]
+
+
+def error_record(err: BaseException) -> dict[str, Any]:
+    """A JSON-safe description of an exception: type, message, traceback."""
+    tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+    return {"type": type(err).__name__, "message": str(err), "traceback": tb}
+
+
+@dataclass(slots=True)
+class GlobalHooks:
+    """The trigger.config-style hooks set with `configure(on_start=..., ...)`."""
+
+    on_start: Callable[..., Any] | None = None
+    on_success: Callable[..., Any] | None = None
+    on_failure: Callable[..., Any] | None = None
+
+
+@dataclass(slots=True)
+class AttemptPlan:
+    """Everything an executor needs to run one attempt."""
+
+    defn: TaskDefinition
+    payload_json: str
+    ctx: TaskContext
+    retry: RetryOptions | None
+    hooks: GlobalHooks
+    now: Callable[[], float]
+
+
+@dataclass(slots=True)
+class AttemptOutcome:
+    """What one attempt ended with. `retry_at` set means "try again then"."""
+
+    ok: bool
+    output_json: str | None = None
+    error: dict[str, Any] | None = None
+    retry_at: float | None = None
+    status: RunStatus = RunStatus.COMPLETED
+    machine: str | None = None  # a bigger preset for the next attempt (out-of-memory retry)
+    logs: list[tuple[str, str]] = field(default_factory=list)
+
+
+async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: SyncCaller) -> Any:
+    """Await an async callable, or run a sync one through `call_sync` (a worker thread)."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await call_sync(fn, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def _swallowed(
+    name: str, fn: Callable[..., Any] | None, args: tuple[Any, ...], scope: AttemptScope,
+    call_sync: SyncCaller,
+) -> None:
+    if fn is None:
+        return
+    try:
+        await call_hook(fn, args, call_sync)
+    except Exception as exc:
+        scope.sink.log(
+            "error", f"{name} hook raised {type(exc).__name__}: {exc}", {"hook": name}
+        )
+
+
+def _make_next(
+    run: Callable[..., Any], payload: Any, ctx: TaskContext, call_sync: SyncCaller,
+    box: list[Any], sync_middleware: bool,
+) -> Callable[[], Any]:
+    """The `next` handed to middleware: runs `run` once and remembers its value."""
+
+    async def next_async() -> Any:
+        if box:
+            return box[0]
+        value = await call_hook(run, (payload, ctx), call_sync)
+        box.append(value)
+        return value
+
+    if not sync_middleware:
+        return next_async
+    loop = asyncio.get_running_loop()
+
+    def next_sync() -> Any:  # called from the middleware's worker thread
+        return asyncio.run_coroutine_threadsafe(next_async(), loop).result()
+
+    return next_sync
+
+
+async def run_attempt(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) -> AttemptOutcome:
+    """Run one attempt's lifecycle and return its outcome. Cancellation propagates."""
+    token = CURRENT.set(scope)
+    try:
+        return await _run(plan, scope, call_sync)
+    finally:
+        CURRENT.reset(token)
+
+
+async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) -> AttemptOutcome:
+    defn, ctx = plan.defn, plan.ctx
+    hook = defn.hooks.get
+    payload: Any = loads(plan.payload_json)
+    if defn.schema is not None:
+        try:
+            payload = defn.schema.model_validate(payload)
+        except Exception as exc:
+            err = PayloadValidationError(f"payload no longer matches {defn.schema.__name__}: {exc}")
+            return AttemptOutcome(False, error=error_record(err), status=RunStatus.FAILED)
+    if ctx.attempt.number == 1:
+        await _swallowed("on_start", plan.hooks.on_start, (payload, ctx), scope, call_sync)
+        await _swallowed("on_start", hook("on_start"), (payload, ctx), scope, call_sync)
+    outcome: AttemptOutcome
+    try:
+        try:
+            if (init := hook("init")) is not None:
+                ctx.init = await call_hook(init, (payload, ctx), call_sync)
+            middleware = hook("middleware")
+            if middleware is None:
+                output = await call_hook(defn.run, (payload, ctx), call_sync)
+            else:
+                box: list[Any] = []
+                nxt = _make_next(defn.run, payload, ctx, call_sync, box,
+                                 not inspect.iscoroutinefunction(middleware))
+                await call_hook(middleware, (payload, ctx, nxt), call_sync)
+                output = box[0] if box else None
+            try:
+                output_json = dumps(output, what="output")
+            except TypeError as exc:
+                raise OutputSerializationError(
+                    f"task {defn.id!r} returned an output that is not JSON-serialisable: {exc}"
+                ) from None
+        except Exception as err:
+            outcome = await _failed(plan, scope, call_sync, payload, err)
+        else:
+            await _swallowed("on_success", hook("on_success"), (payload, output, ctx), scope,
+                             call_sync)
+            await _swallowed("on_success", plan.hooks.on_success, (payload, output, ctx), scope,
+                             call_sync)
+            outcome = AttemptOutcome(True, output_json=output_json)
+    except asyncio.CancelledError:
+        if ctx.signal.reason == "cancel" and (on_cancel := hook("on_cancel")) is not None:
+            await asyncio.shield(_swallowed("on_cancel", on_cancel, (payload, ctx), scope,
+                                            call_sync))
+        await _cleanup(plan, scope, call_sync, payload)
+        raise
+    try:
+        await _cleanup(plan, scope, call_sync, payload)
+    except Exception as err:
+        if outcome.ok or outcome.retry_at is not None:
+            decision = decide(plan.retry, ctx.attempt.number, err, plan.now(), None,
+                              machine=ctx.machine.name)
+            outcome = AttemptOutcome(False, error=error_record(err), retry_at=decision.retry_at,
+                                     status=RunStatus.FAILED)
+    return outcome
+
+
+async def _cleanup(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller,
+                   payload: Any) -> None:
+    if (cleanup := plan.defn.hooks.get("cleanup")) is not None:
+        await call_hook(cleanup, (payload, plan.ctx), call_sync)
+
+
+async def _failed(
+    plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller, payload: Any, err: Exception
+) -> AttemptOutcome:
+    ctx = plan.ctx
+    no_retry = isinstance(err, AbortTaskRunError | OutputSerializationError)
+    answer: Any = None
+    handle_error = plan.defn.hooks.get("handle_error")
+    if handle_error is not None and not no_retry and plan.retry is not None:
+        try:
+            answer = await call_hook(handle_error, (payload, err, ctx), call_sync)
+            decision = decide(plan.retry, ctx.attempt.number, err, plan.now(), answer,
+                              machine=ctx.machine.name)
+        except Exception as hook_err:
+            record = error_record(hook_err)
+            record["message"] = f"handle_error raised {type(hook_err).__name__}: {hook_err}"
+            record["cause"] = error_record(err)
+            return AttemptOutcome(False, error=record, status=RunStatus.CRASHED)
+    else:
+        decision = decide(plan.retry, ctx.attempt.number, err, plan.now(), None,
+                          no_retry=no_retry, machine=ctx.machine.name)
+    final = decision.error
+    if decision.retry_at is None:
+        await _swallowed("on_failure", plan.defn.hooks.get("on_failure"), (payload, final, ctx),
+                         scope, call_sync)
+        await _swallowed("on_failure", plan.hooks.on_failure, (payload, final, ctx), scope,
+                         call_sync)
+    return AttemptOutcome(
+        False, error=error_record(final), retry_at=decision.retry_at,
+        status=decision.final_status, machine=decision.machine,
+    )

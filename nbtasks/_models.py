@@ -1,0 +1,286 @@
+"""Option and record models (pydantic): validated once where the user hands them over.
+
+Options are small frozen models instead of thirty keyword arguments. They are validated at
+definition or trigger time in the caller, never per event inside the engine.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._errors import ConfigurationError
+from ._status import EXECUTING_LIKE, FAILED_LIKE, FINAL, QUEUED_LIKE, RunStatus
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MachinePreset(_Options):
+    """A machine size: `cpu` in vCPUs and `memory` in GB (Trigger.dev's table, reference §5)."""
+
+    name: str
+    cpu: float
+    memory: float
+
+    @property
+    def memory_bytes(self) -> int:
+        return int(self.memory * 1024**3)
+
+
+#: `kernel` is nbtasks' own default: the run stays in the notebook's process.
+MACHINES: dict[str, MachinePreset] = {
+    p.name: p
+    for p in (
+        MachinePreset(name="kernel", cpu=0, memory=0),
+        MachinePreset(name="micro", cpu=0.25, memory=0.25),
+        MachinePreset(name="small-1x", cpu=0.5, memory=0.5),
+        MachinePreset(name="small-2x", cpu=1, memory=1),
+        MachinePreset(name="medium-1x", cpu=1, memory=2),
+        MachinePreset(name="medium-2x", cpu=2, memory=4),
+        MachinePreset(name="large-1x", cpu=4, memory=8),
+        MachinePreset(name="large-2x", cpu=8, memory=16),
+    )
+}
+
+
+def check_machine(name: object, *, where: str = "machine") -> str:
+    """Return a preset name, or raise naming the presets that exist."""
+    if not isinstance(name, str) or name not in MACHINES:
+        raise ConfigurationError(
+            f"{where}: {name!r} is not a machine preset; choose one of {', '.join(MACHINES)}"
+        )
+    return name
+
+
+class OutOfMemoryOptions(_Options):
+    """`retry.out_of_memory`: move the run to a bigger preset after an OOM."""
+
+    machine: str | None = None
+
+    @field_validator("machine")
+    @classmethod
+    def _known(cls, v: str | None) -> str | None:
+        return None if v is None else check_machine(v, where="retry.out_of_memory.machine")
+
+
+class RetryOptions(_Options):
+    """Trigger.dev's RetryOptions; the defaults are DESIGN.md's (3 attempts, factor 2, 1s..60s)."""
+
+    max_attempts: int = Field(3, ge=1, le=250)
+    factor: float = Field(2.0, gt=0)
+    min_timeout_in_ms: int = Field(1000, ge=0)
+    max_timeout_in_ms: int = Field(60000, ge=0)
+    randomize: bool = True
+    out_of_memory: OutOfMemoryOptions | None = None
+
+
+def _explain(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+    return "; ".join(parts)
+
+
+def parse_retry(value: object, *, where: str = "retry") -> RetryOptions | None:
+    """None means no retries; a dict is merged over the defaults."""
+    if value is None:
+        return None
+    if isinstance(value, RetryOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where}: expected a dict of retry options, got {value!r}")
+    try:
+        return RetryOptions.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{where}: {_explain(exc)}") from None
+
+
+_QUEUE_NAME = re.compile(r"[^A-Za-z0-9_\-/]")
+
+
+class QueueOptions(_Options):
+    """A queue: `concurrency_limit` per concurrency key (0 pauses), `total` caps all keys together."""
+
+    name: str | None = None
+    concurrency_limit: int | None = Field(None, ge=0, le=1000)
+    total: int | None = Field(None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _sanitise(cls, v: str | None) -> str | None:
+        if v is None:
+            return None
+        clean = _QUEUE_NAME.sub("", v)[:128]
+        if not clean:
+            raise ValueError(f"{v!r} has no usable characters (A-Z a-z 0-9 _ - /)")
+        return clean
+
+
+def parse_queue(value: object, *, where: str = "queue") -> QueueOptions | None:
+    if value is None:
+        return None
+    if isinstance(value, QueueOptions):
+        return value
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"{where}: expected a dict or nbtasks.queue(...), got {value!r}")
+    try:
+        return QueueOptions.model_validate(value)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{where}: {_explain(exc)}") from None
+
+
+MAX_TAGS = 10
+MAX_TAG_LENGTH = 128
+MAX_METADATA_BYTES = 262_144
+
+
+def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[str]:
+    """Normalise tags: a string or a list; blanks and duplicates dropped; 10 of <=128 chars."""
+    if tags is None:
+        return []
+    items = [tags] if isinstance(tags, str) else tags
+    if not isinstance(items, list | tuple):
+        raise ConfigurationError(f"{where}: expected a string or a list of strings")
+    out: list[str] = []
+    for t in items:
+        if not isinstance(t, str):
+            raise ConfigurationError(f"{where}: tag {t!r} is not a string")
+        t = t.strip()
+        if not t or t in out:
+            continue
+        if len(t) > MAX_TAG_LENGTH:
+            raise ConfigurationError(f"{where}: tag {t[:20]!r}... is over {MAX_TAG_LENGTH} chars")
+        out.append(t)
+    if len(out) + existing > MAX_TAGS:
+        raise ConfigurationError(
+            f"{where}: runs can only have {MAX_TAGS} tags, you're trying to set {len(out) + existing}"
+        )
+    return out
+
+
+class TriggerOptions(_Options):
+    """Per-trigger options (reference §6.2 plus v4's priority). Validated in the caller."""
+
+    delay: str | int | float | datetime | None = None
+    ttl: str | int | float | None = None
+    tags: list[str] | str | None = None
+    idempotency_key: str | list[str] | None = None
+    idempotency_key_ttl: str | int | float | None = None
+    concurrency_key: str | None = None
+    queue: str | QueueOptions | None = None
+    machine: str | None = None
+    max_attempts: int | None = Field(None, ge=0, le=250)
+    max_duration: float | None = Field(None, gt=0)
+    metadata: dict[str, Any] | None = None
+    priority: float = Field(0, ge=0)
+
+    @field_validator("machine")
+    @classmethod
+    def _machine(cls, v: str | None) -> str | None:
+        return None if v is None else check_machine(v, where="machine")
+
+
+def parse_trigger_options(options: dict[str, Any], *, where: str = "trigger") -> TriggerOptions:
+    unknown = set(options) - set(TriggerOptions.model_fields)
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown option(s) {sorted(unknown)}; "
+            f"valid options are {sorted(TriggerOptions.model_fields)}"
+        )
+    try:
+        return TriggerOptions.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigurationError(f"{where}: {_explain(exc)}") from None
+
+
+class Attempt(BaseModel):
+    """One attempt of a run, as stored."""
+
+    model_config = ConfigDict(frozen=True)
+
+    run_id: str
+    number: int
+    status: Literal["EXECUTING", "COMPLETED", "FAILED", "CANCELED"]
+    started_at: datetime | None
+    finished_at: datetime | None
+    machine: str
+    queue: str
+    error: dict[str, Any] | None = None
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return (self.finished_at - self.started_at).total_seconds() * 1000
+
+
+class Run(BaseModel):
+    """A frozen snapshot of a run. Get a fresh one with `runs.retrieve(id)`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    task_id: str
+    status: RunStatus
+    payload: Any = None
+    output: Any = None
+    error: dict[str, Any] | None = None
+    attempt_count: int = 0
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    updated_at: datetime | None = None
+    delay_until: datetime | None = None
+    tags: list[str] = []
+    metadata: dict[str, Any] = {}
+    parent_id: str | None = None
+    root_id: str | None = None
+    batch_id: str | None = None
+    is_test: bool = False
+    idempotency_key: str | None = None
+    concurrency_key: str | None = None
+    queue: str = ""
+    machine: str = "kernel"
+    attempts: list[Attempt] = []
+
+    @property
+    def duration_ms(self) -> float | None:
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.updated_at
+        return None if end is None else (end - self.started_at).total_seconds() * 1000
+
+    @property
+    def is_queued(self) -> bool:
+        return self.status in QUEUED_LIKE
+
+    @property
+    def is_executing(self) -> bool:
+        return self.status in EXECUTING_LIKE
+
+    @property
+    def is_completed(self) -> bool:
+        return self.status in FINAL
+
+    @property
+    def is_success(self) -> bool:
+        return self.status is RunStatus.COMPLETED
+
+    @property
+    def is_failed(self) -> bool:
+        return self.status in FAILED_LIKE
+
+    @property
+    def is_cancelled(self) -> bool:
+        return self.status is RunStatus.CANCELED
+
+    def _repr_html_(self) -> str:
+        from .notebook.display import run_html
+
+        return run_html(self)

@@ -1,0 +1,294 @@
+"""`nbtasks.runs`: retrieve, list, cancel, replay, reschedule; DataFrames through `frames`.
+
+>>> nbtasks.runs.list(task_id="hello-world", status="FAILED", limit=20)     # doctest: +SKIP
+>>> nbtasks.runs.cancel(handle.id)
+>>> nbtasks.runs.to_dataframe(since="1d")
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._durations import Duration, parse_delay, parse_duration
+from ._errors import ConfigurationError, EngineError, RunNotFoundError
+from ._models import Run
+from ._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, run_model
+from ._scheduler import RunEvent
+from ._status import FINAL, RunStatus
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from ._engine import Engine
+    from ._handles import RunHandle
+
+_UNSET: Any = object()
+
+
+class RunList(list[Run]):
+    """`runs.list()`'s answer: a plain list of Run snapshots that renders as a table."""
+
+    def _repr_html_(self) -> str:
+        from .notebook.display import runs_table_html
+
+        return runs_table_html(self)
+
+
+def _statuses(status: Any) -> list[str]:
+    items = [status] if isinstance(status, str | RunStatus) else list(status)
+    out = []
+    for s in items:
+        try:
+            out.append(RunStatus(str(s).upper()).value)
+        except ValueError:
+            raise ConfigurationError(
+                f"status: {s!r} is not a run status ({', '.join(RunStatus)})") from None
+    return out
+
+
+def _when(value: datetime | Duration | None, now: float, where: str) -> float | None:
+    """A datetime, or a duration meaning "that long ago" ("1d")."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ConfigurationError(f"{where}: pass an aware datetime")
+        return value.timestamp()
+    return now - parse_duration(value, where=where)
+
+
+def run_filters(
+    now: float, *, task_id: str | list[str] | None = None, status: Any = None,
+    tag: str | list[str] | None = None, since: Any = None, until: Any = None,
+    is_test: bool | None = None, batch_id: str | None = None, alias: str = "runs",
+) -> tuple[str, list[Any]]:
+    """A WHERE clause (possibly empty) and its parameters; shared by lists and DataFrames."""
+    where: list[str] = []
+    params: list[Any] = []
+    if task_id is not None:
+        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        where.append(f"{alias}.task_id IN ({', '.join('?' * len(ids))})")
+        params += ids
+    if status is not None:
+        sts = _statuses(status)
+        where.append(f"{alias}.status IN ({', '.join('?' * len(sts))})")
+        params += sts
+    if tag is not None:
+        tags = [tag] if isinstance(tag, str) else list(tag)
+        where.append(f"EXISTS (SELECT 1 FROM json_each({alias}.tags) WHERE value IN "
+                     f"({', '.join('?' * len(tags))}))")
+        params += tags
+    if (t := _when(since, now, "since")) is not None:
+        where.append(f"{alias}.created_at >= ?")
+        params.append(t)
+    if (t := _when(until, now, "until")) is not None:
+        where.append(f"{alias}.created_at < ?")
+        params.append(t)
+    if is_test is not None:
+        where.append(f"{alias}.is_test = ?")
+        params.append(int(is_test))
+    if batch_id is not None:
+        where.append(f"{alias}.batch_id = ?")
+        params.append(batch_id)
+    return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+class RunsAPI:
+    """Bound to one engine (`eng.runs`), or to the default one (`nbtasks.runs`)."""
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
+
+    # ------------------------------------------------------------------ reading
+
+    def _fresh(self) -> None:
+        """Let pending writes land so a read sees the latest state (a no-op on the loop)."""
+        eng = self.engine
+        if not eng.runtime.in_loop() and not eng.closed:
+            eng.runtime.call(eng.writer.barrier)
+
+    def row(self, run_id: str) -> dict[str, Any] | None:
+        cols, rows = self.engine.store.select(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+        return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+    def retrieve(self, run_id: str) -> Run:
+        """The run's current snapshot, with its attempts."""
+        self._fresh()
+        row = self.row(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        cols, rows = self.engine.store.select(
+            f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? ORDER BY number",
+            (run_id,))
+        return run_model(row, [dict(zip(cols, r, strict=True)) for r in rows])
+
+    def list(
+        self, *, task_id: str | list[str] | None = None, status: Any = None,
+        tag: str | list[str] | None = None, since: Any = None, until: Any = None,
+        is_test: bool | None = None, batch_id: str | None = None, limit: int = 100,
+        offset: int = 0,
+    ) -> RunList:
+        """Newest first. Filters combine with AND."""
+        if not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError("limit must be a positive int")
+        self._fresh()
+        where, params = run_filters(self.engine.clock.now(), task_id=task_id, status=status,
+                                    tag=tag, since=since, until=until, is_test=is_test,
+                                    batch_id=batch_id)
+        cols, rows = self.engine.store.select(
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY created_at DESC, seq DESC "
+            "LIMIT ? OFFSET ?", (*params, limit, offset))
+        return RunList(run_model(dict(zip(cols, r, strict=True))) for r in rows)
+
+    def count(self, **filters: Any) -> int:
+        self._fresh()
+        where, params = run_filters(self.engine.clock.now(), **filters)
+        return int(self.engine.store.select(f"SELECT COUNT(*) FROM runs{where}",
+                                            tuple(params))[1][0][0])
+
+    def logs(self, run_id: str) -> pd.DataFrame:
+        from . import frames
+
+        self._fresh()
+        return frames.logs(self.engine.store, run_id)
+
+    def to_dataframe(self, **filters: Any) -> pd.DataFrame:
+        """One row per run, built by one SQL query (see nbtasks.frames)."""
+        from . import frames
+
+        self._fresh()
+        return frames.runs_frame(self.engine.store, self.engine.clock.now(), **filters)
+
+    def attempts_dataframe(self, **filters: Any) -> pd.DataFrame:
+        """One row per attempt (see nbtasks.frames)."""
+        from . import frames
+
+        self._fresh()
+        return frames.attempts_frame(self.engine.store, self.engine.clock.now(), **filters)
+
+    # ------------------------------------------------------------------ changing
+
+    def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return self.engine.on_loop(fn, *args)
+
+    def cancel(self, run_id: str) -> bool:
+        """Cancel a non-final run (and its running children). False: it was already final."""
+        eng = self.engine
+
+        def _cancel() -> bool:
+            run = eng.scheduler.active.get(run_id)
+            if run is None:
+                row = self.row(run_id)
+                if row is None:
+                    raise RunNotFoundError(f"no run with id {run_id!r}")
+                if RunStatus(row["status"]) in FINAL:
+                    return False
+                raise EngineError(f"run {run_id} is owned by another kernel; cancel it there")
+            return eng.scheduler.stop(run, RunStatus.CANCELED, "cancel")
+
+        return bool(self._on_loop(_cancel))
+
+    def replay(self, run_id: str, payload: Any = _UNSET, **options: Any) -> RunHandle[Any]:
+        """A new run of the same task with the same payload (or `payload`), tags, queue and key."""
+        row = self.row(run_id)
+        if row is None:
+            raise RunNotFoundError(f"no run with id {run_id!r}")
+        eng = self.engine
+        defn = eng.registry.require(row["task_id"])
+        from ._payload import loads
+        from ._tasks import Task
+
+        task: Task[Any, Any] = Task(defn, eng.registry)
+        opts: dict[str, Any] = {}
+        if row["tags"]:
+            opts["tags"] = loads(row["tags"])
+        if row["concurrency_key"]:
+            opts["concurrency_key"] = row["concurrency_key"]
+        if row["queue"] and row["queue"] != defn.queue_name:
+            opts["queue"] = row["queue"]
+        opts.update(options)
+        body = task.encode(loads(row["payload"]) if payload is _UNSET else payload)
+        return eng.trigger_encoded(defn, body, opts, is_test=bool(row["is_test"]))
+
+    def reschedule(self, run_id: str, delay: Any) -> Run:
+        """Move a DELAYED run's start (reference §7.3)."""
+        eng = self.engine
+        at = parse_delay(delay, eng.clock.now(), where="delay")
+
+        def _go() -> None:
+            run = eng.scheduler.active.get(run_id)
+            if run is None or run.status is not RunStatus.DELAYED:
+                raise ConfigurationError("Cannot reschedule a run that is not delayed")
+            eng.scheduler.reschedule(run, at)
+
+        self._on_loop(_go)
+        return self.retrieve(run_id)
+
+    async def subscribe(self, *, run_id: str | None = None,
+                        task_id: str | None = None) -> AsyncIterator[RunEvent]:
+        """Async iterator of RunEvents, optionally filtered; yields until you stop iterating."""
+        eng = self.engine
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+
+        def _push(event: RunEvent) -> None:
+            if (run_id is None or event.run_id == run_id) and (
+                    task_id is None or event.task_id == task_id):
+                loop.call_soon_threadsafe(queue.put_nowait, event)
+
+        unsubscribe = eng.subscribe(_push)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            unsubscribe()
+
+    def prune(self, older_than: Duration = "30d") -> int:
+        """Delete final runs (with attempts and logs) created before `older_than` ago."""
+        from .stores.sqlite import _FINAL_SQL
+
+        eng = self.engine
+        cutoff = eng.clock.now() - parse_duration(older_than, where="older_than")
+        self._fresh()
+        _, rows = eng.store.select(
+            f"SELECT COUNT(*) FROM runs WHERE created_at < ? AND status IN {_FINAL_SQL}",
+            (cutoff,))
+        sub = f"SELECT id FROM runs WHERE created_at < ? AND status IN {_FINAL_SQL}"
+        for sql in (f"DELETE FROM attempts WHERE run_id IN ({sub})",
+                    f"DELETE FROM logs WHERE run_id IN ({sub})",
+                    f"DELETE FROM runs WHERE id IN ({sub})"):
+            eng.on_loop(eng.writer.statement, sql, (cutoff,))
+        self._fresh()
+        return int(rows[0][0])
+
+    def interrupted(self) -> list[str]:
+        """Ids of runs held after a restart with `configure(resume=False)`."""
+        return [r.id for r in self.engine.scheduler.held]
+
+    def resume_interrupted(self) -> int:
+        eng = self.engine
+
+        def _go() -> int:
+            held, eng.scheduler.held = eng.scheduler.held, []
+            for run in held:
+                eng.scheduler.schedule_recovered(run)
+            return len(held)
+
+        return int(self._on_loop(_go))
+
+    def cancel_interrupted(self) -> int:
+        eng = self.engine
+
+        def _go() -> int:
+            held, eng.scheduler.held = eng.scheduler.held, []
+            return sum(eng.scheduler.stop(r, RunStatus.CANCELED, "cancel") for r in held)
+
+        return int(self._on_loop(_go))

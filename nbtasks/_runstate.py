@@ -1,0 +1,188 @@
+"""The engine's in-memory state of one active run, and its row in the store.
+
+Only runs that are not final (plus the few just finishing) live in memory; history lives in the
+store, so 100,000 finished runs cost the kernel nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._clock import TimerHandle, to_datetime
+from ._context import CancelSignal
+from ._payload import dumps, loads
+from ._status import FINAL, RunStatus
+
+if TYPE_CHECKING:
+    from ._models import Run
+
+_ALPHABET = "123456789abcdefghijkmnopqrstuvwxyz"
+_rng = random.Random(os.urandom(16))
+
+
+def new_id(prefix: str) -> str:
+    """`run_` + 21 characters from Trigger.dev's friendly-id alphabet."""
+    return prefix + "".join(_rng.choices(_ALPHABET, k=21))
+
+
+RUN_COLUMNS = (
+    "id", "task_id", "status", "payload", "output", "error", "attempt_count", "created_at",
+    "started_at", "finished_at", "updated_at", "delay_until", "ttl", "queued_at", "tags",
+    "metadata", "parent_id", "root_id", "batch_id", "is_test", "idempotency_key",
+    "idempotency_expires_at", "concurrency_key", "queue", "machine", "max_attempts",
+    "max_duration", "priority", "owner", "seq",
+)
+
+ATTEMPT_COLUMNS = (
+    "run_id", "number", "status", "started_at", "finished_at", "machine", "queue",
+    "error_type", "error_message", "error",
+)
+
+
+class AttemptState:
+    __slots__ = ("error", "finished_at", "machine", "number", "queue", "started_at", "status")
+
+    def __init__(self, number: int, started_at: float, machine: str, queue: str) -> None:
+        self.number = number
+        self.started_at = started_at
+        self.finished_at: float | None = None
+        self.status = "EXECUTING"
+        self.machine = machine
+        self.queue = queue
+        self.error: dict[str, Any] | None = None
+
+    def row(self, run_id: str) -> tuple[Any, ...]:
+        err = self.error
+        return (
+            run_id, self.number, self.status, self.started_at, self.finished_at, self.machine,
+            self.queue, err.get("type") if err else None, err.get("message") if err else None,
+            dumps(err) if err else None,
+        )
+
+
+class RunState:
+    """Mutable, slot-only, touched only on the engine loop."""
+
+    __slots__ = (
+        "attempt", "attempt_count", "attempt_task", "batch_id", "children", "concurrency_key",
+        "created_at", "delay_until", "durable", "error", "finished_at", "holds_slot",
+        "id", "idempotency_expires_at", "idempotency_key", "is_test", "machine", "max_attempts",
+        "max_duration", "metadata", "output_json", "owner", "parent_id", "payload_json",
+        "priority", "queue", "queued_at", "resume", "retrying", "root_id", "seq", "signal",
+        "started_at", "status", "tags", "task_id", "timer", "ttl", "ttl_timer", "updated_at",
+        "wait_depth", "waiters", "start_fn",
+    )
+
+    def __init__(self, run_id: str, task_id: str, payload_json: str, now: float) -> None:
+        self.id = run_id
+        self.task_id = task_id
+        self.payload_json = payload_json
+        self.status = RunStatus.QUEUED
+        self.output_json: str | None = None
+        self.error: dict[str, Any] | None = None
+        self.attempt_count = 0
+        self.created_at = now
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+        self.updated_at = now
+        self.delay_until: float | None = None
+        self.ttl: float | None = None
+        self.queued_at = now
+        self.tags: list[str] = []
+        self.metadata: dict[str, Any] = {}
+        self.parent_id: str | None = None
+        self.root_id: str | None = None
+        self.batch_id: str | None = None
+        self.is_test = False
+        self.idempotency_key: str | None = None
+        self.idempotency_expires_at: float | None = None
+        self.concurrency_key: str | None = None
+        self.queue = f"task/{task_id}"
+        self.machine: str | None = None
+        self.max_attempts: int | None = None
+        self.max_duration: float | None = None
+        self.priority = 0.0
+        self.owner = ""
+        self.seq = 0
+        # runtime only, never stored
+        self.attempt: AttemptState | None = None
+        self.attempt_task: asyncio.Task[None] | None = None
+        self.children: list[RunState] = []
+        self.durable = False
+        self.holds_slot = False
+        self.resume: asyncio.Future[None] | None = None
+        self.retrying = ""  # "restart": the attempt died with its kernel
+        self.signal: CancelSignal | None = None
+        self.timer: TimerHandle | None = None
+        self.ttl_timer: TimerHandle | None = None
+        self.wait_depth = 0
+        self.waiters: list[Callable[[RunState], None]] = []
+        self.start_fn: Callable[[], None] | None = None
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id, self.task_id, self.status.value, self.payload_json, self.output_json,
+            dumps(self.error) if self.error else None, self.attempt_count, self.created_at,
+            self.started_at, self.finished_at, self.updated_at, self.delay_until, self.ttl,
+            self.queued_at, dumps(self.tags) if self.tags else None,
+            dumps(self.metadata) if self.metadata else None, self.parent_id, self.root_id,
+            self.batch_id, int(self.is_test), self.idempotency_key,
+            self.idempotency_expires_at, self.concurrency_key, self.queue, self.machine,
+            self.max_attempts, self.max_duration, self.priority, self.owner, self.seq,
+        )
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RunState:
+        """Rebuild from a stored row (recovery after a kernel restart)."""
+        run = cls(row["id"], row["task_id"], row["payload"], row["created_at"])
+        for name in RUN_COLUMNS:
+            if name in ("id", "task_id", "payload"):
+                continue
+            value = row[name]
+            if name == "status":
+                value = RunStatus(value)
+            elif name == "output":
+                run.output_json = value
+                continue
+            elif name == "error":
+                value = loads(value)
+            elif name in ("tags", "metadata"):
+                value = loads(value) or ([] if name == "tags" else {})
+            elif name == "is_test":
+                value = bool(value)
+            setattr(run, name, value)
+        return run
+
+
+def run_model(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> Run:
+    """A stored row as the public frozen `Run` snapshot."""
+    from ._models import Attempt, Run
+
+    return Run(
+        id=row["id"], task_id=row["task_id"], status=RunStatus(row["status"]),
+        payload=loads(row["payload"]), output=loads(row["output"]), error=loads(row["error"]),
+        attempt_count=row["attempt_count"], created_at=to_datetime(row["created_at"]),
+        started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
+        updated_at=to_datetime(row["updated_at"]), delay_until=to_datetime(row["delay_until"]),
+        tags=loads(row["tags"]) or [], metadata=loads(row["metadata"]) or {},
+        parent_id=row["parent_id"], root_id=row["root_id"], batch_id=row["batch_id"],
+        is_test=bool(row["is_test"]), idempotency_key=row["idempotency_key"],
+        concurrency_key=row["concurrency_key"], queue=row["queue"] or "",
+        machine=row["machine"] or "kernel",
+        attempts=[
+            Attempt(
+                run_id=a["run_id"], number=a["number"], status=a["status"],
+                started_at=to_datetime(a["started_at"]), finished_at=to_datetime(a["finished_at"]),
+                machine=a["machine"] or "kernel", queue=a["queue"] or "", error=loads(a["error"]),
+            )
+            for a in attempts or []
+        ],
+    )

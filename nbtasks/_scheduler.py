@@ -1,0 +1,486 @@
+"""The scheduler: every run's life on the engine loop, from trigger to a final status.
+
+It owns the active runs (history lives in the store), hands them to the dispatcher for slots,
+runs attempts through an executor, applies retry decisions on the clock, parks runs that wait
+(giving their slot back, DESIGN.md #4), and ends runs by cancel, TTL or max_duration. Each
+change goes through `transition()` and is marked for the group-commit writer and published as a
+`RunEvent`. Nothing here blocks and nothing polls: timers are the clock's, wake-ups are futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, TypeVar
+
+from ._clock import Clock, to_datetime
+from ._context import (
+    AttemptInfo,
+    AttemptScope,
+    CancelSignal,
+    MachineInfo,
+    QueueInfo,
+    RunInfo,
+    TaskContext,
+    TaskInfo,
+)
+from ._errors import KernelRestartError, MaxDurationExceededError
+from ._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, error_record
+from ._models import MACHINES, RetryOptions
+from ._payload import dumps
+from ._queues import Dispatcher
+from ._retry import decide, effective_options
+from ._runstate import AttemptState, RunState
+from ._status import RunStatus, transition
+from ._tasks import NOT_GIVEN, Registry, TaskDefinition
+from ._writer import GroupWriter
+from .executors._base import Executor
+
+T = TypeVar("T")
+S = RunStatus
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """Published on every change. `kind`: created, status, log, metadata."""
+
+    kind: str
+    run_id: str
+    task_id: str
+    status: RunStatus
+    at: float
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Settings `configure()` changes at any time; read at each attempt."""
+
+    concurrency_limit: int = 100
+    retry: RetryOptions | None = field(default_factory=RetryOptions)
+    machine: str = "kernel"
+    hooks: GlobalHooks = field(default_factory=GlobalHooks)
+    resume: bool = True
+
+
+class RunSink:
+    """An attempt's side effects, marshalled onto the engine loop from whatever thread."""
+
+    __slots__ = ("run", "sched")
+
+    def __init__(self, sched: Scheduler, run: RunState) -> None:
+        self.sched = sched
+        self.run = run
+
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        if threading.get_ident() == self.sched.loop_thread:
+            fn(*args)
+        else:
+            self.sched.loop.call_soon_threadsafe(fn, *args)
+
+    def log(self, level: str, message: str, attributes: dict[str, Any] | None) -> None:
+        self._on_loop(self.sched.log, self.run, level, message, attributes)
+
+    def metadata_changed(self, metadata: dict[str, Any]) -> None:
+        self._on_loop(self.sched.set_metadata, self.run, metadata)
+
+    def tags_changed(self, tags: list[str]) -> None:
+        self._on_loop(self.sched.set_tags, self.run, tags)
+
+
+class Scheduler:
+    """All methods run on the engine loop (the `_on_loop` callers marshal onto it)."""
+
+    def __init__(
+        self,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Clock,
+        writer: GroupWriter,
+        registry: Registry,
+        config: EngineConfig,
+        executor_for: Callable[[str], Executor],
+        owner: str,
+        engine: Any = None,
+    ) -> None:
+        self.loop = loop
+        self.loop_thread = threading.get_ident()
+        self.clock = clock
+        self.writer = writer
+        self.registry = registry
+        self.config = config
+        self.executor_for = executor_for
+        self.owner = owner
+        self.engine = engine
+        self.active: dict[str, RunState] = {}
+        self.idempotency: dict[tuple[str, str], RunState] = {}
+        self.undeployed: dict[str, list[RunState]] = {}
+        self.held: list[RunState] = []  # interrupted runs kept for the user (resume=False)
+        self.dispatcher = Dispatcher(config.concurrency_limit)
+        self.subscribers: list[Callable[[RunEvent], None]] = []
+        self.seq = itertools.count(1)
+        self.late_results = 0
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: str, run: RunState) -> None:
+        if self.subscribers:
+            event = RunEvent(kind, run.id, run.task_id, run.status, run.updated_at)
+            for fn in self.subscribers:
+                fn(event)
+
+    def _set(self, run: RunState, status: RunStatus) -> None:
+        run.status = transition(run.status, status)
+        run.updated_at = self.clock.now()
+        self.writer.mark(run)
+        self.emit("status", run)
+
+    def log(self, run: RunState, level: str, message: str, attrs: dict[str, Any] | None) -> None:
+        self.writer.log((run.id, self.clock.now(), level, message, dumps(attrs, what="attributes")
+                         if attrs else None))
+        self.emit("log", run)
+
+    def set_metadata(self, run: RunState, metadata: dict[str, Any]) -> None:
+        run.metadata = metadata
+        run.updated_at = self.clock.now()
+        self.writer.mark(run)
+        self.emit("metadata", run)
+
+    def set_tags(self, run: RunState, tags: list[str]) -> None:
+        run.tags = list(tags)
+        self.writer.mark(run)
+        self.emit("metadata", run)
+
+    # ------------------------------------------------------------------ definitions
+
+    def on_define(self, defn: TaskDefinition) -> None:
+        """A cell (re)defined a task: apply its queue limits and release runs waiting for it."""
+        if defn.queue is not None:
+            self.dispatcher.configure(
+                defn.queue_name, defn.queue.concurrency_limit, defn.queue.total
+            )
+        for run in self.undeployed.pop(defn.id, []):
+            if run.status is S.WAITING_FOR_DEPLOY:
+                self._set(run, S.QUEUED)
+                self._enqueue(run)
+
+    # ------------------------------------------------------------------ submission
+
+    def submit(self, run: RunState) -> RunState:
+        """Register a prepared run; returns the existing run when its idempotency key matches."""
+        if run.idempotency_key is not None:
+            cached = self.idempotency.get((run.task_id, run.idempotency_key))
+            if cached is not None and (
+                cached.idempotency_expires_at is None
+                or cached.idempotency_expires_at > self.clock.now()
+            ):
+                return cached
+            self.idempotency[(run.task_id, run.idempotency_key)] = run
+        run.seq = next(self.seq)
+        run.owner = self.owner
+        self.active[run.id] = run
+        if run.parent_id is not None:
+            parent = self.active.get(run.parent_id)
+            if parent is not None:
+                parent.children.append(run)
+        self.writer.mark(run)
+        self.emit("created", run)
+        if run.status is S.DELAYED and run.delay_until is not None:
+            run.timer = self.clock.call_at(run.delay_until, partial(self._enqueue, run))
+        else:
+            self._enqueue(run)
+        return run
+
+    def _enqueue(self, run: RunState, front: bool = False) -> None:
+        if run.is_final:
+            return
+        run.timer = None
+        if run.status is S.DELAYED:
+            self._set(run, S.QUEUED)
+            run.queued_at = self.clock.now()
+        defn = self.registry.get(run.task_id)
+        if defn is None:
+            if run.status is not S.WAITING_FOR_DEPLOY:
+                self._set(run, S.WAITING_FOR_DEPLOY)
+            self.undeployed.setdefault(run.task_id, []).append(run)
+            return
+        if run.retrying == "restart":
+            self._retry_after_restart(run, defn)
+            return
+        if run.ttl and run.status is S.QUEUED and run.ttl_timer is None:
+            run.ttl_timer = self.clock.call_at(run.queued_at + run.ttl, partial(self._expire, run))
+        sort = (0 if front else 1, run.queued_at - run.priority, run.seq)
+        run.start_fn = partial(self._start, run)
+        self.dispatcher.push(run.queue, run.concurrency_key, sort, run.start_fn)
+
+    def _start(self, run: RunState) -> None:
+        """The dispatcher gave `run` a slot: resume its wait, or start its next attempt."""
+        run.holds_slot = True
+        run.start_fn = None
+        if run.ttl_timer is not None:
+            run.ttl_timer.cancel()
+            run.ttl_timer = None
+        if run.resume is not None:
+            fut, run.resume = run.resume, None
+            if not fut.done():
+                fut.set_result(None)
+            return
+        run.attempt_task = self.loop.create_task(self._attempt(run))
+
+    def _release(self, run: RunState) -> None:
+        if run.holds_slot:
+            run.holds_slot = False
+            self.dispatcher.release(run.queue, run.concurrency_key)
+
+    # ------------------------------------------------------------------ attempts
+
+    def retry_options(self, defn: TaskDefinition, run: RunState) -> RetryOptions | None:
+        base = self.config.retry if defn.retry is NOT_GIVEN else defn.retry
+        return effective_options(base, run.max_attempts)  # type: ignore[arg-type]
+
+    def _context(self, defn: TaskDefinition, run: RunState, number: int, now: float,
+                 signal: CancelSignal) -> TaskContext:
+        preset = MACHINES[run.machine or "kernel"]
+        return TaskContext(
+            task=TaskInfo(defn.id),
+            run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
+                        to_datetime(run.created_at),  # type: ignore[arg-type]
+                        run.parent_id, run.root_id, run.batch_id, run.max_attempts),
+            attempt=AttemptInfo(number, to_datetime(now)),  # type: ignore[arg-type]
+            queue=QueueInfo(run.queue),
+            machine=MachineInfo(preset.name, preset.cpu, preset.memory),
+            signal=signal,
+        )
+
+    async def _attempt(self, run: RunState) -> None:
+        defn = self.registry.require(run.task_id)
+        now = self.clock.now()
+        run.attempt_count += 1
+        number = run.attempt_count
+        if run.started_at is None:
+            run.started_at = now
+        run.retrying = ""
+        run.delay_until = None if run.status is S.REATTEMPTING else run.delay_until
+        machine = run.machine or "kernel"
+        attempt = AttemptState(number, now, machine, run.queue)
+        run.attempt = attempt
+        self.writer.mark_attempt(run, attempt)
+        self._set(run, S.EXECUTING)
+        signal = run.signal = CancelSignal()
+        ctx = self._context(defn, run, number, now, signal)
+        plan = AttemptPlan(defn, run.payload_json, ctx, self.retry_options(defn, run),
+                           self.config.hooks, self.clock.now)
+        scope = AttemptScope(ctx, RunSink(self, run), run.metadata, run.tags, self.engine)
+        limit = run.max_duration or defn.max_duration
+        timer = self.clock.call_at(now + limit, partial(self._time_out, run)) if limit else None
+        try:
+            outcome = await self.executor_for(machine).execute(plan, scope)
+        except asyncio.CancelledError:
+            if run.is_final:
+                return  # cancelled or timed out: the run already ended
+            raise
+        except Exception as exc:  # the executor itself failed: a system failure, retried
+            decision = decide(plan.retry, number, exc, self.clock.now(), None, machine=machine)
+            outcome = AttemptOutcome(False, error=error_record(exc), retry_at=decision.retry_at,
+                                     status=S.SYSTEM_FAILURE)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if run.is_final:
+            self.late_results += 1
+            self.log(run, "warn", "late result discarded: the run had already ended", None)
+            return
+        self.complete_attempt(run, attempt, outcome)
+
+    def complete_attempt(self, run: RunState, attempt: AttemptState, outcome: AttemptOutcome) -> None:
+        now = self.clock.now()
+        attempt.finished_at = now
+        attempt.status = "COMPLETED" if outcome.ok else "FAILED"
+        attempt.error = outcome.error
+        self.writer.mark_attempt(run, attempt)
+        run.attempt = None
+        run.attempt_task = None
+        self._release(run)
+        if outcome.ok:
+            self._finish(run, S.COMPLETED, output_json=outcome.output_json)
+        elif outcome.retry_at is not None:
+            run.error = outcome.error
+            if outcome.machine:
+                run.machine = outcome.machine
+            run.delay_until = outcome.retry_at
+            self._set(run, S.REATTEMPTING)
+            run.timer = self.clock.call_at(outcome.retry_at, partial(self._enqueue, run, True))
+        else:
+            self._finish(run, outcome.status, error=outcome.error)
+
+    def reschedule(self, run: RunState, at: float | None) -> None:
+        """Move a DELAYED run's start time (None: start now)."""
+        if run.timer is not None:
+            run.timer.cancel()
+        run.delay_until = at
+        run.updated_at = self.clock.now()
+        self.writer.mark(run)
+        self.emit("status", run)
+        if at is None:
+            self._enqueue(run)
+        else:
+            run.queued_at = at
+            run.timer = self.clock.call_at(at, partial(self._enqueue, run))
+
+    # ------------------------------------------------------------------ endings
+
+    def _finish(self, run: RunState, status: RunStatus, *, output_json: str | None = None,
+                error: dict[str, Any] | None = None) -> None:
+        self._set(run, status)
+        run.finished_at = run.updated_at
+        run.output_json = output_json
+        if status is not S.COMPLETED:
+            run.error = error if error is not None else run.error
+        else:
+            run.error = None
+        for t in (run.timer, run.ttl_timer):
+            if t is not None:
+                t.cancel()
+        run.timer = run.ttl_timer = None
+        if run.start_fn is not None:
+            self.dispatcher.remove(run.queue, run.concurrency_key, run.start_fn)
+            run.start_fn = None
+        self._release(run)
+        waiting = self.undeployed.get(run.task_id)
+        if waiting and run in waiting:
+            waiting.remove(run)
+        self.writer.barrier().add_done_callback(partial(self._durable, run))
+
+    def _durable(self, run: RunState, _fut: asyncio.Future[None]) -> None:
+        """The final state is on disk: now waiters may hear of it (DESIGN.md durability)."""
+        run.durable = True
+        waiters, run.waiters = run.waiters, []
+        for fn in waiters:
+            fn(run)
+        self.active.pop(run.id, None)
+        if run.idempotency_key is not None:
+            self.idempotency.pop((run.task_id, run.idempotency_key), None)
+        run.children = []
+
+    def stop(self, run: RunState, status: RunStatus, reason: str,
+             error: dict[str, Any] | None = None) -> bool:
+        """End a non-final run now: cancel, max_duration, TTL. Children of a cancel go too."""
+        if run.is_final:
+            return False
+        if run.signal is not None:
+            run.signal.abort(reason)
+        attempt = run.attempt
+        if attempt is not None and attempt.finished_at is None:
+            attempt.finished_at = self.clock.now()
+            attempt.status = "CANCELED" if status is S.CANCELED else "FAILED"
+            attempt.error = error
+            self.writer.mark_attempt(run, attempt)
+        task = run.attempt_task
+        if status is S.CANCELED and run.status in (S.EXECUTING, S.WAITING):
+            self.log(run, "info", "run cancelled while executing", None)
+        self._finish(run, status, error=error)
+        if task is not None and not task.done():
+            task.cancel()
+        if status is S.CANCELED:
+            for child in run.children:
+                self.stop(child, S.CANCELED, reason)
+        return True
+
+    def _time_out(self, run: RunState) -> None:
+        if run.status in (S.EXECUTING, S.WAITING):
+            limit = run.max_duration or self.registry.require(run.task_id).max_duration
+            err = MaxDurationExceededError(f"run exceeded its max_duration of {limit:g}s")
+            self.stop(run, S.TIMED_OUT, "timeout", error_record(err))
+
+    def _expire(self, run: RunState) -> None:
+        run.ttl_timer = None
+        if run.status in (S.QUEUED, S.WAITING_FOR_DEPLOY):
+            self.stop(run, S.EXPIRED, "expired")
+
+    # ------------------------------------------------------------------ waits
+
+    async def park(self, run: RunState, awaitable: Awaitable[T]) -> T:
+        """Wait inside a run: give the slot back, await, then queue for a slot (ahead of fresh runs).
+
+        Parallel waits (asyncio.gather) nest: the slot goes at the first and comes back after
+        the last.
+        """
+        if run.wait_depth == 0:
+            self._set(run, S.WAITING)
+            self._release(run)
+        run.wait_depth += 1
+        try:
+            result = await awaitable
+        finally:
+            run.wait_depth -= 1
+        if run.wait_depth == 0 and not run.is_final:
+            fut: asyncio.Future[None] = self.loop.create_future()
+            run.resume = fut
+            run.start_fn = partial(self._start, run)
+            self.dispatcher.push(run.queue, run.concurrency_key, (0, self.clock.now(), run.seq),
+                                 run.start_fn)
+            await fut
+            self._set(run, S.EXECUTING)
+        return result
+
+    def on_final(self, run_id: str, callback: Callable[[RunState], None]) -> bool:
+        """Call back once `run_id` is final and durable. False if it is not active here."""
+        run = self.active.get(run_id)
+        if run is None or run.durable:
+            return False
+        run.waiters.append(callback)
+        return True
+
+    # ------------------------------------------------------------------ restart recovery
+
+    def adopt(self, run: RunState) -> None:
+        """Take over a run left non-final by a dead kernel (recorded times are kept)."""
+        self.active[run.id] = run
+        run.owner = self.owner
+        run.seq = next(self.seq)
+        if run.idempotency_key is not None:
+            self.idempotency[(run.task_id, run.idempotency_key)] = run
+        if run.status in (S.EXECUTING, S.WAITING):
+            err = KernelRestartError(
+                f"the kernel stopped while attempt {run.attempt_count} was executing"
+            )
+            record = error_record(err)
+            record["traceback"] = ""
+            attempt = AttemptState(run.attempt_count, run.started_at or run.updated_at,
+                                   run.machine or "kernel", run.queue)
+            attempt.finished_at = self.clock.now()
+            attempt.status = "FAILED"
+            attempt.error = record
+            self.writer.mark_attempt(run, attempt)
+            run.error = record
+            run.status = S.REATTEMPTING
+            run.retrying = "restart"
+            run.updated_at = self.clock.now()
+            self.writer.mark(run)
+        if not self.config.resume:
+            self.held.append(run)
+            return
+        self.schedule_recovered(run)
+
+    def schedule_recovered(self, run: RunState) -> None:
+        if run.status in (S.DELAYED, S.REATTEMPTING) and run.delay_until is not None \
+                and run.retrying != "restart":
+            run.timer = self.clock.call_at(run.delay_until, partial(self._enqueue, run, True))
+        else:
+            self._enqueue(run, front=run.status is S.REATTEMPTING)
+
+    def _retry_after_restart(self, run: RunState, defn: TaskDefinition) -> None:
+        run.retrying = ""
+        opts = self.retry_options(defn, run)
+        err = KernelRestartError("kernel restarted")
+        decision = decide(opts, run.attempt_count, err, self.clock.now(), None,
+                          machine=run.machine)
+        if decision.retry_at is None:
+            self._finish(run, S.FAILED, error=run.error)
+            return
+        run.delay_until = decision.retry_at
+        self.writer.mark(run)
+        run.timer = self.clock.call_at(decision.retry_at, partial(self._enqueue, run, True))

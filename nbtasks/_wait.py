@@ -1,0 +1,146 @@
+"""`nbtasks.wait`: durations, dates and tokens. Inside a run a wait gives the queue slot back.
+
+>>> await nbtasks.wait.for_(minutes=5)                            # doctest: +SKIP
+>>> token = nbtasks.wait.create_token(timeout="1h", tags=["approval"])
+>>> result = await nbtasks.wait.for_token(token)                  # inside a run
+>>> nbtasks.wait.complete_token(token, {"approved": True})        # from a cell or a button
+
+Sync task bodies use the blocking forms `for_sync`, `until_sync` and `for_token_sync`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import Callable
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from ._clock import sleep_until
+from ._context import CURRENT, AttemptScope
+from ._durations import Duration, parse_duration
+from ._errors import ConfigurationError
+from ._models import check_tags
+from ._tokens import WaitResult, WaitToken
+
+if TYPE_CHECKING:
+    from ._engine import Engine
+
+#: Reference §8: months are 30 days and years 365.
+_UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800,
+                 "months": 30 * 86400, "years": 365 * 86400}
+
+
+class WaitAPI:
+    """Bound to one engine (`eng.wait`) or the default one (`nbtasks.wait`)."""
+
+    def __init__(self, engine: Callable[[], Engine]) -> None:
+        self._engine = engine
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine()
+
+    async def _park(self, scope: AttemptScope | None, aw: Any) -> Any:
+        """On the engine loop: await `aw`, parking the current run (slot released) if any."""
+        eng = self.engine
+        run = eng._parked(scope)
+        return await (eng.scheduler.park(run, aw) if run is not None else aw)
+
+    async def until(self, date: datetime, *, throw_if_in_the_past: bool = False) -> None:
+        """Wait until `date` (aware). A past date returns at once, or raises if asked to."""
+        if not isinstance(date, datetime) or date.tzinfo is None:
+            raise ConfigurationError("wait.until: pass an aware datetime")
+        eng = self.engine
+        when = date.timestamp()
+        if when <= eng.clock.now():
+            if throw_if_in_the_past:
+                raise ConfigurationError("Date is in the past")
+            return
+        scope = CURRENT.get()
+
+        async def _go() -> None:
+            await self._park(scope, sleep_until(eng.clock, when))
+
+        await eng.runtime.run(_go)
+
+    async def for_(self, **units: float) -> None:
+        """Wait a duration: seconds=, minutes=, hours=, days=, weeks=, months=, years=."""
+        seconds = _seconds(units)
+        eng = self.engine
+        from datetime import UTC
+
+        await self.until(datetime.fromtimestamp(eng.clock.now() + seconds, UTC))
+
+    def create_token(self, *, timeout: Duration | None = None, tags: Any = None,
+                     idempotency_key: str | None = None) -> WaitToken:
+        """A token to wait on; `timeout` ("10m", seconds) or none. Callable anywhere."""
+        seconds = None if timeout is None else parse_duration(timeout, where="timeout")
+        checked = check_tags(tags, where="token tags")
+        eng = self.engine
+        return eng.on_loop(eng.tokens.create, seconds, checked, idempotency_key)  # type: ignore[no-any-return]
+
+    def complete_token(self, token: WaitToken | str, data: Any = None) -> bool:
+        """Complete a pending token with JSON `data`; False if it was already settled."""
+        eng = self.engine
+        return bool(eng.on_loop(eng.tokens.complete, str(token), data))
+
+    async def for_token(self, token: WaitToken | str) -> WaitResult[Any]:
+        """Wait for a token's completion (or its timeout); inside a run the slot is released."""
+        eng = self.engine
+        scope = CURRENT.get()
+        run_id = scope.ctx.run.id if scope is not None else None
+
+        async def _go() -> WaitResult[Any]:
+            tok, fut = eng.tokens.pending(str(token), run_id)
+            if fut is not None:
+                await self._park(scope, fut)
+            return eng.tokens.result(tok)
+
+        return await eng.runtime.run(_go)
+
+    def list_tokens(self, status: str | None = "WAITING") -> list[dict[str, Any]]:
+        """Tokens (pending ones by default) as dicts: id, status, times, run_id, tags."""
+        eng = self.engine
+        eng.runs._fresh()
+        return eng.tokens.listing(status)
+
+    # ---------------------------------------------------------- blocking forms for sync bodies
+
+    def for_sync(self, **units: float) -> None:
+        """Blocking `for_`, for sync task bodies (runs in their worker thread)."""
+        self._block(self.for_(**units))
+
+    def until_sync(self, date: datetime, *, throw_if_in_the_past: bool = False) -> None:
+        self._block(self.until(date, throw_if_in_the_past=throw_if_in_the_past))
+
+    def for_token_sync(self, token: WaitToken | str) -> WaitResult[Any]:
+        return self._block(self.for_token(token))  # type: ignore[no-any-return]
+
+    def _block(self, coro: Any) -> Any:
+        eng = self.engine
+        if eng.runtime.in_loop():
+            coro.close()
+            raise ConfigurationError(
+                "the blocking wait forms are for sync task bodies; in an async body use "
+                "`await nbtasks.wait.for_(...)`")
+
+        context = contextvars.copy_context()  # the sync body's run context, for parking
+
+        async def _go() -> Any:
+            return await asyncio.get_running_loop().create_task(coro, context=context)
+
+        return eng.runtime.call(_go)
+
+
+def _seconds(units: dict[str, float]) -> float:
+    unknown = set(units) - set(_UNIT_SECONDS)
+    if unknown or not units:
+        raise ConfigurationError(
+            f"wait.for_: give one or more of {', '.join(_UNIT_SECONDS)}; got {sorted(units)}")
+    total = 0.0
+    for name, n in units.items():
+        if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
+            raise ConfigurationError(f"wait.for_: {name}={n!r} must be a non-negative number")
+        total += n * _UNIT_SECONDS[name]
+    return total

@@ -1,0 +1,104 @@
+"""The `kernel` machine: async bodies on the engine loop, sync bodies on daemon threads.
+
+Sync bodies run on daemon threads of our own rather than the loop's default executor: a sync
+body that ignores `ctx.signal` after a cancel must not keep the interpreter from exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from .._context import AttemptScope
+from .._lifecycle import AttemptOutcome, AttemptPlan, run_attempt
+
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...],
+             contextvars.Context]
+
+
+class DaemonThreads:
+    """A growing pool of daemon threads; `run()` awaits a sync call without blocking the loop.
+
+    Cancelling the awaiting task abandons the call: the thread finishes it and the result is
+    dropped, which is what a cancelled or timed-out sync run needs.
+    """
+
+    def __init__(self, max_threads: int = 64, name: str = "nbtasks-sync") -> None:
+        self.max_threads = max_threads
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.max_threads:
+                t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads)}",
+                                     daemon=True)
+                self._threads.append(t)
+                self._idle += 1
+                t.start()
+        self._jobs.put((loop, fut, fn, args, contextvars.copy_context()))
+        return await fut
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            with self._lock:
+                self._idle -= 1
+            loop, fut, fn, args, ctx = job
+            try:
+                result = ctx.run(fn, *args)
+            except BaseException as exc:
+                self._settle(loop, fut, None, exc)
+            else:
+                self._settle(loop, fut, result, None)
+            with self._lock:
+                self._idle += 1
+
+    @staticmethod
+    def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
+                exc: BaseException | None) -> None:
+        def _set() -> None:
+            if fut.done():
+                return  # abandoned: the run already ended (cancel / max_duration)
+            if exc is None:
+                fut.set_result(result)
+            else:
+                fut.set_exception(exc)
+
+        try:
+            loop.call_soon_threadsafe(_set)
+        except RuntimeError:
+            pass  # the engine loop is gone (interpreter exit)
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+
+
+class InlineExecutor:
+    """Runs attempts inside the kernel process. Starts in microseconds; sees notebook state."""
+
+    name = "kernel"
+
+    def __init__(self, max_threads: int = 64) -> None:
+        self.threads = DaemonThreads(max_threads)
+
+    async def start(self) -> None:
+        return None
+
+    async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
+        return await run_attempt(plan, scope, self.threads.run)
+
+    async def close(self) -> None:
+        self.threads.close()

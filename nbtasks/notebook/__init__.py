@@ -1,0 +1,1 @@
+"""The notebook layer: the only modules that import ipywidgets."""

@@ -1,0 +1,46 @@
+"""The store protocol: a handful of methods any history back-end implements.
+
+The engine never reads the store on its hot path; it writes through one group-commit writer
+(`WriteBatch` per transaction) and reads only for retrieve/list/recovery and DataFrames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class WriteBatch:
+    """Everything one transaction writes. Rows are tuples in the store's column order."""
+
+    runs: list[tuple[Any, ...]] = field(default_factory=list)
+    attempts: list[tuple[Any, ...]] = field(default_factory=list)
+    logs: list[tuple[Any, ...]] = field(default_factory=list)
+    waitpoints: list[tuple[Any, ...]] = field(default_factory=list)
+    statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.runs or self.attempts or self.logs or self.waitpoints or self.statements)
+
+
+class Store(Protocol):
+    """A run history. Reads may come from any thread; `write` only from the writer thread."""
+
+    path: str
+
+    def open(self) -> None:
+        """Create or migrate the schema. Idempotent."""
+        ...
+
+    def write(self, batch: WriteBatch) -> None:
+        """Apply `batch` in one transaction; durable when this returns."""
+        ...
+
+    def select(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run a read query; returns (column names, rows). Empty rows when nothing matches."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. Safe to call twice."""
+        ...
