@@ -83,7 +83,7 @@ def install() -> None:
             return
         _installed = True
         if not isinstance(sys.stdout, _RunAwareStream):
-            sys.stdout = _RunAwareStream(sys.stdout, "info")  # type: ignore[assignment]
+            sys.stdout = _RunAwareStream(sys.stdout, "info")
         if not isinstance(sys.stderr, _RunAwareStream):
-            sys.stderr = _RunAwareStream(sys.stderr, "error")  # type: ignore[assignment]
+            sys.stderr = _RunAwareStream(sys.stderr, "error")
         logging.getLogger().addHandler(_RunLogHandler())

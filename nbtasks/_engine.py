@@ -26,11 +26,11 @@ from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
 from ._prepare import QueueRequest, prepare_run
-from ._recovery import recover
 from ._queues_api import QueuesAPI
+from ._recovery import recover
 from ._runs import RunsAPI
-from ._runtime import Runtime
 from ._runstate import RunState, new_id
+from ._runtime import Runtime
 from ._scheduler import EngineConfig, RunEvent, Scheduler
 from ._status import FINAL, RunStatus
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition, TaskFactory
@@ -50,6 +50,9 @@ def _result_of(run: RunState) -> Result[Any]:
 
 class Engine:
     """An explicit engine, for tests and embedding; usable as a context manager."""
+
+    scheduler: Scheduler  # created on the engine loop by _start()
+    writer: GroupWriter
 
     def __init__(
         self,
@@ -212,7 +215,7 @@ class Engine:
         """A finished run with the same key, from the store (active ones are found in memory)."""
         if (run.task_id, run.idempotency_key) in self.scheduler.idempotency:
             return None
-        cols, rows = self.store.select(
+        _, rows = self.store.select(
             "SELECT id, idempotency_expires_at FROM runs WHERE task_id = ? AND idempotency_key = ?"
             " ORDER BY created_at DESC LIMIT 1", (run.task_id, run.idempotency_key))
         if not rows:
@@ -221,8 +224,7 @@ class Engine:
         if expires is not None and expires <= self.clock.now():
             self.writer.statement("UPDATE runs SET idempotency_key = NULL WHERE id = ?", (run_id,))
             return None
-        stub = RunState(run_id, run.task_id, "null", self.clock.now())
-        return stub
+        return RunState(str(run_id), run.task_id, "null", self.clock.now())
 
     async def _submit_durable(self, run: RunState, queue: QueueRequest | None) -> RunState:
         got = self._submit(run, queue)

@@ -19,10 +19,10 @@ if TYPE_CHECKING:
     from ._engine import Engine
     from ._models import Run
 
-O = TypeVar("O")
+OutT = TypeVar("OutT")
 
 
-class Result(Generic[O]):
+class Result(Generic[OutT]):
     """A final run's outcome: `ok` with `output`, or not with `error`."""
 
     __slots__ = ("_output", "_output_json", "error", "id", "status", "task_id")
@@ -44,12 +44,12 @@ class Result(Generic[O]):
         return self.status is RunStatus.COMPLETED
 
     @property
-    def output(self) -> O | None:
+    def output(self) -> OutT | None:
         if self._output is _UNSET:
             self._output = loads(self._output_json)
         return self._output  # type: ignore[no-any-return]
 
-    def unwrap(self) -> O:
+    def unwrap(self) -> OutT:
         """The output, or SubtaskUnwrapError("Error in <task id>: <message>")."""
         if self.error is not None:
             raise SubtaskUnwrapError(self.task_id, self.id, self.error)
@@ -69,7 +69,7 @@ class Result(Generic[O]):
 _UNSET: Any = object()
 
 
-class RunHandle(Generic[O]):
+class RunHandle(Generic[OutT]):
     """Returned at once by trigger(). Live `status`; `wait()`, `cancel()`, `replay()`; awaitable."""
 
     __slots__ = ("_engine", "id", "is_cached", "task_id")
@@ -91,19 +91,19 @@ class RunHandle(Generic[O]):
     def retrieve(self) -> Run:
         return self._engine.runs.retrieve(self.id)
 
-    def wait(self, timeout: float | None = None) -> Result[O]:
+    def wait(self, timeout: float | None = None) -> Result[OutT]:
         """Block until the run is final (RunWaitTimeoutError after `timeout` seconds)."""
         return self._engine.wait_result(self.id, timeout)
 
-    def __await__(self) -> Generator[Any, None, Result[O]]:
+    def __await__(self) -> Generator[Any, None, Result[OutT]]:
         return self._engine.result_async(self.id).__await__()
 
     def cancel(self) -> bool:
         """Cancel if not final; False (a no-op) when it already was."""
         return self._engine.runs.cancel(self.id)
 
-    def replay(self, payload: Any = _UNSET) -> RunHandle[O]:
-        return self._engine.runs.replay(self.id, payload)  # type: ignore[return-value]
+    def replay(self, payload: Any = _UNSET) -> RunHandle[OutT]:
+        return self._engine.runs.replay(self.id, payload)
 
     def __repr__(self) -> str:
         cached = ", cached" if self.is_cached else ""
@@ -115,22 +115,22 @@ class RunHandle(Generic[O]):
         display_handle(self)
 
 
-class BatchResult(Generic[O]):
+class BatchResult(Generic[OutT]):
     """`batch_trigger_and_wait`'s answer: `runs` in item order. Iterable."""
 
     __slots__ = ("id", "runs")
 
-    def __init__(self, batch_id: str, runs: list[Result[O]]) -> None:
+    def __init__(self, batch_id: str, runs: list[Result[OutT]]) -> None:
         self.id = batch_id
         self.runs = runs
 
-    def __iter__(self) -> Iterator[Result[O]]:
+    def __iter__(self) -> Iterator[Result[OutT]]:
         return iter(self.runs)
 
     def __len__(self) -> int:
         return len(self.runs)
 
-    def __getitem__(self, i: int) -> Result[O]:
+    def __getitem__(self, i: int) -> Result[OutT]:
         return self.runs[i]
 
     def __repr__(self) -> str:
@@ -143,27 +143,27 @@ class BatchResult(Generic[O]):
         return batch_html(self.id, list(self.runs))
 
 
-class BatchHandle(Generic[O]):
+class BatchHandle(Generic[OutT]):
     """`batch_trigger`'s answer: one RunHandle per item, in order. Awaitable for a BatchResult."""
 
     __slots__ = ("_engine", "id", "runs")
 
-    def __init__(self, engine: Engine, batch_id: str, runs: list[RunHandle[O]]) -> None:
+    def __init__(self, engine: Engine, batch_id: str, runs: list[RunHandle[OutT]]) -> None:
         self._engine = engine
         self.id = batch_id
         self.runs = runs
 
-    def __iter__(self) -> Iterator[RunHandle[O]]:
+    def __iter__(self) -> Iterator[RunHandle[OutT]]:
         return iter(self.runs)
 
     def __len__(self) -> int:
         return len(self.runs)
 
-    def wait(self, timeout: float | None = None) -> BatchResult[O]:
+    def wait(self, timeout: float | None = None) -> BatchResult[OutT]:
         return BatchResult(self.id, self._engine.wait_results([h.id for h in self.runs], timeout))
 
-    def __await__(self) -> Generator[Any, None, BatchResult[O]]:
-        async def _all() -> BatchResult[O]:
+    def __await__(self) -> Generator[Any, None, BatchResult[OutT]]:
+        async def _all() -> BatchResult[OutT]:
             results = await self._engine.results_async([h.id for h in self.runs])
             return BatchResult(self.id, results)
 

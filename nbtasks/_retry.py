@@ -26,10 +26,7 @@ def next_delay(opts: RetryOptions, attempt: int, rand: float | None = None) -> i
     """Milliseconds to wait after attempt `attempt` (1-based) failed, or None for no retry."""
     if attempt >= opts.max_attempts:
         return None
-    if opts.randomize:
-        r = 1.0 + (random.random() if rand is None else rand)
-    else:
-        r = 1.0
+    r = 1.0 + (random.random() if rand is None else rand) if opts.randomize else 1.0
     raw = min(opts.max_timeout_in_ms, r * opts.min_timeout_in_ms * opts.factor ** (attempt - 1))
     return math.floor(raw + 0.5)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -269,7 +270,7 @@ class RunsAPI:
         self._fresh()
         return int(rows[0][0])
 
-    def interrupted(self) -> list[str]:
+    def interrupted(self) -> builtins.list[str]:
         """Ids of runs held after a restart with `configure(resume=False)`."""
         return [r.id for r in self.engine.scheduler.held]
 

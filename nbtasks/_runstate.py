@@ -7,6 +7,7 @@ store, so 100,000 finished runs cost the kernel nothing.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 import os
 import random
 from collections.abc import Callable
@@ -68,13 +69,49 @@ class RunState:
     """Mutable, slot-only, touched only on the engine loop."""
 
     __slots__ = (
-        "attempt", "attempt_count", "attempt_task", "batch_id", "children", "concurrency_key",
-        "created_at", "delay_until", "durable", "error", "finished_at", "holds_slot",
-        "id", "idempotency_expires_at", "idempotency_key", "is_test", "machine", "max_attempts",
-        "max_duration", "metadata", "output_json", "owner", "parent_id", "payload_json",
-        "priority", "queue", "queued_at", "resume", "retrying", "root_id", "seq", "signal",
-        "started_at", "status", "tags", "task_id", "timer", "ttl", "ttl_timer", "updated_at",
-        "wait_depth", "waiters", "start_fn",
+        "attempt",
+        "attempt_count",
+        "attempt_task",
+        "batch_id",
+        "children",
+        "concurrency_key",
+        "created_at",
+        "delay_until",
+        "durable",
+        "error",
+        "finished_at",
+        "holds_slot",
+        "id",
+        "idempotency_expires_at",
+        "idempotency_key",
+        "is_test",
+        "machine",
+        "max_attempts",
+        "max_duration",
+        "metadata",
+        "output_json",
+        "owner",
+        "parent_id",
+        "payload_json",
+        "priority",
+        "queue",
+        "queued_at",
+        "resume",
+        "retrying",
+        "root_id",
+        "seq",
+        "signal",
+        "start_fn",
+        "started_at",
+        "status",
+        "tags",
+        "task_id",
+        "timer",
+        "ttl",
+        "ttl_timer",
+        "updated_at",
+        "wait_depth",
+        "waiters",
     )
 
     def __init__(self, run_id: str, task_id: str, payload_json: str, now: float) -> None:
@@ -169,7 +206,7 @@ def run_model(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None)
     return Run(
         id=row["id"], task_id=row["task_id"], status=RunStatus(row["status"]),
         payload=loads(row["payload"]), output=loads(row["output"]), error=loads(row["error"]),
-        attempt_count=row["attempt_count"], created_at=to_datetime(row["created_at"]),
+        attempt_count=row["attempt_count"], created_at=datetime.fromtimestamp(row["created_at"], UTC),
         started_at=to_datetime(row["started_at"]), finished_at=to_datetime(row["finished_at"]),
         updated_at=to_datetime(row["updated_at"]), delay_until=to_datetime(row["delay_until"]),
         tags=loads(row["tags"]) or [], metadata=loads(row["metadata"]) or {},

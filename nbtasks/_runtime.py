@@ -33,7 +33,7 @@ class Runtime:
     def in_loop(self) -> bool:
         return threading.get_ident() == self.thread_id
 
-    def call(self, fn: Callable[..., Awaitable[T]] | Callable[..., T], *args: Any) -> T:
+    def call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Run `fn(*args)` on the engine loop and block for its result (sync callers only)."""
         if self.in_loop():
             raise EngineError(
@@ -43,7 +43,7 @@ class Runtime:
             )
         if self.closed:
             raise EngineError("the engine is closed")
-        return self.portal.call(fn, *args)  # type: ignore[arg-type]
+        return self.portal.call(fn, *args)
 
     def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> concurrent.futures.Future[T]:
         """Start `fn(*args)` on the engine loop; a concurrent future for its result."""

@@ -31,8 +31,8 @@ from ._payload import dumps
 if TYPE_CHECKING:
     from ._handles import BatchHandle, BatchResult, Result, RunHandle
 
-P = TypeVar("P")
-O = TypeVar("O")
+PayloadT = TypeVar("PayloadT")
+OutT = TypeVar("OutT")
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -65,7 +65,7 @@ class TaskDefinition:
 
     id: str
     run: Callable[..., Any]
-    retry: RetryOptions | None | _NotGiven = NOT_GIVEN
+    retry: RetryOptions | _NotGiven | None = NOT_GIVEN
     queue: QueueOptions | None = None
     machine: str | None = None
     max_duration: float | None = None
@@ -140,13 +140,13 @@ DEFAULT_REGISTRY = Registry()
 
 
 @dataclass(frozen=True, slots=True)
-class BatchItem(Generic[P]):
+class BatchItem(Generic[PayloadT]):
     """One batch_trigger item with its own options: `BatchItem(payload, concurrency_key="u1")`."""
 
-    payload: P
+    payload: PayloadT
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __init__(self, payload: P, **options: Any) -> None:
+    def __init__(self, payload: PayloadT, **options: Any) -> None:
         object.__setattr__(self, "payload", payload)
         object.__setattr__(self, "options", options)
 
@@ -154,7 +154,7 @@ class BatchItem(Generic[P]):
 MAX_BATCH = 500
 
 
-class Task(Generic[P, O]):
+class Task(Generic[PayloadT, OutT]):
     """A defined task. Trigger it from a cell, a script or another run."""
 
     def __init__(self, definition: TaskDefinition, registry: Registry) -> None:
@@ -212,25 +212,27 @@ class Task(Generic[P, O]):
                 out.append((self.encode(item, where=f"items[{i}]"), {}))
         return out
 
-    def trigger(self, payload: P, **options: Any) -> RunHandle[O]:
+    def trigger(self, payload: PayloadT, **options: Any) -> RunHandle[OutT]:
         """Start a run; returns at once with a handle, after the run is on disk."""
         return self._owner().trigger_encoded(self._definition, self.encode(payload), options)
 
-    async def trigger_and_wait(self, payload: P, **options: Any) -> Result[O]:
+    async def trigger_and_wait(self, payload: PayloadT, **options: Any) -> Result[OutT]:
         """Trigger and wait for the Result. Inside a run the parent's queue slot is given back."""
         return await self._owner().trigger_and_wait_encoded(
             self._definition, self.encode(payload), options
         )
 
-    def batch_trigger(self, items: Sequence[P | BatchItem[P]], **options: Any) -> BatchHandle[O]:
+    def batch_trigger(
+        self, items: Sequence[PayloadT | BatchItem[PayloadT]], **options: Any
+    ) -> BatchHandle[OutT]:
         """Trigger 1..500 runs at once; options apply to every item unless the item sets its own."""
         return self._owner().batch_trigger_encoded(
             self._definition, self._encode_items(items), options
         )
 
     async def batch_trigger_and_wait(
-        self, items: Sequence[P | BatchItem[P]], **options: Any
-    ) -> BatchResult[O]:
+        self, items: Sequence[PayloadT | BatchItem[PayloadT]], **options: Any
+    ) -> BatchResult[OutT]:
         """Trigger a batch and wait for every Result, in item order. Failures never raise."""
         return await self._owner().batch_trigger_and_wait_encoded(
             self._definition, self._encode_items(items), options
@@ -293,7 +295,7 @@ def build_definition(
     )
 
 
-RunFn = Callable[[P, Any], Awaitable[O]] | Callable[[P, Any], O]
+RunFn = Callable[[PayloadT, Any], Awaitable[OutT]] | Callable[[PayloadT, Any], OutT]
 
 
 class TaskFactory:
@@ -304,21 +306,23 @@ class TaskFactory:
 
     @overload
     def __call__(
-        self, *, id: str, run: Callable[[P, Any], Awaitable[O]], **options: Any
-    ) -> Task[P, O]: ...
+        self, *, id: str, run: Callable[[PayloadT, Any], Awaitable[OutT]], **options: Any
+    ) -> Task[PayloadT, OutT]: ...
 
     @overload
-    def __call__(self, *, id: str, run: Callable[[P, Any], O], **options: Any) -> Task[P, O]: ...
+    def __call__(
+        self, *, id: str, run: Callable[[PayloadT, Any], OutT], **options: Any
+    ) -> Task[PayloadT, OutT]: ...
 
     @overload
     def __call__(
         self, *, id: str, run: None = None, **options: Any
-    ) -> Callable[[Callable[[P, Any], Any]], Task[P, Any]]: ...
+    ) -> Callable[[Callable[[PayloadT, Any], Any]], Task[PayloadT, Any]]: ...
 
     def __call__(
         self,
         *,
-        id: str,  # noqa: A002 - Trigger.dev's name
+        id: str,
         run: Callable[..., Any] | None = None,
         retry: Any = NOT_GIVEN,
         queue: Any = None,

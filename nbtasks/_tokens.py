@@ -20,7 +20,7 @@ from ._runstate import new_id
 if TYPE_CHECKING:
     from ._engine import Engine
 
-O = TypeVar("O")
+OutT = TypeVar("OutT")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,7 @@ class WaitToken:
         return self.id
 
 
-class WaitResult(Generic[O]):
+class WaitResult(Generic[OutT]):
     """`wait.for_token()`'s answer: `ok` with `output`, or a WaitTimeoutError in `error`."""
 
     __slots__ = ("error", "ok", "output", "token_id")
@@ -46,7 +46,7 @@ class WaitResult(Generic[O]):
         self.output = output
         self.error = error
 
-    def unwrap(self) -> O:
+    def unwrap(self) -> OutT:
         if self.error is not None:
             raise SubtaskUnwrapError("wait.for_token", self.token_id, self.error)
         return self.output  # type: ignore[no-any-return]

@@ -34,7 +34,7 @@ class _Retry:
                 kwargs = {"attempt": attempt, "max_attempts": opts.max_attempts} if wants else {}
                 result = fn(**kwargs)
                 if inspect.isawaitable(result):
-                    return await result  # type: ignore[no-any-return]
+                    return await result
                 return result
             except AbortTaskRunError:
                 raise

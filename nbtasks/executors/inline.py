@@ -7,6 +7,7 @@ body that ignores `ctx.signal` after a cancel must not keep the interpreter from
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import queue
 import threading
@@ -76,10 +77,8 @@ class DaemonThreads:
             else:
                 fut.set_exception(exc)
 
-        try:
+        with contextlib.suppress(RuntimeError):  # the engine loop is gone (interpreter exit)
             loop.call_soon_threadsafe(_set)
-        except RuntimeError:
-            pass  # the engine loop is gone (interpreter exit)
 
     def close(self) -> None:
         for _ in self._threads:

@@ -17,12 +17,14 @@ from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from ._base import Store, WriteBatch
 
 SCHEMA_VERSION = 1
-_FINAL_SQL = "('COMPLETED','CANCELED','FAILED','CRASHED','SYSTEM_FAILURE','INTERRUPTED','EXPIRED','TIMED_OUT')"
+_FINAL_SQL = (
+    "('COMPLETED','CANCELED','FAILED','CRASHED','SYSTEM_FAILURE','INTERRUPTED','EXPIRED','TIMED_OUT')"
+)
 
 #: Migrations: version -> statements taking a store from version-1 to version.
 MIGRATIONS: dict[int, list[str]] = {
     1: [
-        f"""CREATE TABLE IF NOT EXISTS runs (
+        """CREATE TABLE IF NOT EXISTS runs (
             id TEXT PRIMARY KEY, task_id TEXT NOT NULL, status TEXT NOT NULL, payload TEXT,
             output TEXT, error TEXT, attempt_count INTEGER NOT NULL DEFAULT 0,
             created_at REAL NOT NULL, started_at REAL, finished_at REAL, updated_at REAL,
