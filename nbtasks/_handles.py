@@ -103,6 +103,9 @@ class RunHandle(Generic[OutT]):
         return self._engine.runs.cancel(self.id)
 
     def replay(self, payload: Any = _UNSET) -> RunHandle[OutT]:
+        """A new run of the same task: the same payload, or `payload` when given."""
+        if payload is _UNSET:  # runs.replay has its own "not given" marker
+            return self._engine.runs.replay(self.id)
         return self._engine.runs.replay(self.id, payload)
 
     def __repr__(self) -> str:

@@ -1,0 +1,85 @@
+"""Shared fixtures: engines on a real SQLite file in a temp dir, and a manual clock."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import nbtasks
+from nbtasks import Engine, RunEvent, RunStatus
+from nbtasks.testing import ManualClock
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / ".nbtasks" / "runs.db"
+
+
+@pytest.fixture
+def engine(db_path: Path) -> Iterator[Engine]:
+    """A real engine on a real SQLite file, with the real clock."""
+    eng = Engine(store=str(db_path))
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock()
+
+
+@pytest.fixture
+def clocked(db_path: Path, clock: ManualClock) -> Iterator[Engine]:
+    """A real engine on a real SQLite file whose time only moves with `clock.advance()`."""
+    eng = Engine(store=str(db_path), clock=clock)
+    try:
+        yield eng
+    finally:
+        eng.close()
+
+
+@pytest.fixture(autouse=True)
+def _reset_default_engine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Module-level API calls get a fresh default engine in this test's temp dir."""
+    monkeypatch.chdir(tmp_path)
+    yield
+    from nbtasks._configure import reset
+
+    reset()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Keep the module importable for the type checker's sake in fixtures above.
+    assert nbtasks.Engine is Engine
+
+
+@pytest.fixture
+def wait_status() -> Callable[..., RunStatus]:
+    """`wait_status(engine, run_id, *statuses, timeout=10)`: block until the run reaches one.
+
+    Event-driven (an engine subscriber), so tests sequence on real state changes, not sleeps.
+    """
+
+    def _wait(eng: Engine, run_id: str, *statuses: RunStatus, timeout: float = 10.0) -> RunStatus:
+        hit = threading.Event()
+
+        def on_event(event: RunEvent) -> None:
+            if event.run_id == run_id and event.status in statuses:
+                hit.set()
+
+        unsubscribe = eng.subscribe(on_event)
+        try:
+            if eng.status_of(run_id) not in statuses and not hit.wait(timeout):
+                raise AssertionError(
+                    f"{run_id} did not reach {[s.value for s in statuses]} in {timeout}s; "
+                    f"it is {eng.status_of(run_id).value}")
+            return eng.status_of(run_id)
+        finally:
+            unsubscribe()
+
+    return _wait
