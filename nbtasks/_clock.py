@@ -123,6 +123,9 @@ class ManualClock:
         timer = _ManualTimer(when, next(self._seq), callback)
         with self._lock:
             heapq.heappush(self._timers, timer)
+        if when <= self._now and self._loop is not None:
+            # Already due (a zero delay): fire soon, as the real clock would, not at the next advance.
+            self._loop.call_soon_threadsafe(self._fire_until, self._now)
         return timer
 
     def pending(self) -> int:
