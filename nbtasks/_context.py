@@ -27,17 +27,45 @@ from ._errors import ConfigurationError, EngineError
 from ._models import MAX_METADATA_BYTES, check_tags
 
 
-class CancelSignal(threading.Event):
-    """`ctx.signal`: set when the run is cancelled or times out. Cooperative code checks it."""
+class CancelSignal:
+    """`ctx.signal`: set when the run is cancelled or times out. Cooperative code checks it.
 
-    reason: str | None = None
+    Behaves like threading.Event (`is_set()`, `wait(timeout)`), but the Event (a lock and a
+    condition) is only made if someone waits: every attempt gets a signal, few block on one.
+    """
+
+    __slots__ = ("_event", "_flag", "reason")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._event: threading.Event | None = None
+        self.reason: str | None = None
+
+    def is_set(self) -> bool:
+        return self._flag
 
     @property
     def aborted(self) -> bool:
-        return self.is_set()
+        return self._flag
+
+    def set(self) -> None:
+        self._flag = True
+        event = self._event
+        if event is not None:
+            event.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._flag:
+            return True
+        if self._event is None:
+            event = threading.Event()
+            self._event = event
+            if self._flag:  # set between the check and the assignment
+                event.set()
+        return self._event.wait(timeout)
 
     def abort(self, reason: str) -> None:
-        if not self.is_set():
+        if not self._flag:
             self.reason = reason
             self.set()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+from functools import partial
 from typing import Any
 
 from . import _capture
@@ -25,6 +26,7 @@ from ._errors import EngineError, RunNotFoundError, RunWaitTimeoutError
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
+from ._payload import loads
 from ._prepare import QueueRequest, prepare_run
 from ._queues_api import QueuesAPI
 from ._recovery import recover
@@ -46,6 +48,11 @@ LIVE_OWNERS: set[str] = set()
 
 def _result_of(run: RunState) -> Result[Any]:
     return Result(run.id, run.task_id, run.status, run.output_json, run.error)
+
+
+def _settle(fut: asyncio.Future[Result[Any]], run: RunState) -> None:
+    if not fut.done():
+        fut.set_result(_result_of(run))
 
 
 class Engine:
@@ -295,27 +302,36 @@ class Engine:
 
     # ------------------------------------------------------------------ waiting for results
 
-    def _result_future(self, run_id: str) -> asyncio.Future[Result[Any]]:
-        fut: asyncio.Future[Result[Any]] = self.runtime.loop.create_future()
+    def _result_futures(self, run_ids: list[str]) -> list[asyncio.Future[Result[Any]]]:
+        """A future per run, resolved once it is final and durable.
 
-        def _done(run: RunState) -> None:
-            if not fut.done():
-                fut.set_result(_result_of(run))
-
-        if not self.scheduler.on_final(run_id, _done):
-            row = self.runs.row(run_id)
-            if row is None:
-                fut.set_exception(RunNotFoundError(f"no run with id {run_id!r}"))
-            elif RunStatus(row["status"]) not in FINAL:
-                fut.set_exception(EngineError(
-                    f"run {run_id} is not final and is owned by another kernel; poll "
-                    "runs.retrieve() to follow it"))
-            else:
-                from ._payload import loads
-
-                fut.set_result(Result(row["id"], row["task_id"], RunStatus(row["status"]),
-                                      row["output"], loads(row["error"])))
-        return fut
+        Runs already finished are read from the store in one query, not one per id.
+        """
+        loop = self.runtime.loop
+        futures: list[asyncio.Future[Result[Any]]] = []
+        stored: dict[str, asyncio.Future[Result[Any]]] = {}
+        for run_id in run_ids:
+            fut: asyncio.Future[Result[Any]] = loop.create_future()
+            futures.append(fut)
+            if not self.scheduler.on_final(run_id, partial(_settle, fut)):
+                stored[run_id] = fut
+        ids = list(stored)
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            _, rows = self.store.select(
+                "SELECT id, task_id, status, output, error FROM runs WHERE id IN "
+                f"({', '.join('?' * len(chunk))})", tuple(chunk))
+            for run_id, task_id, status, output, error in rows:
+                fut = stored.pop(run_id)
+                if RunStatus(status) in FINAL:
+                    fut.set_result(Result(run_id, task_id, RunStatus(status), output, loads(error)))
+                else:
+                    fut.set_exception(EngineError(
+                        f"run {run_id} is not final and is owned by another kernel; poll "
+                        "runs.retrieve() to follow it"))
+        for run_id, fut in stored.items():
+            fut.set_exception(RunNotFoundError(f"no run with id {run_id!r}"))
+        return futures
 
     def _parked(self, scope: AttemptScope | None) -> RunState | None:
         if scope is None or scope.engine is not self:
@@ -323,12 +339,12 @@ class Engine:
         return self.scheduler.active.get(scope.ctx.run.id)
 
     async def _wait_one(self, run_id: str, scope: AttemptScope | None) -> Result[Any]:
-        fut = self._result_future(run_id)
+        (fut,) = self._result_futures([run_id])
         parent = self._parked(scope)
         return await (self.scheduler.park(parent, fut) if parent is not None else fut)
 
     async def _wait_many(self, run_ids: list[str], scope: AttemptScope | None) -> list[Result[Any]]:
-        gathered = asyncio.gather(*(self._result_future(i) for i in run_ids))
+        gathered = asyncio.gather(*self._result_futures(run_ids))
         parent = self._parked(scope)
         return list(await (self.scheduler.park(parent, gathered) if parent is not None
                            else gathered))

@@ -16,8 +16,10 @@ This module runs wherever the attempt runs: on the engine loop, or inside a work
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import traceback
+import weakref
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,9 +75,24 @@ class AttemptOutcome:
     logs: list[tuple[str, str]] = field(default_factory=list)
 
 
+_IS_ASYNC: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+
+
+def is_async(fn: Callable[..., Any]) -> bool:
+    """inspect.iscoroutinefunction, remembered per function (it is on every attempt's path)."""
+    try:
+        return _IS_ASYNC[fn]
+    except (KeyError, TypeError):
+        result = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+            getattr(fn, "__call__", None))  # noqa: B004 - async callable objects
+        with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
+            _IS_ASYNC[fn] = result
+        return result
+
+
 async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: SyncCaller) -> Any:
     """Await an async callable, or run a sync one through `call_sync` (a worker thread)."""
-    if inspect.iscoroutinefunction(fn):
+    if is_async(fn):
         return await fn(*args)
     result = await call_sync(fn, *args)
     if inspect.isawaitable(result):
@@ -153,11 +170,11 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
             else:
                 box: list[Any] = []
                 nxt = _make_next(defn.run, payload, ctx, call_sync, box,
-                                 not inspect.iscoroutinefunction(middleware))
+                                 not is_async(middleware))
                 await call_hook(middleware, (payload, ctx, nxt), call_sync)
                 output = box[0] if box else None
             try:
-                output_json = dumps(output, what="output")
+                output_json = "null" if output is None else dumps(output, what="output")
             except TypeError as exc:
                 raise OutputSerializationError(
                     f"task {defn.id!r} returned an output that is not JSON-serialisable: {exc}"

@@ -41,15 +41,15 @@ class Runtime:
                 "body or hook); use the async form instead, e.g. `await handle` or "
                 "`await task.trigger_and_wait(...)`"
             )
-        if self.closed:
-            raise EngineError("the engine is closed")
-        return self.portal.call(fn, *args)
+        return self.submit(fn, *args).result()
 
     def submit(self, fn: Callable[..., Awaitable[T]], *args: Any) -> concurrent.futures.Future[T]:
         """Start `fn(*args)` on the engine loop; a concurrent future for its result."""
         if self.closed:
             raise EngineError("the engine is closed")
-        return self.portal.start_task_soon(fn, *args)
+        # run_coroutine_threadsafe only schedules: unlike a portal call it never waits for the
+        # loop thread to pick the task up, so thousands of concurrent callers cost no round trips.
+        return asyncio.run_coroutine_threadsafe(_as_coroutine(fn, *args), self.loop)
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await `fn(*args)` on the engine loop from any loop (directly when already there)."""
@@ -72,6 +72,10 @@ class Runtime:
         )
         stopper.start()
         stopper.join(timeout)
+
+
+async def _as_coroutine(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return await fn(*args)
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:

@@ -352,9 +352,9 @@ class Scheduler:
         waiting = self.undeployed.get(run.task_id)
         if waiting and run in waiting:
             waiting.remove(run)
-        self.writer.barrier().add_done_callback(partial(self._durable, run))
+        self.writer.after_commit(partial(self._durable, run))
 
-    def _durable(self, run: RunState, _fut: asyncio.Future[None]) -> None:
+    def _durable(self, run: RunState) -> None:
         """The final state is on disk: now waiters may hear of it (DESIGN.md durability)."""
         run.durable = True
         waiters, run.waiters = run.waiters, []

@@ -88,6 +88,10 @@ class TaskOwner(Protocol):
         self, defn: TaskDefinition, payload_json: str, options: dict[str, Any]
     ) -> RunHandle[Any]: ...
 
+    async def trigger_async(
+        self, defn: TaskDefinition, payload_json: str, options: dict[str, Any]
+    ) -> RunHandle[Any]: ...
+
     async def trigger_and_wait_encoded(
         self, defn: TaskDefinition, payload_json: str, options: dict[str, Any]
     ) -> Result[Any]: ...
@@ -215,6 +219,10 @@ class Task(Generic[PayloadT, OutT]):
     def trigger(self, payload: PayloadT, **options: Any) -> RunHandle[OutT]:
         """Start a run; returns at once with a handle, after the run is on disk."""
         return self._owner().trigger_encoded(self._definition, self.encode(payload), options)
+
+    async def trigger_async(self, payload: PayloadT, **options: Any) -> RunHandle[OutT]:
+        """trigger() for coroutines on any loop: returns once the run is durable."""
+        return await self._owner().trigger_async(self._definition, self.encode(payload), options)
 
     async def trigger_and_wait(self, payload: PayloadT, **options: Any) -> Result[OutT]:
         """Trigger and wait for the Result. Inside a run the parent's queue slot is given back."""

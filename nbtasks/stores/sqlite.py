@@ -7,6 +7,7 @@ timeout makes a writer wait for the other kernel's commit instead of failing.
 
 from __future__ import annotations
 
+import functools
 import os
 import sqlite3
 import threading
@@ -38,7 +39,6 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS runs_parent ON runs(parent_id) WHERE parent_id IS NOT NULL",
         "CREATE INDEX IF NOT EXISTS runs_idem ON runs(task_id, idempotency_key) "
         "WHERE idempotency_key IS NOT NULL",
-        f"CREATE INDEX IF NOT EXISTS runs_active ON runs(owner) WHERE status NOT IN {_FINAL_SQL}",
         """CREATE TABLE IF NOT EXISTS attempts (
             run_id TEXT NOT NULL, number INTEGER NOT NULL, status TEXT NOT NULL,
             started_at REAL, finished_at REAL, machine TEXT, queue TEXT, error_type TEXT,
@@ -63,15 +63,36 @@ MIGRATIONS: dict[int, list[str]] = {
 }
 
 _RUN_UPSERT = (
-    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES ({', '.join('?' * len(RUN_COLUMNS))}) "
+    f"INSERT INTO runs ({', '.join(RUN_COLUMNS)}) VALUES {{values}} "
     "ON CONFLICT(id) DO UPDATE SET "
     + ", ".join(f"{c}=excluded.{c}" for c in RUN_COLUMNS[1:])
 )
-_ATTEMPT_UPSERT = (
-    f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) "
-    f"VALUES ({', '.join('?' * len(ATTEMPT_COLUMNS))})"
-)
-_LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES (?, ?, ?, ?, ?)"
+_ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
+_LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES {values}"
+_MAX_PARAMS = 30_000  # under SQLite's 32,766 bound-parameter limit
+
+
+@functools.lru_cache(maxsize=64)
+def _multi_sql(template: str, width: int, count: int) -> str:
+    row = "(" + ", ".join("?" * width) + ")"
+    return template.format(values=", ".join([row] * count))
+
+
+def _insert_many(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
+    """Many rows per statement: one sqlite3_step for hundreds of rows.
+
+    executemany() steps once per row and drops the GIL around every step; with the engine loop
+    busy on another thread, each step then waits for the GIL to come back. One statement per
+    chunk keeps the writer from stalling behind the loop.
+    """
+    if not rows:
+        return
+    width = len(rows[0])
+    per = _MAX_PARAMS // width
+    for i in range(0, len(rows), per):
+        chunk = rows[i:i + per]
+        conn.execute(_multi_sql(template, width, len(chunk)),
+                     [v for r in chunk for v in r])
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
                      "completed_at", "output", "tags", "owner", "data")
 _WAITPOINT_UPSERT = (
@@ -146,12 +167,9 @@ class SQLiteStore:
         with self._lock:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if batch.runs:
-                    conn.executemany(_RUN_UPSERT, batch.runs)
-                if batch.attempts:
-                    conn.executemany(_ATTEMPT_UPSERT, batch.attempts)
-                if batch.logs:
-                    conn.executemany(_LOG_INSERT, batch.logs)
+                _insert_many(conn, _RUN_UPSERT, batch.runs)
+                _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
+                _insert_many(conn, _LOG_INSERT, batch.logs)
                 if batch.waitpoints:
                     conn.executemany(_WAITPOINT_UPSERT, batch.waitpoints)
                 for sql, params in batch.statements:
