@@ -39,6 +39,11 @@ class WaitAPI:
 
     @property
     def engine(self) -> Engine:
+        # Inside a run, wait on the run's own engine: only it can park the run, and its clock
+        # is the one that counts (an explicit Engine's run calling `nbtasks.wait`).
+        scope = CURRENT.get()
+        if scope is not None and scope.engine is not None:
+            return scope.engine  # type: ignore[no-any-return]
         return self._engine()
 
     async def _park(self, scope: AttemptScope | None, aw: Any) -> Any:
