@@ -79,11 +79,13 @@ def install() -> None:
     """Idempotent; called when an engine starts."""
     global _installed
     with _lock:
-        if _installed:
-            return
-        _installed = True
+        # The streams are checked every time: something may have replaced sys.stdout since the
+        # last engine started (pytest's capture, contextlib.redirect_stdout, a new kernel stream).
         if not isinstance(sys.stdout, _RunAwareStream):
             sys.stdout = _RunAwareStream(sys.stdout, "info")
         if not isinstance(sys.stderr, _RunAwareStream):
             sys.stderr = _RunAwareStream(sys.stderr, "error")
+        if _installed:
+            return
+        _installed = True
         logging.getLogger().addHandler(_RunLogHandler())
