@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -18,6 +20,65 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._errors import EngineError
 
 T = TypeVar("T")
+
+
+class Mailbox:
+    """Calls posted from any thread, run on one loop with one wake-up per burst.
+
+    `loop.call_soon_threadsafe` writes to the loop's self-pipe on every call; a burst of
+    thousands of triggers or awaits from a cell would wake the engine thousands of times.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
+        self._lock = threading.Lock()
+        self._armed = False
+
+    def post(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._items.append((fn, args))
+            if self._armed:
+                return
+            self._armed = True
+        try:
+            self.loop.call_soon_threadsafe(self._drain)
+        except RuntimeError:  # that loop is closed: nobody is left to tell
+            with self._lock:
+                self._items.clear()
+                self._armed = False
+
+    def _drain(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+            self._armed = False
+        for fn, args in items:
+            fn(*args)
+
+
+_mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = (
+    weakref.WeakKeyDictionary())
+_mailboxes_lock = threading.Lock()
+
+
+def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
+    with _mailboxes_lock:
+        box = _mailboxes.get(loop)
+        if box is None:
+            box = _mailboxes[loop] = Mailbox(loop)
+        return box
+
+
+def _transfer(task: asyncio.Future[T], fut: asyncio.Future[T]) -> None:
+    """Copy an engine-loop task's outcome onto a future of the caller's loop."""
+    if fut.done():
+        return
+    if task.cancelled():
+        fut.cancel()
+    elif (exc := task.exception()) is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(task.result())
 
 
 class Runtime:
@@ -28,6 +89,7 @@ class Runtime:
         self.portal: BlockingPortal = self._cm.__enter__()
         self.loop: asyncio.AbstractEventLoop = self.portal.call(_running_loop)
         self.thread_id: int = self.portal.call(threading.get_ident)
+        self.inbox = mailbox(self.loop)
         self.closed = False
 
     def in_loop(self) -> bool:
@@ -47,9 +109,20 @@ class Runtime:
         """Start `fn(*args)` on the engine loop; a concurrent future for its result."""
         if self.closed:
             raise EngineError("the engine is closed")
-        # run_coroutine_threadsafe only schedules: unlike a portal call it never waits for the
-        # loop thread to pick the task up, so thousands of concurrent callers cost no round trips.
-        return asyncio.run_coroutine_threadsafe(_as_coroutine(fn, *args), self.loop)
+        # Only posts: unlike a portal call it never waits for the loop thread to pick the task
+        # up, so thousands of concurrent callers cost no round trips.
+        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def _start() -> None:
+            if not cf.set_running_or_notify_cancel():
+                return
+            task = self.loop.create_task(_as_coroutine(fn, *args))
+            task.add_done_callback(partial(_settle_concurrent, cf))
+            cf.add_done_callback(lambda f: f.cancelled() and self.loop.call_soon_threadsafe(
+                task.cancel))
+
+        self.inbox.post(_start)
+        return cf
 
     async def run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         """Await `fn(*args)` on the engine loop from any loop (directly when already there)."""
@@ -57,9 +130,29 @@ class Runtime:
             running = asyncio.get_running_loop()
         except RuntimeError:
             running = None
+        if running is None:
+            raise EngineError("Runtime.run must be awaited inside an event loop")
         if running is self.loop:
             return await fn(*args)
-        return await asyncio.wrap_future(self.submit(fn, *args))
+        if self.closed:
+            raise EngineError("the engine is closed")
+        fut: asyncio.Future[T] = running.create_future()
+        back = mailbox(running)
+        started: list[asyncio.Task[T]] = []
+
+        def _start() -> None:
+            if fut.done():  # the caller gave up before the engine got to it
+                return
+            task = self.loop.create_task(_as_coroutine(fn, *args))
+            started.append(task)
+            task.add_done_callback(lambda t: back.post(_transfer, t, fut))
+
+        self.inbox.post(_start)
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.inbox.post(lambda: started and started[0].cancel())
+            raise
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop; never blocks longer than `timeout` (a stuck body must not hang exit)."""
@@ -72,6 +165,17 @@ class Runtime:
         )
         stopper.start()
         stopper.join(timeout)
+
+
+def _settle_concurrent(cf: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
+    if cf.done():
+        return
+    if task.cancelled():
+        cf.cancel()
+    elif (exc := task.exception()) is not None:
+        cf.set_exception(exc)
+    else:
+        cf.set_result(task.result())
 
 
 async def _as_coroutine(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

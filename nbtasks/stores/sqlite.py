@@ -17,7 +17,7 @@ from typing import Any
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from ._base import Store, WriteBatch
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _FINAL_SQL = (
     "('COMPLETED','CANCELED','FAILED','CRASHED','SYSTEM_FAILURE','INTERRUPTED','EXPIRED','TIMED_OUT')"
 )
@@ -60,6 +60,14 @@ MIGRATIONS: dict[int, list[str]] = {
             owner TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL,
             started_at REAL NOT NULL, process_started REAL)""",
     ],
+    # v2: what a restarted kernel still owes a run ("restart": decide its retry once the task
+    # is defined; "resume": re-run its waiting attempt), and who claimed a schedule's last tick.
+    2: [
+        "ALTER TABLE runs ADD COLUMN recovery TEXT",
+        "ALTER TABLE schedules ADD COLUMN updated_at REAL",
+        "ALTER TABLE schedules ADD COLUMN claimed_by TEXT",
+        "CREATE INDEX IF NOT EXISTS schedules_task ON schedules(task_id)",
+    ],
 }
 
 _RUN_UPSERT = (
@@ -69,7 +77,10 @@ _RUN_UPSERT = (
 )
 _ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
 _LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES {values}"
-_MAX_PARAMS = 30_000  # under SQLite's 32,766 bound-parameter limit
+#: Rows per statement. A few fixed sizes keep the statements in sqlite3's cache: a statement
+#: made for every batch size would be parsed afresh each commit. 512 x 30 columns stays under
+#: SQLite's 32,766 bound parameters.
+_CHUNKS = (512, 128, 32, 8, 1)
 
 
 @functools.lru_cache(maxsize=64)
@@ -88,11 +99,14 @@ def _insert_many(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, 
     if not rows:
         return
     width = len(rows[0])
-    per = _MAX_PARAMS // width
-    for i in range(0, len(rows), per):
-        chunk = rows[i:i + per]
-        conn.execute(_multi_sql(template, width, len(chunk)),
-                     [v for r in chunk for v in r])
+    i, n = 0, len(rows)
+    for size in _CHUNKS:
+        if n - i < size:
+            continue
+        sql = _multi_sql(template, width, size)
+        while n - i >= size:
+            conn.execute(sql, [v for r in rows[i:i + size] for v in r])
+            i += size
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
                      "completed_at", "output", "tags", "owner", "data")
 _WAITPOINT_UPSERT = (
@@ -126,6 +140,7 @@ class SQLiteStore:
             self.path, timeout=30, isolation_level=None, check_same_thread=False
         )
         conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a big history stay hot
         if not self.memory:
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
