@@ -83,7 +83,8 @@ class Engine:
             self.config.retry = parse_retry(retry, where="configure: retry")
         self.config.machine = check_machine(machine, where="configure: machine")
         self.registry = registry if registry is not None else Registry()
-        self.registry.owner = lambda: self
+        if self.registry.owner is None:  # the default registry keeps resolving the default engine
+            self.registry.owner = lambda: self
         self.clock: Clock = clock or RealClock()
         self.owner = new_id("eng_")
         self.store: Store = open_store(store)
