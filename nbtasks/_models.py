@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -87,18 +87,26 @@ def _explain(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def parse_retry(value: object, *, where: str = "retry") -> RetryOptions | None:
-    """None means no retries; a dict is merged over the defaults."""
+OptionsT = TypeVar("OptionsT", bound=_Options)
+
+
+def _parse(model: type[OptionsT], value: object, where: str, expected: str) -> OptionsT | None:
+    """None stays None, a model passes through, a dict is validated; anything else is an error."""
     if value is None:
         return None
-    if isinstance(value, RetryOptions):
+    if isinstance(value, model):
         return value
     if not isinstance(value, dict):
-        raise ConfigurationError(f"{where}: expected a dict of retry options, got {value!r}")
+        raise ConfigurationError(f"{where}: expected {expected}, got {value!r}")
     try:
-        return RetryOptions.model_validate(value)
+        return model.model_validate(value)
     except ValidationError as exc:
         raise ConfigurationError(f"{where}: {_explain(exc)}") from None
+
+
+def parse_retry(value: object, *, where: str = "retry") -> RetryOptions | None:
+    """None means no retries; a dict is merged over the defaults."""
+    return _parse(RetryOptions, value, where, "a dict of retry options")
 
 
 _QUEUE_NAME = re.compile(r"[^A-Za-z0-9_\-/]")
@@ -123,16 +131,7 @@ class QueueOptions(_Options):
 
 
 def parse_queue(value: object, *, where: str = "queue") -> QueueOptions | None:
-    if value is None:
-        return None
-    if isinstance(value, QueueOptions):
-        return value
-    if not isinstance(value, dict):
-        raise ConfigurationError(f"{where}: expected a dict or nbtasks.queue(...), got {value!r}")
-    try:
-        return QueueOptions.model_validate(value)
-    except ValidationError as exc:
-        raise ConfigurationError(f"{where}: {_explain(exc)}") from None
+    return _parse(QueueOptions, value, where, "a dict or nbtasks.queue(...)")
 
 
 MAX_TAGS = 10
@@ -284,3 +283,9 @@ class Run(BaseModel):
         from .notebook.display import run_html
 
         return run_html(self)
+
+    def _ipython_display_(self) -> None:
+        """A cell's last value: a live status line while the run goes on, else the HTML."""
+        from .notebook.display import display_run
+
+        display_run(self)

@@ -12,7 +12,6 @@ import concurrent.futures
 import threading
 import weakref
 from collections.abc import Awaitable, Callable
-from functools import partial
 from typing import Any, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
@@ -69,8 +68,8 @@ def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
         return box
 
 
-def _transfer(task: asyncio.Future[T], fut: asyncio.Future[T]) -> None:
-    """Copy an engine-loop task's outcome onto a future of the caller's loop."""
+def _transfer(task: asyncio.Future[T], fut: asyncio.Future[T] | concurrent.futures.Future[T]) -> None:
+    """Copy an engine-loop task's outcome onto the caller's future (asyncio or concurrent)."""
     if fut.done():
         return
     if task.cancelled():
@@ -117,7 +116,7 @@ class Runtime:
             if not cf.set_running_or_notify_cancel():
                 return
             task = self.loop.create_task(_as_coroutine(fn, *args))
-            task.add_done_callback(partial(_settle_concurrent, cf))
+            task.add_done_callback(lambda t: _transfer(t, cf))
             cf.add_done_callback(lambda f: f.cancelled() and self.loop.call_soon_threadsafe(
                 task.cancel))
 
@@ -151,7 +150,7 @@ class Runtime:
         try:
             return await fut
         except asyncio.CancelledError:
-            self.inbox.post(lambda: started and started[0].cancel())
+            self.inbox.post(_cancel_all, started)
             raise
 
     def close(self, timeout: float = 5.0) -> None:
@@ -167,15 +166,9 @@ class Runtime:
         stopper.join(timeout)
 
 
-def _settle_concurrent(cf: concurrent.futures.Future[T], task: asyncio.Task[T]) -> None:
-    if cf.done():
-        return
-    if task.cancelled():
-        cf.cancel()
-    elif (exc := task.exception()) is not None:
-        cf.set_exception(exc)
-    else:
-        cf.set_result(task.result())
+def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
 
 
 async def _as_coroutine(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
