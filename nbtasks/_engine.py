@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import weakref
 from functools import partial
 from typing import Any
 
@@ -29,7 +30,7 @@ from ._models import check_machine, parse_retry
 from ._payload import loads
 from ._prepare import QueueRequest, prepare_run
 from ._queues_api import QueuesAPI
-from ._recovery import recover
+from ._recovery import child_ids, existing_runs, recover
 from ._runs import RunsAPI
 from ._runstate import RunState, new_id
 from ._runtime import Runtime
@@ -44,6 +45,9 @@ from .stores import Store, open_store
 
 #: Owners of engines open in this process (a same-pid engine row is alive only if listed here).
 LIVE_OWNERS: set[str] = set()
+
+#: Engines open in this process: lets a bare Run snapshot find the engine that runs it (reprs).
+OPEN_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _result_of(run: RunState) -> Result[Any]:
@@ -100,6 +104,7 @@ class Engine:
         self.runtime = Runtime()
         self.clock.bind(self.runtime.loop)
         LIVE_OWNERS.add(self.owner)
+        OPEN_ENGINES.add(self)
         self.runtime.call(self._start)
         self.registry.listen(self._on_define)
         _capture.install()
@@ -154,6 +159,7 @@ class Engine:
         self.runtime.close()
         self.store.close()
         LIVE_OWNERS.discard(self.owner)
+        OPEN_ENGINES.discard(self)
 
     async def _shutdown(self) -> None:
         for executor in {self.inline, self.preset_executor}:
@@ -261,8 +267,25 @@ class Engine:
 
     async def _trigger_and_wait(self, run: RunState, queue: QueueRequest | None,
                                 scope: AttemptScope | None) -> Result[Any]:
-        got = self._submit(run, queue)
-        return await self._wait_one(got.id, scope)
+        (run_id,) = self._submit_children([(run, queue)], scope)
+        return await self._wait_one(run_id, scope)
+
+    def _submit_children(self, prepared: list[tuple[RunState, QueueRequest | None]],
+                         scope: AttemptScope | None) -> list[str]:
+        """Submit the runs a `*_and_wait` call waits for; returns their ids in item order.
+
+        Inside a run they get ids derived from the call's place in the attempt, so an attempt
+        resumed after a kernel restart waits for the runs it had triggered (nbtasks._recovery).
+        """
+        parent = self._parked(scope)
+        known: set[str] = set()
+        if parent is not None:
+            for (run, _), child_id in zip(prepared, child_ids(parent, len(prepared)), strict=True):
+                run.id = child_id
+            if parent.replay is not None:
+                known = existing_runs(self, [run.id for run, _ in prepared])
+        return [run.id if run.id in known else self._submit(run, queue).id
+                for run, queue in prepared]
 
     def _batch(self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
                options: dict[str, Any]) -> tuple[str, list[tuple[RunState, QueueRequest | None]]]:
@@ -296,8 +319,7 @@ class Engine:
         scope = CURRENT.get()
 
         async def _go() -> list[Result[Any]]:
-            runs = await self._submit_batch(prepared, False)
-            return await self._wait_many([r.id for r in runs], scope)
+            return await self._wait_many(self._submit_children(prepared, scope), scope)
 
         return BatchResult(batch_id, await self.runtime.run(_go))
 
@@ -324,8 +346,9 @@ class Engine:
                 f"({', '.join('?' * len(chunk))})", tuple(chunk))
             for run_id, task_id, status, output, error in rows:
                 fut = stored.pop(run_id)
-                if RunStatus(status) in FINAL:
-                    fut.set_result(Result(run_id, task_id, RunStatus(status), output, loads(error)))
+                st = RunStatus(status)
+                if st in FINAL:
+                    fut.set_result(Result(run_id, task_id, st, output, loads(error)))
                 else:
                     fut.set_exception(EngineError(
                         f"run {run_id} is not final and is owned by another kernel; poll "

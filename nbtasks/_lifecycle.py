@@ -101,17 +101,19 @@ async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: Sy
 
 
 async def _swallowed(
-    name: str, fn: Callable[..., Any] | None, args: tuple[Any, ...], scope: AttemptScope,
-    call_sync: SyncCaller,
+    name: str, fns: tuple[Callable[..., Any] | None, ...], args: tuple[Any, ...],
+    scope: AttemptScope, call_sync: SyncCaller,
 ) -> None:
-    if fn is None:
-        return
-    try:
-        await call_hook(fn, args, call_sync)
-    except Exception as exc:
-        scope.sink.log(
-            "error", f"{name} hook raised {type(exc).__name__}: {exc}", {"hook": name}
-        )
+    """Call the hooks in order; an error is logged on the run and changes nothing."""
+    for fn in fns:
+        if fn is None:
+            continue
+        try:
+            await call_hook(fn, args, call_sync)
+        except Exception as exc:
+            scope.sink.log(
+                "error", f"{name} hook raised {type(exc).__name__}: {exc}", {"hook": name}
+            )
 
 
 def _make_next(
@@ -157,8 +159,9 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
             err = PayloadValidationError(f"payload no longer matches {defn.schema.__name__}: {exc}")
             return AttemptOutcome(False, error=error_record(err), status=RunStatus.FAILED)
     if ctx.attempt.number == 1:
-        await _swallowed("on_start", plan.hooks.on_start, (payload, ctx), scope, call_sync)
-        await _swallowed("on_start", hook("on_start"), (payload, ctx), scope, call_sync)
+        fns = (plan.hooks.on_start, hook("on_start"))
+        if fns != (None, None):  # most tasks have no hooks: skip the coroutine altogether
+            await _swallowed("on_start", fns, (payload, ctx), scope, call_sync)
     outcome: AttemptOutcome
     try:
         try:
@@ -182,14 +185,13 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
         except Exception as err:
             outcome = await _failed(plan, scope, call_sync, payload, err)
         else:
-            await _swallowed("on_success", hook("on_success"), (payload, output, ctx), scope,
-                             call_sync)
-            await _swallowed("on_success", plan.hooks.on_success, (payload, output, ctx), scope,
-                             call_sync)
+            fns = (hook("on_success"), plan.hooks.on_success)
+            if fns != (None, None):
+                await _swallowed("on_success", fns, (payload, output, ctx), scope, call_sync)
             outcome = AttemptOutcome(True, output_json=output_json)
     except asyncio.CancelledError:
         if ctx.signal.reason == "cancel" and (on_cancel := hook("on_cancel")) is not None:
-            await asyncio.shield(_swallowed("on_cancel", on_cancel, (payload, ctx), scope,
+            await asyncio.shield(_swallowed("on_cancel", (on_cancel,), (payload, ctx), scope,
                                             call_sync))
         await _cleanup(plan, scope, call_sync, payload)
         raise
@@ -232,10 +234,8 @@ async def _failed(
                           no_retry=no_retry, machine=ctx.machine.name)
     final = decision.error
     if decision.retry_at is None:
-        await _swallowed("on_failure", plan.defn.hooks.get("on_failure"), (payload, final, ctx),
-                         scope, call_sync)
-        await _swallowed("on_failure", plan.hooks.on_failure, (payload, final, ctx), scope,
-                         call_sync)
+        await _swallowed("on_failure", (plan.defn.hooks.get("on_failure"), plan.hooks.on_failure),
+                         (payload, final, ctx), scope, call_sync)
     return AttemptOutcome(
         False, error=error_record(final), retry_at=decision.retry_at,
         status=decision.final_status, machine=decision.machine,

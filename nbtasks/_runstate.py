@@ -26,12 +26,22 @@ _ALPHABET = "123456789abcdefghijkmnopqrstuvwxyz"
 _TABLE = bytes((_ALPHABET * 7).encode()) + b"\0" * (256 - 238)
 
 
+_last_prefix: tuple[int, str] = (-1, "")
+
+
 def _time_prefix(ms: int) -> str:
+    global _last_prefix
+    last_ms, text = _last_prefix  # one tuple read: safe while other threads make ids too
+    if ms == last_ms:
+        return text
     digits = []
+    n = ms
     for _ in range(9):  # 34**9 ms reaches the year 3900
-        ms, d = divmod(ms, 34)
+        n, d = divmod(n, 34)
         digits.append(_ALPHABET[d])
-    return "".join(reversed(digits))
+    text = "".join(reversed(digits))
+    _last_prefix = (ms, text)
+    return text
 
 
 def new_id(prefix: str) -> str:
@@ -174,7 +184,7 @@ class RunState:
         # Stored as `recovery`. "restart": the attempt died with its kernel and its retry is
         # still to be decided; "resume": its waiting attempt is to be re-run, waits replayed.
         self.retrying = ""
-        self.replay: dict[int, tuple[str, float | None, str | None]] | None = None
+        self.replay: dict[int, float] | None = None  # recorded wait targets, when resuming
         self.wait_seq = 0  # durable waits made so far by the current attempt
         self.signal: CancelSignal | None = None
         self.timer: TimerHandle | None = None

@@ -44,6 +44,10 @@ T = TypeVar("T")
 S = RunStatus
 
 
+#: ctx.machine is frozen, so one instance per preset serves every attempt.
+_MACHINE_INFO = {name: MachineInfo(p.name, p.cpu, p.memory) for name, p in MACHINES.items()}
+
+
 @dataclass(frozen=True, slots=True)
 class RunEvent:
     """Published on every change. `kind`: created, status, log, metadata."""
@@ -164,8 +168,9 @@ class Scheduler:
             )
         for run in self.undeployed.pop(defn.id, []):
             if run.status is S.WAITING_FOR_DEPLOY:
-                self._set(run, S.QUEUED)
-                self._enqueue(run)
+                if run.retrying != "restart":  # a restart's retry is decided from here
+                    self._set(run, S.QUEUED)
+                self._enqueue(run, front=bool(run.retrying))
 
     # ------------------------------------------------------------------ submission
 
@@ -200,7 +205,9 @@ class Scheduler:
         run.timer = None
         if run.status is S.DELAYED:
             self._set(run, S.QUEUED)
-            run.queued_at = self.clock.now()
+            # From the recorded due time: a delay that ran out while the kernel was down
+            # starts the TTL then, not at the restart.
+            run.queued_at = self.clock.now() if run.delay_until is None else run.delay_until
         defn = self.registry.get(run.task_id)
         if defn is None:
             if run.status is not S.WAITING_FOR_DEPLOY:
@@ -210,7 +217,7 @@ class Scheduler:
         if run.retrying == "restart":
             self._retry_after_restart(run, defn)
             return
-        if run.ttl and run.status is S.QUEUED and run.ttl_timer is None:
+        if run.ttl and run.status is S.QUEUED and run.ttl_timer is None and not run.attempt_count:
             run.ttl_timer = self.clock.call_at(run.queued_at + run.ttl, partial(self._expire, run))
         sort = (0 if front else 1, run.queued_at - run.priority, run.seq)
         run.start_fn = partial(self._start, run)
@@ -243,7 +250,6 @@ class Scheduler:
 
     def _context(self, defn: TaskDefinition, run: RunState, number: int, now: float,
                  signal: CancelSignal) -> TaskContext:
-        preset = MACHINES[run.machine or "kernel"]
         return TaskContext(
             task=TaskInfo(defn.id),
             run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
@@ -251,26 +257,33 @@ class Scheduler:
                         run.parent_id, run.root_id, run.batch_id, run.max_attempts),
             attempt=AttemptInfo(number, to_datetime(now)),  # type: ignore[arg-type]
             queue=QueueInfo(run.queue),
-            machine=MachineInfo(preset.name, preset.cpu, preset.memory),
+            machine=_MACHINE_INFO[run.machine or "kernel"],
             signal=signal,
         )
 
     async def _attempt(self, run: RunState) -> None:
         defn = self.registry.require(run.task_id)
         now = self.clock.now()
-        run.attempt_count += 1
-        number = run.attempt_count
+        machine = run.machine or "kernel"
+        if run.retrying == "resume" and run.attempt is not None:
+            attempt = run.attempt  # interrupted by a kernel restart while waiting: re-run it
+            self.log(run, "info", f"attempt {attempt.number} resumed after a kernel restart: "
+                     "re-running it, its finished waits return at once", None)
+        else:
+            run.attempt_count += 1
+            attempt = AttemptState(run.attempt_count, now, machine, run.queue)
+            run.replay = None
+        number = attempt.number
         if run.started_at is None:
             run.started_at = now
         run.retrying = ""
+        run.wait_seq = 0
         run.delay_until = None if run.status is S.REATTEMPTING else run.delay_until
-        machine = run.machine or "kernel"
-        attempt = AttemptState(number, now, machine, run.queue)
         run.attempt = attempt
         self.writer.mark_attempt(run, attempt)
         self._set(run, S.EXECUTING)
         signal = run.signal = CancelSignal()
-        ctx = self._context(defn, run, number, now, signal)
+        ctx = self._context(defn, run, number, attempt.started_at, signal)
         plan = AttemptPlan(defn, run.payload_json, ctx, self.retry_options(defn, run),
                            self.config.hooks, self.clock.now)
         scope = AttemptScope(ctx, RunSink(self, run), run.metadata, run.tags, self.engine)
@@ -436,51 +449,69 @@ class Scheduler:
 
     # ------------------------------------------------------------------ restart recovery
 
-    def adopt(self, run: RunState) -> None:
-        """Take over a run left non-final by a dead kernel (recorded times are kept)."""
+    def adopt(self, run: RunState, attempt_started: float | None = None) -> None:
+        """Take over a run left non-final by a dead kernel; its recorded times are kept.
+
+        An attempt that was executing died with its kernel: it is recorded as failed with
+        KernelRestartError, and the run's retry is decided under its task's policy once the task
+        is defined (WAITING_FOR_DEPLOY until then). An attempt that was waiting is resumed: it
+        runs again under the same number and its recorded waits return at once or at their
+        recorded times (nbtasks._recovery). Both marks are stored, so a second restart before
+        they are acted on still knows what is owed.
+        """
         self.active[run.id] = run
         run.owner = self.owner
         run.seq = next(self.seq)
         if run.idempotency_key is not None:
             self.idempotency[(run.task_id, run.idempotency_key)] = run
-        if run.status in (S.EXECUTING, S.WAITING):
-            err = KernelRestartError(
-                f"the kernel stopped while attempt {run.attempt_count} was executing"
-            )
-            record = error_record(err)
+        now = self.clock.now()
+        machine = run.machine or "kernel"
+        started = attempt_started or run.started_at or run.updated_at
+        if run.status is S.WAITING:
+            run.retrying = "resume"
+        if run.retrying == "resume":
+            run.attempt = AttemptState(run.attempt_count, started, machine, run.queue)
+        elif run.status is S.EXECUTING:
+            record = error_record(KernelRestartError(
+                f"the kernel stopped while attempt {run.attempt_count} was executing"))
             record["traceback"] = ""
-            attempt = AttemptState(run.attempt_count, run.started_at or run.updated_at,
-                                   run.machine or "kernel", run.queue)
-            attempt.finished_at = self.clock.now()
+            attempt = AttemptState(run.attempt_count, started, machine, run.queue)
+            attempt.finished_at = now
             attempt.status = "FAILED"
             attempt.error = record
             self.writer.mark_attempt(run, attempt)
             run.error = record
-            run.status = S.REATTEMPTING
+            run.status = transition(run.status, S.REATTEMPTING)
+            run.delay_until = None
             run.retrying = "restart"
-            run.updated_at = self.clock.now()
-            self.writer.mark(run)
+            run.updated_at = now
+        self.writer.mark(run)
         if not self.config.resume:
             self.held.append(run)
             return
         self.schedule_recovered(run)
 
     def schedule_recovered(self, run: RunState) -> None:
-        if run.status in (S.DELAYED, S.REATTEMPTING) and run.delay_until is not None \
-                and run.retrying != "restart":
-            run.timer = self.clock.call_at(run.delay_until, partial(self._enqueue, run, True))
+        """Arm an adopted run: owed work goes first, recorded delays and retries keep their time."""
+        if run.retrying:
+            self._enqueue(run, front=True)
+        elif run.status in (S.DELAYED, S.REATTEMPTING) and run.delay_until is not None:
+            run.timer = self.clock.call_at(
+                run.delay_until, partial(self._enqueue, run, run.status is S.REATTEMPTING))
         else:
             self._enqueue(run, front=run.status is S.REATTEMPTING)
 
     def _retry_after_restart(self, run: RunState, defn: TaskDefinition) -> None:
+        """The task of a run whose attempt died with its kernel is defined: apply its policy."""
         run.retrying = ""
-        opts = self.retry_options(defn, run)
-        err = KernelRestartError("kernel restarted")
-        decision = decide(opts, run.attempt_count, err, self.clock.now(), None,
-                          machine=run.machine)
+        err = KernelRestartError("the kernel stopped while the attempt was executing")
+        decision = decide(self.retry_options(defn, run), run.attempt_count, err,
+                          self.clock.now(), None, machine=run.machine)
         if decision.retry_at is None:
             self._finish(run, S.FAILED, error=run.error)
             return
+        if run.status is not S.REATTEMPTING:
+            self._set(run, S.REATTEMPTING)
         run.delay_until = decision.retry_at
         self.writer.mark(run)
         run.timer = self.clock.call_at(decision.retry_at, partial(self._enqueue, run, True))
