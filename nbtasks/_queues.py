@@ -98,6 +98,7 @@ class Dispatcher:
         q.limit, q.total = limit, total
         if changed:
             self._offer_all(q)
+            self.pump()  # a raised limit starts what was waiting (a 0-limit queue resumes)
         return q
 
     def push(self, queue: str, key: str | None, sort: SortKey, start: Callable[[], None]) -> None:
