@@ -1,22 +1,42 @@
-"""Kernel-restart recovery: adopt the non-final runs of kernels that died.
+"""Kernel-restart recovery: adopt the runs of kernels that died, and replay waits durably.
 
 An engine registers itself (owner id, pid, host, process start time) in the store. On start it
-looks for registered engines on this host whose process is gone, and for active runs whose owner
-is not registered at all (an engine that closed cleanly while runs were in flight), and takes
-their non-final runs over in one UPDATE, so two kernels starting at once cannot both adopt a run.
-Attempts that were executing count as failed with KernelRestartError and retry under their
-task's policy (DESIGN.md #7); queued, delayed and retrying runs keep their recorded times.
+looks for registered engines on this host whose process is gone (a zombie counts as gone), and
+for active runs whose owner is not registered at all (an engine that closed while runs were in
+flight), and takes their non-final runs and pending wait tokens over in one transaction; the
+UPDATE matches on the dead owner, so two kernels starting at once cannot both adopt a run.
+
+What happens to each adopted run is the scheduler's `adopt` (DESIGN.md #7): QUEUED and DELAYED
+runs keep their recorded times; an EXECUTING attempt failed with its kernel and is retried under
+its task's policy; a WAITING attempt is resumed, that is run again under the same number.
+
+Resuming works because a run's waits are durable and addressed by their order within the
+attempt: the k-th wait of attempt n of run R is `R:n:k`.
+
+- `wait.for_`/`wait.until` record their target time; replayed, a wait whose time has passed
+  returns at once, and one still ahead ends at the recorded time, not a new one.
+- `trigger_and_wait`/`batch_trigger_and_wait` give their children ids derived from that
+  address, so the replay finds the children it already triggered and waits for them instead of
+  triggering new ones.
+- `wait.create_token` inside a run derives the token id the same way, so `for_token` replayed
+  waits on the same token (a completed one returns at once).
+
+The attempt's code runs again from the top, so what it does between waits must be safe to
+repeat, and it must make its waits in the same order. Plain `trigger()` calls inside it are not
+deduplicated unless they pass an idempotency key.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import socket
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ._runstate import RUN_COLUMNS, RunState
+from ._runstate import _ALPHABET, RUN_COLUMNS, RunState
+from ._status import RunStatus
 from .stores._base import WriteBatch
 from .stores.sqlite import _FINAL_SQL
 
@@ -27,12 +47,15 @@ if TYPE_CHECKING:
 def _alive(pid: int, started: float | None) -> bool:
     try:
         proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
+            return False
         return started is None or abs(proc.create_time() - started) < 1.0
     except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
         return False
 
 
 def dead_owners(engine: Engine) -> list[str]:
+    """Owners whose runs nobody is driving: dead engines on this host, and unregistered ones."""
     from ._engine import LIVE_OWNERS
 
     host = socket.gethostname()
@@ -55,7 +78,10 @@ def dead_owners(engine: Engine) -> list[str]:
 
 
 def recover(engine: Engine) -> int:
-    """Register this engine and adopt orphaned runs. Runs on the engine loop at start."""
+    """Register this engine and adopt orphaned runs and tokens. Runs on the engine loop at start.
+
+    Returns how many runs were adopted.
+    """
     proc = psutil.Process()
     dead = dead_owners(engine)
     batch = WriteBatch(statements=[(
@@ -65,14 +91,98 @@ def recover(engine: Engine) -> int:
     )])
     if dead:
         marks = ", ".join("?" * len(dead))
-        batch.statements.append((
-            f"UPDATE runs SET owner = ? WHERE owner IN ({marks}) AND status NOT IN {_FINAL_SQL}",
-            (engine.owner, *dead)))
-        batch.statements.append((f"DELETE FROM engines WHERE owner IN ({marks})", tuple(dead)))
+        batch.statements += [
+            (f"UPDATE runs SET owner = ? WHERE owner IN ({marks}) AND status NOT IN {_FINAL_SQL}",
+             (engine.owner, *dead)),
+            (f"DELETE FROM engines WHERE owner IN ({marks})", tuple(dead)),
+        ]
+    batch.statements.append((
+        "UPDATE waitpoints SET owner = ? WHERE kind = 'token' AND status = 'WAITING' AND "
+        "(owner IS NULL OR owner NOT IN (SELECT owner FROM engines))", (engine.owner,)))
     engine.store.write(batch)
     cols, rows = engine.store.select(
-        f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE owner = ? AND status NOT IN {_FINAL_SQL}"
-        " ORDER BY seq", (engine.owner,))
+        f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, a.started_at AS attempt_started "
+        "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt_count "
+        f"WHERE r.owner = ? AND r.status NOT IN {_FINAL_SQL} ORDER BY r.seq", (engine.owner,))
+    replays = _recorded_waits(engine)
     for row in rows:
-        engine.scheduler.adopt(RunState.from_row(dict(zip(cols, row, strict=True))))
+        record = dict(zip(cols, row, strict=True))
+        run = RunState.from_row(record)
+        if run.status is RunStatus.WAITING or run.retrying == "resume":
+            run.replay = replays.get((run.id, run.attempt_count), {})
+        engine.scheduler.adopt(run, record["attempt_started"])
     return len(rows)
+
+
+def _recorded_waits(engine: Engine) -> dict[tuple[str, int], dict[int, float]]:
+    """Target times of the waits made by attempts to resume, by (run id, attempt number)."""
+    _, rows = engine.store.select(
+        "SELECT w.id, w.resume_at FROM waitpoints w JOIN runs r ON r.id = w.run_id "
+        f"WHERE w.kind = 'wait' AND r.owner = ? AND r.status NOT IN {_FINAL_SQL} "
+        "AND (r.status = 'WAITING' OR r.recovery = 'resume')", (engine.owner,))
+    out: dict[tuple[str, int], dict[int, float]] = {}
+    for wp_id, resume_at in rows:
+        run_id, attempt, seq = wp_id.rsplit(":", 2)
+        out.setdefault((run_id, int(attempt)), {})[int(seq)] = resume_at
+    return out
+
+
+# --------------------------------------------------------------------------- durable waits
+
+
+def derived_id(prefix: str, address: str) -> str:
+    """A stable id for the thing made at `address` (`run:attempt:seq[:i]`), in run-id format."""
+    n = int.from_bytes(hashlib.sha256(address.encode()).digest(), "big")
+    chars = []
+    for _ in range(21):
+        n, i = divmod(n, len(_ALPHABET))
+        chars.append(_ALPHABET[i])
+    return prefix + "".join(chars)
+
+
+def next_address(run: RunState) -> str:
+    """The address of the next durable wait of `run`'s current attempt."""
+    run.wait_seq += 1
+    return f"{run.id}:{run.attempt_count}:{run.wait_seq}"
+
+
+def wait_target(engine: Engine, run: RunState, when: float) -> tuple[float, bool]:
+    """When a `wait.for_`/`until` made inside `run` ends, and whether that was replayed.
+
+    First time: `when`, recorded. Resumed after a restart: the recorded time.
+    The record rides in the same commit as the run's WAITING status, so a run stored as
+    WAITING always has the targets of its waits on disk.
+    """
+    address = next_address(run)
+    if run.replay is not None:
+        recorded = run.replay.get(run.wait_seq)
+        if recorded is not None:
+            return recorded, True
+    if when > engine.clock.now():
+        row: tuple[Any, ...] = (address, run.id, "wait", "WAITING", engine.clock.now(), when,
+                                None, None, None, None, engine.owner, None)
+        engine.writer.waitpoint(address, row)
+    return when, False
+
+
+def child_ids(run: RunState, count: int) -> list[str]:
+    """Ids for the `count` children of one `trigger_and_wait`/batch call made inside `run`."""
+    address = next_address(run)
+    return [derived_id("run_", f"{address}:{i}") for i in range(count)]
+
+
+def token_id(run: RunState) -> str:
+    """The id of a wait token created inside `run` without an idempotency key."""
+    return derived_id("waitpoint_", next_address(run))
+
+
+def existing_runs(engine: Engine, run_ids: list[str]) -> set[str]:
+    """Which of `run_ids` this engine drives or the store holds (a resumed attempt's children)."""
+    found = {i for i in run_ids if i in engine.scheduler.active}
+    rest = [i for i in run_ids if i not in found]
+    for start in range(0, len(rest), 500):
+        chunk = rest[start:start + 500]
+        _, rows = engine.store.select(
+            f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
+        found.update(r[0] for r in rows)
+    return found

@@ -52,12 +52,16 @@ _ENDINGS = frozenset({S.CANCELED, S.CRASHED, S.SYSTEM_FAILURE, S.INTERRUPTED})
 ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     S.DELAYED: frozenset({S.QUEUED}) | _ENDINGS,
     S.QUEUED: frozenset({S.EXECUTING, S.EXPIRED, S.WAITING_FOR_DEPLOY}) | _ENDINGS,
-    S.WAITING_FOR_DEPLOY: frozenset({S.QUEUED, S.EXPIRED}) | _ENDINGS,
+    # After a kernel restart a run may wait for its task's cell before its retry is decided
+    # (REATTEMPTING or, with no attempts left, FAILED); a waiting run may wait for it too.
+    S.WAITING_FOR_DEPLOY: frozenset({S.QUEUED, S.EXPIRED, S.REATTEMPTING, S.FAILED}) | _ENDINGS,
     S.EXECUTING: frozenset(
         {S.REATTEMPTING, S.WAITING, S.COMPLETED, S.FAILED, S.TIMED_OUT}
     ) | _ENDINGS,
     S.REATTEMPTING: frozenset({S.EXECUTING, S.WAITING_FOR_DEPLOY, S.FAILED}) | _ENDINGS,
-    S.WAITING: frozenset({S.EXECUTING, S.FAILED, S.TIMED_OUT, S.REATTEMPTING}) | _ENDINGS,
+    S.WAITING: frozenset(
+        {S.EXECUTING, S.FAILED, S.TIMED_OUT, S.REATTEMPTING, S.WAITING_FOR_DEPLOY}
+    ) | _ENDINGS,
 }
 for _final in FINAL:
     ALLOWED[_final] = frozenset()

@@ -87,13 +87,16 @@ class TokenBook:
         if tok.timeout_at is not None:
             tok.timer = self.engine.clock.call_at(tok.timeout_at, partial(self._time_out, tok))
 
-    def create(self, timeout: float | None, tags: list[str], key: str | None) -> WaitToken:
+    def create(self, timeout: float | None, tags: list[str], key: str | None,
+               token_id: str | None = None) -> WaitToken:
+        """A new token, or the one `key` names (in memory or, settled or not, in the store)."""
         if key is not None:
-            for tok in self.tokens.values():
-                if tok.id == key:
-                    return WaitToken(tok.id, tok.timeout_at, is_cached=True)
+            found = self._load(key)
+            if found is not None:
+                return WaitToken(found.id, found.timeout_at, is_cached=True)
         now = self.engine.clock.now()
-        tok = _Token(key or new_id("waitpoint_"), now, now + timeout if timeout else None, tags)
+        tok = _Token(key or token_id or new_id("waitpoint_"), now,
+                     now + timeout if timeout else None, tags)
         self.tokens[tok.id] = tok
         self._persist(tok)
         self._arm(tok)
@@ -119,7 +122,8 @@ class TokenBook:
     def restore(self) -> None:
         """After a restart: re-arm the timeouts of pending tokens (delays count from creation)."""
         _, rows = self.engine.store.select(
-            "SELECT id FROM waitpoints WHERE kind = 'token' AND status = 'WAITING'")
+            "SELECT id FROM waitpoints WHERE kind = 'token' AND status = 'WAITING' AND owner = ?",
+            (self.engine.owner,))
         for (token_id,) in rows:
             self._load(token_id)
 

@@ -21,6 +21,7 @@ from ._context import CURRENT, AttemptScope
 from ._durations import Duration, parse_duration
 from ._errors import ConfigurationError
 from ._models import check_tags
+from ._recovery import token_id, wait_target
 from ._tokens import WaitResult, WaitToken
 
 if TYPE_CHECKING:
@@ -53,19 +54,29 @@ class WaitAPI:
         return await (eng.scheduler.park(run, aw) if run is not None else aw)
 
     async def until(self, date: datetime, *, throw_if_in_the_past: bool = False) -> None:
-        """Wait until `date` (aware). A past date returns at once, or raises if asked to."""
+        """Wait until `date` (aware). A past date returns at once, or raises if asked to.
+
+        Inside a run the target is recorded: an attempt resumed after a kernel restart waits
+        for the same moment, and not at all once it has passed (nbtasks._recovery).
+        """
         if not isinstance(date, datetime) or date.tzinfo is None:
             raise ConfigurationError("wait.until: pass an aware datetime")
         eng = self.engine
         when = date.timestamp()
-        if when <= eng.clock.now():
+        scope = CURRENT.get()
+        if scope is None and when <= eng.clock.now():
             if throw_if_in_the_past:
                 raise ConfigurationError("Date is in the past")
             return
-        scope = CURRENT.get()
 
         async def _go() -> None:
-            await self._park(scope, sleep_until(eng.clock, when))
+            run = eng._parked(scope)
+            target, replayed = (when, False) if run is None else wait_target(eng, run, when)
+            if target <= eng.clock.now():
+                if throw_if_in_the_past and not replayed:
+                    raise ConfigurationError("Date is in the past")
+                return
+            await self._park(scope, sleep_until(eng.clock, target))
 
         await eng.runtime.run(_go)
 
@@ -83,7 +94,20 @@ class WaitAPI:
         seconds = None if timeout is None else parse_duration(timeout, where="timeout")
         checked = check_tags(tags, where="token tags")
         eng = self.engine
-        return eng.on_loop(eng.tokens.create, seconds, checked, idempotency_key)  # type: ignore[no-any-return]
+        scope = CURRENT.get()
+
+        def _create() -> WaitToken:
+            run = eng._parked(scope)
+            if run is None or idempotency_key is not None:
+                return eng.tokens.create(seconds, checked, idempotency_key)
+            # Inside a run the id follows from the call's place, so a resumed attempt gets the
+            # same token back (looked up only when resuming).
+            derived = token_id(run)
+            if run.replay is not None:
+                return eng.tokens.create(seconds, checked, derived)
+            return eng.tokens.create(seconds, checked, None, token_id=derived)
+
+        return eng.on_loop(_create)  # type: ignore[no-any-return]
 
     def complete_token(self, token: WaitToken | str, data: Any = None) -> bool:
         """Complete a pending token with JSON `data`; False if it was already settled."""

@@ -1,0 +1,153 @@
+"""A kernel stand-in for the restart tests: an engine in its own process, on a given store file.
+
+    python tests/_child_engine.py kill  DB SEED N     # recover, trigger N runs, work until killed
+    python tests/_child_engine.py drain DB            # recover, run every run to a final status
+    python tests/_child_engine.py mine  DB TAG N      # two kernels: trigger N runs of task TAG
+
+It prints a line of JSON after each trigger returns (so the test knows those runs are durable),
+`ready` once the engine has recovered the file, and in `drain` mode the figures at the end.
+The tests SIGKILL it at random points; it writes nothing to the store but through the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sys
+import time
+from typing import Any
+
+import nbtasks
+from nbtasks import Engine
+from nbtasks._tasks import Registry, TaskFactory
+
+RETRY = {"max_attempts": 100, "min_timeout_in_ms": 10, "max_timeout_in_ms": 50, "factor": 1.5,
+         "randomize": False}
+
+
+def say(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def define(registry: Registry) -> None:
+    """The tasks a kill-test kernel serves. `late` is defined after the engine starts."""
+    task = TaskFactory(registry)
+
+    async def work(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        await asyncio.sleep(p["ms"] / 1000)
+        if ctx.attempt.number <= p.get("fail", 0):
+            raise ValueError(f"planned failure of attempt {ctx.attempt.number}")
+        return {"i": p["i"], "attempt": ctx.attempt.number}
+
+    def sync_work(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        time.sleep(p["ms"] / 1000)
+        return {"i": p["i"], "pid": os.getpid()}
+
+    def complete(p: dict[str, Any], ctx: Any) -> bool:
+        time.sleep(p["ms"] / 1000)
+        return nbtasks.wait.complete_token(p["token"], {"i": p["i"]})
+
+    work_task = task(id="work", run=work, retry=RETRY)
+    task(id="sync-work", run=sync_work, retry=RETRY)
+    completer = task(id="complete", run=complete, retry=RETRY)
+
+    async def parent(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        await nbtasks.wait.for_(seconds=p["wait"])
+        child = await work_task.trigger_and_wait({"i": p["i"], "ms": p["ms"]})
+        token = nbtasks.wait.create_token(timeout="1h")
+        await completer.trigger_async({"i": p["i"], "token": token.id, "ms": p["ms"]},
+                                      idempotency_key=token.id)
+        got = await nbtasks.wait.for_token(token)
+        return {"i": p["i"], "child": child.unwrap(), "token": got.unwrap()}
+
+    task(id="parent", run=parent, retry=RETRY)
+
+
+def define_late(registry: Registry) -> None:
+    async def late(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        await asyncio.sleep(p["ms"] / 1000)
+        return {"i": p["i"]}
+
+    TaskFactory(registry).__call__(id="late", run=late, retry=RETRY)
+
+
+def start(db: str, **options: Any) -> tuple[Engine, Registry]:
+    registry = Registry()
+    define(registry)
+    eng = Engine(store=db, registry=registry, concurrency_limit=50, **options)
+    define_late(registry)
+    return eng, registry
+
+
+def kill_mode(db: str, seed: int, n: int) -> None:
+    rng = random.Random(seed)
+    eng, registry = start(db)
+    say("ready")
+    tasks = {tid: nbtasks.Task(registry.require(tid), registry)
+             for tid in ("work", "sync-work", "parent", "late")}
+    for start_i in range(0, n, 250):
+        payloads: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(min(250, n - start_i)):
+            kind = rng.choices(["work", "sync-work", "parent", "late"], [70, 10, 10, 10])[0]
+            i = rng.randrange(10**9)
+            p: dict[str, Any] = {"i": i, "ms": rng.randint(50, 400)}
+            if kind == "work":
+                p["fail"] = rng.choice([0, 0, 0, 1, 2])
+            elif kind == "parent":
+                p["wait"] = rng.uniform(0.5, 2.5)
+            payloads.setdefault(kind, []).append(p)
+        ids = []
+        for kind, items in payloads.items():
+            delay = {"delay": 0.3} if kind == "late" else {}
+            ids += [h.id for h in tasks[kind].batch_trigger(items, **delay)]
+        say(ids)
+    time.sleep(3600)  # keep executing until killed
+
+
+def drain_mode(db: str) -> None:
+    t0 = time.perf_counter()
+    eng, _ = start(db)
+    active = list(eng.scheduler.active)
+    results = eng.wait_results(active, timeout=90)
+    say({"drained": len(active), "ok": sum(r.ok for r in results),
+         "seconds": round(time.perf_counter() - t0, 2)})
+    eng.close()
+
+
+def mine_mode(db: str, tag: str, n: int) -> None:
+    """Two-kernels test: trigger and run N runs of this kernel's own task, then read history."""
+    registry = Registry()
+
+    def own(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
+        return {"i": p["i"], "pid": os.getpid(), "tag": tag}
+
+    TaskFactory(registry)(id=f"own-{tag}", run=own)
+    eng = Engine(store=db, registry=registry)
+    say("ready")
+    own_task = nbtasks.Task(registry.require(f"own-{tag}"), registry)
+    handles = []
+    for start_i in range(0, n, 100):
+        batch = own_task.batch_trigger([{"i": i} for i in range(start_i, min(n, start_i + 100))])
+        handles += list(batch)
+        for i in range(5):  # plain triggers too: each waits for its own commit
+            handles.append(own_task.trigger({"i": n + start_i + i}))
+    results = [h.wait(timeout=60) for h in handles]
+    seen = eng.runs.count()
+    say({"ran": len(results), "ok": sum(r.ok for r in results), "owner": eng.owner,
+         "seen": seen, "pid": os.getpid()})
+    eng.close()
+
+
+if __name__ == "__main__":
+    mode, db, *rest = sys.argv[1:]
+    if mode == "kill":
+        kill_mode(db, int(rest[0]), int(rest[1]))
+    elif mode == "drain":
+        drain_mode(db)
+    elif mode == "mine":
+        mine_mode(db, rest[0], int(rest[1]))
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")

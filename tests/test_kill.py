@@ -1,0 +1,153 @@
+"""The kill test: SIGKILL a kernel with thousands of runs in flight, 20 times, then drain the file.
+
+Each kernel is a real process (tests/_child_engine.py) on the same SQLite file. It recovers what
+the last one left, triggers more runs (printing their ids only after `batch_trigger` returned,
+so a printed id is a run the engine promised was durable), and works until the test kills it
+at a random moment: while importing, recovering, triggering, or executing. A last kernel drains
+the file. Then the file itself is checked: nothing promised is missing, every run is final,
+every COMPLETED run kept its output, and every run's attempts are numbered 1..n with no gap.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+CHILD = Path(__file__).with_name("_child_engine.py")
+KILLS = 20
+
+
+class Kernel:
+    """A child engine process whose complete stdout lines are collected as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.endswith("\n"):  # a line cut by the kill was never fully promised
+                self.lines.append(line)
+
+    def finish(self, timeout: float) -> tuple[int, str]:
+        """Wait for the exit (reaping it: a zombie would look alive to the next kernel)."""
+        rc = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        err = self.proc.stderr.read()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return rc, err
+
+
+def _promised(lines: list[str]) -> set[str]:
+    ids: set[str] = set()
+    for line in lines:
+        value = json.loads(line)
+        if isinstance(value, list):
+            ids.update(value)
+    return ids
+
+
+def _figures(db: Path) -> dict[str, Any]:
+    con = sqlite3.connect(db)
+    try:
+        one = lambda sql: con.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "runs": one("SELECT COUNT(*) FROM runs"),
+            "attempts": one("SELECT COUNT(*) FROM attempts"),
+            "attempts_failed_by_kills": one(
+                "SELECT COUNT(*) FROM attempts WHERE error_type = 'KernelRestartError'"),
+            "attempts_resumed_after_wait": one(
+                "SELECT COUNT(*) FROM logs WHERE message LIKE '%resumed after a kernel restart%'"),
+            "planned_failures": one("SELECT COUNT(*) FROM attempts WHERE error_type = 'ValueError'"),
+            "max_attempts_of_a_run": one("SELECT MAX(attempt_count) FROM runs"),
+            "waits_recorded": one("SELECT COUNT(*) FROM waitpoints WHERE kind = 'wait'"),
+        }
+    finally:
+        con.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
+    db = tmp_path / ".nbtasks" / "runs.db"
+    rng = random.Random(20260101)
+    promised: set[str] = set()
+    killed_before_ready = 0
+    t0 = time.perf_counter()
+    for k in range(KILLS):
+        n = 2000 if k == 0 else 100
+        kernel = Kernel("kill", str(db), str(k), str(n))
+        time.sleep(rng.uniform(0.3, 2.0))
+        kernel.proc.send_signal(signal.SIGKILL)
+        rc, err = kernel.finish(timeout=30)
+        assert rc == -signal.SIGKILL, err
+        assert "Traceback" not in err, err
+        killed_before_ready += '"ready"\n' not in kernel.lines
+        promised |= _promised(kernel.lines)
+    last = Kernel("drain", str(db))
+    rc, err = last.finish(timeout=120)
+    assert rc == 0, err
+    drained = json.loads(last.lines[-1])
+    elapsed = time.perf_counter() - t0
+
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        rows = con.execute("SELECT id, task_id, status, payload, output, attempt_count "
+                           "FROM runs").fetchall()
+        runs = {r[0]: r for r in rows}
+        missing = promised - runs.keys()
+        assert not missing, f"{len(missing)} promised runs are not in the store"
+        not_final = [r for r in rows if r[2] != "COMPLETED"]
+        assert not not_final, f"runs not COMPLETED after the drain: {not_final[:5]}"
+        for run_id, task_id, _status, payload, output, _n in rows:
+            assert output is not None, f"{run_id} lost its output"
+            out, inp = json.loads(output), json.loads(payload)
+            if task_id == "complete":
+                assert out in (True, False)
+                continue
+            assert out["i"] == inp["i"], (run_id, out, inp)
+            if task_id == "parent":
+                assert out["child"]["i"] == inp["i"] and out["token"] == {"i": inp["i"]}
+        per_parent = con.execute(
+            "SELECT p.id, COUNT(c.id) FROM runs p LEFT JOIN runs c ON c.parent_id = p.id "
+            "WHERE p.task_id = 'parent' GROUP BY p.id HAVING COUNT(c.id) != 2").fetchall()
+        assert not per_parent, f"resumed parents triggered their children again: {per_parent[:5]}"
+        gaps = con.execute(
+            "SELECT r.id, r.attempt_count, COUNT(a.number), MIN(a.number), MAX(a.number) "
+            "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id GROUP BY r.id "
+            "HAVING COUNT(a.number) != r.attempt_count OR MIN(a.number) != 1 "
+            "OR MAX(a.number) != r.attempt_count").fetchall()
+        assert not gaps, f"attempt numbers with gaps: {gaps[:5]}"
+        open_attempts = con.execute(
+            "SELECT COUNT(*) FROM attempts WHERE status NOT IN ('COMPLETED', 'FAILED')"
+        ).fetchone()[0]
+        assert open_attempts == 0
+        last_failed = con.execute(
+            "SELECT COUNT(*) FROM attempts a JOIN runs r ON r.id = a.run_id "
+            "AND a.number = r.attempt_count WHERE a.status != 'COMPLETED'").fetchone()[0]
+        assert last_failed == 0
+    finally:
+        con.close()
+    figures = _figures(db)
+    figures.update(kills=KILLS, killed_before_ready=killed_before_ready,
+                   promised=len(promised), drained_by_last_kernel=drained["drained"],
+                   drain_seconds=drained["seconds"], total_seconds=round(elapsed, 1))
+    print("\nkill test figures:", json.dumps(figures))
+    assert figures["attempts_failed_by_kills"] > 0  # the kills did land on running attempts
