@@ -7,7 +7,7 @@ definition or trigger time in the caller, never per event inside the engine.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -166,11 +166,11 @@ def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[
 class TriggerOptions(_Options):
     """Per-trigger options (reference §6.2 plus v4's priority). Validated in the caller."""
 
-    delay: str | int | float | datetime | None = None
-    ttl: str | int | float | None = None
+    delay: str | int | float | timedelta | datetime | None = None
+    ttl: str | int | float | timedelta | None = None
     tags: list[str] | str | None = None
     idempotency_key: str | list[str] | None = None
-    idempotency_key_ttl: str | int | float | None = None
+    idempotency_key_ttl: str | int | float | timedelta | None = None
     concurrency_key: str | None = None
     queue: str | QueueOptions | None = None
     machine: str | None = None
