@@ -1,0 +1,312 @@
+"""Warm worker processes, seen from the kernel: one `Worker` each, a `Pool` per preset.
+
+Workers come from multiprocessing's *forkserver*: the engine has threads, and forking a threaded
+process is unsafe, while the fork server is a clean single-threaded process that has already
+imported nbtasks, so a new worker is ready in milliseconds instead of a fresh interpreter's
+second. Messages and deaths are watched with the engine loop's readers (the pipe, and the
+process sentinel): no thread per worker, no polling.
+
+Memory is held by `MemoryWatcher`. We measure each busy worker's resident set with psutil from
+a kernel thread, and kill the worker as soon as it passes its preset's RAM, which is what a
+cgroup's OOM killer would do. We chose this over the alternatives:
+- RLIMIT_AS caps address space, not memory: Python, BLAS and thread stacks reserve far more
+  than they touch, so a 256 MB cap breaks `import numpy`, and a hit is a MemoryError that
+  user code may swallow;
+- cgroups need privileges or a systemd delegation that a notebook rarely has.
+The check runs outside the worker, so a run stuck in C code holding the GIL is still stopped.
+Between two samples (20 ms) a run can overshoot; the worker also reports its peak RSS
+(ru_maxrss) with each result, so a run that went over and finished between samples fails
+too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import psutil
+
+from .._errors import EngineError, WorkerCrashedError
+
+Message = tuple[Any, ...]
+log = logging.getLogger("nbtasks.machines")
+
+
+class Worker:
+    """One worker process. `exited` resolves with its exit code when it dies, whatever killed it."""
+
+    def __init__(self, process: BaseProcess, conn: Connection, preset: str,
+                 loop: asyncio.AbstractEventLoop) -> None:
+        self.process = process
+        self.conn = conn
+        self.preset = preset
+        self.pid: int = process.pid or 0
+        self.loop = loop
+        self.ps = psutil.Process(self.pid)
+        self.on_message: Callable[[Message], None] | None = None
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.env: Any = None  # the (cwd, sys.path, environ) snapshot it last applied
+        self.parked = 0  # open requests that wait on other runs
+        self.oom_rss: int | None = None  # set by the MemoryWatcher when it kills
+        self._reading = True
+        loop.add_reader(conn.fileno(), self.read)
+        loop.add_reader(process.sentinel, self._on_exit)
+
+    @property
+    def alive(self) -> bool:
+        return not self.exited.done()
+
+    def read(self) -> None:
+        """Deliver every complete message waiting on the pipe (also called to drain it)."""
+        try:
+            while self._reading and self.conn.poll():
+                message = self.conn.recv()
+                if self.on_message is not None:
+                    self.on_message(message)
+        except (EOFError, OSError):
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self.conn.fileno())
+
+    def _on_exit(self) -> None:
+        self.loop.remove_reader(self.process.sentinel)
+        self.read()  # what it sent before dying (a last log line, or its result)
+        self._stop_reading()
+        self.process.join(0)
+        if not self.exited.done():
+            self.exited.set_result(self.process.exitcode)
+        self.conn.close()
+        with contextlib.suppress(ValueError):
+            self.process.close()
+
+    def send(self, message: Message) -> None:
+        self.conn.send(message)
+
+    def rss(self) -> int:
+        try:
+            return int(self.ps.memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def kill(self) -> None:
+        """SIGKILL the worker and whatever it started (it leads its own process group)."""
+        if not self.alive:
+            return
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    async def wait_ready(self, within: float) -> None:
+        ready: asyncio.Future[None] = self.loop.create_future()
+
+        def on_message(message: Message) -> None:
+            if message[0] == "ready" and not ready.done():
+                ready.set_result(None)
+
+        self.on_message = on_message
+        try:
+            either: set[asyncio.Future[Any]] = {ready, self.exited}
+            done, _ = await asyncio.wait(either, timeout=within,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            self.on_message = None
+        if ready.done():
+            return
+        self.kill()
+        code = self.exited.result() if self.exited.done() else None
+        raise WorkerCrashedError(f"a {self.preset} worker failed to start "
+                                 f"({describe_exit(code) if done else f'no answer in {within}s'})")
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.preset} pid={self.pid}{'' if self.alive else ' dead'}>"
+
+
+def describe_exit(code: int | None) -> str:
+    """'killed by signal SIGKILL (9)', 'exited with code 3'."""
+    if code is None:
+        return "exited with an unknown status"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"killed by signal {name} ({-code})"
+    return f"exited with code {code}"
+
+
+class MemoryWatcher:
+    """A kernel thread that samples busy workers' RSS and kills any past its limit."""
+
+    def __init__(self, interval: float = 0.02) -> None:
+        self.interval = interval
+        self._busy: dict[Worker, int] = {}
+        self._cv = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, worker: Worker, limit: int) -> None:
+        with self._cv:
+            self._busy[worker] = limit
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
+                                                daemon=True)
+                self._thread.start()
+            self._cv.notify()
+
+    def unwatch(self, worker: Worker) -> None:
+        with self._cv:
+            self._busy.pop(worker, None)
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._busy and not self._closed:
+                    self._cv.wait()
+                if self._closed:
+                    return
+                busy = list(self._busy.items())
+            for worker, limit in busy:
+                rss = worker.rss()
+                if rss > limit:
+                    worker.oom_rss = rss
+                    worker.kill()
+                    self.unwatch(worker)
+            with self._cv:
+                self._cv.wait(self.interval)
+
+
+class Pool:
+    """The warm workers of one preset: at most `size` busy, plus one per run parked in a wait.
+
+    Workers start on demand and stay warm. A dead worker is replaced. A worker whose run is
+    waiting on another run doesn't count against `size` (DESIGN.md #4 for machines), and the
+    extra workers that allowed are retired once they are idle and the waits are over.
+    """
+
+    def __init__(self, preset: str, size: int, spawn: Callable[[], Awaitable[Worker]]) -> None:
+        self.preset = preset
+        self.size = size
+        self._spawn = spawn
+        self.workers: set[Worker] = set()
+        self.idle: list[Worker] = []
+        self.waiters: deque[asyncio.Future[Worker]] = deque()
+        self.starting = 0
+        self.closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def parked(self) -> int:
+        return sum(1 for w in self.workers if w.parked)
+
+    def _room(self) -> int:
+        return self.size + self.parked() - len(self.workers) - self.starting
+
+    async def acquire(self) -> Worker:
+        """A warm idle worker, a new one, or the next one released."""
+        if self.closed:
+            raise EngineError("the process executor is closed")
+        while self.idle:
+            worker = self.idle.pop()
+            if worker.alive:
+                return worker
+        fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
+        self.waiters.append(fut)
+        self.grow()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self._hand(fut.result())
+            elif fut in self.waiters:
+                self.waiters.remove(fut)
+            raise
+
+    def grow(self, at_least: int = 0) -> list[asyncio.Task[None]]:
+        """Start workers for waiting runs (or up to `at_least` warm ones) while there is room."""
+        want = max(len(self.waiters) - self.starting, at_least - len(self.workers) - self.starting)
+        started = []
+        for _ in range(max(0, min(want, self._room()))):
+            self.starting += 1
+            task = asyncio.get_running_loop().create_task(self._start_one())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            started.append(task)
+        return started
+
+    async def _start_one(self) -> None:
+        try:
+            worker = await self._spawn()
+        except Exception as exc:
+            self.starting -= 1
+            if not self.waiters:
+                log.warning("a %s worker did not start: %s", self.preset, exc)
+            while self.waiters:
+                fut = self.waiters.popleft()
+                if not fut.done():
+                    fut.set_exception(exc)
+                    break
+            return
+        self.starting -= 1
+        if self.closed:
+            worker.kill()
+            return
+        self.workers.add(worker)
+        worker.exited.add_done_callback(lambda _f: self.discard(worker))
+        self._hand(worker)
+
+    def _hand(self, worker: Worker) -> None:
+        while self.waiters:
+            fut = self.waiters.popleft()
+            if not fut.done():
+                fut.set_result(worker)
+                return
+        if len(self.workers) > self.size + self.parked():
+            self.discard(worker, replace=False)  # a borrowed worker, no longer needed
+        else:
+            self.idle.append(worker)
+
+    def release(self, worker: Worker, *, reuse: bool) -> None:
+        """The attempt on `worker` is over: keep it warm, or kill and replace it."""
+        if reuse and worker.alive and worker in self.workers and not self.closed:
+            self._hand(worker)
+        else:
+            self.discard(worker)
+
+    def discard(self, worker: Worker, *, replace: bool = True) -> None:
+        if worker not in self.workers:
+            return
+        self.workers.discard(worker)
+        if worker in self.idle:
+            self.idle.remove(worker)
+        worker.kill()
+        if not self.closed:
+            self.grow(at_least=len(self.workers) + 1 if replace else 0)
+
+    def close(self) -> None:
+        self.closed = True
+        for fut in self.waiters:
+            if not fut.done():
+                fut.set_exception(EngineError("the process executor is closed"))
+        self.waiters.clear()
+        for worker in list(self.workers):
+            worker.kill()
+        for task in list(self._tasks):
+            task.cancel()

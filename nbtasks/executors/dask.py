@@ -1,0 +1,374 @@
+"""Machine presets on a Dask cluster: the way past one machine.
+
+>>> from distributed import Client                                        # doctest: +SKIP
+>>> nbtasks.configure(executor=nbtasks.executors.DaskExecutor(Client("tcp://scheduler:8786")))
+
+Runs whose machine is a preset go to the cluster as Dask tasks; the scheduler, queues,
+retries and the store stay in the kernel. Each attempt's whole lifecycle (hooks and run) runs
+on a Dask worker, like on a pool worker, and talks to the kernel through Dask itself:
+
+- logs, metadata and tags go up as Dask events (`Worker.log_event`, which the kernel's client
+  subscribes to), so they reach the run record live;
+- requests (trigger_and_wait, waits, runs.*) go up the same way, and their replies come back
+  down with `Client.run` on that one worker.
+
+Preset sizes map to Dask worker resources named `CPU` (vCPUs) and `MEMORY` (bytes): start
+workers with `--resources "CPU=4 MEMORY=8e9"` and a `large-1x` run only goes to a worker that
+has 4 CPU and 8 GB free. When no worker declares these resources, presets are not enforced
+(the run log says so once); when no worker is big enough, the attempt fails at once rather
+than queue forever.
+
+A worker that dies mid-attempt fails the attempt with WorkerCrashedError, and the retry policy
+applies. Dask itself reschedules a dead worker's tasks (`distributed.scheduler.allowed-failures`,
+3 by default): the kernel notices the second start, fails the attempt and cancels the
+duplicate. Set allowed-failures to 0 on clusters that run nbtasks so no duplicate ever starts.
+Cancel and max_duration set `ctx.signal` and cancel an async body on its worker; a sync body
+can't be stopped from outside its thread (as in the kernel) and its result is dropped.
+Per-run memory limits are Dask's own (the nanny's memory_limit), not the preset's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import threading
+import time
+import uuid
+from typing import Any
+
+try:
+    import distributed
+except ImportError as exc:  # pragma: no cover - exercised without the extra installed
+    raise ImportError(
+        "DaskExecutor needs Dask's distributed scheduler: pip install nbtasks[dask]") from exc
+
+from .._context import AttemptScope, CancelSignal
+from .._errors import ConfigurationError, TaskRunError, WorkerCrashedError
+from .._lifecycle import AttemptOutcome, AttemptPlan
+from .._models import MACHINES, MachinePreset
+from ._remote import RemoteEngine, install_worker_mode
+from ._serve import serve
+from ._wire import dump_job, failed_outcome, load_job, outcome_from, run_job
+from .inline import DaemonThreads
+
+log = logging.getLogger("nbtasks.machines")
+
+#: How long a fetched view of the cluster's workers and their resources is trusted.
+CLUSTER_INFO_TTL = 10.0
+
+
+class DaskExecutor:
+    """Runs preset attempts on the Dask cluster of `client` (a synchronous distributed.Client)."""
+
+    name = "dask"
+
+    def __init__(self, client: distributed.Client) -> None:
+        if getattr(client, "asynchronous", False):
+            raise ConfigurationError("DaskExecutor needs a regular (synchronous) Client")
+        self.client = client
+        self.topic = f"nbtasks-{uuid.uuid4().hex[:12]}"
+        self._attempts: dict[str, _Attempt] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cluster: tuple[float, list[dict[str, Any]]] | None = None
+        self._said: set[str] = set()
+
+    def __repr__(self) -> str:
+        address = getattr(self.client.scheduler, "address", "?")
+        return f"<DaskExecutor {address}: {len(self._attempts)} running>"
+
+    async def start(self) -> None:
+        self._subscribe()
+
+    def _subscribe(self) -> None:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self.client.subscribe_topic(self.topic, self._on_event)  # type: ignore[no-untyped-call]
+
+    def _on_event(self, event: tuple[float, Any]) -> None:
+        """On the client's thread: hand the worker's message to the engine loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._on_message, event[1])
+
+    # ------------------------------------------------------------------ cluster resources
+
+    async def _workers(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        if self._cluster is None or now - self._cluster[0] > CLUSTER_INFO_TTL:
+            info = await asyncio.to_thread(self.client.scheduler_info, -1)
+            self._cluster = (now, list(info.get("workers", {}).values()))
+        return self._cluster[1]
+
+    async def resources_for(self, preset: MachinePreset) -> dict[str, float] | str | None:
+        """The resources to ask for, None when the cluster declares none, or why it can't fit."""
+        workers = await self._workers()
+        declared = {name for w in workers for name in (w.get("resources") or {})}
+        want = {"CPU": preset.cpu, "MEMORY": float(preset.memory_bytes)}
+        use = {k: v for k, v in want.items() if k in declared}
+        if not use:
+            return None
+        if workers and not any(all((w.get("resources") or {}).get(k, 0) >= v
+                                   for k, v in use.items()) for w in workers):
+            return (f"no worker of the Dask cluster has the resources of the {preset.name} "
+                    f"machine ({preset.cpu:g} CPU, {preset.memory:g} GB as MEMORY bytes)")
+        return use
+
+    # ------------------------------------------------------------------ attempts
+
+    async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
+        self._subscribe()
+        preset = MACHINES[plan.ctx.machine.name]
+        try:
+            blob = dump_job(plan, scope)
+        except Exception as exc:
+            return failed_outcome(plan, TaskRunError(
+                f"task {plan.defn.id!r} can't be sent to the Dask cluster: "
+                f"{type(exc).__name__}: {exc}"), retry=False)
+        resources = await self.resources_for(preset)
+        if isinstance(resources, str):
+            return failed_outcome(plan, TaskRunError(resources), retry=False)
+        if resources is None and "resources" not in self._said:
+            self._said.add("resources")
+            scope.sink.log("warn", "the Dask workers declare no CPU/MEMORY resources, so "
+                           "machine presets are not enforced on the cluster", None)
+        loop = asyncio.get_running_loop()
+        key = f"nbtasks-{plan.ctx.run.id}-{plan.ctx.attempt.number}-{uuid.uuid4().hex[:8]}"
+        attempt = _Attempt(self, key, plan, scope, loop.create_future())
+        self._attempts[key] = attempt
+        future = self.client.submit(_run_on_dask, blob, key, self.topic, os.getpid(), key=key,
+                                    pure=False, resources=resources)
+        attempt.future = future
+        future.add_done_callback(attempt.finished)  # type: ignore[no-untyped-call]
+        try:
+            return await attempt.done
+        except asyncio.CancelledError:
+            attempt.stop(plan.ctx.signal.reason or "cancel")
+            raise
+        finally:
+            self._attempts.pop(key, None)
+            for task in attempt.calls.values():
+                task.cancel()
+
+    def _on_message(self, message: list[Any]) -> None:
+        attempt = self._attempts.get(message[1])
+        if attempt is not None:
+            attempt.on_message(message)
+
+    async def close(self) -> None:
+        for attempt in list(self._attempts.values()):
+            attempt.stop("cancel")
+        if self._loop is not None:
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(self.topic)  # type: ignore[no-untyped-call]
+
+
+class _Attempt:
+    """The kernel's side of one attempt on the cluster."""
+
+    def __init__(self, executor: DaskExecutor, key: str, plan: AttemptPlan, scope: AttemptScope,
+                 done: asyncio.Future[AttemptOutcome]) -> None:
+        self.executor = executor
+        self.client = executor.client
+        self.key = key
+        self.plan = plan
+        self.scope = scope
+        self.done = done
+        self.loop = done.get_loop()
+        self.future: Any = None
+        self.address: str | None = None  # the worker it started on
+        self.calls: dict[int, asyncio.Task[None]] = {}
+
+    def finished(self, future: Any) -> None:
+        """Dask's callback thread: fetch the outcome, then settle on the engine loop."""
+        try:
+            message = future.result()
+        except distributed.client.FutureCancelledError:
+            return
+        except distributed.KilledWorker as exc:
+            outcome = failed_outcome(self.plan, WorkerCrashedError(
+                f"the Dask worker running this attempt died ({exc})"))
+        except Exception as exc:
+            outcome = failed_outcome(self.plan, TaskRunError(
+                f"the Dask task failed: {type(exc).__name__}: {exc}"))
+        else:
+            outcome = self._outcome(message)
+        self.loop.call_soon_threadsafe(self._settle, outcome)
+
+    def _outcome(self, message: dict[str, Any]) -> AttemptOutcome:
+        if "cancelled" in message:  # the run ended first; this is never used
+            return failed_outcome(self.plan, TaskRunError("cancelled"), retry=False)
+        if "load_error" in message:
+            return failed_outcome(self.plan, TaskRunError(message["load_error"]["message"]))
+        return outcome_from(message, self.plan)
+
+    def _settle(self, outcome: AttemptOutcome) -> None:
+        if not self.done.done():
+            self.done.set_result(outcome)
+
+    def stop(self, reason: str) -> None:
+        """Cancel it on its worker (ctx.signal, the async body) and drop the Dask task."""
+        address, future = self.address, self.future
+
+        def go() -> None:
+            if address is not None:
+                with contextlib.suppress(Exception):
+                    self.client.run(_cancel_on_dask, self.key, reason, workers=[address])
+            if future is not None:
+                with contextlib.suppress(Exception):
+                    future.cancel()
+
+        _in_thread(go)
+
+    def _run_on_worker(self, fn: Any, *args: Any, address: str) -> None:
+        """`Client.run` on one worker; failing means the worker died, and the attempt with it."""
+
+        def go() -> None:
+            with contextlib.suppress(Exception):
+                self.client.run(fn, *args, workers=[address])
+
+        _in_thread(go)
+
+    def on_message(self, message: list[Any]) -> None:
+        kind, scope = message[0], self.scope
+        if kind == "start":
+            if self.address is None:
+                self.address = message[2]
+            elif not self.done.done():  # Dask started it again: its first worker died
+                first, self.address = self.address, None
+                self.done.set_result(failed_outcome(self.plan, WorkerCrashedError(
+                    f"the Dask worker {first} died while running this attempt")))
+                self.address = message[2]
+                self.stop("cancel")
+        elif kind == "log":
+            scope.sink.log(message[2], message[3], message[4])
+        elif kind == "metadata":
+            scope.metadata = message[2]
+            scope.sink.metadata_changed(message[2])
+        elif kind == "tags":
+            scope.tags = list(message[2])
+            scope.sink.tags_changed(scope.tags)
+        elif kind == "call":
+            _, _, rid, method, args, address = message
+            self.calls[rid] = self.loop.create_task(
+                self._answer(rid, method, pickle.loads(args), address))
+        elif kind == "cancel" and (task := self.calls.pop(message[2], None)) is not None:
+            task.cancel()
+
+    async def _answer(self, rid: int, method: str, args: tuple[Any, ...], address: str) -> None:
+        try:
+            ok, value = True, await serve(self.scope, method, args)
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            ok, value = False, exc
+        try:
+            blob = pickle.dumps(value)
+        except Exception as exc:
+            ok, blob = False, pickle.dumps(TaskRunError(f"the answer can't be sent: {exc}"))
+        self._run_on_worker(_deliver, self.key, rid, ok, blob, address=address)
+
+
+def _in_thread(fn: Any) -> None:
+    """Client calls block until the cluster answers: never on the engine loop."""
+    threading.Thread(target=fn, name="nbtasks-dask-call", daemon=True).start()
+
+
+# --------------------------------------------------------------------------- on the workers
+
+
+class DaskChannel:
+    """`_remote.Channel` for an attempt on a Dask worker: events up, `Client.run` down."""
+
+    def __init__(self, worker: Any, topic: str) -> None:
+        self.worker = worker
+        self.topic = topic
+        self.pending: dict[int, concurrent.futures.Future[Any]] = {}
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.worker.log_event(self.topic, list(message))
+
+    def request(self, key: str, method: str, args: tuple[Any, ...]
+                ) -> tuple[int, concurrent.futures.Future[Any]]:
+        rid = next(_IDS)
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending[rid] = fut
+        self.send(("call", key, rid, method, pickle.dumps(args), self.worker.address))
+        return rid, fut
+
+    def cancel(self, key: str, request_id: int) -> None:
+        if self.pending.pop(request_id, None) is not None:
+            self.send(("cancel", key, request_id))
+
+
+class _Running:
+    """An attempt executing on this Dask worker, reachable by `_deliver` and `_cancel_on_dask`."""
+
+    def __init__(self, channel: DaskChannel) -> None:
+        self.channel = channel
+        self.signal = CancelSignal()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[dict[str, Any]] | None = None
+
+    async def run(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        return await run_job(load_job(blob), remote, _threads().run, self.signal)
+
+
+_IDS = itertools.count(1)
+_ACTIVE: dict[str, _Running] = {}
+_INSTALLED: list[bool] = []
+_THREADS: list[DaemonThreads] = []
+
+
+def _threads() -> DaemonThreads:
+    if not _THREADS:
+        _THREADS.append(DaemonThreads(64, "nbtasks-dask-sync"))
+    return _THREADS[0]
+
+
+def _run_on_dask(blob: bytes, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
+    """The Dask task: one attempt's lifecycle on this worker; returns the outcome message."""
+    worker = distributed.get_worker()
+    channel = DaskChannel(worker, topic)
+    channel.send(("start", key, worker.address))
+    if os.getpid() != kernel_pid and not _INSTALLED:  # not a threaded cluster in the kernel
+        _INSTALLED.append(True)
+        install_worker_mode(None)
+    running = _Running(channel)
+    _ACTIVE[key] = running
+    try:
+        return asyncio.run(running.run(blob, RemoteEngine(channel, key)))
+    except asyncio.CancelledError:
+        return {"cancelled": True}
+    except Exception as exc:  # the job could not be loaded here
+        return {"load_error": {"message": f"the Dask worker could not run the task: "
+                                          f"{type(exc).__name__}: {exc}"}}
+    finally:
+        _ACTIVE.pop(key, None)
+
+
+def _deliver(key: str, rid: int, ok: bool, blob: bytes) -> None:
+    """Runs on the worker (`Client.run`): the reply to one of an attempt's requests."""
+    running = _ACTIVE.get(key)
+    fut = None if running is None else running.channel.pending.pop(rid, None)
+    if fut is None or fut.done():
+        return
+    value = pickle.loads(blob)
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def _cancel_on_dask(key: str, reason: str) -> None:
+    """Runs on the worker (`Client.run`): cancel or time out the attempt `key`."""
+    running = _ACTIVE.get(key)
+    if running is None or running.loop is None or running.task is None:
+        return
+    running.signal.abort(reason)
+    running.loop.call_soon_threadsafe(running.task.cancel)

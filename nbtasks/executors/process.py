@@ -1,0 +1,290 @@
+"""Machine presets in worker processes: a warm pool per preset, memory and CPU held to it.
+
+>>> nbtasks.configure(executor=nbtasks.executors.ProcessExecutor(max_workers={"micro": 2}))
+...                                                         # doctest: +SKIP
+
+The engine gives every run whose machine is a preset (`micro` ... `large-2x`) to this executor.
+One attempt runs in one worker at a time, its whole lifecycle there (hooks and run, as
+Trigger.dev does), its logs, metadata, tags and waits forwarded to the kernel live.
+
+- **Pools.** A preset's pool holds at most `floor(host cores / preset vCPUs)` workers, fewer if
+  host memory can't hold that many of its RAM (80% of it, at most 32). A preset bigger than the
+  host still runs on what there is, and says so once.
+- **Memory.** A worker past its preset's RAM is killed; the attempt fails with
+  OutOfMemoryError naming the preset and the memory used, and `retry.out_of_memory.machine`
+  moves the run to a bigger preset (see `_pool.MemoryWatcher` for how and why).
+- **CPU.** A worker gets `ceil(vCPUs)` whole cores by affinity, and the BLAS/OpenMP
+  thread-count variables say the same number.
+- **Crashes.** A worker that dies mid-attempt (a signal, a segfault, `os._exit`) fails that
+  attempt with WorkerCrashedError naming the signal or exit code; the retry policy applies and
+  the pool starts a replacement. Other runs are untouched: each has its own process.
+- **Cancel and max_duration** kill the worker (and its process group), so a run stuck in C code
+  stops too. Its on_cancel and cleanup hooks don't run: the process is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import logging
+import math
+import multiprocessing
+import multiprocessing.util  # its exit hook must be registered before ours (see _kill_all)
+import os
+import pickle
+import sys
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import psutil
+
+from .._context import AttemptScope
+from .._errors import OutOfMemoryError, TaskRunError, WorkerCrashedError
+from .._lifecycle import AttemptOutcome, AttemptPlan
+from .._models import MACHINES, MachinePreset, check_machine
+from . import _worker
+from ._pool import MemoryWatcher, Message, Pool, Worker, describe_exit
+from ._serve import PARKING, serve
+from ._wire import dump_job, failed_outcome, outcome_from
+
+log = logging.getLogger("nbtasks.machines")
+
+#: Workers whose RSS is still over this share of their limit after a run are replaced, so the
+#: next run doesn't start with someone else's memory.
+RECYCLE_SHARE = 0.5
+MAX_POOL = 32
+_EXECUTORS: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
+
+
+def pool_size(preset: MachinePreset, cpus: int | None = None, memory: int | None = None) -> int:
+    """How many workers of `preset` the host holds at once (at least one)."""
+    cpus = cpus or len(_available_cores())
+    memory = memory or psutil.virtual_memory().total
+    by_cpu = math.floor(cpus / preset.cpu)
+    by_memory = math.floor(memory * 0.8 / preset.memory_bytes)
+    return max(1, min(by_cpu, by_memory, MAX_POOL))
+
+
+def too_big(preset: MachinePreset) -> str | None:
+    """Why the host is smaller than `preset`, or None."""
+    cpus, memory = len(_available_cores()), psutil.virtual_memory().total
+    if preset.cpu > cpus or preset.memory_bytes > memory:
+        return (f"the {preset.name} machine ({preset.cpu:g} vCPU, {preset.memory:g} GB) is bigger "
+                f"than this host ({cpus} cores, {memory / 1024**3:.1f} GB): its runs get what "
+                "there is")
+    return None
+
+
+def _available_cores() -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return list(range(os.cpu_count() or 1))
+
+
+def _context() -> Any:
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload([_worker.__name__])
+    return ctx
+
+
+class ProcessExecutor:
+    """Runs preset attempts in warm worker processes; see the module docstring.
+
+    `max_workers` caps pool sizes: one number for every preset, or a dict per preset name.
+    """
+
+    name = "process"
+
+    def __init__(self, max_workers: int | Mapping[str, int] | None = None, *,
+                 memory_interval: float = 0.02, start_timeout: float = 60.0) -> None:
+        if isinstance(max_workers, Mapping):
+            for preset in max_workers:
+                check_machine(preset, where="ProcessExecutor: max_workers")
+        self.max_workers = max_workers
+        self.start_timeout = start_timeout
+        self.pools: dict[str, Pool] = {}
+        self.watcher = MemoryWatcher(memory_interval)
+        self._ctx = _context()
+        self._next_core = 0
+        self._announced: set[str] = set()
+        _EXECUTORS.add(self)
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{p.preset}: {len(p.workers)}/{p.size}"
+                          + (f" (+{p.starting} starting)" if p.starting else "")
+                          for p in self.pools.values())
+        return f"<ProcessExecutor {sizes or 'no pools yet'}>"
+
+    # ------------------------------------------------------------------ pools
+
+    def size_of(self, preset: MachinePreset) -> int:
+        cap = self.max_workers
+        if isinstance(cap, Mapping):
+            cap = cap.get(preset.name)
+        size = pool_size(preset)
+        return max(1, min(size, cap)) if cap is not None else size
+
+    def pool(self, name: str) -> Pool:
+        pool = self.pools.get(name)
+        if pool is None:
+            preset = MACHINES[check_machine(name)]
+            pool = self.pools[name] = Pool(name, self.size_of(preset),
+                                           lambda: self._spawn(preset))
+        return pool
+
+    async def _spawn(self, preset: MachinePreset) -> Worker:
+        cores = _worker.cores_for(preset.cpu, _available_cores(), self._next_core)
+        self._next_core += len(cores)
+        # Starting a process blocks (the first one starts the fork server): not on the loop.
+        process, conn = await asyncio.to_thread(self._start_process, cores)
+        worker = Worker(process, conn, preset.name, asyncio.get_running_loop())
+        await worker.wait_ready(within=self.start_timeout)
+        return worker
+
+    def _start_process(self, cores: list[int]) -> tuple[Any, Any]:
+        parent, child = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=_worker.main, args=(child, cores),
+                                    name="nbtasks-worker")
+        process.start()
+        child.close()
+        return process, parent
+
+    async def start(self) -> None:
+        return None
+
+    async def warm(self, *presets: str) -> None:
+        """Start one worker for each preset now (a cold preset's first run waits for it)."""
+        started = [t for name in presets for t in self.pool(name).grow(at_least=1)]
+        await asyncio.gather(*started)
+
+    # ------------------------------------------------------------------ attempts
+
+    async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
+        preset = MACHINES[plan.ctx.machine.name]
+        pool = self.pool(preset.name)
+        if preset.name not in self._announced:
+            self._announced.add(preset.name)
+            if (why := too_big(preset)) is not None:
+                log.warning("%s", why)
+                scope.sink.log("warn", why, {"machine": preset.name})
+        try:
+            blob = dump_job(plan, scope)
+        except Exception as exc:
+            err = TaskRunError(
+                f"task {plan.defn.id!r} can't be sent to a {preset.name} worker: "
+                f"{type(exc).__name__}: {exc}. What a task's functions refer to must be "
+                "picklable; open clients and connections inside the run instead")
+            return failed_outcome(plan, err, retry=False)
+        worker = await pool.acquire()
+        return await self._run_on(worker, pool, preset, plan, scope, blob)
+
+    async def _run_on(self, worker: Worker, pool: Pool, preset: MachinePreset,
+                      plan: AttemptPlan, scope: AttemptScope, blob: bytes) -> AttemptOutcome:
+        loop = asyncio.get_running_loop()
+        key = f"{plan.ctx.run.id}/{plan.ctx.attempt.number}"
+        done: asyncio.Future[dict[str, Any]] = loop.create_future()
+        calls: dict[int, asyncio.Task[None]] = {}
+
+        def on_message(message: Message) -> None:
+            kind = message[0]
+            if message[1] != key:
+                return  # from an earlier attempt's leftover thread
+            if kind == "log":
+                scope.sink.log(*message[2:])
+            elif kind == "metadata":
+                scope.metadata = message[2]
+                scope.sink.metadata_changed(message[2])
+            elif kind == "tags":
+                scope.tags = message[2]
+                scope.sink.tags_changed(message[2])
+            elif kind == "call":
+                _, _, rid, method, args = message
+                calls[rid] = loop.create_task(self._answer(worker, pool, scope, rid, method, args))
+            elif kind == "cancel" and (task := calls.pop(message[2], None)) is not None:
+                task.cancel()
+            elif kind == "done" and not done.done():
+                done.set_result(message[2])
+
+        snapshot = (os.getcwd(), list(sys.path), dict(os.environ))
+        worker.on_message = on_message
+        reuse = False
+        try:
+            worker.send(("run", key, None if snapshot == worker.env else snapshot, blob))
+            worker.env = snapshot
+            self.watcher.watch(worker, preset.memory_bytes)
+            either: set[asyncio.Future[Any]] = {done, worker.exited}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not done.done():
+                worker.read()
+            outcome, reuse = self._conclude(worker, preset, plan, done)
+            return outcome
+        finally:
+            self.watcher.unwatch(worker)
+            worker.on_message = None
+            for task in calls.values():
+                task.cancel()
+            pool.release(worker, reuse=reuse)  # not reused (cancel, death, memory): killed
+
+    def _conclude(self, worker: Worker, preset: MachinePreset, plan: AttemptPlan,
+                  done: asyncio.Future[dict[str, Any]]) -> tuple[AttemptOutcome, bool]:
+        limit = preset.memory_bytes
+        message = done.result() if done.done() else None
+        peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
+        if peak > limit:
+            used, cap = peak / 1024**2, limit / 1024**2
+            return failed_outcome(plan, OutOfMemoryError(
+                f"the run used {used:.0f} MB of memory, over the {preset.name} machine's "
+                f"{cap:.0f} MB; give it a bigger machine, or retry on one with "
+                "retry={'out_of_memory': {'machine': ...}}")), False
+        if message is None:
+            code = worker.exited.result()
+            return failed_outcome(plan, WorkerCrashedError(
+                f"the {preset.name} worker running this attempt (pid {worker.pid}) died: "
+                f"{describe_exit(code)}")), False
+        if "load_error" in message:
+            record = message["load_error"]
+            return failed_outcome(plan, TaskRunError(record["message"])), True
+        return outcome_from(message, plan), worker.rss() < limit * RECYCLE_SHARE
+
+    async def _answer(self, worker: Worker, pool: Pool, scope: AttemptScope, rid: int,
+                      method: str, args: tuple[Any, ...]) -> None:
+        parks = method in PARKING
+        if parks:
+            worker.parked += 1
+            pool.grow()  # a run waiting for a worker may take this one's place meanwhile
+        try:
+            reply: Message = ("reply", rid, True, await serve(scope, method, args))
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            reply = ("reply", rid, False, exc)
+        finally:
+            if parks:
+                worker.parked -= 1
+        if not worker.alive:
+            return
+        try:
+            worker.send(reply)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            worker.send(("reply", rid, False, TaskRunError(f"the answer can't be sent: {exc}")))
+
+    async def close(self) -> None:
+        """Kill every worker now: their runs are already final when the engine closes."""
+        self.watcher.close()
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _kill_all() -> None:
+    """At interpreter exit: multiprocessing would otherwise wait for our workers forever."""
+    for executor in list(_EXECUTORS):
+        for pool in executor.pools.values():
+            for worker in list(pool.workers):
+                with contextlib.suppress(Exception):
+                    worker.kill()
+
+
+atexit.register(_kill_all)  # after multiprocessing's own exit hook, so it runs before it
