@@ -427,17 +427,26 @@ class Scheduler:
         run.wait_depth += 1
         try:
             result = await awaitable
-        finally:
+        except asyncio.CancelledError:
+            # Not a cancel of the run (that ends it first): the body gave up on this wait, e.g.
+            # asyncio.wait_for timed out. It goes on executing, so it needs its slot back.
             run.wait_depth -= 1
+            if run.wait_depth == 0 and not run.is_final:
+                await self._take_slot_back(run)
+            raise
+        run.wait_depth -= 1
         if run.wait_depth == 0 and not run.is_final:
-            fut: asyncio.Future[None] = self.loop.create_future()
-            run.resume = fut
-            run.start_fn = partial(self._start, run)
-            self.dispatcher.push(run.queue, run.concurrency_key, (0, self.clock.now(), run.seq),
-                                 run.start_fn)
-            await fut
-            self._set(run, S.EXECUTING)
+            await self._take_slot_back(run)
         return result
+
+    async def _take_slot_back(self, run: RunState) -> None:
+        fut: asyncio.Future[None] = self.loop.create_future()
+        run.resume = fut
+        run.start_fn = partial(self._start, run)
+        self.dispatcher.push(run.queue, run.concurrency_key, (0, self.clock.now(), run.seq),
+                             run.start_fn)
+        await fut
+        self._set(run, S.EXECUTING)
 
     def on_final(self, run_id: str, callback: Callable[[RunState], None]) -> bool:
         """Call back once `run_id` is final and durable. False if it is not active here."""
