@@ -163,14 +163,28 @@ class BatchHandle(Generic[OutT]):
         return len(self.runs)
 
     def wait(self, timeout: float | None = None) -> BatchResult[OutT]:
-        return BatchResult(self.id, self._engine.wait_results([h.id for h in self.runs], timeout))
+        """Block until every run is final; in a notebook cell a progress bar shows the way."""
+        from .notebook.progress import batch_progress
+
+        ids = [h.id for h in self.runs]
+        with batch_progress(self._engine, self.id, ids):
+            return BatchResult(self.id, self._engine.wait_results(ids, timeout))
 
     def __await__(self) -> Generator[Any, None, BatchResult[OutT]]:
         async def _all() -> BatchResult[OutT]:
-            results = await self._engine.results_async([h.id for h in self.runs])
+            from .notebook.progress import batch_progress
+
+            ids = [h.id for h in self.runs]
+            with batch_progress(self._engine, self.id, ids):
+                results = await self._engine.results_async(ids)
             return BatchResult(self.id, results)
 
         return _all().__await__()
 
     def __repr__(self) -> str:
         return f"<BatchHandle {self.id} with {len(self.runs)} runs>"
+
+    def _repr_html_(self) -> str:
+        from .notebook.display import batch_handle_html
+
+        return batch_handle_html(self)

@@ -1,0 +1,146 @@
+"""Compact live widgets: a run's status line, and a batch's progress bar.
+
+The status line is what a RunHandle (or a running Run) shows as a cell's last value:
+
+>>> handle = etl.trigger({"day": "2026-01-01"})        # doctest: +SKIP
+>>> handle
+run_8c2…  etl  EXECUTING  attempt 1 · 2.1 s   [Cancel]
+
+It listens to the engine's feed for its one run and stops listening once the run is final, so a
+notebook full of old handles costs nothing. Its text/plain form is the handle's repr.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from .._status import FINAL, RunStatus
+from . import queries
+from ._ui import button, make, shared, widgets
+from .display import badge, duration, esc
+from .feed import DONE, feed_for
+
+if TYPE_CHECKING:
+    from .._engine import Engine
+    from .._scheduler import RunEvent
+
+
+class StatusLine(widgets.HBox):  # type: ignore[misc]
+    """Badge, id, task, attempt and time, and a Cancel button while the run can be cancelled."""
+
+    def __init__(self, engine: Engine, run_id: str, task_id: str) -> None:
+        self.engine = engine
+        self.run_id = run_id
+        self.task_id = task_id
+        self.run_ids = (run_id,)
+        self.status = "QUEUED"
+        self._lock = threading.Lock()
+        self._badge = make(widgets.HTML)
+        self._text = make(widgets.HTML, "nbt-status-text")
+        self._cancel = button("Cancel", "nbt-status-cancel")
+        self._cancel.on_click(self._on_cancel)
+        super().__init__([self._badge, self._text, self._cancel], layout=shared(widgets.Layout))
+        self.add_class("nbt-status-line")
+        self._feed = feed_for(engine)
+        self._feed.add(self)  # before the first read, so no change slips between the two
+        if self._render() == DONE:
+            self._feed.remove(self)
+
+    def update(self, events: list[RunEvent]) -> float | None:
+        return self._render()
+
+    def _render(self, note: str = "") -> float | None:
+        with self._lock:
+            row = queries.row(self.engine.store, self.run_id)
+            if row is None:  # triggered but not committed yet: the next event brings it
+                return None
+            self.status = row.status
+            took = duration(row.duration(self.engine.clock.now()))
+            attempt = f"attempt {row.attempt_count}" if row.attempt_count else "not started"
+            self._badge.value = badge(row.status)
+            self._text.value = (f"<code>{esc(row.id)}</code> <b>{esc(row.task_id)}</b> "
+                                f"· {attempt}{' · ' + took if took else ''}"
+                                f"{' · ' + esc(note) if note else ''}")
+            if row.is_final:
+                self._cancel.disabled = True
+                self.children = [self._badge, self._text]
+                self.add_class("nbt-final")
+                return DONE
+            return None
+
+    def _on_cancel(self, _button: object) -> None:
+        try:
+            self.engine.runs.cancel(self.run_id)
+            note = ""
+        except Exception as exc:  # another kernel owns it, the engine closed: say so in the line
+            note = f"cancel failed: {exc}"
+        self.engine.runs._fresh()
+        if self._render(note) == DONE:
+            self._feed.remove(self)
+
+    def close(self) -> None:
+        self._feed.remove(self)
+        for child in self.children:
+            child.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<RunHandle {self.run_id} task={self.task_id!r} {self.status}>"
+
+
+_FINAL = frozenset(s.value for s in FINAL)
+
+
+class BatchProgress(widgets.HBox):  # type: ignore[misc]
+    """A batch's bar and label, `12/50 done · 2 failed`; danger style once any run failed."""
+
+    def __init__(self, engine: Engine, batch_id: str, run_ids: list[str]) -> None:
+        self.batch_id = batch_id
+        self.run_ids = frozenset(run_ids)
+        self._lock = threading.Lock()
+        self._done: dict[str, str] = {}
+        self._bar = make(widgets.IntProgress, "nbt-progress-bar", min=0, max=len(self.run_ids),
+                         value=0)
+        self._label = make(widgets.HTML, "nbt-progress-label")
+        super().__init__([self._bar, self._label], layout=shared(widgets.Layout))
+        self.add_class("nbt-progress")
+        self._feed = feed_for(engine)
+        self._feed.add(self)
+        engine.runs._fresh()
+        known = queries.statuses(engine.store, list(self.run_ids))
+        with self._lock:
+            self._done.update((i, s) for i, s in known.items() if s in _FINAL)
+            self._show()
+
+    def update(self, events: list[RunEvent]) -> float | None:
+        with self._lock:
+            self._done.update((e.run_id, e.status.value) for e in events if e.status in FINAL)
+            self._show()
+            return DONE if len(self._done) == len(self.run_ids) else None
+
+    def _show(self) -> None:
+        failed = sum(s != RunStatus.COMPLETED.value for s in self._done.values())
+        complete = len(self._done) == len(self.run_ids)
+        self._bar.value = len(self._done)
+        self._bar.bar_style = "danger" if failed else ("success" if complete else "")
+        self._label.value = (f"batch <code>{esc(self.batch_id)}</code>: {len(self._done)}/"
+                             f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else ""))
+
+    def finish(self, ok: bool) -> None:
+        """The wait ended: stop listening. A wait that raised (a timeout) shows as danger."""
+        self._feed.remove(self)
+        with self._lock:
+            self._show()
+            if not ok:
+                self._bar.bar_style = "danger"
+                self._label.value += " · wait stopped"
+
+    def close(self) -> None:
+        self._feed.remove(self)
+        for child in self.children:
+            child.close()
+        super().close()
+
+    def __repr__(self) -> str:
+        return f"<batch {self.batch_id}: {len(self._done)}/{len(self.run_ids)} done>"
