@@ -1,0 +1,183 @@
+"""Dashboard responsiveness on a big history: kernel time to open it and to change a filter.
+
+    python benchmarks/dashboard.py              # 100,000 runs
+    python benchmarks/dashboard.py -n 20000 --repeat 3
+
+The store is filled through its own write path (one transaction of realistic rows: five tasks,
+mixed statuses, tags on some, one attempt each), then an Engine opens it. Each figure is the
+median of `--repeat` tries, measured twice:
+
+- in this process, where widgets have no frontend, so it is pure Python and SQLite time;
+- inside a real Jupyter kernel (jupyter_client), where every widget also sends its comm
+  messages: that is the kernel time a notebook user waits for.
+
+"open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
+in the process, with the ipywidgets import). The target is < 200 ms for opening and for each
+filter change. Nothing here is an assertion: it prints the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+TASKS = ("etl", "send-email", "resize-image", "nightly-report", "sync-user")
+TARGET_MS = 200.0
+
+
+def fill_store(path: str, n: int, seed: int = 1) -> None:
+    """Write `n` finished runs spread over the last ~2 hours, newest at `now`."""
+    from nbtasks._runstate import AttemptState, RunState, new_id
+    from nbtasks._status import RunStatus
+    from nbtasks.stores import SQLiteStore, WriteBatch
+
+    rng = random.Random(seed)
+    statuses = [RunStatus.COMPLETED] * 8 + [RunStatus.FAILED, RunStatus.CANCELED]
+    now = time.time()
+    step = 7200 / n
+    runs, attempts = [], []
+    for i in range(n):
+        created = now - 7200 + i * step
+        task = rng.choice(TASKS)
+        run = RunState(new_id("run_"), task, json.dumps({"i": i}), created)
+        run.status = rng.choice(statuses)
+        run.started_at = created + 0.01
+        run.finished_at = run.updated_at = run.started_at + rng.random() * 3
+        run.attempt_count = 1
+        run.seq = i
+        run.owner = "eng_benchmark"
+        run.queue = f"task/{task}"
+        run.machine = "kernel"
+        if i % 7 == 0:
+            run.tags = ["nightly"]
+        if run.status is RunStatus.FAILED:
+            run.error = {"type": "ValueError", "message": "boom", "traceback": ""}
+        attempt = AttemptState(1, run.started_at, "kernel", run.queue)
+        attempt.finished_at = run.finished_at
+        attempt.status = "COMPLETED" if run.status is RunStatus.COMPLETED else "FAILED"
+        runs.append(run.row())
+        attempts.append(attempt.row(run.id))
+    store = SQLiteStore(path)
+    store.open()
+    store.write(WriteBatch(runs=runs, attempts=attempts))
+    store.close()
+
+
+def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
+def measure(path: str, repeat: int) -> dict[str, float]:
+    """Open an engine on `path` and time the dashboard's kernel-side work, in milliseconds."""
+    import nbtasks
+
+    out: dict[str, float] = {}
+    eng = nbtasks.Engine(store=path)
+    try:
+        t = time.perf_counter()
+        dash = nbtasks.dashboard(eng)
+        out["open (cold, first in process)"] = (time.perf_counter() - t) * 1000
+        dash.close()
+
+        def open_close() -> None:
+            nbtasks.dashboard(eng).close()
+
+        out["open (warm)"] = _median_ms(open_close, repeat)
+        dash = nbtasks.dashboard(eng)
+        table = dash.table
+
+        def flip(widget: Any, value: Any) -> Callable[[], None]:
+            def go() -> None:
+                widget.value = value
+                widget.value = widget.options[0][1] if hasattr(widget, "options") else ""
+            return go
+
+        # each flip is two filter changes (set, then clear): halve it
+        for name, widget, value in (("status = FAILED", table.status, "FAILED"),
+                                    ("task = etl", table.task, "etl"),
+                                    ("tag = nightly", table.tag, "nightly"),
+                                    ("search ids 'abc'", table.search, "abc")):
+            out[f"filter: {name}"] = _median_ms(flip(widget, value), repeat) / 2
+
+        def page() -> None:
+            table.older.click()
+            table.newer.click()
+
+        out["next page"] = _median_ms(page, repeat) / 2
+        out["live refresh (one throttled update)"] = _median_ms(dash.refresh, repeat)
+        dash.tabs.selected_index = 3  # draw once to import matplotlib, then time redraws
+        out["timeline redraw (last 5 min)"] = _median_ms(dash.timeline.refresh, repeat)
+        dash.close()
+    finally:
+        eng.close()
+    return out
+
+
+def measure_in_kernel(path: str, repeat: int) -> dict[str, float]:
+    """`measure` run inside a fresh Jupyter kernel, so widget comm messages are counted too."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        code = (f"import runpy, json; _m = runpy.run_path({os.path.abspath(__file__)!r}, "
+                f"run_name='bench'); print('RESULT' + json.dumps(_m['measure']({path!r}, "
+                f"{repeat})))")
+        lines: list[str] = []
+
+        def keep(msg: dict[str, Any]) -> None:
+            if msg["msg_type"] == "stream":
+                lines.append(msg["content"]["text"])
+            elif msg["msg_type"] == "error":
+                lines.append("\n".join(msg["content"]["traceback"]))
+
+        kc.execute_interactive(code, timeout=600, output_hook=keep)
+        text = "".join(lines)
+        if "RESULT" not in text:
+            raise RuntimeError(f"the kernel run failed:\n{text}")
+        return json.loads(text.split("RESULT", 1)[1].splitlines()[0])  # type: ignore[no-any-return]
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("-n", type=int, default=100_000, help="runs in the store")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--no-kernel", action="store_true", help="skip the in-kernel figures")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "runs.db")
+        t = time.perf_counter()
+        fill_store(path, args.n)
+        print(f"filled {args.n:,} runs in {time.perf_counter() - t:.1f} s "
+              f"({os.path.getsize(path) / 1e6:.0f} MB)")
+        columns = {"in process": measure(path, args.repeat)}
+        if not args.no_kernel:
+            columns["in a kernel"] = measure_in_kernel(path, args.repeat)
+    names = list(next(iter(columns.values())))
+    print(f"\n{'kernel time, median ms':40s}" + "".join(f"{c:>14s}" for c in columns))
+    for name in names:
+        cells = "".join(f"{columns[c][name]:14.1f}" for c in columns)
+        print(f"{name:40s}{cells}")
+    worst = max(v for c in columns.values() for k, v in c.items()
+                if k.startswith(("open (warm)", "filter")))
+    print(f"\nslowest open/filter: {worst:.1f} ms (target < {TARGET_MS:.0f} ms); "
+          f"python {sys.version.split()[0]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,222 @@
+"""Rich reprs: HTML for results, batches and run lists; live status lines and batch progress
+bars (driven by the engine's feed thread); plain text wherever there is no frontend.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import pytest
+
+import nbtasks
+from nbtasks import Engine, RunStatus
+from nbtasks._status import FINAL
+from nbtasks.notebook import display
+from nbtasks.notebook.feed import DONE, feed_for
+from nbtasks.notebook.progress import batch_progress
+from nbtasks.notebook.status_line import BatchProgress, StatusLine
+
+pytestmark = pytest.mark.timeout(60)
+
+NO_RETRY = {"max_attempts": 1}
+FINAL_VALUES = {s.value for s in FINAL}
+
+
+def tasks(engine: Engine) -> dict[str, Any]:
+    @engine.task(id="echo", retry=NO_RETRY)
+    def echo(payload: Any, ctx: Any) -> Any:
+        if payload == "fail":
+            raise RuntimeError("<b>not bold</b>")
+        return {"html": "<script>alert(1)</script>", "n": payload}
+
+    @engine.task(id="slow", retry=NO_RETRY)
+    async def slow(payload: Any, ctx: Any) -> None:
+        await asyncio.sleep(120)
+
+    return {"echo": echo, "slow": slow}
+
+
+def test_results_batches_and_run_lists_render_escaped_html(engine: Engine) -> None:
+    t = tasks(engine)
+    ok = t["echo"].trigger(1).wait(10)
+    bad = t["echo"].trigger("fail").wait(10)
+    for html in (ok._repr_html_(), bad._repr_html_()):
+        assert "<script>" not in html and "<b>not bold</b>" not in html
+    assert "COMPLETED" in ok._repr_html_() and "&lt;script&gt;" in ok._repr_html_()
+    assert "FAILED" in bad._repr_html_() and "&lt;b&gt;not bold" in bad._repr_html_()
+    assert repr(ok).startswith("Result(ok") and repr(bad).startswith("Result(FAILED")
+
+    batch = t["echo"].batch_trigger([1, "fail", 3])
+    results = batch.wait(10)
+    html = batch._repr_html_()
+    assert batch.id in html and html.count("<tr>") == 4 and "FAILED" in html
+    assert "2/3 ok" in results._repr_html_() and repr(results).endswith("2/3 ok>")
+    assert repr(batch) == f"<BatchHandle {batch.id} with 3 runs>"
+
+    listing = engine.runs.list()
+    table = listing._repr_html_()
+    assert table.count("<tr>") == 1 + 5 and "echo" in table
+    run = engine.runs.retrieve(bad.id)
+    assert "&lt;b&gt;not bold" in run._repr_html_() and "<b>not" not in run._repr_html_()
+
+
+def test_plain_python_shows_text_not_widgets(engine: Engine, capsys: pytest.CaptureFixture[str]
+                                             ) -> None:
+    t = tasks(engine)
+    handle = t["echo"].trigger(1)
+    handle.wait(10)
+    assert not display.in_widget_kernel()
+    handle._ipython_display_()
+    engine.runs.retrieve(handle.id)._ipython_display_()
+    out = capsys.readouterr().out
+    assert f"<RunHandle {handle.id} task='echo' COMPLETED>" in out
+    assert "Run(id=" in out
+
+
+def test_import_loads_no_widgets_and_scripts_wait_without_them(tmp_path: Any) -> None:
+    code = (
+        "import sys, nbtasks\n"
+        "assert 'ipywidgets' not in sys.modules and 'pandas' not in sys.modules\n"
+        f"eng = nbtasks.Engine(store={str(tmp_path / 'x.db')!r})\n"
+        "t = eng.task(id='t', run=lambda p, ctx: p)\n"
+        "print(t.batch_trigger([1, 2]).wait(10))\n"
+        "h = t.trigger(3); h.wait(10); h._ipython_display_()\n"
+        "assert 'ipywidgets' not in sys.modules\n"
+        "eng.close()\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert "2/2 ok" in out and "COMPLETED>" in out
+
+
+def test_status_line_follows_its_run_and_cancels_it(engine: Engine) -> None:
+    t = tasks(engine)
+    handle = t["slow"].trigger(None)
+    line = StatusLine(engine, handle.id, "slow")
+    feed = feed_for(engine)
+    try:
+        assert line in feed.listeners()
+        assert handle.id in line._text.value and line._cancel in line.children
+        line._cancel.click()
+        assert handle.status is RunStatus.CANCELED
+        assert "CANCELED" in line._badge.value and line._cancel not in line.children
+        assert line not in feed.listeners()  # final: it stopped listening
+        assert repr(line) == f"<RunHandle {handle.id} task='slow' CANCELED>"
+        assert line._repr_mimebundle_()["text/plain"] == repr(line)
+    finally:
+        line.close()
+
+
+class Watcher:
+    """A feed listener added after the widget under test: the feed calls listeners in order,
+    so once this one has seen every run end, the widget has processed those events too."""
+
+    def __init__(self, engine: Engine, run_ids: list[str]) -> None:
+        self.run_ids = frozenset(run_ids)
+        self.ended: set[str] = set()
+        self.done = threading.Event()
+        feed_for(engine).add(self)
+
+    def update(self, events: list[Any]) -> float | None:
+        self.ended |= {e.run_id for e in events if e.status.value in FINAL_VALUES}
+        if self.ended == self.run_ids:
+            self.done.set()
+            return DONE
+        return None
+
+
+def test_status_line_updates_from_engine_events(engine: Engine) -> None:
+    gate = asyncio.Event()
+
+    @engine.task(id="gated", retry=NO_RETRY)
+    async def gated(payload: Any, ctx: Any) -> str:
+        await gate.wait()
+        return "done"
+
+    handle = gated.trigger(None)
+    line = StatusLine(engine, handle.id, "gated")
+    try:
+        assert "EXECUTING" in line._badge.value and line in feed_for(engine).listeners()
+        watcher = Watcher(engine, [handle.id])
+        engine.runtime.loop.call_soon_threadsafe(gate.set)
+        assert watcher.done.wait(10)
+        assert "COMPLETED" in line._badge.value and line not in feed_for(engine).listeners()
+    finally:
+        line.close()
+
+
+def test_a_final_run_never_subscribes(engine: Engine) -> None:
+    t = tasks(engine)
+    handle = t["echo"].trigger(1)
+    handle.wait(10)
+    line = StatusLine(engine, handle.id, "echo")
+    assert line not in feed_for(engine).listeners() and not feed_for(engine).running
+    assert "COMPLETED" in line._badge.value and "attempt 1" in line._text.value
+    line.close()
+
+
+def test_batch_progress_counts_finished_runs(engine: Engine) -> None:
+    gate = asyncio.Event()
+
+    @engine.task(id="wait-then", retry=NO_RETRY)
+    async def wait_then(payload: Any, ctx: Any) -> Any:
+        await gate.wait()
+        if payload == "fail":
+            raise RuntimeError("no")
+        return payload
+
+    batch = wait_then.batch_trigger([1, "fail", 3])
+    ids = [h.id for h in batch]
+    bar = BatchProgress(engine, batch.id, ids)
+    try:
+        assert bar._bar.value == 0 and bar._bar.max == 3 and "0/3 done" in bar._label.value
+        watcher = Watcher(engine, ids)
+        engine.runtime.loop.call_soon_threadsafe(gate.set)
+        assert watcher.done.wait(10)
+        assert bar._bar.value == 3 and bar not in feed_for(engine).listeners()
+        assert bar._bar.bar_style == "danger" and "1 failed" in bar._label.value
+        bar.finish(True)
+        assert repr(bar) == f"<batch {batch.id}: 3/3 done>"
+    finally:
+        bar.close()
+
+
+def test_batch_progress_is_a_no_op_outside_a_kernel(engine: Engine) -> None:
+    t = tasks(engine)
+    batch = t["echo"].batch_trigger([1, 2])
+    with batch_progress(engine, batch.id, [h.id for h in batch]):
+        batch.wait(10)
+    assert not feed_for(engine).running
+
+
+def test_a_running_run_snapshot_finds_its_engine(engine: Engine) -> None:
+    t = tasks(engine)
+    handle = t["slow"].trigger(None)
+    try:
+        assert display._engine_of(handle.id) is engine
+        assert display._engine_of("run_nope") is None
+    finally:
+        handle.cancel()
+
+
+def test_helpers_format_for_humans() -> None:
+    assert display.duration(0.0123) == "12 ms"
+    assert display.duration(3.25) == "3.2 s"
+    assert display.duration(3 * 60 + 5) == "3m 05s"
+    assert display.duration(3 * 3600) == "3h 00m"
+    assert display.duration(None) == ""
+    assert "…" in display.pretty_json({"x": "y" * 50}, limit=10)
+    assert display.counts_html({}) == "no runs yet"
+    err = display.error_html({"type": "ValueError", "message": "<x>", "traceback": "tb"})
+    assert "&lt;x&gt;" in err and "nbt-traceback" in err
+
+
+def test_module_level_batch_and_handle_work_with_the_default_engine() -> None:
+    nbtasks.configure(store=":memory:")
+    echo = nbtasks.task(id="echo-default", run=lambda p, ctx: p, retry=NO_RETRY)
+    batch = echo.batch_trigger([1, 2])
+    assert [r.output for r in batch.wait(10)] == [1, 2]
+    assert "2 runs" in batch._repr_html_()
