@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from .._context import AttemptScope
+from .._context import CURRENT, AttemptScope
 from .._lifecycle import AttemptOutcome, AttemptPlan, run_attempt
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...],
@@ -60,18 +60,20 @@ class DaemonThreads:
             try:
                 result = ctx.run(fn, *args)
             except BaseException as exc:
-                self._settle(loop, fut, None, exc)
+                self._settle(loop, fut, None, exc, ctx)
             else:
-                self._settle(loop, fut, result, None)
+                self._settle(loop, fut, result, None, ctx)
             with self._lock:
                 self._idle += 1
 
     @staticmethod
     def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
-                exc: BaseException | None) -> None:
+                exc: BaseException | None, ctx: contextvars.Context) -> None:
         def _set() -> None:
             if fut.done():
-                return  # abandoned: the run already ended (cancel / max_duration)
+                if fut.cancelled():  # abandoned: the run already ended (cancel / max_duration)
+                    ctx.run(_note_late_result)
+                return
             if exc is None:
                 fut.set_result(result)
             else:
@@ -83,6 +85,13 @@ class DaemonThreads:
     def close(self) -> None:
         for _ in self._threads:
             self._jobs.put(None)
+
+
+def _note_late_result() -> None:
+    """Record on the run that a sync call it abandoned has now returned, and was dropped."""
+    scope = CURRENT.get()
+    if scope is not None:
+        scope.sink.log("warn", "late result discarded: the run had already ended", None)
 
 
 class InlineExecutor:
