@@ -17,8 +17,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._clock import ManualClock, RealClock
-from ._configure import configure, default_engine
+from ._configure import configure
+from ._configure import default_engine as _default_engine
 from ._context import TaskContext, logger, metadata, tags
+from ._context import current_scope as _current_scope
 from ._engine import Engine
 from ._errors import (
     AbortTaskRunError,
@@ -41,13 +43,14 @@ from ._errors import (
 )
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._models import MACHINES, Attempt, QueueOptions, RetryOptions, Run
-from ._prepare import idempotency_key
+from ._prepare import idempotency_key as _idempotency_key
 from ._queues_api import QueuesAPI, queue
 from ._retry import next_delay
 from ._runs import RunList, RunsAPI
 from ._scheduler import RunEvent
 from ._status import RunStatus
-from ._tasks import DEFAULT_REGISTRY, BatchItem, Task, schema_task, task
+from ._tasks import DEFAULT_REGISTRY as _DEFAULT_REGISTRY
+from ._tasks import BatchItem, Task, schema_task, task
 from ._tokens import WaitResult, WaitToken
 from ._wait import WaitAPI
 from .retry import retry
@@ -55,18 +58,27 @@ from .retry import retry
 if TYPE_CHECKING:
     import ipywidgets
 
-DEFAULT_REGISTRY.owner = default_engine
+_DEFAULT_REGISTRY.owner = _default_engine
 
-runs = RunsAPI(default_engine)
-wait = WaitAPI(default_engine)
-queues = QueuesAPI(default_engine)
+
+def _engine_in_use() -> Engine:
+    """Inside a run, the run's own engine (an explicit Engine's too); else the default one."""
+    scope = _current_scope()
+    if scope is not None and isinstance(scope.engine, Engine):
+        return scope.engine
+    return _default_engine()
+
+
+runs = RunsAPI(_engine_in_use)
+wait = WaitAPI(_engine_in_use)
+queues = QueuesAPI(_engine_in_use)
 
 
 class _Tasks:
     """`nbtasks.tasks.trigger("task-id", payload)`: trigger by id (Trigger.dev's `tasks`)."""
 
     def _task(self, task_id: str) -> Task[Any, Any]:
-        eng = default_engine()
+        eng = _engine_in_use()
         return Task(eng.registry.require(task_id), eng.registry)
 
     def trigger(self, task_id: str, payload: Any = None, **options: Any) -> RunHandle[Any]:
@@ -84,7 +96,7 @@ class _IdempotencyKeys:
 
     @staticmethod
     def create(key: str | list[str], scope: str = "run") -> str:
-        return idempotency_key(key, scope)
+        return _idempotency_key(key, scope)
 
 
 tasks = _Tasks()
@@ -95,7 +107,7 @@ def dashboard(engine: Engine | None = None, **options: Any) -> ipywidgets.Widget
     """The live run dashboard widget (imports ipywidgets on first use)."""
     from .notebook.dashboard import Dashboard
 
-    return Dashboard(engine or default_engine(), **options)
+    return Dashboard(engine or _default_engine(), **options)
 
 
 def __getattr__(name: str) -> Any:
@@ -131,6 +143,7 @@ __all__ = (
     "PayloadSerializationError",
     "PayloadValidationError",
     "QueueOptions",
+    "QueuesAPI",
     "RealClock",
     "Result",
     "RetryOptions",
@@ -141,11 +154,13 @@ __all__ = (
     "RunNotFoundError",
     "RunStatus",
     "RunWaitTimeoutError",
+    "RunsAPI",
     "SubtaskUnwrapError",
     "Task",
     "TaskContext",
     "TaskRunError",
     "UnknownTaskError",
+    "WaitAPI",
     "WaitResult",
     "WaitTimeoutError",
     "WaitToken",

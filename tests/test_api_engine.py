@@ -185,7 +185,7 @@ def test_all_matches_the_public_namespace() -> None:
         assert getattr(nbtasks, name) is not None, name
     public = {n for n, v in vars(nbtasks).items()
               if not n.startswith("_") and not isinstance(v, type(sys))}
-    public -= {"annotations", "TYPE_CHECKING", "Any", "DEFAULT_REGISTRY"}
+    public -= {"annotations", "TYPE_CHECKING", "Any"}  # typing helpers of the module itself
     assert public - set(nbtasks.__all__) == set()
     # Sorted-ish: the constant first, then classes, then functions and objects, each sorted.
     upper = [n for n in nbtasks.__all__ if n[0].isupper()]
@@ -205,3 +205,20 @@ def test_testing_module_exports_the_manual_clock() -> None:
 
     assert testing.ManualClock is nbtasks.ManualClock
     assert testing.__all__ == ("ManualClock", "RealClock")
+
+
+def test_module_level_apis_inside_a_run_use_the_runs_engine(engine: Engine) -> None:
+    @engine.task(id="target")
+    async def target(payload: int, ctx: Any) -> int:
+        return payload * 10
+
+    @engine.task(id="uses-module-apis")
+    async def uses_module_apis(payload: Any, ctx: Any) -> dict[str, Any]:
+        child = (await nbtasks.tasks.trigger_and_wait("target", 4)).unwrap()
+        me = nbtasks.runs.retrieve(ctx.run.id)
+        names = [q["name"] for q in nbtasks.queues.list()]
+        return {"child": child, "me": me.task_id, "has-queue": "task/target" in names}
+
+    out = uses_module_apis.trigger(None).wait(timeout=10).output
+    assert out == {"child": 40, "me": "uses-module-apis", "has-queue": True}
+    assert engine.runs.count(task_id="target") == 1
