@@ -203,3 +203,22 @@ def test_trigger_and_wait_outside_a_run_on_another_loop(engine: Engine) -> None:
 
     assert asyncio.run(main()) == [0, 1, 2, 3, 4]
     assert len(engine.runs.list(tag="g")) == 5
+
+
+def test_duplicate_keys_in_one_batch_and_wait_complete(engine: Engine) -> None:
+    @engine.task(id="dedupe-child")
+    async def child(payload: int, ctx: Any) -> int:
+        return payload
+
+    @engine.task(id="dedupe-parent")
+    async def parent(payload: Any, ctx: Any) -> list[Any]:
+        items = [nbtasks.BatchItem(i, idempotency_key=f"k{i % 2}") for i in range(4)]
+        results = await child.batch_trigger_and_wait(items)
+        return [[r.id, r.output] for r in results]
+
+    out = parent.trigger(None).wait(timeout=10).unwrap()  # reference issue #2965 never finished
+    assert [o[1] for o in out] == [0, 1, 0, 1]
+    assert out[0][0] == out[2][0] and out[1][0] == out[3][0] and out[0][0] != out[1][0]
+    assert engine.runs.count(task_id="dedupe-child") == 2
+    batch = child.batch_trigger([nbtasks.BatchItem(9, idempotency_key="k0"), 5])
+    assert [h.is_cached for h in batch] == [True, False]
