@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -207,3 +208,27 @@ def test_default_store_is_next_to_the_notebook(tmp_path: Path) -> None:
     assert db.exists()
     assert db.stat().st_mode & 0o777 == 0o600
     assert db.parent.stat().st_mode & 0o777 == 0o700
+
+
+def test_trigger_returns_once_durable_and_results_are_durable_first(engine: Engine,
+                                                                   db_path: Path) -> None:
+    gate = threading.Event()
+
+    @engine.task(id="durable")
+    def durable(payload: int, ctx: Any) -> int:
+        gate.wait(10)
+        return payload + 1
+
+    def stored(run_id: str) -> tuple[Any, ...] | None:
+        with sqlite3.connect(db_path) as conn:  # another connection: only committed data
+            row: tuple[Any, ...] | None = conn.execute(
+                "SELECT status, output FROM runs WHERE id=?", (run_id,)).fetchone()
+            return row
+
+    handle = durable.trigger(1)
+    row = stored(handle.id)
+    assert row is not None and row[0] in ("QUEUED", "EXECUTING")
+    gate.set()
+    result = handle.wait(timeout=10)
+    assert result.output == 2
+    assert stored(handle.id) == ("COMPLETED", "2")  # on disk before wait() returned
