@@ -96,6 +96,7 @@ class BatchProgress(widgets.HBox):  # type: ignore[misc]
     """A batch's bar and label, `12/50 done · 2 failed`; danger style once any run failed."""
 
     def __init__(self, engine: Engine, batch_id: str, run_ids: list[str]) -> None:
+        self.engine = engine
         self.batch_id = batch_id
         self.run_ids = frozenset(run_ids)
         self._lock = threading.Lock()
@@ -107,11 +108,15 @@ class BatchProgress(widgets.HBox):  # type: ignore[misc]
         self.add_class("nbt-progress")
         self._feed = feed_for(engine)
         self._feed.add(self)
-        engine.runs._fresh()
-        known = queries.statuses(engine.store, list(self.run_ids))
+        self._read()
+        with self._lock:
+            self._show()
+
+    def _read(self) -> None:
+        self.engine.runs._fresh()
+        known = queries.statuses(self.engine.store, list(self.run_ids))
         with self._lock:
             self._done.update((i, s) for i, s in known.items() if s in _FINAL)
-            self._show()
 
     def update(self, events: list[RunEvent]) -> float | None:
         with self._lock:
@@ -128,8 +133,10 @@ class BatchProgress(widgets.HBox):  # type: ignore[misc]
                              f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else ""))
 
     def finish(self, ok: bool) -> None:
-        """The wait ended: stop listening. A wait that raised (a timeout) shows as danger."""
+        """The wait ended: stop listening, and show the final count read from the store (the
+        feed's last throttled update may still be on its way). A wait that raised shows danger."""
         self._feed.remove(self)
+        self._read()
         with self._lock:
             self._show()
             if not ok:
