@@ -145,9 +145,18 @@ async def sleeper(payload, ctx):
 async def module_sleeper(payload, ctx):
     await asyncio.sleep(3600)
 
+@eng.task(id="token-waiter")
+async def token_waiter(payload, ctx):
+    await nbtasks.wait.for_token(payload)
+
+@eng.task(id="sync-parent")
+def sync_parent(payload, ctx):
+    sleeper.trigger(None).wait()
+
 handles = [spin.trigger(None), sleeper.trigger(None), module_sleeper.trigger(None),
+           token_waiter.trigger(eng.wait.create_token().id), sync_parent.trigger(None),
            sleeper.trigger(None, delay="1h")]
-while any(h.status.value != "EXECUTING" for h in handles[:3]):
+while [h.status.value for h in handles] != ["EXECUTING"] * 3 + ["WAITING"] * 2 + ["DELAYED"]:
     time.sleep(0.01)
 print("script done", flush=True)
 """
