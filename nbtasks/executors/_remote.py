@@ -31,6 +31,9 @@ from .._tasks import DEFAULT_REGISTRY, Registry, Task, TaskDefinition
 from .._tokens import WaitResult, WaitToken
 from .._wait import _seconds
 
+#: Requests that may wait on other runs (the run parks in the kernel while they are open).
+PARKING = frozenset({"trigger_and_wait", "batch_trigger_and_wait", "result", "results",
+                     "wait_for", "wait_until", "for_token"})
 #: (run id, task id, status, output JSON, error record): a Result as it crosses the channel.
 ResultWire = tuple[str, str, str, str | None, dict[str, Any] | None]
 #: (run id, task id, is_cached): a RunHandle as it crosses the channel.

@@ -20,11 +20,10 @@ from .._errors import EngineError
 from .._handles import RunHandle
 from .._payload import loads
 from .._tasks import Task, TaskDefinition
-from ._remote import RUNS_METHODS, HandleWire
+from ._remote import PARKING, RUNS_METHODS, HandleWire
 from ._wire import result_to_wire
 
-PARKING = frozenset({"trigger_and_wait", "batch_trigger_and_wait", "result", "results",
-                     "wait_for", "wait_until", "for_token"})
+__all__ = ("HANDLERS", "PARKING", "serve")
 
 
 def _defn(eng: Any, task_id: str) -> TaskDefinition:

@@ -30,9 +30,7 @@ Per-run memory limits are Dask's own (the nanny's memory_limit), not the preset'
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
-import itertools
 import logging
 import os
 import pickle
@@ -47,14 +45,13 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
     raise ImportError(
         "DaskExecutor needs Dask's distributed scheduler: pip install nbtasks[dask]") from exc
 
-from .._context import AttemptScope, CancelSignal
+from .._context import AttemptScope
 from .._errors import ConfigurationError, TaskRunError, WorkerCrashedError
 from .._lifecycle import AttemptOutcome, AttemptPlan
 from .._models import MACHINES, MachinePreset
-from ._remote import RemoteEngine, install_worker_mode
+from ._dask_worker import cancel_on_dask, deliver, run_on_dask
 from ._serve import serve
-from ._wire import dump_job, failed_outcome, load_job, outcome_from, run_job
-from .inline import DaemonThreads
+from ._wire import dump_job, failed_outcome, outcome_from
 
 log = logging.getLogger("nbtasks.machines")
 
@@ -139,7 +136,7 @@ class DaskExecutor:
         key = f"nbtasks-{plan.ctx.run.id}-{plan.ctx.attempt.number}-{uuid.uuid4().hex[:8]}"
         attempt = _Attempt(self, key, plan, scope, loop.create_future())
         self._attempts[key] = attempt
-        future = self.client.submit(_run_on_dask, blob, key, self.topic, os.getpid(), key=key,
+        future = self.client.submit(run_on_dask, blob, key, self.topic, os.getpid(), key=key,
                                     pure=False, resources=resources)
         attempt.future = future
         future.add_done_callback(attempt.finished)  # type: ignore[no-untyped-call]
@@ -216,7 +213,7 @@ class _Attempt:
         def go() -> None:
             if address is not None:
                 with contextlib.suppress(Exception):
-                    self.client.run(_cancel_on_dask, self.key, reason, workers=[address])
+                    self.client.run(cancel_on_dask, self.key, reason, workers=[address])
             if future is not None:
                 with contextlib.suppress(Exception):
                     future.cancel()
@@ -269,106 +266,9 @@ class _Attempt:
             blob = pickle.dumps(value)
         except Exception as exc:
             ok, blob = False, pickle.dumps(TaskRunError(f"the answer can't be sent: {exc}"))
-        self._run_on_worker(_deliver, self.key, rid, ok, blob, address=address)
+        self._run_on_worker(deliver, self.key, rid, ok, blob, address=address)
 
 
 def _in_thread(fn: Any) -> None:
     """Client calls block until the cluster answers: never on the engine loop."""
     threading.Thread(target=fn, name="nbtasks-dask-call", daemon=True).start()
-
-
-# --------------------------------------------------------------------------- on the workers
-
-
-class DaskChannel:
-    """`_remote.Channel` for an attempt on a Dask worker: events up, `Client.run` down."""
-
-    def __init__(self, worker: Any, topic: str) -> None:
-        self.worker = worker
-        self.topic = topic
-        self.pending: dict[int, concurrent.futures.Future[Any]] = {}
-
-    def send(self, message: tuple[Any, ...]) -> None:
-        self.worker.log_event(self.topic, list(message))
-
-    def request(self, key: str, method: str, args: tuple[Any, ...]
-                ) -> tuple[int, concurrent.futures.Future[Any]]:
-        rid = next(_IDS)
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.pending[rid] = fut
-        self.send(("call", key, rid, method, pickle.dumps(args), self.worker.address))
-        return rid, fut
-
-    def cancel(self, key: str, request_id: int) -> None:
-        if self.pending.pop(request_id, None) is not None:
-            self.send(("cancel", key, request_id))
-
-
-class _Running:
-    """An attempt executing on this Dask worker, reachable by `_deliver` and `_cancel_on_dask`."""
-
-    def __init__(self, channel: DaskChannel) -> None:
-        self.channel = channel
-        self.signal = CancelSignal()
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self.task: asyncio.Task[dict[str, Any]] | None = None
-
-    async def run(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        return await run_job(load_job(blob), remote, _threads().run, self.signal)
-
-
-_IDS = itertools.count(1)
-_ACTIVE: dict[str, _Running] = {}
-_INSTALLED: list[bool] = []
-_THREADS: list[DaemonThreads] = []
-
-
-def _threads() -> DaemonThreads:
-    if not _THREADS:
-        _THREADS.append(DaemonThreads(64, "nbtasks-dask-sync"))
-    return _THREADS[0]
-
-
-def _run_on_dask(blob: bytes, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
-    """The Dask task: one attempt's lifecycle on this worker; returns the outcome message."""
-    worker = distributed.get_worker()
-    channel = DaskChannel(worker, topic)
-    channel.send(("start", key, worker.address))
-    if os.getpid() != kernel_pid and not _INSTALLED:  # not a threaded cluster in the kernel
-        _INSTALLED.append(True)
-        install_worker_mode(None)
-    running = _Running(channel)
-    _ACTIVE[key] = running
-    try:
-        return asyncio.run(running.run(blob, RemoteEngine(channel, key)))
-    except asyncio.CancelledError:
-        return {"cancelled": True}
-    except Exception as exc:  # the job could not be loaded here
-        return {"load_error": {"message": f"the Dask worker could not run the task: "
-                                          f"{type(exc).__name__}: {exc}"}}
-    finally:
-        _ACTIVE.pop(key, None)
-
-
-def _deliver(key: str, rid: int, ok: bool, blob: bytes) -> None:
-    """Runs on the worker (`Client.run`): the reply to one of an attempt's requests."""
-    running = _ACTIVE.get(key)
-    fut = None if running is None else running.channel.pending.pop(rid, None)
-    if fut is None or fut.done():
-        return
-    value = pickle.loads(blob)
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
-
-
-def _cancel_on_dask(key: str, reason: str) -> None:
-    """Runs on the worker (`Client.run`): cancel or time out the attempt `key`."""
-    running = _ACTIVE.get(key)
-    if running is None or running.loop is None or running.task is None:
-        return
-    running.signal.abort(reason)
-    running.loop.call_soon_threadsafe(running.task.cancel)

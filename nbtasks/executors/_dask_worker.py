@@ -1,0 +1,201 @@
+"""The Dask worker's side of `DaskExecutor` (imported only through `nbtasks.executors.dask`).
+
+`run_on_dask` is the Dask task. Sync task code (the run, hooks) runs on that task's own
+thread, where Dask's APIs expect it (`get_worker().get_current_task()`, `secede`,
+`worker_client`); the attempt's lifecycle runs on an event loop in a helper thread and hands
+sync calls back to the task thread. While a request that waits on other runs is open, the task
+thread secedes from the worker's thread pool, so a parent waiting on a child can't hold the
+last thread the child needs (the Dask form of DESIGN.md #4); it rejoins when the waits end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import contextvars
+import itertools
+import os
+import pickle
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import distributed
+
+from .._context import CancelSignal
+from ._remote import PARKING, RemoteEngine, install_worker_mode
+from ._wire import load_job, run_job
+from .inline import DaemonThreads
+
+_IDS = itertools.count(1)
+_ACTIVE: dict[str, _Running] = {}
+_INSTALLED: list[bool] = []
+_THREADS: list[DaemonThreads] = []
+
+
+def _threads() -> DaemonThreads:
+    if not _THREADS:
+        _THREADS.append(DaemonThreads(64, "nbtasks-dask-sync"))
+    return _THREADS[0]
+
+
+class DaskChannel:
+    """`_remote.Channel` for an attempt on a Dask worker: events up, `Client.run` down."""
+
+    def __init__(self, worker: Any, topic: str, running: _Running) -> None:
+        self.worker = worker
+        self.topic = topic
+        self.running = running
+        self.pending: dict[int, concurrent.futures.Future[Any]] = {}
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.worker.log_event(self.topic, list(message))
+
+    def request(self, key: str, method: str, args: tuple[Any, ...]
+                ) -> tuple[int, concurrent.futures.Future[Any]]:
+        rid = next(_IDS)
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.pending[rid] = fut
+        if method in PARKING:
+            self.running.waits(+1)
+            fut.add_done_callback(lambda _f: self.running.waits(-1))
+        self.send(("call", key, rid, method, pickle.dumps(args), self.worker.address))
+        return rid, fut
+
+    def cancel(self, key: str, request_id: int) -> None:
+        fut = self.pending.pop(request_id, None)
+        if fut is not None:
+            fut.cancel()
+            self.send(("cancel", key, request_id))
+
+
+class _Running:
+    """One attempt on this worker: the task thread serves sync calls until the loop is done."""
+
+    def __init__(self) -> None:
+        self.signal = CancelSignal()
+        self.calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.task_thread = threading.get_ident()
+        self.busy = False  # the task thread is inside a sync call
+        self.open_waits = 0
+        self.seceded = False
+        self.lock = threading.Lock()
+        self.channel: DaskChannel | None = None
+
+    def execute(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
+        """On the Dask task thread: run the lifecycle, serving its sync calls here."""
+        outcome: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+
+        def lifecycle() -> None:
+            try:
+                outcome.set_result(asyncio.run(self._main(blob, remote)))
+            except BaseException as exc:
+                outcome.set_exception(exc)
+            finally:
+                self.calls.put(None)
+
+        # Dask finds its worker through a context variable: the loop thread must see it too.
+        threading.Thread(target=contextvars.copy_context().run, args=(lifecycle,),
+                         name="nbtasks-dask-attempt", daemon=True).start()
+        while (call := self.calls.get()) is not None:
+            call()
+        return outcome.result()
+
+    async def _main(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        return await run_job(load_job(blob), remote, self.call_sync, self.signal)
+
+    async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The lifecycle's way to run sync code: on the task thread (nested ones elsewhere)."""
+        if self.busy:  # e.g. a sync middleware's next(): the task thread is in the middleware
+            return await _threads().run(fn, *args)
+        reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+
+        def call() -> None:
+            self.busy = True
+            try:
+                value = context.run(fn, *args)
+            except BaseException as exc:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    reply.set_exception(exc)
+            else:
+                with contextlib.suppress(concurrent.futures.InvalidStateError):
+                    reply.set_result(value)
+            finally:
+                self.busy = False
+
+        self.calls.put(call)
+        return await asyncio.wrap_future(reply)
+
+    def waits(self, delta: int) -> None:
+        """A request that waits on other runs opened (+1) or closed (-1)."""
+        with self.lock:
+            self.open_waits += delta
+            first, last = delta > 0 and self.open_waits == 1, self.open_waits == 0
+        if first:
+            if threading.get_ident() == self.task_thread:
+                self._secede()  # a sync body about to block on its own request
+            else:
+                self.calls.put(self._secede)
+        elif last:
+            self.calls.put(self._rejoin)
+
+    def _secede(self) -> None:
+        if not self.seceded:
+            self.seceded = True
+            distributed.secede()  # type: ignore[no-untyped-call]
+
+    def _rejoin(self) -> None:
+        if self.seceded and self.open_waits == 0:
+            self.seceded = False
+            distributed.rejoin()  # type: ignore[no-untyped-call]
+
+
+def run_on_dask(blob: bytes, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
+    """The Dask task: one attempt's lifecycle on this worker; returns the outcome message."""
+    worker = distributed.get_worker()
+    running = _Running()
+    channel = running.channel = DaskChannel(worker, topic, running)
+    channel.send(("start", key, worker.address))
+    if os.getpid() != kernel_pid and not _INSTALLED:  # not a threaded cluster in the kernel
+        _INSTALLED.append(True)
+        install_worker_mode(None)
+    _ACTIVE[key] = running
+    try:
+        return running.execute(blob, RemoteEngine(channel, key))
+    except asyncio.CancelledError:
+        return {"cancelled": True}
+    except Exception as exc:  # the job could not be loaded here
+        return {"load_error": {"message": f"the Dask worker could not run the task: "
+                                          f"{type(exc).__name__}: {exc}"}}
+    finally:
+        _ACTIVE.pop(key, None)
+
+
+def deliver(key: str, rid: int, ok: bool, blob: bytes) -> None:
+    """Runs on the worker (`Client.run`): the reply to one of an attempt's requests."""
+    running = _ACTIVE.get(key)
+    channel = None if running is None else running.channel
+    fut = None if channel is None else channel.pending.pop(rid, None)
+    if fut is None or fut.done():
+        return
+    value = pickle.loads(blob)
+    if ok:
+        fut.set_result(value)
+    else:
+        fut.set_exception(value)
+
+
+def cancel_on_dask(key: str, reason: str) -> None:
+    """Runs on the worker (`Client.run`): cancel or time out the attempt `key`."""
+    running = _ACTIVE.get(key)
+    if running is None or running.loop is None or running.task is None:
+        return
+    running.signal.abort(reason)
+    running.loop.call_soon_threadsafe(running.task.cancel)
