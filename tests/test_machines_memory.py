@@ -1,0 +1,84 @@
+"""A preset's RAM is a real limit: past it the worker is killed and the attempt fails with
+OutOfMemoryError; `retry.out_of_memory.machine` moves the run to a bigger preset."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from nbtasks import Engine, OutOfMemoryError, RunStatus
+
+pytestmark = pytest.mark.timeout(90)
+
+MB = 1024**2
+
+
+def hog(megabytes: int, ctx: Any) -> dict[str, Any]:
+    """Touch `megabytes` of memory in 8 MB steps and hold it a moment, like a real job would."""
+    chunks = [bytearray(8 * MB) for _ in range(megabytes // 8)]
+    time.sleep(0.2)
+    return {"held": sum(map(len, chunks)) // MB, "machine": ctx.machine.name, "pid": os.getpid()}
+
+
+def test_past_micro_ram_fails_with_out_of_memory_then_succeeds_on_small_2x(
+        process_engine: Callable[..., Engine]) -> None:
+    eng = process_engine(max_workers=1)
+    task = eng.task(id="hog", machine="micro", run=hog,
+                    retry={"max_attempts": 3, "min_timeout_in_ms": 10, "randomize": False,
+                           "out_of_memory": {"machine": "small-2x"}})
+    result = task.trigger(400).wait(timeout=60)
+    assert result.ok, result.error
+    assert result.output is not None
+    assert result.output["held"] == 400 and result.output["machine"] == "small-2x"
+    run = eng.runs.retrieve(result.id)
+    assert [(a.machine, a.status) for a in run.attempts] == [("micro", "FAILED"),
+                                                             ("small-2x", "COMPLETED")]
+    first = run.attempts[0].error
+    assert first is not None and first["type"] == "OutOfMemoryError"
+    assert "micro machine's 256 MB" in first["message"]
+    used = int(first["message"].split("used ")[1].split(" MB")[0])
+    assert 256 < used <= 400 + 64
+    assert run.machine == "small-2x"
+
+
+def test_without_a_bigger_machine_out_of_memory_is_not_retried(
+        process_engine: Callable[..., Engine]) -> None:
+    eng = process_engine(max_workers=1)
+    task = eng.task(id="hog", machine="micro", run=hog, retry={"max_attempts": 3})
+    result = task.trigger(400).wait(timeout=60)
+    assert result.status is RunStatus.CRASHED
+    assert isinstance(result.error, OutOfMemoryError)
+    assert eng.runs.retrieve(result.id).attempt_count == 1
+
+
+def test_a_run_within_its_ram_is_untouched_and_the_worker_stays_warm(
+        process_engine: Callable[..., Engine]) -> None:
+    eng = process_engine(max_workers=1)
+    task = eng.task(id="hog", machine="small-1x", run=hog)
+    first = task.trigger(64).wait(timeout=60)
+    second = task.trigger(64).wait(timeout=60)
+    assert first.ok and second.ok
+    assert first.output is not None and second.output is not None
+    assert first.output["pid"] == second.output["pid"]
+
+
+def test_a_memory_error_raised_by_the_run_counts_as_out_of_memory(
+        process_engine: Callable[..., Engine]) -> None:
+    eng = process_engine(max_workers=1)
+
+    def short_of_memory(payload: None, ctx: Any) -> str:
+        if ctx.machine.name == "micro":
+            raise MemoryError("cannot allocate")
+        return ctx.machine.name
+
+    task = eng.task(id="short", machine="micro", run=short_of_memory,
+                    retry={"min_timeout_in_ms": 10, "out_of_memory": {"machine": "small-1x"}})
+    result = task.trigger(None).wait(timeout=60)
+    assert result.output == "small-1x"
+    first = eng.runs.retrieve(result.id).attempts[0].error
+    assert first is not None and first["type"] == "OutOfMemoryError"
+    assert "micro machine" in first["message"]
