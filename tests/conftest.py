@@ -83,3 +83,24 @@ def wait_status() -> Callable[..., RunStatus]:
             unsubscribe()
 
     return _wait
+
+
+@pytest.fixture
+def process_engine(db_path: Path) -> Iterator[Callable[..., Engine]]:
+    """`process_engine(clock=None, max_workers=2)`: an engine whose presets run in small pools.
+
+    Pools are kept small: the test host has few cores, and every worker is a real process.
+    """
+    from nbtasks.executors import ProcessExecutor
+
+    made: list[Engine] = []
+
+    def make(clock: ManualClock | None = None, max_workers: int = 2) -> Engine:
+        eng = Engine(store=str(db_path), clock=clock,
+                     executor=ProcessExecutor(max_workers=max_workers))
+        made.append(eng)
+        return eng
+
+    yield make
+    for eng in made:
+        eng.close()
