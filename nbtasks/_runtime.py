@@ -73,7 +73,10 @@ def _transfer(task: asyncio.Future[T], fut: asyncio.Future[T] | concurrent.futur
     if fut.done():
         return
     if task.cancelled():
-        fut.cancel()
+        # A concurrent future is RUNNING by now and refuses cancel(): its waiter would block
+        # for ever, so it gets the CancelledError as its outcome instead.
+        if not fut.cancel():
+            fut.set_exception(concurrent.futures.CancelledError())
     elif (exc := task.exception()) is not None:
         fut.set_exception(exc)
     else:

@@ -127,6 +127,9 @@ class Scheduler:
         self.subscribers: list[Callable[[RunEvent], None]] = []
         self.seq = itertools.count(1)
         self.late_results = 0
+        #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
+        #: a task of its own); stop() cancels them so the body's thread is let go.
+        self.blocking: dict[str, set[asyncio.Task[Any]]] = {}
 
     # ------------------------------------------------------------------ events
 
@@ -397,6 +400,8 @@ class Scheduler:
         self._finish(run, status, error=error)
         if task is not None and not task.done():
             task.cancel()
+        for waiting in self.blocking.pop(run.id, set()):
+            waiting.cancel()
         if status is S.CANCELED:
             for child in run.children:
                 self.stop(child, S.CANCELED, reason)
@@ -421,6 +426,19 @@ class Scheduler:
         Parallel waits (asyncio.gather) nest: the slot goes at the first and comes back after
         the last.
         """
+        task = asyncio.current_task()
+        if task is None or task is run.attempt_task:
+            return await self._park(run, awaitable)
+        blocking = self.blocking.setdefault(run.id, set())
+        blocking.add(task)
+        try:
+            return await self._park(run, awaitable)
+        finally:
+            blocking.discard(task)
+            if not blocking and self.blocking.get(run.id) is blocking:
+                del self.blocking[run.id]
+
+    async def _park(self, run: RunState, awaitable: Awaitable[T]) -> T:
         if run.wait_depth == 0:
             self._set(run, S.WAITING)
             self._release(run)

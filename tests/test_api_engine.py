@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -231,3 +232,28 @@ def test_module_level_apis_inside_a_run_use_the_runs_engine(engine: Engine) -> N
     out = uses_module_apis.trigger(None).wait(timeout=10).output
     assert out == {"child": 40, "me": "uses-module-apis", "has-queue": True}
     assert engine.runs.count(task_id="target") == 1
+
+
+def test_close_releases_callers_blocked_in_wait(db_path: Path, wait_status: WaitStatus) -> None:
+    eng = Engine(store=str(db_path))
+    outcome: list[str] = []
+
+    @eng.task(id="endless")
+    async def endless(payload: Any, ctx: Any) -> None:
+        await asyncio.sleep(3600)
+
+    handle = endless.trigger(None)
+    wait_status(eng, handle.id, RunStatus.EXECUTING)
+
+    def blocked_cell() -> None:
+        try:
+            handle.wait()  # no timeout: only the engine going away can end this
+        except Exception as exc:
+            outcome.append(type(exc).__name__)
+
+    waiter = threading.Thread(target=blocked_cell, daemon=True)
+    waiter.start()
+    eng.close()
+    waiter.join(timeout=10)
+    assert not waiter.is_alive(), "a caller blocked in handle.wait() hung after close()"
+    assert outcome == ["CancelledError"]

@@ -216,3 +216,38 @@ def test_cancel_from_inside_another_run(engine: Engine, wait_status: WaitStatus)
     wait_status(engine, target.id, RunStatus.EXECUTING)
     assert canceller.trigger(target.id).wait(timeout=10).output is True
     assert target.wait(timeout=10).status is RunStatus.CANCELED
+
+
+def test_a_cancelled_sync_body_is_released_from_its_blocking_wait(
+    engine: Engine, wait_status: WaitStatus,
+) -> None:
+    token = engine.wait.create_token()
+    released: list[str] = []
+    done = threading.Event()
+
+    @engine.task(id="sync-blocked")
+    def sync_blocked(payload: str, ctx: Any) -> None:
+        try:
+            if payload == "token":
+                nbtasks.wait.for_token_sync(token)
+            else:
+                child = engine.task(id="never-ends", run=never_ends).trigger(None)
+                child.wait()
+        except BaseException as exc:  # the blocking call gives up once the run is cancelled
+            released.append(f"{payload}: {type(exc).__name__}, signal={ctx.signal.is_set()}")
+            raise
+        finally:
+            done.set()
+
+    async def never_ends(payload: Any, ctx: Any) -> None:
+        await asyncio.sleep(3600)
+
+    for kind in ("token", "handle"):
+        done.clear()
+        handle = sync_blocked.trigger(kind)
+        wait_status(engine, handle.id, RunStatus.WAITING)
+        assert handle.cancel() is True
+        assert handle.wait(timeout=10).status is RunStatus.CANCELED
+        assert done.wait(10), f"the {kind} wait kept its thread after the cancel"
+    assert [r.split(":")[0] for r in released] == ["token", "handle"]
+    assert all(r.endswith("signal=True") for r in released)
