@@ -253,7 +253,11 @@ class RunsAPI:
             unsubscribe()
 
     def prune(self, older_than: Duration = "30d") -> int:
-        """Delete final runs (with attempts and logs) created before `older_than` ago."""
+        """Delete final runs created before `older_than` ago, with their attempts, logs and
+        waits, and wait tokens settled before then. Returns how many runs went.
+
+        The freed pages are reused by new history, so the file stops growing.
+        """
         from .stores.sqlite import _FINAL_SQL
 
         eng = self.engine
@@ -265,6 +269,9 @@ class RunsAPI:
         sub = f"SELECT id FROM runs WHERE created_at < ? AND status IN {_FINAL_SQL}"
         for sql in (f"DELETE FROM attempts WHERE run_id IN ({sub})",
                     f"DELETE FROM logs WHERE run_id IN ({sub})",
+                    f"DELETE FROM waitpoints WHERE kind = 'wait' AND run_id IN ({sub})",
+                    "DELETE FROM waitpoints WHERE kind = 'token' AND status != 'WAITING' "
+                    "AND completed_at < ?",
                     f"DELETE FROM runs WHERE id IN ({sub})"):
             eng.on_loop(eng.writer.statement, sql, (cutoff,))
         self._fresh()

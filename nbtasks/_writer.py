@@ -142,6 +142,8 @@ class GroupWriter:
                 self.loop.call_soon_threadsafe(self._done, waiting, callbacks, error, rows)
             except RuntimeError:  # loop already closed at interpreter exit
                 return
+            # Blocked in get() these would keep the last batch's finished runs alive.
+            del item, batch, waiting, callbacks
 
     def _done(
         self, waiting: list[asyncio.Future[None]], callbacks: list[Callable[[], None]],
