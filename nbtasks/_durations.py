@@ -99,8 +99,23 @@ def validate_cron(pattern: str, *, where: str = "cron") -> str:
 
 
 def cron_next(pattern: str, timezone: str, after: float, count: int = 1) -> list[float]:
-    """The next `count` tick times strictly after `after`, DST-aware in `timezone`."""
+    """The next `count` tick times strictly after `after`, DST-aware in `timezone`.
+
+    A wall-clock time that does not exist (clocks go forward) fires at the first instant after
+    the gap. One that happens twice (clocks go back) fires once, as in cron, unless the hour
+    field is a wildcard: "every 30 minutes" keeps running through the repeated hour.
+    """
     tz = parse_timezone(timezone)
     start = datetime.fromtimestamp(after, UTC).astimezone(tz)
     it = croniter(pattern, start)
-    return [it.get_next(datetime).timestamp() for _ in range(count)]
+    fixed_hours = not pattern.split()[1].startswith("*")
+    out: list[float] = []
+    seen = start.replace(tzinfo=None) if fixed_hours else None
+    while len(out) < count:
+        tick = it.get_next(datetime)
+        wall = tick.replace(tzinfo=None)
+        if fixed_hours and seen is not None and wall <= seen:
+            continue  # the same wall time again, an hour later in UTC
+        seen = wall
+        out.append(tick.timestamp())
+    return out

@@ -101,6 +101,9 @@ class Engine:
         self.queues = QueuesAPI(lambda: self)
         self.wait = WaitAPI(lambda: self)
         self.tokens = TokenBook(self)
+        from ._schedules import SchedulesAPI
+
+        self.schedules = SchedulesAPI(lambda: self)
         self.runtime = Runtime()
         self.clock.bind(self.runtime.loop)
         LIVE_OWNERS.add(self.owner)
@@ -125,6 +128,10 @@ class Engine:
                 self.scheduler.on_define(defn)
         recover(self)
         self.tokens.restore()
+        from ._schedules import ScheduleBook
+
+        self.schedule_book = ScheduleBook(self)
+        self.schedule_book.restore()
         await self.writer.barrier()
 
     def _on_define(self, defn: TaskDefinition) -> None:
@@ -162,6 +169,7 @@ class Engine:
         OPEN_ENGINES.discard(self)
 
     async def _shutdown(self) -> None:
+        self.schedule_book.close()
         for executor in {self.inline, self.preset_executor}:
             if executor is not None:
                 await executor.close()
