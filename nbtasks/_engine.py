@@ -394,10 +394,22 @@ class Engine:
             raise EngineError(
                 "handle.wait() blocks, and this code runs on the engine loop (an async task body "
                 "or hook): use `await handle` instead")
-        fut = self.runtime.submit(fn, *args)
+        started: list[asyncio.Task[Any]] = []
+
+        async def _watched() -> Any:
+            task = asyncio.ensure_future(fn(*args))
+            started.append(task)
+            return await task
+
+        fut = self.runtime.submit(_watched)
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
+            # Unwind the engine side before the caller goes on: a sync body parked in this wait
+            # takes its queue slot back first, so it never executes beside its queue's limit.
+            done = self.runtime.call(_unwind, started) if started else None
+            if done is not None and not done.cancelled() and done.exception() is None:
+                return done.result()  # it finished just as the time ran out
             fut.cancel()
             raise RunWaitTimeoutError(
                 f"not final after {timeout}s; the run goes on (wait again, or cancel it)"
@@ -420,6 +432,14 @@ class Engine:
 
     def events(self) -> list[RunEvent]:  # pragma: no cover - convenience for debugging
         return []
+
+
+async def _unwind(started: list[asyncio.Task[Any]]) -> asyncio.Task[Any]:
+    """Cancel a timed-out wait's task and return it once it has finished unwinding."""
+    task = started[0]
+    task.cancel()
+    await asyncio.wait([task])
+    return task
 
 
 def _check_limit(limit: Any) -> int:

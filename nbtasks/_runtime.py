@@ -116,7 +116,9 @@ class Runtime:
         cf: concurrent.futures.Future[T] = concurrent.futures.Future()
 
         def _start() -> None:
-            if not cf.set_running_or_notify_cancel():
+            # The future stays PENDING rather than RUNNING: a RUNNING one refuses cancel(), and
+            # the caller's cancel (handle.wait(timeout) running out) must reach the task.
+            if cf.cancelled():
                 return
             task = self.loop.create_task(_as_coroutine(fn, *args))
             task.add_done_callback(lambda t: _transfer(t, cf))

@@ -319,6 +319,8 @@ class Scheduler:
         self.writer.mark_attempt(run, attempt)
         run.attempt = None
         run.attempt_task = None
+        if run.status is S.WAITING:
+            self._drop_abandoned_waits(run)
         self._release(run)
         if outcome.ok:
             self._finish(run, S.COMPLETED, output_json=outcome.output_json)
@@ -449,13 +451,26 @@ class Scheduler:
             # Not a cancel of the run (that ends it first): the body gave up on this wait, e.g.
             # asyncio.wait_for timed out. It goes on executing, so it needs its slot back.
             run.wait_depth -= 1
-            if run.wait_depth == 0 and not run.is_final:
+            if run.wait_depth == 0 and run.status is S.WAITING:
                 await self._take_slot_back(run)
             raise
         run.wait_depth -= 1
-        if run.wait_depth == 0 and not run.is_final:
+        if run.wait_depth == 0 and run.status is S.WAITING:
             await self._take_slot_back(run)
         return result
+
+    def _drop_abandoned_waits(self, run: RunState) -> None:
+        """The attempt ended while waits it gave up on were still parked (a sync body whose
+        handle.wait(timeout) ran out, a detached wait task): drop them, it is no longer waiting."""
+        for waiting in self.blocking.pop(run.id, set()):
+            waiting.cancel()
+        if run.start_fn is not None:
+            self.dispatcher.remove(run.queue, run.concurrency_key, run.start_fn)
+            run.start_fn = None
+        if run.resume is not None:
+            run.resume.cancel()
+            run.resume = None
+        self._set(run, S.EXECUTING)
 
     async def _take_slot_back(self, run: RunState) -> None:
         fut: asyncio.Future[None] = self.loop.create_future()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -229,3 +231,79 @@ def test_a_wait_abandoned_by_a_timeout_leaves_the_run_healthy(
     assert clocked.queues.retrieve("task/impatient")["running"] == 0
     second = impatient.trigger(None)  # the slot was given back exactly once
     assert second.wait(timeout=10).output == ["EXECUTING", 1]
+
+
+def test_a_sync_body_whose_handle_wait_times_out_carries_on(engine: Engine) -> None:
+    @engine.task(id="slow-child")
+    async def slow_child(payload: Any, ctx: Any) -> None:
+        await asyncio.sleep(3600)
+
+    @engine.task(id="gives-up-waiting", queue={"concurrency_limit": 1})
+    def gives_up(payload: Any, ctx: Any) -> list[Any]:
+        child = slow_child.trigger(None)
+        with contextlib.suppress(nbtasks.RunWaitTimeoutError):
+            child.wait(timeout=0.05)
+        return [engine.status_of(ctx.run.id).value,
+                engine.queues.retrieve("task/gives-up-waiting")["running"]]
+
+    handle = gives_up.trigger(None)
+    assert handle.wait(timeout=10).output == ["EXECUTING", 1]
+    assert engine.queues.retrieve("task/gives-up-waiting")["running"] == 0
+
+
+def test_an_abandoned_wait_takes_its_slot_back_before_the_body_goes_on(
+    engine: Engine, wait_status: WaitStatus,
+) -> None:
+    gate = asyncio.Event()
+    child_ids: list[str] = []
+    triggered = threading.Event()
+    shared = nbtasks.queue(name="one-slot", concurrency_limit=1)
+
+    @engine.task(id="slot-child", queue=shared)
+    async def slot_child(payload: Any, ctx: Any) -> str:
+        await gate.wait()
+        return "child done"
+
+    @engine.task(id="slot-parent", queue=shared)
+    def slot_parent(payload: Any, ctx: Any) -> str:
+        child = slot_child.trigger(None)
+        child_ids.append(child.id)
+        triggered.set()
+        try:
+            child.wait(timeout=0.05)  # the child takes the only slot meanwhile
+        except nbtasks.RunWaitTimeoutError:
+            return "gave up, then had the slot back"
+        return "never"
+
+    handle = slot_parent.trigger(None)
+    assert triggered.wait(10)
+    wait_status(engine, child_ids[0], RunStatus.EXECUTING)
+    # Once the parent's wait has timed out it queues for the slot the child holds; only then
+    # does the child finish, so the parent's body is held until it has the slot back.
+    deadline = time.monotonic() + 10
+    while engine.queues.retrieve("one-slot")["queued"] != 1:
+        assert time.monotonic() < deadline, "the timed-out wait never queued for its slot"
+        time.sleep(0.005)
+    assert handle.status is RunStatus.WAITING
+    assert engine.queues.retrieve("one-slot")["running"] == 1
+    engine.runtime.loop.call_soon_threadsafe(gate.set)
+    assert handle.wait(timeout=10).output == "gave up, then had the slot back"
+    assert engine.wait_result(child_ids[0], timeout=10).output == "child done"
+    assert engine.queues.retrieve("one-slot")["peak"] == 1
+
+
+def test_a_body_may_return_with_a_detached_wait_still_parked(
+    clocked: Engine, clock: ManualClock,
+) -> None:
+    @clocked.task(id="detached", queue={"concurrency_limit": 1})
+    async def detached(payload: Any, ctx: Any) -> str:
+        asyncio.get_running_loop().create_task(nbtasks.wait.for_(hours=1))
+        await asyncio.sleep(0)  # the detached wait parks the run
+        return "returned anyway"
+
+    first = detached.trigger(None)
+    assert first.wait(timeout=10).output == "returned anyway"
+    assert clocked.queues.retrieve("task/detached")["running"] == 0
+    assert detached.trigger(None).wait(timeout=10).ok
+    clock.advance(3600)  # the dropped wait does not come back to life
+    assert clocked.runs.retrieve(first.id).status is RunStatus.COMPLETED
