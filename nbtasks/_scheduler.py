@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,7 +32,6 @@ from ._context import (
 from ._errors import KernelRestartError, MaxDurationExceededError
 from ._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, error_record
 from ._models import MACHINES, RetryOptions
-from ._payload import dumps
 from ._queues import Dispatcher
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
@@ -46,6 +46,12 @@ S = RunStatus
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
 _MACHINE_INFO = {name: MachineInfo(p.name, p.cpu, p.memory) for name, p in MACHINES.items()}
+
+
+def _attributes_json(attrs: dict[str, Any]) -> str:
+    """Log attributes as JSON. A value JSON cannot hold is kept as its str(): a log line must
+    never fail the run that writes it (nor vanish when a sync body writes it)."""
+    return json.dumps(attrs, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +152,8 @@ class Scheduler:
         self.emit("status", run)
 
     def log(self, run: RunState, level: str, message: str, attrs: dict[str, Any] | None) -> None:
-        self.writer.log((run.id, self.clock.now(), level, message, dumps(attrs, what="attributes")
-                         if attrs else None))
+        self.writer.log((run.id, self.clock.now(), level, message,
+                         _attributes_json(attrs) if attrs else None))
         self.emit("log", run)
 
     def set_metadata(self, run: RunState, metadata: dict[str, Any]) -> None:

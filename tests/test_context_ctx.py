@@ -124,6 +124,24 @@ def test_logger_levels_and_attributes(engine: Engine, monkeypatch: pytest.Monkey
     assert logs(engine, terse.id) == [("error", "broken")]
 
 
+@pytest.mark.parametrize("sync_body", [False, True])
+def test_logger_attributes_json_cannot_hold_are_kept_as_text(engine: Engine,
+                                                              sync_body: bool) -> None:
+    def body(payload: Any, ctx: Any) -> str:
+        nbtasks.logger.info("odd attributes", when=datetime(2026, 1, 2, tzinfo=UTC), n=1)
+        return "still fine"
+
+    async def async_body(payload: Any, ctx: Any) -> str:
+        return body(payload, ctx)
+
+    t = engine.task(id=f"odd-attrs-{sync_body}", run=body if sync_body else async_body)
+    handle = t.trigger(None)
+    assert handle.wait(timeout=10).output == "still fine"  # a log call never fails a run
+    rows = engine.store.select("SELECT message, attributes FROM logs WHERE run_id=?",
+                               (handle.id,))[1]
+    assert rows == [("odd attributes", '{"when":"2026-01-02 00:00:00+00:00","n":1}')]
+
+
 def test_logger_outside_a_run_records_nothing(engine: Engine) -> None:
     before = engine.store.select("SELECT COUNT(*) FROM logs")[1][0][0]
     nbtasks.logger.info("not in a run")
