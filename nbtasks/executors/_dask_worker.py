@@ -26,19 +26,33 @@ import distributed
 
 from .._context import CancelSignal
 from ._remote import PARKING, RemoteEngine, install_worker_mode
-from ._wire import load_job, run_job
+from ._wire import Job, run_job
 from .inline import DaemonThreads
 
 _IDS = itertools.count(1)
 _ACTIVE: dict[str, _Running] = {}
 _INSTALLED: list[bool] = []
 _THREADS: list[DaemonThreads] = []
+_LOOPS: list[asyncio.AbstractEventLoop] = []
+_LOCK = threading.Lock()
 
 
 def _threads() -> DaemonThreads:
-    if not _THREADS:
-        _THREADS.append(DaemonThreads(64, "nbtasks-dask-sync"))
-    return _THREADS[0]
+    with _LOCK:
+        if not _THREADS:
+            _THREADS.append(DaemonThreads(64, "nbtasks-dask-sync"))
+        return _THREADS[0]
+
+
+def _loop() -> asyncio.AbstractEventLoop:
+    """This worker process's event loop for attempt lifecycles, on its own daemon thread."""
+    with _LOCK:
+        if not _LOOPS:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="nbtasks-dask-loop",
+                             daemon=True).start()
+            _LOOPS.append(loop)
+        return _LOOPS[0]
 
 
 class DaskChannel:
@@ -70,6 +84,9 @@ class DaskChannel:
             fut.cancel()
             self.send(("cancel", key, request_id))
 
+    def wait(self, fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+        return fut.result(timeout)
+
 
 class _Running:
     """One attempt on this worker: the task thread serves sync calls until the loop is done."""
@@ -86,29 +103,31 @@ class _Running:
         self.lock = threading.Lock()
         self.channel: DaskChannel | None = None
 
-    def execute(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
+    def execute(self, job: Job, remote: RemoteEngine) -> dict[str, Any]:
         """On the Dask task thread: run the lifecycle, serving its sync calls here."""
         outcome: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
+        # Dask finds its worker through a context variable: the lifecycle must see it too.
+        context = contextvars.copy_context()
+        loop = self.loop = _loop()
 
-        def lifecycle() -> None:
-            try:
-                outcome.set_result(asyncio.run(self._main(blob, remote)))
-            except BaseException as exc:
+        def finished(task: asyncio.Task[dict[str, Any]]) -> None:
+            if task.cancelled():
+                outcome.set_result({"cancelled": True})
+            elif (exc := task.exception()) is not None:
                 outcome.set_exception(exc)
-            finally:
-                self.calls.put(None)
+            else:
+                outcome.set_result(task.result())
+            self.calls.put(None)
 
-        # Dask finds its worker through a context variable: the loop thread must see it too.
-        threading.Thread(target=contextvars.copy_context().run, args=(lifecycle,),
-                         name="nbtasks-dask-attempt", daemon=True).start()
+        def start() -> None:
+            self.task = loop.create_task(
+                run_job(job, remote, lambda _defn: self.call_sync, self.signal), context=context)
+            self.task.add_done_callback(finished)
+
+        loop.call_soon_threadsafe(start)
         while (call := self.calls.get()) is not None:
             call()
         return outcome.result()
-
-    async def _main(self, blob: bytes, remote: RemoteEngine) -> dict[str, Any]:
-        self.loop = asyncio.get_running_loop()
-        self.task = asyncio.current_task()
-        return await run_job(load_job(blob), remote, self.call_sync, self.signal)
 
     async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
         """The lifecycle's way to run sync code: on the task thread (nested ones elsewhere)."""
@@ -157,8 +176,12 @@ class _Running:
             distributed.rejoin()  # type: ignore[no-untyped-call]
 
 
-def run_on_dask(blob: bytes, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
-    """The Dask task: one attempt's lifecycle on this worker; returns the outcome message."""
+def run_on_dask(job: Job, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
+    """The Dask task: one attempt's lifecycle on this worker.
+
+    The outcome goes up as an event as well as the task's result: the event reaches the kernel
+    without the extra round trip of fetching a result from the worker.
+    """
     worker = distributed.get_worker()
     running = _Running()
     channel = running.channel = DaskChannel(worker, topic, running)
@@ -168,14 +191,11 @@ def run_on_dask(blob: bytes, key: str, topic: str, kernel_pid: int) -> dict[str,
         install_worker_mode(None)
     _ACTIVE[key] = running
     try:
-        return running.execute(blob, RemoteEngine(channel, key))
-    except asyncio.CancelledError:
-        return {"cancelled": True}
-    except Exception as exc:  # the job could not be loaded here
-        return {"load_error": {"message": f"the Dask worker could not run the task: "
-                                          f"{type(exc).__name__}: {exc}"}}
+        outcome = running.execute(job, RemoteEngine(channel, key))
     finally:
         _ACTIVE.pop(key, None)
+    channel.send(("done", key, outcome))
+    return outcome
 
 
 def deliver(key: str, rid: int, ok: bool, blob: bytes) -> None:

@@ -25,6 +25,8 @@ import asyncio
 import contextlib
 import logging
 import os
+import pickle
+import select
 import signal
 import threading
 from collections import deque
@@ -58,7 +60,9 @@ class Worker:
         self.parked = 0  # open requests that wait on other runs
         self.oom_rss: int | None = None  # set by the MemoryWatcher when it kills
         self._reading = True
-        loop.add_reader(conn.fileno(), self.read)
+        self._fd = conn.fileno()
+        self._buffer = bytearray()
+        loop.add_reader(self._fd, self.read)
         loop.add_reader(process.sentinel, self._on_exit)
 
     @property
@@ -66,23 +70,47 @@ class Worker:
         return not self.exited.done()
 
     def read(self) -> None:
-        """Deliver every complete message waiting on the pipe (also called to drain it)."""
+        """Deliver every complete message that arrived (the pipe is readable).
+
+        One read takes all that is there and the frames (multiprocessing's: a 4-byte length,
+        then a pickle) are cut here: each system call lets go of the GIL, and on a busy kernel
+        getting it back is what a message costs, not the copy.
+        """
         try:
-            while self._reading and self.conn.poll():
-                message = self.conn.recv()
-                if self.on_message is not None:
-                    self.on_message(message)
-        except (EOFError, OSError):
+            chunk = os.read(self._fd, 1 << 16)
+        except OSError:
+            chunk = b""
+        if not chunk:
             self._stop_reading()
+            return
+        self._buffer += chunk
+        while len(self._buffer) >= 4:
+            size = int.from_bytes(self._buffer[:4], "big", signed=True)
+            start = 4
+            if size == -1:  # a frame over 2 GB: an 8-byte length follows
+                if len(self._buffer) < 12:
+                    return
+                size, start = int.from_bytes(self._buffer[4:12], "big"), 12
+            if len(self._buffer) < start + size:
+                return
+            message = pickle.loads(self._buffer[start:start + size])
+            del self._buffer[:start + size]
+            if self.on_message is not None:
+                self.on_message(message)
+
+    def drain(self) -> None:
+        """Read what is left without blocking (a child of the worker may hold the pipe open)."""
+        while self._reading and select.select([self._fd], [], [], 0)[0]:
+            self.read()
 
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
-            self.loop.remove_reader(self.conn.fileno())
+            self.loop.remove_reader(self._fd)
 
     def _on_exit(self) -> None:
         self.loop.remove_reader(self.process.sentinel)
-        self.read()  # what it sent before dying (a last log line, or its result)
+        self.drain()  # what it sent before dying (a last log line, or its result)
         self._stop_reading()
         self.process.join(0)
         if not self.exited.done():
@@ -157,6 +185,7 @@ class MemoryWatcher:
         self._cv = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._idle = True
 
     def watch(self, worker: Worker, limit: int) -> None:
         with self._cv:
@@ -165,7 +194,8 @@ class MemoryWatcher:
                 self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
                                                 daemon=True)
                 self._thread.start()
-            self._cv.notify()
+            if self._idle:  # otherwise it samples at its next tick anyway: no wake-up per run
+                self._cv.notify()
 
     def unwatch(self, worker: Worker) -> None:
         with self._cv:
@@ -180,7 +210,12 @@ class MemoryWatcher:
         while True:
             with self._cv:
                 while not self._busy and not self._closed:
+                    self._idle = True
                     self._cv.wait()
+                    self._idle = False
+                    # the first sample waits one interval: most runs are over by then, and
+                    # their peak comes back with the result (see the module docstring)
+                    self._cv.wait(self.interval)
                 if self._closed:
                     return
                 busy = list(self._busy.items())

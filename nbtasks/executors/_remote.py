@@ -56,6 +56,10 @@ class Channel(Protocol):
         """Tell the kernel the caller stopped waiting for `request_id` (its reply is dropped)."""
         ...
 
+    def wait(self, fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+        """Block for a reply (concurrent.futures.TimeoutError after `timeout` seconds)."""
+        ...
+
 
 def result_from_wire(w: ResultWire) -> Result[Any]:
     return Result(w[0], w[1], RunStatus(w[2]), w[3], w[4])
@@ -96,7 +100,7 @@ class RemoteEngine:
                 "body): use the async form instead, e.g. `await handle`")
         rid, fut = self.channel.request(self.key, method, args)
         try:
-            return fut.result(timeout)
+            return self.channel.wait(fut, timeout)
         except concurrent.futures.TimeoutError:
             self.channel.cancel(self.key, rid)
             raise RunWaitTimeoutError(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import pickle
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -22,7 +23,7 @@ import cloudpickle
 
 from .._context import AttemptScope, CancelSignal, MachineInfo, TaskContext
 from .._errors import OutOfMemoryError, TaskRunError, WorkerCrashedError
-from .._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, error_record
+from .._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, SyncCaller, error_record
 from .._models import RetryOptions
 from .._retry import decide
 from .._runs import RunsAPI
@@ -34,10 +35,10 @@ from . import _remote
 
 @dataclass(slots=True)
 class Job:
-    """One attempt, as a worker receives it."""
+    """One attempt, as a worker receives it. Only `code` needs cloudpickle; the rest is data."""
 
-    defn: TaskDefinition
-    hooks: GlobalHooks
+    code: bytes  # cloudpickled (run, schema, task hooks, global hooks)
+    task_id: str
     retry: RetryOptions | None
     payload_json: str
     ctx: tuple[Any, ...]  # TaskContext's frozen parts: task, run, attempt, queue, machine
@@ -45,41 +46,47 @@ class Job:
     tags: list[str]
 
 
+def _stubs() -> dict[type, Callable[[Any], tuple[Any, ...]]]:
+    from .. import _Tasks
+    from .._engine import Engine
+
+    return {
+        Task: lambda t: (_remote.task_stub, (t.id, t.definition.schema)),
+        WaitAPI: lambda _: (_remote.wait_stub, ()),
+        _remote.RemoteWait: lambda _: (_remote.wait_stub, ()),
+        RunsAPI: lambda _: (_remote.runs_stub, ()),
+        _remote.RemoteRuns: lambda _: (_remote.runs_stub, ()),
+        _Tasks: lambda _: (_remote.tasks_stub, ()),
+        _remote.RemoteTasks: lambda _: (_remote.tasks_stub, ()),
+        Engine: lambda _: (_remote.engine_stub, ()),
+    }
+
+
+_STUBS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle, with the kernel's engine-bound objects replaced by worker-side stubs."""
 
     def reducer_override(self, obj: Any) -> Any:
-        from .. import _Tasks
-        from .._engine import Engine
-
-        if isinstance(obj, Task):
-            return _remote.task_stub, (obj.id, obj.definition.schema)
-        if isinstance(obj, WaitAPI | _remote.RemoteWait):
-            return _remote.wait_stub, ()
-        if isinstance(obj, RunsAPI | _remote.RemoteRuns):
-            return _remote.runs_stub, ()
-        if isinstance(obj, _Tasks | _remote.RemoteTasks):
-            return _remote.tasks_stub, ()
-        if isinstance(obj, Engine):
-            return _remote.engine_stub, ()
+        stub = _STUBS.get(type(obj))
+        if stub is None and isinstance(obj, Task):  # a subclass
+            stub = _STUBS[Task]
+        if stub is not None:
+            return stub(obj)
         return super().reducer_override(obj)
 
 
-def dump_job(plan: AttemptPlan, scope: AttemptScope) -> bytes:
-    """Pickle an attempt for a worker; raises (pickle.PicklingError, TypeError...) if it can't."""
-    c = plan.ctx
-    job = Job(plan.defn, plan.hooks, plan.retry, plan.payload_json,
-              (c.task, c.run, c.attempt, c.queue, c.machine), scope.metadata, scope.tags)
+def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
+    """An attempt for a worker; raises (pickle.PicklingError, TypeError...) if its code can't go."""
+    if not _STUBS:
+        _STUBS.update(_stubs())
+    defn, hooks, c = plan.defn, plan.hooks, plan.ctx
     buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(job)
-    return buf.getvalue()
-
-
-def load_job(blob: bytes) -> Job:
-    job = pickle.loads(blob)
-    if not isinstance(job, Job):
-        raise TypeError(f"expected a Job, got {type(job).__name__}")
-    return job
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(
+        (defn.run, defn.schema, defn.hooks, (hooks.on_start, hooks.on_success, hooks.on_failure)))
+    return Job(buf.getvalue(), defn.id, plan.retry, plan.payload_json,
+               (c.task, c.run, c.attempt, c.queue, c.machine), scope.metadata, scope.tags)
 
 
 def _memory_errors_as_oom(defn: TaskDefinition, machine: MachineInfo) -> TaskDefinition:
@@ -108,17 +115,27 @@ def _memory_errors_as_oom(defn: TaskDefinition, machine: MachineInfo) -> TaskDef
     return replace(defn, run=run_sync)
 
 
-async def run_job(job: Job, remote: _remote.RemoteEngine, call_sync: Any,
+async def run_job(job: Job, remote: _remote.RemoteEngine,
+                  caller: Callable[[TaskDefinition], SyncCaller],
                   signal: CancelSignal | None = None) -> dict[str, Any]:
-    """Run one attempt's whole lifecycle in this worker; returns the outcome message."""
+    """Run one attempt's whole lifecycle in this worker; returns the outcome message.
+
+    `caller(defn)` says how this worker runs the task's sync code (see `_worker.InlineSync`).
+    """
     from .._lifecycle import run_attempt
 
     task, run, attempt, queue, machine = job.ctx
     ctx = TaskContext(task, run, attempt, queue, machine, signal=signal or CancelSignal())
     scope = AttemptScope(ctx, remote, dict(job.metadata), list(job.tags), remote)
-    plan = AttemptPlan(_memory_errors_as_oom(job.defn, ctx.machine), job.payload_json, ctx,
-                       job.retry, job.hooks, time.time)
-    outcome = await run_attempt(plan, scope, call_sync)
+    try:
+        fn, schema, hooks, global_hooks = pickle.loads(job.code)
+    except Exception as exc:  # e.g. a module the kernel imports by reference is missing here
+        return {"load_error": error_record(TaskRunError(
+            f"the worker could not load task {job.task_id!r}: {type(exc).__name__}: {exc}"))}
+    defn = TaskDefinition(job.task_id, fn, schema=schema, hooks=hooks)
+    plan = AttemptPlan(_memory_errors_as_oom(defn, ctx.machine), job.payload_json, ctx,
+                       job.retry, GlobalHooks(*global_hooks), time.time)
+    outcome = await run_attempt(plan, scope, caller(defn))
     return {"ok": outcome.ok, "output_json": outcome.output_json, "error": outcome.error,
             "retry_at": outcome.retry_at, "status": outcome.status.value,
             "machine": outcome.machine, "now": time.time()}

@@ -1,9 +1,10 @@
 """The worker process of a machine preset's pool: one attempt at a time, over a pipe.
 
-The main thread runs each attempt's lifecycle on an asyncio loop that lives as long as the
-worker; sync bodies and hooks run on daemon threads, as in the kernel. A reader thread takes
-messages from the kernel: the next attempt, and replies to the run's requests (a sync body
-blocked on one must be answered while the loop is busy elsewhere).
+The main thread is the pipe's only reader. Idle, it blocks on the next attempt. During an
+attempt it runs the lifecycle on an asyncio loop that watches the pipe for replies to the
+run's requests; sync bodies and hooks run on daemon threads as in the kernel, so the loop
+stays free to read. When code on the loop thread itself blocks on a request (an async body
+calling `trigger()`), it reads the pipe itself until its reply comes.
 
 The worker leads its own process group (so an interrupt sent to the kernel's group doesn't
 reach it, and a kill takes whatever it started), dies with its parent, and holds itself to
@@ -15,41 +16,43 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import itertools
 import os
-import queue
 import resource
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable, Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .._errors import TaskRunError
-from .._lifecycle import error_record
+from .._tasks import TaskDefinition
 from ._remote import RemoteEngine, install_worker_mode
-from ._wire import load_job, run_job
+from ._wire import run_job
 from .inline import DaemonThreads
 
 #: Thread-count variables of the usual native pools (OpenMP, OpenBLAS, MKL, Accelerate, numexpr).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                     "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
-Snapshot = tuple[str, list[str], dict[str, str]]
+#: (cwd, or None where the worker reads it from /proc; sys.path; environment)
+Snapshot = tuple[str | None, list[str], dict[str, str]]
 
 
 class PipeChannel:
     """The worker's end of the pipe; `_remote.Channel` for a pool worker."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
+        self.loop = loop
+        self.reader = threading.get_ident()
         self.lock = threading.Lock()
-        self.jobs: queue.SimpleQueue[tuple[str, Snapshot | None, bytes] | None] = \
-            queue.SimpleQueue()
         self.pending: dict[int, concurrent.futures.Future[Any]] = {}
         self.ids = itertools.count(1)
-        threading.Thread(target=self._read, name="nbtasks-worker-reader", daemon=True).start()
+        self.watching = False
 
     def send(self, message: tuple[Any, ...]) -> None:
         with self.lock:
@@ -60,6 +63,10 @@ class PipeChannel:
         rid = next(self.ids)
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.pending[rid] = fut
+        if not self.watching:  # the loop reads replies only for attempts that make requests
+            self.watching = True
+            self.loop.call_soon_threadsafe(self.loop.add_reader, self.conn.fileno(),
+                                           self._readable)
         self.send(("call", key, rid, method, args))
         return rid, fut
 
@@ -67,26 +74,88 @@ class PipeChannel:
         if self.pending.pop(request_id, None) is not None:
             self.send(("cancel", key, request_id))
 
-    def _read(self) -> None:
+    def wait(self, fut: concurrent.futures.Future[Any], timeout: float | None) -> Any:
+        if threading.get_ident() != self.reader:
+            return fut.result(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not fut.done():  # nobody else can read the reply: read it here
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._recv(left):
+                raise concurrent.futures.TimeoutError
+        return fut.result()
+
+    def _recv(self, timeout: float | None) -> bool:
+        """Take one message off the pipe and deliver it; False if none came in time."""
         try:
-            while True:
-                message = self.conn.recv()
-                kind = message[0]
-                if kind == "run":
-                    self.jobs.put(message[1:])
-                elif kind == "reply":
-                    _, rid, ok, value = message
-                    fut = self.pending.pop(rid, None)
-                    if fut is not None and not fut.done():
-                        if ok:
-                            fut.set_result(value)
-                        else:
-                            fut.set_exception(value)
-                elif kind == "stop":
-                    self.jobs.put(None)
-                    return
+            if not self.conn.poll(timeout):
+                return False
+            message = self.conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # the kernel is gone: nobody is left to report to
+        if message[0] == "reply":
+            _, rid, ok, value = message
+            fut = self.pending.pop(rid, None)
+            if fut is not None and not fut.done():
+                if ok:
+                    fut.set_result(value)
+                else:
+                    fut.set_exception(value)
+        return True
+
+    def _readable(self) -> None:
+        while self._recv(0):
+            pass
+
+    def attempt(self, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+        """Run one attempt's coroutine (the loop reads replies once it makes a request)."""
+        try:
+            return self.loop.run_until_complete(coro)
+        finally:
+            if self.watching:
+                self.watching = False
+                self.loop.remove_reader(self.conn.fileno())
+
+    def next_job(self) -> tuple[Any, ...] | None:
+        """Block (idle) until the kernel sends the next attempt; None when told to stop."""
+        while True:
+            try:
+                message = self.conn.recv()
+            except (EOFError, OSError):
+                os._exit(0)
+            if message[0] == "run":
+                return tuple(message[1:])
+            if message[0] == "stop":
+                return None
+            # anything else is a late reply to a request its run gave up on
+
+
+class InlineSync:
+    """Sync task code on the worker's main thread: no thread hop per call.
+
+    One attempt owns the process, so blocking the loop costs nothing, and a request made from
+    here reads its own reply (`PipeChannel.wait`). The running loop is hidden meanwhile, so the
+    code behaves as in a thread: `asyncio.run()` works, and blocking waits are allowed. A sync
+    middleware is the exception: its `next()` needs the loop, so it runs on a thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: DaemonThreads) -> None:
+        self.loop = loop
+        self.threads = threads
+        self.middleware: Any = None
+
+    def bind(self, defn: TaskDefinition) -> InlineSync:
+        """For one attempt of `defn` (the next one replaces it: one attempt at a time)."""
+        self.middleware = defn.hooks.get("middleware")
+        return self
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if fn is self.middleware:
+            return await self.threads.run(fn, *args)
+        asyncio.events._set_running_loop(None)
+        try:
+            return contextvars.copy_context().run(fn, *args)
+        finally:
+            asyncio.events._set_running_loop(self.loop)
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
@@ -109,11 +178,21 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _apply(snapshot: Snapshot, cores: list[int]) -> None:
-    """Take the kernel's cwd, sys.path and environment (the fork server froze older ones)."""
-    cwd, path, environ = snapshot
+def _follow_cwd(kernel: int) -> None:
+    """Linux: move to the kernel's working directory, read from /proc at each attempt (so the
+    kernel never pays a system call for it; elsewhere it comes with the snapshot)."""
     with contextlib.suppress(OSError):
-        os.chdir(cwd)
+        cwd = os.readlink(f"/proc/{kernel}/cwd")
+        if cwd != os.getcwd():
+            os.chdir(cwd)
+
+
+def _apply(snapshot: Snapshot, cores: list[int]) -> None:
+    """Take the kernel's sys.path and environment (the fork server froze older ones)."""
+    cwd, path, environ = snapshot
+    if cwd is not None:
+        with contextlib.suppress(OSError):
+            os.chdir(cwd)
     sys.path[:] = path
     os.environ.clear()
     os.environ.update(environ)
@@ -121,42 +200,31 @@ def _apply(snapshot: Snapshot, cores: list[int]) -> None:
         os.environ[name] = str(len(cores))
 
 
-def main(conn: Connection, cores: list[int]) -> None:
+def main(conn: Connection, cores: list[int], kernel: int) -> None:
     """Entry point of a worker process (called by multiprocessing in the child)."""
     try:
-        _serve(conn, cores)
+        _serve(conn, cores, kernel)
     except OSError:  # the pipe broke: the kernel closed the pool or went away
         os._exit(0)
 
 
-def _serve(conn: Connection, cores: list[int]) -> None:
+def _serve(conn: Connection, cores: list[int], kernel: int) -> None:
     with contextlib.suppress(OSError):
         os.setsid()
     _die_with_parent()
     _hold_cpu(cores)
-    channel = PipeChannel(conn)
-    install_worker_mode(RemoteEngine(channel, ""))
-    threads = DaemonThreads(32, "nbtasks-worker-sync")
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    channel = PipeChannel(conn, loop)
+    install_worker_mode(RemoteEngine(channel, ""))
+    inline = InlineSync(loop, DaemonThreads(32, "nbtasks-worker-sync"))
     channel.send(("ready", os.getpid()))
-    while (job := channel.jobs.get()) is not None:
-        key, snapshot, blob = job
+    while (job := channel.next_job()) is not None:
+        key, snapshot, attempt = job
         if snapshot is not None:
             _apply(snapshot, cores)
-        try:
-            message = loop.run_until_complete(_attempt(blob, RemoteEngine(channel, key), threads))
-        except BaseException as exc:  # a bug of ours, or SystemExit from the run
-            err = TaskRunError(f"the worker failed outside the run: {type(exc).__name__}: {exc}")
-            message = {"load_error": error_record(err)}
+        if snapshot is None or snapshot[0] is None:
+            _follow_cwd(kernel)
+        message = channel.attempt(run_job(attempt, RemoteEngine(channel, key), inline.bind))
         message["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         channel.send(("done", key, message))
-
-
-async def _attempt(blob: bytes, remote: RemoteEngine, threads: DaemonThreads) -> dict[str, Any]:
-    try:
-        job = load_job(blob)
-    except Exception as exc:
-        err = TaskRunError(f"the worker could not load the task: {type(exc).__name__}: {exc}")
-        return {"load_error": error_record(err)}
-    return await run_job(job, remote, threads.run)

@@ -19,9 +19,10 @@ has 4 CPU and 8 GB free. When no worker declares these resources, presets are no
 than queue forever.
 
 A worker that dies mid-attempt fails the attempt with WorkerCrashedError, and the retry policy
-applies. Dask itself reschedules a dead worker's tasks (`distributed.scheduler.allowed-failures`,
-3 by default): the kernel notices the second start, fails the attempt and cancels the
-duplicate. Set allowed-failures to 0 on clusters that run nbtasks so no duplicate ever starts.
+applies: the kernel hears of it from the scheduler's "all" events (it subscribes to that topic).
+Dask itself reschedules a dead worker's tasks (`distributed.scheduler.allowed-failures`, 3 by
+default); the kernel cancels that copy and ignores it. Set allowed-failures to 0 on clusters
+that run nbtasks so no copy ever starts.
 Cancel and max_duration set `ctx.signal` and cancel an async body on its worker; a sync body
 can't be stopped from outside its thread (as in the kernel) and its result is dropped.
 Per-run memory limits are Dask's own (the nanny's memory_limit), not the preset's.
@@ -85,11 +86,27 @@ class DaskExecutor:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
             self.client.subscribe_topic(self.topic, self._on_event)  # type: ignore[no-untyped-call]
+            # The scheduler's own events say when a worker leaves, with what it was running.
+            self.client.subscribe_topic("all", self._on_cluster_event)  # type: ignore[no-untyped-call]
 
     def _on_event(self, event: tuple[float, Any]) -> None:
         """On the client's thread: hand the worker's message to the engine loop."""
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_message, event[1])
+
+    def _on_cluster_event(self, event: tuple[float, Any]) -> None:
+        message = event[1]
+        if (self._loop is not None and isinstance(message, dict)
+                and message.get("action") == "remove-worker"):
+            keys = [k for k in message.get("processing-tasks") or () if k in self._attempts]
+            if keys:
+                self._loop.call_soon_threadsafe(self._lost, keys, str(message.get("worker")))
+
+    def _lost(self, keys: list[str], worker: str) -> None:
+        for key in keys:
+            attempt = self._attempts.get(key)
+            if attempt is not None:
+                attempt.lost(worker)
 
     # ------------------------------------------------------------------ cluster resources
 
@@ -120,7 +137,7 @@ class DaskExecutor:
         self._subscribe()
         preset = MACHINES[plan.ctx.machine.name]
         try:
-            blob = dump_job(plan, scope)
+            job = dump_job(plan, scope)
         except Exception as exc:
             return failed_outcome(plan, TaskRunError(
                 f"task {plan.defn.id!r} can't be sent to the Dask cluster: "
@@ -136,7 +153,7 @@ class DaskExecutor:
         key = f"nbtasks-{plan.ctx.run.id}-{plan.ctx.attempt.number}-{uuid.uuid4().hex[:8]}"
         attempt = _Attempt(self, key, plan, scope, loop.create_future())
         self._attempts[key] = attempt
-        future = self.client.submit(run_on_dask, blob, key, self.topic, os.getpid(), key=key,
+        future = self.client.submit(run_on_dask, job, key, self.topic, os.getpid(), key=key,
                                     pure=False, resources=resources)
         attempt.future = future
         future.add_done_callback(attempt.finished)  # type: ignore[no-untyped-call]
@@ -159,8 +176,9 @@ class DaskExecutor:
         for attempt in list(self._attempts.values()):
             attempt.stop("cancel")
         if self._loop is not None:
-            with contextlib.suppress(Exception):
-                self.client.unsubscribe_topic(self.topic)  # type: ignore[no-untyped-call]
+            for topic in (self.topic, "all"):
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(topic)  # type: ignore[no-untyped-call]
 
 
 class _Attempt:
@@ -180,7 +198,9 @@ class _Attempt:
         self.calls: dict[int, asyncio.Task[None]] = {}
 
     def finished(self, future: Any) -> None:
-        """Dask's callback thread: fetch the outcome, then settle on the engine loop."""
+        """Dask's callback thread: if the outcome didn't come as an event, fetch it."""
+        if self.done.done():
+            return
         try:
             message = future.result()
         except distributed.client.FutureCancelledError:
@@ -205,6 +225,13 @@ class _Attempt:
     def _settle(self, outcome: AttemptOutcome) -> None:
         if not self.done.done():
             self.done.set_result(outcome)
+
+    def lost(self, worker: str) -> None:
+        """Its worker left the cluster: the attempt failed, and a copy Dask restarts is dropped."""
+        if not self.done.done():
+            self.done.set_result(failed_outcome(self.plan, WorkerCrashedError(
+                f"the Dask worker {worker} died while running this attempt")))
+            self.stop("cancel")
 
     def stop(self, reason: str) -> None:
         """Cancel it on its worker (ctx.signal, the async body) and drop the Dask task."""
@@ -234,12 +261,11 @@ class _Attempt:
         if kind == "start":
             if self.address is None:
                 self.address = message[2]
-            elif not self.done.done():  # Dask started it again: its first worker died
-                first, self.address = self.address, None
-                self.done.set_result(failed_outcome(self.plan, WorkerCrashedError(
-                    f"the Dask worker {first} died while running this attempt")))
-                self.address = message[2]
-                self.stop("cancel")
+            else:  # Dask started it again, so its first worker died (if we missed that)
+                first, self.address = self.address, message[2]
+                self.lost(first)
+        elif kind == "done":
+            self._settle(self._outcome(message[2]))
         elif kind == "log":
             scope.sink.log(message[2], message[3], message[4])
         elif kind == "metadata":

@@ -47,7 +47,8 @@ from .._models import MACHINES, MachinePreset, check_machine
 from . import _worker
 from ._pool import MemoryWatcher, Message, Pool, Worker, describe_exit
 from ._serve import PARKING, serve
-from ._wire import dump_job, failed_outcome, outcome_from
+from ._wire import Job, dump_job, failed_outcome, outcome_from
+from ._worker import Snapshot
 
 log = logging.getLogger("nbtasks.machines")
 
@@ -55,6 +56,7 @@ log = logging.getLogger("nbtasks.machines")
 #: next run doesn't start with someone else's memory.
 RECYCLE_SHARE = 0.5
 MAX_POOL = 32
+_PROC_CWD = os.path.exists(f"/proc/{os.getpid()}/cwd")
 _EXECUTORS: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
 
 
@@ -110,6 +112,8 @@ class ProcessExecutor:
         self._ctx = _context()
         self._next_core = 0
         self._announced: set[str] = set()
+        self._env_key: tuple[Any, ...] | None = None
+        self._env: Snapshot = ("", [], {})
         _EXECUTORS.add(self)
 
     def __repr__(self) -> str:
@@ -146,7 +150,7 @@ class ProcessExecutor:
 
     def _start_process(self, cores: list[int]) -> tuple[Any, Any]:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker.main, args=(child, cores),
+        process = self._ctx.Process(target=_worker.main, args=(child, cores, os.getpid()),
                                     name="nbtasks-worker")
         process.start()
         child.close()
@@ -171,7 +175,7 @@ class ProcessExecutor:
                 log.warning("%s", why)
                 scope.sink.log("warn", why, {"machine": preset.name})
         try:
-            blob = dump_job(plan, scope)
+            job = dump_job(plan, scope)
         except Exception as exc:
             err = TaskRunError(
                 f"task {plan.defn.id!r} can't be sent to a {preset.name} worker: "
@@ -179,10 +183,10 @@ class ProcessExecutor:
                 "picklable; open clients and connections inside the run instead")
             return failed_outcome(plan, err, retry=False)
         worker = await pool.acquire()
-        return await self._run_on(worker, pool, preset, plan, scope, blob)
+        return await self._run_on(worker, pool, preset, plan, scope, job)
 
     async def _run_on(self, worker: Worker, pool: Pool, preset: MachinePreset,
-                      plan: AttemptPlan, scope: AttemptScope, blob: bytes) -> AttemptOutcome:
+                      plan: AttemptPlan, scope: AttemptScope, job: Job) -> AttemptOutcome:
         loop = asyncio.get_running_loop()
         key = f"{plan.ctx.run.id}/{plan.ctx.attempt.number}"
         done: asyncio.Future[dict[str, Any]] = loop.create_future()
@@ -208,17 +212,17 @@ class ProcessExecutor:
             elif kind == "done" and not done.done():
                 done.set_result(message[2])
 
-        snapshot = (os.getcwd(), list(sys.path), dict(os.environ))
+        snapshot = self._snapshot()
         worker.on_message = on_message
         reuse = False
         try:
-            worker.send(("run", key, None if snapshot == worker.env else snapshot, blob))
+            worker.send(("run", key, None if snapshot is worker.env else snapshot, job))
             worker.env = snapshot
             self.watcher.watch(worker, preset.memory_bytes)
             either: set[asyncio.Future[Any]] = {done, worker.exited}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not done.done():
-                worker.read()
+                worker.drain()
             outcome, reuse = self._conclude(worker, preset, plan, done)
             return outcome
         finally:
@@ -247,7 +251,20 @@ class ProcessExecutor:
         if "load_error" in message:
             record = message["load_error"]
             return failed_outcome(plan, TaskRunError(record["message"])), True
-        return outcome_from(message, plan), worker.rss() < limit * RECYCLE_SHARE
+        # ru_maxrss is the worker's peak: below the share, its RSS now is too (no sampling).
+        keep = message["maxrss"] < limit * RECYCLE_SHARE or worker.rss() < limit * RECYCLE_SHARE
+        return outcome_from(message, plan), keep
+
+    def _snapshot(self) -> Snapshot:
+        """The kernel's sys.path and environment (and cwd where workers can't read it from
+        /proc); the same object while none changed, so a warm worker is sent nothing."""
+        environ = getattr(os.environ, "_data", None)  # bytes view: compared without decoding
+        cwd = None if _PROC_CWD else os.getcwd()
+        key = (cwd, tuple(sys.path), dict(environ) if environ is not None else None)
+        if self._env_key is None or key != self._env_key or environ is None:
+            self._env_key = key
+            self._env = (cwd, list(sys.path), dict(os.environ))
+        return self._env
 
     async def _answer(self, worker: Worker, pool: Pool, scope: AttemptScope, rid: int,
                       method: str, args: tuple[Any, ...]) -> None:

@@ -1,0 +1,180 @@
+"""Machine benchmarks, each printed next to its baseline from the same run.
+
+    python benchmarks/machines.py [--runs 300]
+
+1. Per-run overhead of a warm preset pool: a no-op run on `micro`, triggered and waited for one
+   at a time, against a bare concurrent.futures.ProcessPoolExecutor (forkserver, one worker)
+   that is sent the same no-op pickled with cloudpickle. Target: at most 3x.
+2. Per-run overhead on Dask: the same no-op run through DaskExecutor against bare
+   `client.submit(...).result()`, on one LocalCluster with two worker processes. Target: at
+   most 1.5x.
+3. Time to first run on a cold preset: in a fresh interpreter (the fork server starts too), and
+   for a second preset once the fork server is up.
+
+Runs are sequential, so each figure is one run's round trip: what a user waiting on a single
+preset run pays. nbtasks' figures include its real SQLite store (a run is durable before its
+handle answers); the ":memory:" figure shows what the store costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import cloudpickle
+
+import nbtasks
+from nbtasks.executors import ProcessExecutor
+
+
+def noop(payload: Any, ctx: Any) -> Any:
+    return payload
+
+
+def _call_pickled(blob: bytes, payload: Any) -> Any:
+    return cloudpickle.loads(blob)(payload, None)
+
+
+def per_run(fn: Callable[[], Any], runs: int) -> float:
+    """Median seconds of one call, after a few warm-up calls."""
+    for _ in range(10):
+        fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def bare_process_pool(runs: int) -> float:
+    ctx = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        return per_run(lambda: pool.submit(_call_pickled, cloudpickle.dumps(noop), 1).result(),
+                       runs)
+
+
+def bare_process_pool_batch(runs: int, workers: int) -> float:
+    """Seconds per run with `runs` no-ops in flight at once on `workers` processes."""
+    ctx = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+        list(pool.map(_call_pickled, [cloudpickle.dumps(noop)] * workers * 4, range(workers * 4)))
+        t = time.perf_counter()
+        futures = [pool.submit(_call_pickled, cloudpickle.dumps(noop), i) for i in range(runs)]
+        for f in futures:
+            f.result()
+        return (time.perf_counter() - t) / runs
+
+
+def nbtasks_on(store: str, runs: int, machine: str = "micro", executor: Any = None) -> float:
+    with nbtasks.Engine(store=store, executor=executor or ProcessExecutor(max_workers=1)) as eng:
+        task = eng.task(id="noop", machine=machine, run=noop, retry=None)
+        return per_run(lambda: task.trigger(1).wait(timeout=60), runs)
+
+
+def nbtasks_batch(store: str, runs: int, workers: int) -> float:
+    """Seconds per run with `runs` no-op runs in flight at once on a pool of `workers`."""
+    with nbtasks.Engine(store=store, executor=ProcessExecutor(max_workers=workers)) as eng:
+        task = eng.task(id="noop", machine="micro", run=noop, retry=None)
+        task.batch_trigger(list(range(workers * 4))).wait(timeout=60)
+        t = time.perf_counter()
+        batches = [task.batch_trigger(list(range(i, min(i + 500, runs))))
+                   for i in range(0, runs, 500)]
+        for batch in batches:
+            assert all(r.ok for r in batch.wait(timeout=600))
+        return (time.perf_counter() - t) / runs
+
+
+def dask_pair(runs: int) -> tuple[float, float]:
+    import distributed
+
+    from nbtasks.executors import DaskExecutor
+
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as client:
+        bare = per_run(lambda: client.submit(noop, 1, None, pure=False).result(), runs)
+        with tempfile.TemporaryDirectory() as tmp:
+            ours = nbtasks_on(os.path.join(tmp, "runs.db"), runs,
+                              executor=DaskExecutor(client))
+    return bare, ours
+
+
+COLD = """
+import time, nbtasks
+from nbtasks.executors import ProcessExecutor
+t = time.perf_counter()
+with nbtasks.Engine(store=":memory:", executor=ProcessExecutor(max_workers=1)) as eng:
+    task = eng.task(id="noop", machine="micro", run=lambda p, ctx: p)
+    task.trigger(1).wait(timeout=120)
+    first = time.perf_counter() - t
+    t = time.perf_counter()
+    task.trigger(1, machine="small-1x").wait(timeout=120)
+    print(first, time.perf_counter() - t)
+"""
+
+
+def cold_start() -> tuple[float, float]:
+    """(first run in a fresh interpreter, first run of a second preset), in seconds."""
+    done = subprocess.run([sys.executable, "-c", COLD], capture_output=True, text=True,
+                          check=True, timeout=300)
+    first, second = done.stdout.split()
+    return float(first), float(second)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--no-dask", action="store_true")
+    args = parser.parse_args()
+    us = 1e6
+    print(f"{os.cpu_count()} cores; {args.runs} sequential no-op runs per figure (median)\n")
+
+    bare = bare_process_pool(args.runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours = nbtasks_on(os.path.join(tmp, "runs.db"), args.runs)
+    memory = nbtasks_on(":memory:", args.runs)
+    kernel = nbtasks_on(":memory:", args.runs, machine="kernel")
+    print("1. warm preset pool (micro) vs bare ProcessPoolExecutor + cloudpickle")
+    print(f"   bare ProcessPoolExecutor            {bare * us:8.0f} us/run")
+    print(f"   nbtasks micro, SQLite store         {ours * us:8.0f} us/run   "
+          f"{ours / bare:4.2f}x  (target <= 3x)")
+    print(f"   nbtasks micro, :memory: store       {memory * us:8.0f} us/run   "
+          f"{memory / bare:4.2f}x")
+    print(f"   nbtasks kernel machine (no process) {kernel * us:8.0f} us/run")
+    print(f"   the pool's own share (micro - kernel, :memory:) {(memory - kernel) * us:5.0f} us/run"
+          f"   {(memory - kernel) / bare:4.2f}x\n")
+
+    workers, batch = 2, args.runs * 10
+    bare_batch = bare_process_pool_batch(batch, workers)
+    with tempfile.TemporaryDirectory() as tmp:
+        ours_batch = nbtasks_batch(os.path.join(tmp, "runs.db"), batch, workers)
+    print(f"1b. {batch} no-op runs in flight at once, {workers} workers (throughput)")
+    print(f"   bare ProcessPoolExecutor            {bare_batch * us:8.0f} us/run")
+    print(f"   nbtasks micro, SQLite store         {ours_batch * us:8.0f} us/run   "
+          f"{ours_batch / bare_batch:4.2f}x  (target <= 3x)\n")
+
+    if not args.no_dask:
+        dask_bare, dask_ours = dask_pair(args.runs)
+        print("2. Dask LocalCluster (2 worker processes) vs bare client.submit")
+        print(f"   bare client.submit().result()       {dask_bare * us:8.0f} us/run")
+        print(f"   nbtasks DaskExecutor, SQLite store  {dask_ours * us:8.0f} us/run   "
+              f"{dask_ours / dask_bare:4.2f}x  (target <= 1.5x)\n")
+
+    first, second = cold_start()
+    print("3. time to first run on a cold preset")
+    print(f"   fresh interpreter (fork server starts too)  {first * 1000:7.0f} ms")
+    print(f"   another preset, fork server up              {second * 1000:7.0f} ms")
+
+
+if __name__ == "__main__":
+    main()
