@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -228,3 +230,27 @@ def test_queue_names_are_sanitised_and_limits_validated(engine: Engine) -> None:
         nbtasks.queue(name="")
     with pytest.raises(ConfigurationError, match="no queue named"):
         engine.queues.retrieve("never-made")
+
+
+def test_sync_bodies_respect_limits_and_keys(engine: Engine) -> None:
+    lock = threading.Lock()
+    now: Counter[Any] = Counter()
+    peak: Counter[Any] = Counter()
+
+    @engine.task(id="sync-limited", queue={"concurrency_limit": 4})
+    def sync_limited(payload: int, ctx: Any) -> None:
+        key = ("key", ctx.queue.name, payload % 3)
+        with lock:
+            for k in ("queue", key):
+                now[k] += 1
+                peak[k] = max(peak[k], now[k])
+        time.sleep(0.005)  # hold the slot briefly so runs overlap
+        with lock:
+            for k in ("queue", key):
+                now[k] -= 1
+
+    batch = sync_limited.batch_trigger([BatchItem(i, concurrency_key=f"k{i % 3}")
+                                        for i in range(300)])
+    assert all(r.ok for r in batch.wait(timeout=60))
+    assert max(peak[("key", "task/sync-limited", k)] for k in range(3)) == 4
+    assert peak["queue"] <= 12 and peak["queue"] > 4
