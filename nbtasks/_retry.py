@@ -113,8 +113,9 @@ def decide(
             custom = parse_retry(answer["retry"], where="handle_error's retry")
             if custom is None:
                 return RetryDecision(None, err)
-            delay = next_delay(custom, attempt)
-            return RetryDecision(now + delay / 1000 if delay is not None else None, err)
+            delay = next_delay(custom, attempt)  # the run's max_attempts still caps it
+            retry_at = now + delay / 1000 if delay is not None and attempts_left else None
+            return RetryDecision(retry_at, err)
         return RetryDecision(None, err)  # {} or {"error": e} alone: no retry (reference §3.5)
     delay = next_delay(opts, attempt)
     return RetryDecision(now + delay / 1000 if delay is not None else None, err)

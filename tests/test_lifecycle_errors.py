@@ -198,10 +198,20 @@ def test_handle_error_retry_delay_and_custom_retry(
     assert attempt_starts(clocked, handle.id)[1] - t0 == delay
 
 
-def test_max_attempts_holds_even_when_handle_error_asks_for_a_retry(engine: Engine) -> None:
+@pytest.mark.parametrize("kind", ["retry_delay_in_ms", "retry_at", "retry"])
+def test_max_attempts_holds_even_when_handle_error_asks_for_a_retry(engine: Engine,
+                                                                   kind: str) -> None:
     calls: list[str] = []
-    t = engine.task(id="insistent", run=failing(calls), retry={"max_attempts": 3},
-                    handle_error=lambda p, e, c: {"retry_delay_in_ms": 1})
+
+    def insist(payload: Any, error: BaseException, ctx: Any) -> dict[str, Any]:
+        return {
+            "retry_delay_in_ms": {"retry_delay_in_ms": 1},
+            "retry_at": {"retry_at": datetime.now(UTC) + timedelta(milliseconds=1)},
+            "retry": {"retry": {"max_attempts": 10, "min_timeout_in_ms": 1}},
+        }[kind]
+
+    t = engine.task(id=f"insistent-{kind}", run=failing(calls), retry={"max_attempts": 3},
+                    handle_error=insist)
     result = t.trigger(None).wait(timeout=10)
     assert result.status is RunStatus.FAILED
     assert calls == ["run#1", "run#2", "run#3"]

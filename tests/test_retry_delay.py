@@ -84,6 +84,9 @@ def test_decide_enforces_max_attempts_for_explicit_times() -> None:
     assert decide(opts, 1, err, 100.0, None).retry_at == 101.0
     assert decide(opts, 2, err, 100.0, None).retry_at is None
     assert decide(None, 1, err, 100.0, None).retry_at is None
+    custom = {"retry": {"max_attempts": 9, "min_timeout_in_ms": 250, "randomize": False}}
+    assert decide(opts, 1, err, 100.0, custom).retry_at == 100.25
+    assert decide(opts, 2, err, 100.0, custom).retry_at is None  # the run's cap still holds
 
 
 def _always_fails(calls: list[int]) -> Callable[[Any, Any], Any]:
