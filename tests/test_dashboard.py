@@ -208,7 +208,9 @@ def test_test_form_prefills_validates_and_triggers_test_runs(engine: Engine,
     t = define(engine)
     engine.schema_task(id="order", schema=Order, run=lambda p, ctx: p.sku, retry=NO_RETRY)
     t["ok"].trigger({"last": "payload"}).wait(10)
+    assert dash._form.children == ()  # built when its tab is first opened
     dash.tabs.selected_index = TEST
+    assert dash._form.children == (dash._form.part,)
     form = dash.form
     assert list(form.task.options) == ["boom", "ok", "order", "slow"]
     form.task.value = "ok"

@@ -220,3 +220,18 @@ def test_module_level_batch_and_handle_work_with_the_default_engine() -> None:
     batch = echo.batch_trigger([1, 2])
     assert [r.output for r in batch.wait(10)] == [1, 2]
     assert "2 runs" in batch._repr_html_()
+
+
+def test_tracebacks_hide_the_engines_own_frames() -> None:
+    pkg = display._PACKAGE
+    tb = ("Traceback (most recent call last):\n"
+          f'  File "{pkg}_lifecycle.py", line 1, in _run\n    await hook()\n'
+          f'  File "{pkg}executors/inline.py", line 2, in _work\n    fn()\n'
+          '  File "/home/me/etl.py", line 8, in etl\n    raise ValueError("boom")\n'
+          "ValueError: boom")
+    assert display.user_traceback(tb).splitlines() == [
+        "Traceback (most recent call last):", "  [2 nbtasks frames hidden]",
+        '  File "/home/me/etl.py", line 8, in etl', '    raise ValueError("boom")',
+        "ValueError: boom"]
+    assert "frames hidden" not in display.error_html(
+        {"type": "E", "message": "m", "traceback": "Traceback:\nE: m"})

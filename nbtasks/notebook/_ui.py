@@ -50,7 +50,11 @@ CSS = """<style>
   font-family: var(--jp-code-font-family, monospace); text-align: left; padding: 0 4px; }
 .widget-button.nbt-link:hover { text-decoration: underline; }
 .nbt-detail { border-top: 2px solid #d0d7de; margin-top: 8px; padding-top: 4px; }
-.nbt-detail pre { background: #f6f8fa; padding: 6px; margin: 2px 0 8px 0; white-space: pre-wrap; }
+.nbt-detail pre { background: #f6f8fa; padding: 6px; margin: 2px 0 8px 0; white-space: pre-wrap;
+  line-height: 1.35; }
+.nbt-facts { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0; }
+.nbt-fact { color: #57606a; }
+.nbt-detail .nbt-table td, .nbt-detail .nbt-table th { line-height: 1.35; }
 .nbt-message { color: #cf222e; }
 .nbt-ok { color: #1a7f37; }
 </style>"""

@@ -175,7 +175,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             self.tabs.selected_index = RUNS
 
     def _on_tab(self, change: Any) -> None:
-        if change["new"] == TIMELINE:
+        tab = change["new"]
+        if tab == TEST:
+            self._form.get()
+        if tab == TIMELINE:
             self.timeline.drawn_at = float("-inf")  # a newly opened tab draws at once
         self._refresh(None)
 

@@ -39,8 +39,8 @@ def run_body_html(run: Run, logs: list[queries.LogLine], now: float) -> str:
         ("tags", esc(", ".join(run.tags))), ("batch", esc(run.batch_id or "")),
         ("idempotency key", esc(run.idempotency_key or "")),
     ]
-    facts_html = table(["", ""], [[f"<span style='color:#57606a'>{k}</span>", v]
-                                  for k, v in facts if v])
+    facts_html = '<div class="nbt-facts">' + "".join(
+        f"<span><span class='nbt-fact'>{k}</span> {v}</span>" for k, v in facts if v) + "</div>"
     parts = [facts_html, _section("Payload", f"<pre class='nbt-payload'>"
                                              f"{pretty_json(run.payload)}</pre>")]
     if run.error:

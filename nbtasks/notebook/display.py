@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -87,12 +88,50 @@ def table(headers: list[str], rows: list[list[str]]) -> str:
     return _TABLE.format(head, body)
 
 
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def user_traceback(tb: str) -> str:
+    """A traceback without the frames of nbtasks' own machinery (the run's code starts below it).
+
+    >>> print(user_traceback(f'''Traceback (most recent call last):
+    ...   File "{_PACKAGE}_lifecycle.py", line 1, in _run
+    ...     output = await call_hook()
+    ...   File "/home/me/job.py", line 8, in etl
+    ...     raise ValueError("boom")
+    ... ValueError: boom'''))
+    Traceback (most recent call last):
+      [1 nbtasks frame hidden]
+      File "/home/me/job.py", line 8, in etl
+        raise ValueError("boom")
+    ValueError: boom
+    """
+    out: list[str] = []
+    hidden = 0
+    skipping = False
+    for line in tb.splitlines():
+        if line.startswith('  File "'):
+            skipping = line[8:].startswith(_PACKAGE)
+            if skipping:
+                hidden += 1
+                continue
+        elif skipping and line.startswith("    "):
+            continue
+        else:
+            skipping = False
+        if hidden:
+            out.append(f"  [{hidden} nbtasks frame{'s' if hidden > 1 else ''} hidden]")
+            hidden = 0
+        out.append(line)
+    return "\n".join(out)
+
+
 def error_html(error: dict[str, Any] | None) -> str:
     """An error record (type, message, traceback) as a heading and a scrollable traceback."""
     if not error:
         return ""
     head = f"<b>{esc(error.get('type', 'Error'))}</b>: {esc(error.get('message', ''))}"
-    tb = error.get("traceback") or ""
+    tb = user_traceback(error.get("traceback") or "")
     pre = (f'<pre class="nbt-traceback" style="max-height:18em;overflow:auto;font-size:0.85em">'
            f"{esc(tb)}</pre>") if tb else ""
     return f'<div class="nbt-error">{head}{pre}</div>'

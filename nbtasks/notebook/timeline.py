@@ -1,8 +1,8 @@
 """The timeline: recent runs as bars per queue, coloured by status, drawn with matplotlib.
 
-Each queue gets as many lanes as it ran runs side by side (up to `MAX_LANES`), so concurrency
-is visible at a glance: a queue with limit 2 never shows a third lane. A thin grey bar is the
-time a run waited in its queue; the coloured bar is its execution, up to now while it runs.
+Each queue gets as many lanes as it executed runs side by side (up to `MAX_LANES`), so its
+concurrency shows at a glance: a queue with limit 2 has two lanes. The coloured bar is a run's
+execution, up to now while it runs; the thin grey bar before it is the time it waited for a slot.
 
 The figure is rendered off-screen (Agg, no pyplot state) to a PNG in an Image widget, which
 every frontend displays, Voila and exported notebooks included. Rendering costs tens of
@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 MAX_LANES = 8
 MIN_GAP = 2.0
-WINDOWS = (("last 5 minutes", 300.0), ("last 15 minutes", 900.0), ("last hour", 3600.0))
+WINDOWS = (("last minute", 60.0), ("last 5 minutes", 300.0), ("last 15 minutes", 900.0),
+           ("last hour", 3600.0))
 
 
 def assign_lanes(spans: list[tuple[float, float]]) -> list[int]:
@@ -86,8 +87,8 @@ def render_png(spans: list[queries.Span], now: float, window: float) -> bytes:
     y = 0.0
     for name in queues:
         members = by_queue[name]
-        lanes = assign_lanes([(s.created, s.ended if s.ended is not None else now)
-                              for s in members])
+        lanes = assign_lanes([(s.started if s.started is not None else s.created,
+                               s.ended if s.ended is not None else now) for s in members])
         height = max(lanes) + 1
         rows += [(y + lane, s) for lane, s in zip(lanes, members, strict=True)]
         ticks.append((y + (height - 1) / 2, name))
@@ -136,7 +137,7 @@ class TimelineView(widgets.VBox):  # type: ignore[misc]
         self.engine = engine
         self.drawn_at = float("-inf")
         self.window = make(widgets.Dropdown, "nbt-timeline-window", options=WINDOWS,
-                           value=WINDOWS[0][1])
+                           value=300.0)
         self.image = make(widgets.Image, "nbt-timeline-image", format="png")
         self.window.observe(guard(lambda _c: self.refresh()), "value")
         super().__init__([self.window, self.image], layout=shared(widgets.Layout))
