@@ -217,6 +217,15 @@ class Scheduler:
             # From the recorded due time: a delay that ran out while the kernel was down
             # starts the TTL then, not at the restart.
             run.queued_at = self.clock.now() if run.delay_until is None else run.delay_until
+        if run.ttl and run.ttl_timer is None and not run.attempt_count \
+                and run.status in (S.QUEUED, S.WAITING_FOR_DEPLOY):
+            # From the recorded queue time, task defined or not: a TTL that ran out while the
+            # kernel was down expires the run now instead of letting it start.
+            deadline = run.queued_at + run.ttl
+            if deadline <= self.clock.now():
+                self.stop(run, S.EXPIRED, "expired")
+                return
+            run.ttl_timer = self.clock.call_at(deadline, partial(self._expire, run))
         defn = self.registry.get(run.task_id)
         if defn is None:
             if run.status is not S.WAITING_FOR_DEPLOY:
@@ -226,8 +235,8 @@ class Scheduler:
         if run.retrying == "restart":
             self._retry_after_restart(run, defn)
             return
-        if run.ttl and run.status is S.QUEUED and run.ttl_timer is None and not run.attempt_count:
-            run.ttl_timer = self.clock.call_at(run.queued_at + run.ttl, partial(self._expire, run))
+        if run.status is S.WAITING_FOR_DEPLOY:  # adopted from a kernel that lacked the task
+            self._set(run, S.QUEUED)
         sort = (0 if front else 1, run.queued_at - run.priority, run.seq)
         run.start_fn = partial(self._start, run)
         self.dispatcher.push(run.queue, run.concurrency_key, sort, run.start_fn)

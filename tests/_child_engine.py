@@ -3,6 +3,7 @@
     python tests/_child_engine.py kill  DB SEED N     # recover, trigger N runs, work until killed
     python tests/_child_engine.py drain DB            # recover, run every run to a final status
     python tests/_child_engine.py mine  DB TAG N      # two kernels: trigger N runs of task TAG
+    python tests/_child_engine.py state DB            # one run in each state, on a manual clock
 
 It prints a line of JSON after each trigger returns (so the test knows those runs are durable),
 `ready` once the engine has recovered the file, and in `drain` mode the figures at the end.
@@ -84,7 +85,7 @@ def start(db: str, **options: Any) -> tuple[Engine, Registry]:
 
 def kill_mode(db: str, seed: int, n: int) -> None:
     rng = random.Random(seed)
-    eng, registry = start(db)
+    _eng, registry = start(db)
     say("ready")
     tasks = {tid: nbtasks.Task(registry.require(tid), registry)
              for tid in ("work", "sync-work", "parent", "late")}
@@ -141,12 +142,86 @@ def mine_mode(db: str, tag: str, n: int) -> None:
     eng.close()
 
 
+T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC, the manual clock's start in `state` mode
+
+
+def state_tasks(registry: Registry, *, blocking: bool) -> None:
+    """The `state` scenario's tasks. In the child they block forever; after the restart the
+    test defines them again (blocking=False) and they finish."""
+    task = TaskFactory(registry)
+    forever = asyncio.Event()
+
+    async def body(p: Any, ctx: Any) -> Any:
+        if blocking:
+            await forever.wait()
+        return {"attempt": ctx.attempt.number}
+
+    async def waiter(p: Any, ctx: Any) -> Any:
+        await nbtasks.wait.for_(hours=2)
+        return {"attempt": ctx.attempt.number}
+
+    async def tokened(p: Any, ctx: Any) -> Any:
+        token = nbtasks.wait.create_token(timeout=p["timeout"])
+        got = await nbtasks.wait.for_token(token)
+        return {"token": token.id, "ok": got.ok, "output": got.output}
+
+    async def parent(p: Any, ctx: Any) -> Any:
+        child = await nbtasks.Task(registry.require("later"), registry).trigger_and_wait(
+            {}, delay=3600)
+        return {"child": child.id, "out": child.output}
+
+    task(id="later", run=body)
+    task(id="ttl", run=body)
+    task(id="stuck", run=body, retry={"max_attempts": 2, "min_timeout_in_ms": 1000,
+                                      "randomize": False})
+    task(id="last", run=body, retry=None)
+    task(id="waiter", run=waiter)
+    task(id="tokened", run=tokened)
+    task(id="parent", run=parent)
+
+
+def state_mode(db: str) -> None:
+    """One run in each state a restart must handle, then wait to be killed."""
+    from nbtasks.testing import ManualClock
+
+    registry = Registry()
+    state_tasks(registry, blocking=True)
+    TaskFactory(registry)(id="undeployed", run=lambda p, ctx: asyncio.Event().wait())
+    eng = Engine(store=db, registry=registry, clock=ManualClock(T0))
+    task = {tid: nbtasks.Task(registry.require(tid), registry) for tid in registry.ids()}
+    eng.queues.pause("task/ttl")
+    ids = {
+        "later": task["later"].trigger({}, delay=3600).id,
+        "ttl": task["ttl"].trigger({}, ttl=600).id,
+        "stuck": task["stuck"].trigger({}).id,
+        "last": task["last"].trigger({}).id,
+        "undeployed": task["undeployed"].trigger({}).id,
+        "waiter": task["waiter"].trigger({}).id,
+        "token_soon": task["tokened"].trigger({"timeout": 3600}).id,
+        "token_never": task["tokened"].trigger({"timeout": 86400}).id,
+        "parent": task["parent"].trigger({}).id,
+    }
+    want = {"stuck": "EXECUTING", "last": "EXECUTING", "undeployed": "EXECUTING",
+            "waiter": "WAITING", "token_soon": "WAITING", "token_never": "WAITING",
+            "parent": "WAITING"}
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:  # a test helper may poll: it is not the engine
+        eng.runs._fresh()
+        if all(eng.runs.retrieve(ids[k]).status == v for k, v in want.items()):
+            break
+        time.sleep(0.01)
+    say(ids)
+    time.sleep(3600)
+
+
 if __name__ == "__main__":
     mode, db, *rest = sys.argv[1:]
     if mode == "kill":
         kill_mode(db, int(rest[0]), int(rest[1]))
     elif mode == "drain":
         drain_mode(db)
+    elif mode == "state":
+        state_mode(db)
     elif mode == "mine":
         mine_mode(db, rest[0], int(rest[1]))
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -200,9 +201,13 @@ def test_two_kernels_run_a_tick_once(db_path: Path) -> None:
         clock_a.advance(3600)
         clock_a.advance(3600)
         clock_b.advance(3600)
-        assert len(outputs(a, "tick")) == 2
-        owners = a.store.select("SELECT owner, COUNT(*) FROM runs GROUP BY owner")[1]
-        assert sorted(n for _, n in owners) == [1, 1]  # one tick each, none twice
+        a.runs._fresh()
+        b.runs._fresh()
+        rows = a.store.select("SELECT id, owner, payload FROM runs ORDER BY created_at")[1]
+        assert [r[1] for r in rows] == [b.owner, a.owner]  # one tick each, none twice
+        for eng, (run_id, _, _) in zip((b, a), rows, strict=True):
+            assert eng.wait_result(run_id, timeout=10).ok
+        assert [json.loads(r[2])["timestamp"][11:16] for r in rows] == ["01:00", "02:00"]
 
 
 def test_a_test_trigger_needs_no_payload(clocked: Engine) -> None:
