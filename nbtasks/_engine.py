@@ -405,11 +405,12 @@ class Engine:
         try:
             return fut.result(timeout)
         except concurrent.futures.TimeoutError:
-            # Unwind the engine side before the caller goes on: a sync body parked in this wait
-            # takes its queue slot back first, so it never executes beside its queue's limit.
-            done = self.runtime.call(_unwind, started) if started else None
-            if done is not None and not done.cancelled() and done.exception() is None:
-                return done.result()  # it finished just as the time ran out
+            if CURRENT.get() is not None and started:
+                # A sync body: unwind the engine side before it goes on, so its parked run takes
+                # its queue slot back first and never executes beside its queue's limit.
+                done = self.runtime.call(_unwind, started)
+                if not done.cancelled() and done.exception() is None:
+                    return done.result()  # it finished just as the time ran out
             fut.cancel()
             raise RunWaitTimeoutError(
                 f"not final after {timeout}s; the run goes on (wait again, or cancel it)"
