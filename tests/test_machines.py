@@ -77,6 +77,14 @@ def test_a_preset_run_executes_in_a_worker_process_and_its_effects_reach_the_run
     assert ("info", "structured", {"rows": 3}) in logs
 
 
+def test_large_payloads_and_outputs_cross_in_several_reads(process_engine: MakeEngine) -> None:
+    eng = process_engine()
+    echo = eng.task(id="echo", machine="micro", run=lambda p, ctx: {"rows": p, "n": len(p)})
+    rows = ["x" * 100] * 50_000  # about 5 MB of JSON each way
+    result = echo.trigger(rows).wait(timeout=60)
+    assert result.output == {"rows": rows, "n": 50_000}
+
+
 def test_kernel_machine_stays_in_the_kernel(process_engine: MakeEngine) -> None:
     eng = process_engine()
     task = eng.task(id="here", run=lambda p, ctx: [os.getpid(), ctx.machine.name])

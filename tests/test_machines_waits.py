@@ -12,6 +12,7 @@ import pytest
 
 import nbtasks
 from nbtasks import Engine, RunStatus
+from nbtasks.executors.process import ProcessExecutor
 from nbtasks.testing import ManualClock
 
 pytestmark = pytest.mark.timeout(60)
@@ -46,6 +47,9 @@ def test_a_worker_run_waits_on_a_child_of_its_own_preset_with_a_pool_of_one(
     children = eng.runs.list(task_id="child")
     assert {c.parent_id for c in children} == {result.id}
     assert (result.id, RunStatus.WAITING) in statuses
+    executor = eng.preset_executor
+    assert isinstance(executor, ProcessExecutor)
+    assert eng.on_loop(lambda: len(executor.pools["micro"].workers)) == 1  # borrowed, retired
 
 
 def test_a_wait_in_a_worker_runs_on_the_kernels_clock(

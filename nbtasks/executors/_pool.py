@@ -130,7 +130,10 @@ class Worker:
 
     def kill(self) -> None:
         """SIGKILL the worker and whatever it started (it leads its own process group)."""
-        if not self.alive:
+        try:
+            if not self.alive or not self.ps.is_running():  # is_running also spots a reused pid
+                return
+        except psutil.Error:
             return
         try:
             os.killpg(self.pid, signal.SIGKILL)

@@ -159,11 +159,6 @@ class ProcessExecutor:
     async def start(self) -> None:
         return None
 
-    async def warm(self, *presets: str) -> None:
-        """Start one worker for each preset now (a cold preset's first run waits for it)."""
-        started = [t for name in presets for t in self.pool(name).grow(at_least=1)]
-        await asyncio.gather(*started)
-
     # ------------------------------------------------------------------ attempts
 
     async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
@@ -280,7 +275,7 @@ class ProcessExecutor:
             reply = ("reply", rid, False, exc)
         finally:
             if parks:
-                worker.parked -= 1
+                worker.parked -= 1  # a borrowed worker is retired at the next release
         if not worker.alive:
             return
         try:
