@@ -36,7 +36,8 @@ class Result(Generic[OutT]):
         self._output: Any = _UNSET
         self.error: TaskRunError | None = (
             None if status is RunStatus.COMPLETED
-            else error_from_record(error or {"type": status.value, "message": status.value})
+            else error_from_record(error or {"type": status.value,
+                                             "message": _STATUS_MESSAGES.get(status, status.value)})
         )
 
     @property
@@ -67,6 +68,13 @@ class Result(Generic[OutT]):
 
 
 _UNSET: Any = object()
+
+#: What a run that ended without an error of its own reports.
+_STATUS_MESSAGES = {
+    RunStatus.CANCELED: "the run was cancelled",
+    RunStatus.EXPIRED: "the run expired: its ttl ran out while it was queued",
+    RunStatus.INTERRUPTED: "the run was interrupted",
+}
 
 
 class RunHandle(Generic[OutT]):

@@ -51,10 +51,11 @@ class RetryDecision:
 
 
 def effective_options(opts: RetryOptions | None, max_attempts: int | None) -> RetryOptions | None:
-    """The task's retry options with a trigger's `max_attempts` override applied (per run)."""
+    """The task's retry options with a trigger's `max_attempts` override applied (per run).
+
+    A task with `retry=None` is never retried, whatever the trigger asks (reference §3.4 #1).
+    """
     if opts is None:
-        if max_attempts and max_attempts > 1:
-            return RetryOptions(max_attempts=max_attempts)
         return None
     if max_attempts:
         return opts.model_copy(update={"max_attempts": max(1, max_attempts)})
