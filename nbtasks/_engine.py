@@ -368,7 +368,8 @@ class Engine:
     def _parked(self, scope: AttemptScope | None) -> RunState | None:
         if scope is None or scope.engine is not self:
             return None
-        return self.scheduler.active.get(scope.ctx.run.id)
+        run: RunState | None = self.scheduler.active.get(scope.ctx.run.id)
+        return run
 
     async def _wait_one(self, run_id: str, scope: AttemptScope | None) -> Result[Any]:
         (fut,) = self._result_futures([run_id])
