@@ -1,7 +1,9 @@
 """The dashboard in a real headless Chromium, served by Voila and driven with Playwright.
 
-A user's session, end to end: trigger a failing run from the Test form, see it appear, open
-it, read its error, replay it, see the second run, start a long run, cancel it, see CANCELED.
+A user's session, end to end: a handle's live status line and its Cancel button, a batch's
+progress bar, then in the dashboard: trigger a failing run from the Test form, see it appear,
+open it, read its error, replay it, see the second run, start a long run, cancel it, see
+CANCELED; filters, paging, queues and the timeline.
 Every widget update travels the real way: engine events, the feed thread, the kernel's comm
 messages, Voila's websocket, the widget manager in the page.
 
@@ -72,6 +74,14 @@ for h in history:
 dash = nbtasks.dashboard(page_size=8)
 dash
 '''
+STATUS_LINE = '''
+watched = long_task.trigger({"watched": True})
+watched
+'''
+PROGRESS = '''
+batch = resize_image.batch_trigger([{"width": w} for w in range(6)])
+batch.wait(timeout=60)
+'''
 
 
 def _free_port() -> int:
@@ -101,7 +111,8 @@ def voila(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Voila server on a free port, rendering the notebook above; yields the page URL."""
     _require_browser()
     root = tmp_path_factory.mktemp("voila")
-    nbformat.write(new_notebook(cells=[new_code_cell(NOTEBOOK)], metadata={"kernelspec": {
+    cells = [new_code_cell(c) for c in (NOTEBOOK, STATUS_LINE, PROGRESS)]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {
         "display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}),
         root / "dashboard.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
@@ -196,9 +207,22 @@ def test_fail_replay_and_cancel_in_a_real_browser(voila: str, page: Any) -> None
     page.goto(voila, wait_until="domcontentloaded")
     dashboard = page.locator(".nbt-dashboard")
     expect(dashboard).to_be_visible(timeout=SLOW * 2)
-    expect(page.locator(".nbt-summary")).to_contain_text("10 runs")
-    expect(page.locator(".nbt-page-position")).to_contain_text("1\N{EN DASH}8 of 10")
+    # the runs of later cells reach the dashboard live, through the feed thread
+    expect(page.locator(".nbt-page-position")).to_contain_text("1\N{EN DASH}8 of 17")
     expect(page.locator(".nbt-row:not(.nbt-hidden)")).to_have_count(8)
+
+    # a batch waited on in a cell showed a progress bar, which filled up
+    expect(page.locator(".nbt-progress-label")).to_contain_text("6/6 done")
+    expect(page.locator(".nbt-progress-bar .progress-bar-success")).to_have_count(1)
+
+    # a handle as a cell's last value: a live status line whose Cancel button works
+    line = page.locator(".nbt-status-line")
+    expect(line).to_contain_text("long-task")
+    expect(line).to_contain_text("EXECUTING")
+    line.locator(".nbt-status-cancel").click()
+    expect(line).to_contain_text("CANCELED")
+    expect(line.locator(".nbt-status-cancel")).to_have_count(0)
+    expect(page.locator(".nbt-summary")).to_contain_text("CANCELED")
 
     # a bad payload is reported in the form, not raised into the kernel log
     _trigger_test_run(page, expect, "fail-task", "{order: 42")
@@ -246,9 +270,10 @@ def test_fail_replay_and_cancel_in_a_real_browser(voila: str, page: Any) -> None
     page.locator(".nbt-filter-status select").select_option("FAILED")
     expect(page.locator(".nbt-row:not(.nbt-hidden)")).to_have_count(2)
     page.locator(".nbt-filter-status select").select_option(label="all statuses")
-    expect(page.locator(".nbt-page-position")).to_contain_text("1\N{EN DASH}8 of 13")
+    expect(page.locator(".nbt-page-position")).to_contain_text("1\N{EN DASH}8 of 20")
     page.locator(".nbt-page-older").click()
-    expect(_rows(page, "send-email")).to_have_count(5)
+    expect(page.locator(".nbt-page-position")).to_contain_text("9\N{EN DASH}16 of 20")
+    expect(_rows(page, "long-task").locator(".nbt-s-CANCELED")).to_be_visible()  # the watched one
 
     # queues and the timeline render
     _tab(page, "Queues")

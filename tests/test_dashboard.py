@@ -397,3 +397,16 @@ def test_module_level_dashboard_uses_the_default_engine() -> None:
         assert isinstance(d, Dashboard) and len(d.table.rows) == 3
     finally:
         d.close()
+
+
+def test_a_task_defined_on_the_engine_loop_never_waits_for_the_dashboard(
+        engine: Engine, dash: Dashboard) -> None:
+    @engine.task(id="definer", retry=NO_RETRY)
+    async def definer(payload: Any, ctx: Any) -> str:
+        engine.task(id="defined-in-a-run", run=lambda p, c: p)  # registry listeners run here
+        return "ok"
+
+    with dash.guard.lock:  # as if a click were being handled, waiting on the engine loop
+        assert definer.trigger(None).wait(10).output == "ok"
+    dash.refresh()
+    assert ("defined-in-a-run", "defined-in-a-run") in dash.table.task.options

@@ -86,10 +86,12 @@ def test_import_loads_no_widgets_and_scripts_wait_without_them(tmp_path: Any) ->
         "print(t.batch_trigger([1, 2]).wait(10))\n"
         "h = t.trigger(3); h.wait(10); h._ipython_display_()\n"
         "assert 'ipywidgets' not in sys.modules\n"
+        "d = nbtasks.dashboard(eng); print(d); d.close()\n"
         "eng.close()\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert "2/2 ok" in out and "COMPLETED>" in out
+    assert "<nbtasks dashboard: 3 runs (3 COMPLETED)>" in out  # a script gets a text summary
 
 
 def test_status_line_follows_its_run_and_cancels_it(engine: Engine) -> None:

@@ -56,6 +56,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         self.refreshes = 0
         self.refreshed = threading.Condition()
         self._timeline_stale = False
+        self._tasks_stale = False
         self.guard = guard = Guard(self._report)
         self.notice = make(widgets.HTML, "nbt-notice")
         self.summary = make(widgets.HTML, "nbt-summary")
@@ -131,7 +132,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             total = sum(self.counts.values())
             self.summary.value = (f"<b>{total:,} runs</b> &nbsp; {counts_html(self.counts)}"
                                   f" &nbsp; <b>{rate:.1f}</b> runs/s (last minute)")
-            if events is None or any(e.kind == "created" for e in events):
+            if events is None or self._tasks_stale or any(e.kind == "created" for e in events):
                 self._tasks()
             self.table.refresh(now)
             selected = self._detail.part.run_id if self._detail.part is not None else None
@@ -158,6 +159,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         return None
 
     def _tasks(self) -> None:
+        self._tasks_stale = False
         defined = self.engine.registry.ids()
         if self._form.part is not None:
             self._form.part.set_tasks(defined)
@@ -183,9 +185,17 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         self._refresh(None)
 
     def _on_define(self, _defn: TaskDefinition) -> None:
-        with self.guard.lock:
+        # Called on whichever thread defines a task, perhaps the engine loop (a task defined in
+        # a run), so never wait for the lock here: a holder of the lock may be waiting on that
+        # loop. If it is taken, the next refresh picks the new task up.
+        if not self.guard.lock.acquire(blocking=False):
+            self._tasks_stale = True
+            return
+        try:
             if not self.closed:
                 self._tasks()
+        finally:
+            self.guard.lock.release()
 
     def _held(self, resume: bool) -> None:
         runs = self.engine.runs
