@@ -8,6 +8,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -268,6 +270,40 @@ def test_hooks_run_in_the_worker_with_the_run(process_engine: MakeEngine) -> Non
     hooks = {msg: attrs["pid"] for _, msg, attrs in run_logs(eng, result.id) if attrs}
     assert set(hooks) == {"on_start", "init", "cleanup", "on_success"}
     assert set(hooks.values()) == {result.output}
+
+
+KERNEL = """
+import os, sys, time
+from nbtasks import Engine
+from nbtasks.executors import ProcessExecutor
+eng = Engine(store=":memory:", executor=ProcessExecutor(max_workers=1))
+nap = eng.task(id="nap", machine="micro", run=lambda p, ctx: time.sleep(60))
+busy = nap.trigger(None)
+whoami = eng.task(id="whoami", machine="small-1x", run=lambda p, ctx: os.getpid())
+print(whoami.trigger(None).wait(timeout=60).output, flush=True)
+time.sleep(60)
+"""
+
+
+def test_workers_die_with_a_killed_kernel() -> None:
+    kernel = subprocess.Popen([sys.executable, "-c", KERNEL], stdout=subprocess.PIPE, text=True)
+    try:
+        assert kernel.stdout is not None
+        idle = int(kernel.stdout.readline())
+        fork_server = psutil.Process(idle).parent()
+        assert fork_server is not None
+        workers = fork_server.children()
+        assert len(workers) == 2  # the busy one, mid-run, and the idle one
+        kernel.kill()
+        kernel.wait(timeout=10)
+        _, alive = psutil.wait_procs([fork_server, *workers], timeout=10)
+        assert alive == []
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+        kernel.wait(timeout=10)
+        if kernel.stdout is not None:
+            kernel.stdout.close()
 
 
 def test_pool_sizes_follow_host_cores_and_memory() -> None:

@@ -7,7 +7,7 @@ stays free to read. When code on the loop thread itself blocks on a request (an 
 calling `trigger()`), it reads the pipe itself until its reply comes.
 
 The worker leads its own process group (so an interrupt sent to the kernel's group doesn't
-reach it, and a kill takes whatever it started), dies with its parent, and holds itself to
+reach it, and a kill takes whatever it started), dies with the kernel, and holds itself to
 its preset's cores before any library reads the thread-count variables.
 """
 
@@ -171,11 +171,26 @@ def _hold_cpu(cores: list[int]) -> None:
         os.environ[name] = str(len(cores))
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL us if the fork server (and so the kernel) goes away."""
+def _die_with_kernel() -> None:
+    """SIGKILL this worker when the kernel dies, even mid-run in C code holding the GIL.
+
+    The fork server exits once every holder of the kernel's "alive" pipe is gone, and each
+    child it forks is handed a copy: we close ours, so it exits with the kernel, and
+    PR_SET_PDEATHSIG (Linux) turns its exit into our SIGKILL.
+    """
+    from multiprocessing import forkserver
+
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 - private, may be absent
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() == 1:  # the fork server was already gone before the signal was armed
+        os._exit(0)
 
 
 def _follow_cwd(kernel: int) -> None:
@@ -211,7 +226,7 @@ def main(conn: Connection, cores: list[int], kernel: int) -> None:
 def _serve(conn: Connection, cores: list[int], kernel: int) -> None:
     with contextlib.suppress(OSError):
         os.setsid()
-    _die_with_parent()
+    _die_with_kernel()
     _hold_cpu(cores)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
