@@ -2,7 +2,7 @@
 
     python tests/_child_engine.py kill  DB SEED N     # recover, trigger N runs, work until killed
     python tests/_child_engine.py drain DB            # recover, run every run to a final status
-    python tests/_child_engine.py mine  DB TAG N      # two kernels: trigger N runs of task TAG
+    python tests/_child_engine.py mine  DB TAG N T    # two kernels: run N of task TAG, read T
     python tests/_child_engine.py state DB            # one run in each state, on a manual clock
 
 It prints a line of JSON after each trigger returns (so the test knows those runs are durable),
@@ -118,8 +118,9 @@ def drain_mode(db: str) -> None:
     eng.close()
 
 
-def mine_mode(db: str, tag: str, n: int) -> None:
-    """Two-kernels test: trigger and run N runs of this kernel's own task, then read history."""
+def mine_mode(db: str, tag: str, n: int, total: int) -> None:
+    """Two kernels: run N runs of this kernel's own task; then, once the other kernel's runs
+    are done too (`total` in all), report what this kernel can read."""
     registry = Registry()
 
     def own(p: dict[str, Any], ctx: Any) -> dict[str, Any]:
@@ -127,7 +128,6 @@ def mine_mode(db: str, tag: str, n: int) -> None:
 
     TaskFactory(registry)(id=f"own-{tag}", run=own)
     eng = Engine(store=db, registry=registry)
-    say("ready")
     own_task = nbtasks.Task(registry.require(f"own-{tag}"), registry)
     handles = []
     for start_i in range(0, n, 100):
@@ -136,9 +136,14 @@ def mine_mode(db: str, tag: str, n: int) -> None:
         for i in range(5):  # plain triggers too: each waits for its own commit
             handles.append(own_task.trigger({"i": n + start_i + i}))
     results = [h.wait(timeout=60) for h in handles]
-    seen = eng.runs.count()
+    deadline = time.monotonic() + 60
+    while eng.runs.count(status="COMPLETED") < total and time.monotonic() < deadline:
+        time.sleep(0.05)  # the other kernel's progress shows only in the file
+    frame = eng.runs.to_dataframe()
     say({"ran": len(results), "ok": sum(r.ok for r in results), "owner": eng.owner,
-         "seen": seen, "pid": os.getpid()})
+         "pid": os.getpid(), "seen": len(frame),
+         "seen_tasks": sorted(frame.task_id.unique().tolist()),
+         "adopted": len(eng.scheduler.active)})
     eng.close()
 
 
@@ -223,6 +228,6 @@ if __name__ == "__main__":
     elif mode == "state":
         state_mode(db)
     elif mode == "mine":
-        mine_mode(db, rest[0], int(rest[1]))
+        mine_mode(db, rest[0], int(rest[1]), int(rest[2]))
     else:
         raise SystemExit(f"unknown mode {mode!r}")

@@ -11,6 +11,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +143,28 @@ class SQLiteStore:
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a big history stay hot
         if not self.memory:
-            conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    def _use_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (it stays so). Two kernels opening a new file at once can meet
+        here, and this pragma fails at once on a lock instead of waiting: retry it a while."""
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     def open(self) -> None:
         if not self.memory:
             _create_private(Path(self.path).resolve())
         self._writer = self._connect()
+        if not self.memory:
+            self._use_wal(self._writer)
         with self._lock:
             self._migrate(self._writer)
 
