@@ -92,7 +92,7 @@ class DaskExecutor:
     def _on_event(self, event: tuple[float, Any]) -> None:
         """On the client's thread: hand the worker's message to the engine loop."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._on_message, event[1])
+            _to_loop(self._loop, self._on_message, event[1])
 
     def _on_cluster_event(self, event: tuple[float, Any]) -> None:
         message = event[1]
@@ -100,7 +100,7 @@ class DaskExecutor:
                 and message.get("action") == "remove-worker"):
             keys = [k for k in message.get("processing-tasks") or () if k in self._attempts]
             if keys:
-                self._loop.call_soon_threadsafe(self._lost, keys, str(message.get("worker")))
+                _to_loop(self._loop, self._lost, keys, str(message.get("worker")))
 
     def _lost(self, keys: list[str], worker: str) -> None:
         for key in keys:
@@ -213,7 +213,7 @@ class _Attempt:
                 f"the Dask task failed: {type(exc).__name__}: {exc}"))
         else:
             outcome = self._outcome(message)
-        self.loop.call_soon_threadsafe(self._settle, outcome)
+        _to_loop(self.loop, self._settle, outcome)
 
     def _outcome(self, message: dict[str, Any]) -> AttemptOutcome:
         if "cancelled" in message:  # the run ended first; this is never used
@@ -293,6 +293,12 @@ class _Attempt:
         except Exception as exc:
             ok, blob = False, pickle.dumps(TaskRunError(f"the answer can't be sent: {exc}"))
         self._run_on_worker(deliver, self.key, rid, ok, blob, address=address)
+
+
+def _to_loop(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
+    """From Dask's threads onto the engine loop; once the engine has closed, drop it."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _in_thread(fn: Any) -> None:
