@@ -4,6 +4,8 @@
     python tests/_child_engine.py drain DB            # recover, run every run to a final status
     python tests/_child_engine.py mine  DB TAG N T    # two kernels: run N of task TAG, read T
     python tests/_child_engine.py state DB            # one run in each state, on a manual clock
+    python tests/_child_engine.py crash DB HOW        # trigger, report, die at once (HOW: exit,
+                                                      # kill or segv)
 
 It prints a line of JSON after each trigger returns (so the test knows those runs are durable),
 `ready` once the engine has recovered the file, and in `drain` mode the figures at the end.
@@ -147,6 +149,33 @@ def mine_mode(db: str, tag: str, n: int, total: int) -> None:
     eng.close()
 
 
+def crash_mode(db: str, how: str) -> None:
+    """Trigger runs one call at a time, print each id once trigger() returned, then die before
+    anything else happens: no close, no atexit, no flush of anything but stdout."""
+    import ctypes
+    import signal
+
+    registry = Registry()
+
+    async def hang(p: Any, ctx: Any) -> None:
+        await asyncio.Event().wait()
+
+    TaskFactory(registry)(id="hang", run=hang)
+    TaskFactory(registry)(id="quick", run=lambda p, ctx: p)
+    Engine(store=db, registry=registry)
+    hang_task = nbtasks.Task(registry.require("hang"), registry)
+    quick_task = nbtasks.Task(registry.require("quick"), registry)
+    for i in range(20):
+        say([hang_task.trigger({"i": i}).id, quick_task.trigger({"i": i}).id])
+    say([h.id for h in quick_task.batch_trigger([{"i": i} for i in range(100)])])
+    if how == "exit":
+        os._exit(3)
+    elif how == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    else:
+        ctypes.string_at(0)  # a segmentation fault: the interpreter itself crashes
+
+
 T0 = 1_767_225_600.0  # 2026-01-01 00:00 UTC, the manual clock's start in `state` mode
 
 
@@ -225,6 +254,8 @@ if __name__ == "__main__":
         kill_mode(db, int(rest[0]), int(rest[1]))
     elif mode == "drain":
         drain_mode(db)
+    elif mode == "crash":
+        crash_mode(db, rest[0])
     elif mode == "state":
         state_mode(db)
     elif mode == "mine":

@@ -166,7 +166,12 @@ class SQLiteStore:
         if not self.memory:
             self._use_wal(self._writer)
         with self._lock:
-            self._migrate(self._writer)
+            try:
+                self._migrate(self._writer)
+            except BaseException:
+                self._writer.close()
+                self._writer = None
+                raise
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")

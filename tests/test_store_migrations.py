@@ -1,0 +1,88 @@
+"""The schema's version (PRAGMA user_version) and the path from one version to the next."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from nbtasks import Engine, RunStatus
+from nbtasks.stores.sqlite import MIGRATIONS, SCHEMA_VERSION, SQLiteStore
+
+
+def _user_version(db: Path) -> int:
+    con = sqlite3.connect(db)
+    try:
+        return int(con.execute("PRAGMA user_version").fetchone()[0])
+    finally:
+        con.close()
+
+
+def test_migrations_run_one_version_after_another() -> None:
+    assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+
+def test_a_new_file_has_the_current_version(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "runs.db")
+    store.open()
+    store.close()
+    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 2
+
+
+def _v1_file(db: Path) -> None:
+    """A store as the first release wrote it: schema v1 and a finished run, a live schedule."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for stmt in MIGRATIONS[1]:
+        con.execute(stmt)
+    con.execute("PRAGMA user_version = 1")
+    con.execute(
+        "INSERT INTO runs (id, task_id, status, payload, output, attempt_count, created_at, "
+        "started_at, finished_at, updated_at, queued_at, queue, machine, owner, seq) "
+        "VALUES ('run_old', 'old-task', 'COMPLETED', '{\"a\":1}', '42', 1, 1.0, 2.0, 3.0, 3.0, "
+        "1.0, 'task/old-task', 'kernel', 'eng_gone', 1)")
+    con.execute("INSERT INTO attempts (run_id, number, status, started_at, finished_at, machine, "
+                "queue) VALUES ('run_old', 1, 'COMPLETED', 2.0, 3.0, 'kernel', 'task/old-task')")
+    con.execute("INSERT INTO schedules (id, task_id, type, cron, timezone, deduplication_key, "
+                "active, created_at) VALUES ('sched_old', 'old-task', 'IMPERATIVE', '0 * * * *', "
+                "'UTC', 'k', 1, 1.0)")
+    con.close()
+
+
+def test_a_v1_file_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    _v1_file(db)
+    with Engine(store=str(db)) as eng:
+        assert _user_version(db) == SCHEMA_VERSION
+        run = eng.runs.retrieve("run_old")
+        assert run.status is RunStatus.COMPLETED and run.output == 42 and run.payload == {"a": 1}
+        assert [a.number for a in run.attempts] == [1]
+        assert len(eng.runs.attempts_dataframe()) == 1
+        (sched,) = eng.schedules.list()
+        assert (sched.id, sched.cron, sched.updated_at) == ("sched_old", "0 * * * *", None)
+        # New writes use the new columns.
+        eng.task(id="new", run=lambda p, ctx: p).trigger(1).wait(timeout=10)
+    columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
+    assert "recovery" in columns
+
+
+def test_a_file_from_a_newer_nbtasks_is_refused(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    con = sqlite3.connect(db)
+    con.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    con.close()
+    with pytest.raises(RuntimeError, match="Upgrade nbtasks"):
+        SQLiteStore(db).open()
+    assert _user_version(db) == SCHEMA_VERSION + 1  # untouched
+
+
+def test_a_failed_migration_changes_nothing(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "runs.db"
+    _v1_file(db)
+    monkeypatch.setitem(MIGRATIONS, 2, [*MIGRATIONS[2], "THIS IS NOT SQL"])
+    with pytest.raises(sqlite3.OperationalError):
+        SQLiteStore(db).open()
+    assert _user_version(db) == 1
+    columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
+    assert "recovery" not in columns  # the whole step rolled back
