@@ -60,7 +60,12 @@ def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
 
         _Logger.level = options["log_level"]
     if "executor" in options:
-        engine.preset_executor = options["executor"]
+        old, engine.preset_executor = engine.preset_executor, options["executor"]
+        if old is not None and old is not options["executor"]:
+            # Its workers go now: an attempt still running there fails like a crashed worker
+            # and retries on the new executor under its task's policy.
+            engine.runtime.loop.call_soon_threadsafe(
+                lambda: engine.runtime.loop.create_task(old.close()))
     if "concurrency_limit" in options:
         from ._engine import _check_limit
 
