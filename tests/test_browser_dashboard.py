@@ -280,9 +280,9 @@ def test_fail_replay_and_cancel_in_a_real_browser(voila: str, page: Any) -> None
     expect(page.locator(".nbt-queue", has_text="task/resize-image")).to_contain_text(
         "limit 2 per key")
     _tab(page, "Timeline")
-    image = page.locator("img.nbt-timeline-image")
+    image = page.locator(".nbt-timeline-image img")
     expect(image).to_be_visible()
-    drawn = "() => document.querySelector('img.nbt-timeline-image').naturalWidth > 100"
+    drawn = "() => document.querySelector('.nbt-timeline-image img').naturalWidth > 100"
     page.wait_for_function(drawn)
     before = image.get_attribute("src")
     page.locator(".nbt-timeline-window select").select_option(label="last minute")

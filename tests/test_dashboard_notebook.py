@@ -93,4 +93,4 @@ def test_saved_widget_state_is_what_the_user_saw(executed: nbformat.NotebookNode
     run_links = [s["description"] for s in by_class["nbt-run-link"] if s["description"]]
     assert len(run_links) >= 5 and all(d.startswith("run_") for d in run_links)
     images = by_class["nbt-timeline-image"]
-    assert len(images[0]["value"]) > 1000  # the timeline's PNG (base64) was drawn
+    assert "data:image/png;base64," in images[0]["value"]  # the timeline's PNG was drawn

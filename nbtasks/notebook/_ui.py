@@ -35,14 +35,18 @@ CSS = """<style>
 .nbt-hidden { display: none !important; }
 .nbt-dashboard { max-width: 1400px; }
 .nbt-summary { font-size: 0.95em; }
-.nbt-row { border-bottom: 1px solid #eaeef2; align-items: center; min-height: 28px; }
+.nbt-runs { overflow-x: auto !important; }
+.nbt-row { border-bottom: 1px solid #eaeef2; align-items: center; min-height: 28px;
+  min-width: max-content; }
+.nbt-row > * { flex-shrink: 0 !important; }
 .nbt-row:hover { background: #f6f8fa; }
 .nbt-row.nbt-selected { background: #ddf4ff; }
 .nbt-cells { display: flex; font-size: 0.9em; }
 .nbt-cells > span, .nbt-head > span { padding: 0 6px; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; flex: none; }
 .nbt-head { display: flex; font-weight: 600; font-size: 0.85em; color: #57606a; }
-.nbt-c-status { width: 150px; } .nbt-c-id { width: 240px; }
+.nbt-c-status { width: 140px; } .nbt-c-id { width: 220px; }
+.nbt-head .nbt-c-status { width: 132px; } .nbt-head .nbt-c-id { width: 212px; }
 .nbt-c-task { width: 140px; } .nbt-c-created { width: 80px; }
 .nbt-c-dur { width: 72px; text-align: right; } .nbt-c-att { width: 36px; text-align: right; }
 .nbt-c-machine { width: 76px; } .nbt-c-queue { width: 140px; } .nbt-c-tags { width: 150px; }

@@ -30,7 +30,7 @@ class RowView(widgets.HBox):  # type: ignore[misc]
     def __init__(self, on_open: Callable[[str], None]) -> None:
         self.run_id: str | None = None
         self._status = make(widgets.HTML, "nbt-c-status")
-        self._open = button("", "nbt-link", "nbt-run-link", width="240px")
+        self._open = button("", "nbt-link", "nbt-run-link", width="220px")
         self._cells = make(widgets.HTML)
         self._open.on_click(lambda _b: self.run_id and on_open(self.run_id))
         super().__init__([self._status, self._open, self._cells],

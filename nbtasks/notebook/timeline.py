@@ -4,14 +4,17 @@ Each queue gets as many lanes as it executed runs side by side (up to `MAX_LANES
 concurrency shows at a glance: a queue with limit 2 has two lanes. The coloured bar is a run's
 execution, up to now while it runs; the thin grey bar before it is the time it waited for a slot.
 
-The figure is rendered off-screen (Agg, no pyplot state) to a PNG in an Image widget, which
-every frontend displays, Voila and exported notebooks included. Rendering costs tens of
+The figure is rendered off-screen (Agg, no pyplot state) to a PNG shown as an <img> inside an
+HTML widget, which every frontend displays, Voila and exported notebooks included. (An Image
+widget first drawn while its notebook cell is scrolled away lays out at 0x0 in JupyterLab 4 until
+it is redrawn; plain HTML has no such trouble.) Rendering costs tens of
 milliseconds, so the dashboard redraws it only while its tab is open and at most every
 `MIN_GAP` seconds.
 """
 
 from __future__ import annotations
 
+import base64
 import heapq
 import io
 import time
@@ -138,7 +141,8 @@ class TimelineView(widgets.VBox):  # type: ignore[misc]
         self.drawn_at = float("-inf")
         self.window = make(widgets.Dropdown, "nbt-timeline-window", options=WINDOWS,
                            value=300.0)
-        self.image = make(widgets.Image, "nbt-timeline-image", format="png")
+        self.png = b""
+        self.image = make(widgets.HTML, "nbt-timeline-image")
         self.window.observe(guard(lambda _c: self.refresh()), "value")
         super().__init__([self.window, self.image], layout=shared(widgets.Layout))
         self.add_class("nbt-timeline")
@@ -146,7 +150,9 @@ class TimelineView(widgets.VBox):  # type: ignore[misc]
     def refresh(self) -> None:
         now = self.engine.clock.now()
         spans = queries.spans(self.engine.store, now - self.window.value)
-        self.image.value = render_png(spans, now, self.window.value)
+        self.png = render_png(spans, now, self.window.value)
+        self.image.value = ('<img class="nbt-timeline-png" style="max-width:100%" alt="timeline" '
+                            f'src="data:image/png;base64,{base64.b64encode(self.png).decode()}">')
         self.drawn_at = time.monotonic()
 
     def due(self) -> float:
