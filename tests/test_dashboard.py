@@ -152,6 +152,15 @@ def test_cancel_button_cancels_a_running_run(engine: Engine, dash: Dashboard) ->
     until(dash, lambda: "CANCELED" in dash.table.rows[0]._status.value)
 
 
+def test_a_run_missing_from_the_store_is_reported_not_raised(engine: Engine,
+                                                              dash: Dashboard) -> None:
+    dash.show_run("run_missing")
+    assert "is not in the store" in dash.detail.header.value
+    assert is_hidden(dash.detail.replay) and is_hidden(dash.detail.cancel)
+    dash.refresh()  # later refreshes do not trip over it
+    assert dash.notice.value == ""
+
+
 def test_replay_uses_the_edited_payload(engine: Engine, dash: Dashboard) -> None:
     t = define(engine)
     first = t["ok"].trigger({"n": 1}, tags=["a"])

@@ -12,6 +12,7 @@ import json
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._errors import RunNotFoundError
 from .._models import Run
 from . import queries
 from ._ui import Guard, button, hide, is_hidden, make, message, shared, widgets
@@ -117,7 +118,18 @@ class RunDetail(widgets.VBox):  # type: ignore[misc]
         if self.run_id is None:
             return
         eng = self.engine
-        run = self.run = eng.runs.retrieve(self.run_id)
+        try:
+            run = self.run = eng.runs.retrieve(self.run_id)
+        except RunNotFoundError:  # pruned, or another store: say so rather than fail each refresh
+            self.header.value = f"<h3>run <code>{esc(self.run_id)}</code> is not in the store</h3>"
+            self.body.value = ""
+            self.run = None
+            self.run_id = None
+            for part in (self.cancel, self.replay, self.replay_box, self.token_box, self.links):
+                hide(part)
+            return
+        hide(self.replay, False)
+        hide(self.links, False)
         now = eng.clock.now()
         self.header.value = (f"<h3 style='margin:4px 0'>{badge(run.status.value)} "
                              f"<code class='nbt-detail-id'>{esc(run.id)}</code></h3>")

@@ -22,7 +22,7 @@ from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
 from . import queries
-from ._ui import make, shared, widgets
+from ._ui import Guard, make, shared, widgets
 from .display import COLOURS
 
 if TYPE_CHECKING:
@@ -136,7 +136,7 @@ def render_png(spans: list[queries.Span], now: float, window: float) -> bytes:
 class TimelineView(widgets.VBox):  # type: ignore[misc]
     """The plot and a window picker. `refresh()` redraws; `due()` says when it may again."""
 
-    def __init__(self, engine: Engine, guard: Any) -> None:
+    def __init__(self, engine: Engine, guard: Guard) -> None:
         self.engine = engine
         self.drawn_at = float("-inf")
         self.window = make(widgets.Dropdown, "nbt-timeline-window", options=WINDOWS,

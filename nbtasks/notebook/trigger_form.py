@@ -21,7 +21,7 @@ from .._errors import NbtasksError
 from .._models import MACHINES
 from .._tasks import Task
 from . import queries
-from ._ui import button, make, message, shared, widgets
+from ._ui import Guard, button, make, message, shared, widgets
 from .display import esc
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def example_payload(model: type[BaseModel]) -> dict[str, Any]:
 class TriggerForm(widgets.VBox):  # type: ignore[misc]
     """See the module docstring. `on_triggered(run_id)` runs after a successful trigger."""
 
-    def __init__(self, engine: Engine, guard: Any, on_triggered: Callable[[str], None]) -> None:
+    def __init__(self, engine: Engine, guard: Guard, on_triggered: Callable[[str], None]) -> None:
         self.engine = engine
         self._on_triggered = on_triggered
         self._quiet = False
