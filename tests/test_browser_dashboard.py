@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -39,6 +40,7 @@ LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", 
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
 SLOW = 120_000  # ms: two shared cores, a kernel, a server and a browser
+KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 NOTEBOOK = '''
 import asyncio
@@ -106,57 +108,86 @@ def _require_browser() -> Any:
     return sync_api
 
 
+@contextlib.contextmanager
+def _serve(name: str, args: list[str], root: Path, port: int) -> Iterator[None]:
+    """Run a Jupyter server (`python -m <args>`) in `root` with private Jupyter dirs; stop it by
+    its process group; keep its log in artifacts/."""
+    env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "PYTHONPATH": str(ROOT),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
+                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):
+        env[var] = str(root / ".jp" / sub)
+    log_path = root / f"{name}.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", *args], cwd=root, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for_port(port, proc, timeout=90)
+            yield
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copy(log_path, ARTIFACTS / log_path.name)
+
+
 @pytest.fixture(scope="module")
 def voila(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Voila server on a free port, rendering the notebook above; yields the page URL."""
     _require_browser()
     root = tmp_path_factory.mktemp("voila")
     cells = [new_code_cell(c) for c in (NOTEBOOK, STATUS_LINE, PROGRESS)]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": {
-        "display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}}),
-        root / "dashboard.ipynb")
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}),
+                   root / "dashboard.ipynb")
     port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for name, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                      ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):
-        env[name] = str(root / ".jp" / sub)
-    log = (root / "voila.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "voila", "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
-         f"--token={token}", "--show_tracebacks=True", "dashboard.ipynb"],
-        cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_for_port(port, proc, timeout=90)
+    with _serve("voila", ["voila", "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
+                          f"--token={token}", "--show_tracebacks=True", "dashboard.ipynb"],
+                root, port):
         yield f"http://127.0.0.1:{port}/?token={token}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        log.close()
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copy(root / "voila.log", ARTIFACTS / "voila.log")
+
+
+@pytest.fixture(scope="module")
+def jupyterlab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """JupyterLab serving a copy of notebooks/05-dashboard.ipynb; yields (base URL, token)."""
+    _require_browser()
+    root = tmp_path_factory.mktemp("lab")
+    shutil.copy(ROOT / "notebooks" / "05-dashboard.ipynb", root / "tour.ipynb")
+    settings = root / ".jp" / "settings"
+    quiet = settings / "@jupyterlab" / "apputils-extension"
+    quiet.mkdir(parents=True)
+    (quiet / "notification.jupyterlab-settings").write_text(
+        '{"fetchNews": "false", "checkForUpdates": false}')
+    port, token = _free_port(), secrets.token_hex(16)
+    with _serve("jupyterlab", [
+            "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
+            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            f"--LabApp.workspaces_dir={root}/.jp/ws", f"--LabApp.user_settings_dir={settings}",
+            "--LabApp.expose_app_in_browser=True"], root, port):
+        yield f"http://127.0.0.1:{port}", token
 
 
 def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """Block until Voila accepts connections (a TCP connect only: a GET would run the notebook)."""
+    """Block until the server accepts connections (a TCP connect: a GET on Voila would run the
+    notebook)."""
     gave_up = threading.Event()
     timer = threading.Timer(timeout, gave_up.set)
     timer.start()
     try:
         while not gave_up.is_set():
             if proc.poll() is not None:
-                raise RuntimeError(f"voila exited with {proc.returncode}; see its log")
+                raise RuntimeError(f"the server exited with {proc.returncode}; see its log")
             with socket.socket() as s:
                 s.settimeout(1)
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     return
             gave_up.wait(0.2)  # between connection attempts; no page exists yet
-        raise TimeoutError(f"voila did not listen on port {port} within {timeout}s")
+        raise TimeoutError(f"the server did not listen on port {port} within {timeout}s")
     finally:
         timer.cancel()
 
@@ -289,3 +320,51 @@ def test_fail_replay_and_cancel_in_a_real_browser(voila: str, page: Any) -> None
     expect(image).not_to_have_attribute("src", before)  # redrawn for the new window
     page.wait_for_function(drawn)
     dashboard.screenshot(path=str(ARTIFACTS / "dashboard-timeline.png"))
+
+
+def _kernel_ready(page: Any, base: str, token: str) -> None:
+    """JupyterLab reports idle before its kernel exists; ask the server (recipe pitfall 2)."""
+    for _ in range(600):
+        kernels = page.request.get(f"{base}/api/kernels?token={token}").json()
+        if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"]:
+            return
+        page.wait_for_timeout(200)
+    raise TimeoutError("the notebook's kernel never became idle")
+
+
+def test_the_tour_notebook_in_jupyterlab(jupyterlab: tuple[str, str], page: Any) -> None:
+    """JupyterLab lays widgets out differently from Voila (and renders far-away cells lazily):
+    the dashboard, its timeline, the status line and the batch bar must all show there too."""
+    expect = _require_browser().expect
+    expect.set_options(timeout=SLOW)
+    base, token = jupyterlab
+    page.goto(f"{base}/lab/tree/tour.ipynb?reset&token={token}", wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    _kernel_ready(page, base, token)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
+        re.compile(r"\[\d+\]"))
+    assert page.locator(".jp-OutputArea-output[data-mime-type="
+                        "'application/vnd.jupyter.stderr']").count() == 0
+
+    dashboard = page.locator(".nbt-dashboard").first
+    dashboard.scroll_into_view_if_needed()
+    expect(dashboard.locator(".nbt-summary")).to_contain_text("CANCELED")
+    image = dashboard.locator(".nbt-timeline-image img")  # the last cell opened the Timeline
+    expect(image).to_be_visible()
+    page.wait_for_function("() => document.querySelector('.nbt-timeline-image img')"
+                           ".getBoundingClientRect().width > 300")
+    lines = page.locator(".nbt-status-line", has_text="long-report")  # a handle and a Run
+    expect(lines).to_have_count(2)
+    for i in range(2):  # the feed thread's updates reached JupyterLab
+        expect(lines.nth(i)).to_contain_text("CANCELED")
+    expect(page.locator(".nbt-progress-label")).to_contain_text("40/40 done")
+
+    dashboard.scroll_into_view_if_needed()
+    _tab(page, "Runs")
+    first = dashboard.locator(".nbt-row:not(.nbt-hidden) .nbt-run-link").first
+    expect(first).to_be_visible()
+    fits = first.evaluate("b => b.scrollWidth <= b.clientWidth + 1")
+    assert fits, "the run id column was squeezed"
+    ARTIFACTS.mkdir(exist_ok=True)
+    dashboard.screenshot(path=str(ARTIFACTS / "jupyterlab-dashboard.png"))

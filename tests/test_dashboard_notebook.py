@@ -61,7 +61,8 @@ def test_tour_runs_clean_and_shows_live_widgets(executed: nbformat.NotebookNode)
     views = [o["data"] for o in _outputs(executed) if VIEW in o.get("data", {})]
     plain = [v["text/plain"] for v in views]
     assert any(p.startswith("<nbtasks dashboard: ") for p in plain)  # the dashboard
-    assert any(p.startswith("<RunHandle ") and "long-report" in p for p in plain)  # status line
+    lines = [p for p in plain if p.startswith("<RunHandle ") and "long-report" in p]
+    assert len(lines) == 2  # status lines for the handle and for the running Run snapshot
     assert any(p.startswith("<batch ") for p in plain)  # the batch's progress bar
 
     text = _text(executed)
