@@ -393,7 +393,7 @@ def test_plain_text_repr(engine: Engine, dash: Dashboard) -> None:
     t = define(engine)
     t["ok"].trigger(1).wait(10)
     dash.refresh()
-    assert repr(dash) == "<nbtasks dashboard: 1 runs (1 COMPLETED)>"
+    assert repr(dash) == "<nbtasks dashboard: 1 run (1 COMPLETED)>"
     bundle = dash._repr_mimebundle_()
     assert bundle["text/plain"] == repr(dash)
     assert "application/vnd.jupyter.widget-view+json" in bundle

@@ -130,7 +130,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             self.counts = queries.status_counts(eng.store)
             rate = queries.finished_since(eng.store, now - RATE_WINDOW) / RATE_WINDOW
             total = sum(self.counts.values())
-            self.summary.value = (f"<b>{total:,} runs</b> &nbsp; {counts_html(self.counts)}"
+            self.summary.value = (f"<b>{_runs(total)}</b> &nbsp; {counts_html(self.counts)}"
                                   f" &nbsp; <b>{rate:.1f}</b> runs/s (last minute)")
             if events is None or self._tasks_stale or any(e.kind == "created" for e in events):
                 self._tasks()
@@ -231,7 +231,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         total = sum(self.counts.values())
         parts = ", ".join(f"{n:,} {s}" for s, n in sorted(self.counts.items(),
                                                          key=lambda kv: -kv[1]))
-        return f"<nbtasks dashboard: {total:,} runs ({parts or 'none yet'})>"
+        return f"<nbtasks dashboard: {_runs(total)} ({parts or 'none yet'})>"
 
 
 class Lazy(widgets.VBox):  # type: ignore[misc]
@@ -247,6 +247,10 @@ class Lazy(widgets.VBox):  # type: ignore[misc]
             self.part = self._build()
             self.children = [self.part]
         return self.part
+
+
+def _runs(n: int) -> str:
+    return f"{n:,} run" if n == 1 else f"{n:,} runs"
 
 
 def _close_tree(widget: Any) -> None:
