@@ -68,6 +68,8 @@ class _Pump:
     def start(self) -> None:
         self.unsubscribe = self.feed.engine.subscribe(self.push)
         self.thread.start()
+        if self.stop.is_set():  # the last listener left while this was subscribing
+            self.halt()
 
     def push(self, event: RunEvent) -> None:
         """Engine loop thread: O(1), never blocks on anything a widget holds."""
