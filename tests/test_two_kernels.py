@@ -33,7 +33,7 @@ def test_two_processes_share_one_file(tmp_path: Path) -> None:
         assert proc.returncode == 0, err
         assert "locked" not in err and "Traceback" not in err, err
         report[tag] = json.loads(out.splitlines()[-1])
-    for tag, got in report.items():
+    for got in report.values():
         assert got["ran"] == got["ok"] == PER_KERNEL
         assert got["seen"] == 2 * PER_KERNEL  # the whole history, the other kernel's too
         assert got["seen_tasks"] == ["own-a", "own-b"]
