@@ -291,7 +291,7 @@ class Engine:
             for (run, _), child_id in zip(prepared, child_ids(parent, len(prepared)), strict=True):
                 run.id = child_id
             if parent.replay is not None:
-                known = existing_runs(self, [run.id for run, _ in prepared])
+                known = existing_runs(self, parent, [run.id for run, _ in prepared])
         return [run.id if run.id in known else self._submit(run, queue).id
                 for run, queue in prepared]
 

@@ -176,9 +176,14 @@ def token_id(run: RunState) -> str:
     return derived_id("waitpoint_", next_address(run))
 
 
-def existing_runs(engine: Engine, run_ids: list[str]) -> set[str]:
-    """Which of `run_ids` this engine drives or the store holds (a resumed attempt's children)."""
-    found = {i for i in run_ids if i in engine.scheduler.active}
+def existing_runs(engine: Engine, parent: RunState, run_ids: list[str]) -> set[str]:
+    """Which of `run_ids` this engine drives or the store holds (a resumed attempt's children).
+
+    Live ones become the parent's children again, so cancelling the parent cancels them.
+    """
+    active = engine.scheduler.active
+    found = {i for i in run_ids if i in active}
+    parent.children += [active[i] for i in found if active[i] not in parent.children]
     rest = [i for i in run_ids if i not in found]
     for start in range(0, len(rest), 500):
         chunk = rest[start:start + 500]

@@ -15,6 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,20 @@ def test_cancel_interrupted(copy: tuple[str, dict[str, str]]) -> None:
             assert eng.status_of(ids[key]) is S.CANCELED
 
 
+def test_cancelling_a_resumed_parent_cancels_the_child_it_found(
+        copy: tuple[str, dict[str, str]]) -> None:
+    db, ids = copy
+    with Engine(store=db, clock=ManualClock(T0 + 1800), registry=_registry()) as eng:
+        (child,) = [r.id for r in eng.runs.list(task_id="later") if r.parent_id == ids["parent"]]
+        parent = eng.scheduler.active[ids["parent"]]
+        deadline = time.monotonic() + 10
+        while not eng.on_loop(lambda: parent.wait_depth > 0):  # its replay has parked again
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert eng.runs.cancel(ids["parent"])
+        assert eng.status_of(child) is S.CANCELED
+
+
 def test_an_engine_adopts_a_dead_kernels_runs_once(copy: tuple[str, dict[str, str]]) -> None:
     db, ids = copy
     with Engine(store=db, clock=ManualClock(T0 + 1800), registry=_registry()) as first, \
@@ -191,8 +206,6 @@ def test_an_engine_adopts_a_dead_kernels_runs_once(copy: tuple[str, dict[str, st
 
 
 def test_a_killed_unreaped_process_counts_as_dead() -> None:
-    import time
-
     import psutil
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
