@@ -41,13 +41,13 @@ from ._errors import (
     WaitTimeoutError,
     WorkerCrashedError,
 )
+from ._events import RunEvent
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._models import MACHINES, Attempt, QueueOptions, RetryOptions, Run
 from ._prepare import idempotency_key as _idempotency_key
 from ._queues_api import QueuesAPI, queue
 from ._retry import next_delay
 from ._runs import RunList, RunsAPI
-from ._scheduler import RunEvent
 from ._status import RunStatus
 from ._tasks import DEFAULT_REGISTRY as _DEFAULT_REGISTRY
 from ._tasks import BatchItem, Task, schema_task, task

@@ -24,6 +24,7 @@ from . import _capture
 from ._clock import Clock, RealClock
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, RunNotFoundError, RunWaitTimeoutError
+from ._events import EngineConfig, RunEvent
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
@@ -34,7 +35,7 @@ from ._recovery import child_ids, existing_runs, recover
 from ._runs import RunsAPI
 from ._runstate import RunState, new_id
 from ._runtime import Runtime
-from ._scheduler import EngineConfig, RunEvent, Scheduler
+from ._scheduler import Scheduler
 from ._status import FINAL, RunStatus
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition, TaskFactory
 from ._tokens import TokenBook

@@ -31,17 +31,23 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from ._runstate import _ALPHABET, RUN_COLUMNS, RunState
-from ._status import RunStatus
+from ._errors import KernelRestartError
+from ._lifecycle import error_record
+from ._runstate import _ALPHABET, RUN_COLUMNS, AttemptState, RunState
+from ._status import RunStatus, transition
 from .stores._base import WriteBatch
 from .stores.sqlite import _FINAL_SQL
 
 if TYPE_CHECKING:
     from ._engine import Engine
+    from ._scheduler import Scheduler
+
+S = RunStatus
 
 
 def _alive(pid: int, started: float | None) -> bool:
@@ -110,7 +116,7 @@ def recover(engine: Engine) -> int:
         run = RunState.from_row(record)
         if run.status is RunStatus.WAITING or run.retrying == "resume":
             run.replay = replays.get((run.id, run.attempt_count), {})
-        engine.scheduler.adopt(run, record["attempt_started"])
+        adopt(engine.scheduler, run, record["attempt_started"])
     return len(rows)
 
 
@@ -191,3 +197,56 @@ def existing_runs(engine: Engine, parent: RunState, run_ids: list[str]) -> set[s
             f"SELECT id FROM runs WHERE id IN ({', '.join('?' * len(chunk))})", tuple(chunk))
         found.update(r[0] for r in rows)
     return found
+
+
+def adopt(sched: Scheduler, run: RunState, attempt_started: float | None = None) -> None:
+    """Take over a run left non-final by a dead kernel; its recorded times are kept.
+
+    An attempt that was executing died with its kernel: it is recorded as failed with
+    KernelRestartError, and the run's retry is decided under its task's policy once the task
+    is defined (WAITING_FOR_DEPLOY until then). An attempt that was waiting is resumed: it
+    runs again under the same number and its recorded waits return at once or at their
+    recorded times (see this module's docstring). Both marks are stored, so a second restart before
+    they are acted on still knows what is owed.
+    """
+    sched.active[run.id] = run
+    run.owner = sched.owner
+    run.seq = next(sched.seq)
+    if run.idempotency_key is not None:
+        sched.idempotency[(run.task_id, run.idempotency_key)] = run
+    now = sched.clock.now()
+    machine = run.machine or "kernel"
+    started = attempt_started or run.started_at or run.updated_at
+    if run.status is S.WAITING:
+        run.retrying = "resume"
+    if run.retrying == "resume":
+        run.attempt = AttemptState(run.attempt_count, started, machine, run.queue)
+    elif run.status is S.EXECUTING:
+        record = error_record(KernelRestartError(
+            f"the kernel stopped while attempt {run.attempt_count} was executing"))
+        record["traceback"] = ""
+        attempt = AttemptState(run.attempt_count, started, machine, run.queue)
+        attempt.finished_at = now
+        attempt.status = "FAILED"
+        attempt.error = record
+        sched.writer.mark_attempt(run, attempt)
+        run.error = record
+        run.status = transition(run.status, S.REATTEMPTING)
+        run.delay_until = None
+        run.retrying = "restart"
+        run.updated_at = now
+    sched.writer.mark(run)
+    if not sched.config.resume:
+        sched.held.append(run)
+        return
+    schedule_recovered(sched, run)
+
+def schedule_recovered(sched: Scheduler, run: RunState) -> None:
+    """Arm an adopted run: owed work goes first, recorded delays and retries keep their time."""
+    if run.retrying:
+        sched.enqueue(run, front=True)
+    elif run.status in (S.DELAYED, S.REATTEMPTING) and run.delay_until is not None:
+        run.timer = sched.clock.call_at(
+            run.delay_until, partial(sched.enqueue, run, run.status is S.REATTEMPTING))
+    else:
+        sched.enqueue(run, front=run.status is S.REATTEMPTING)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._durations import Duration, parse_delay, parse_duration
 from ._errors import ConfigurationError, EngineError, RunNotFoundError
+from ._events import RunEvent
 from ._models import Run
 from ._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, run_model
-from ._scheduler import RunEvent
 from ._status import FINAL, RunStatus
 
 if TYPE_CHECKING:
@@ -282,12 +282,14 @@ class RunsAPI:
         return [r.id for r in self.engine.scheduler.held]
 
     def resume_interrupted(self) -> int:
+        from ._recovery import schedule_recovered
+
         eng = self.engine
 
         def _go() -> int:
             held, eng.scheduler.held = eng.scheduler.held, []
             for run in held:
-                eng.scheduler.schedule_recovered(run)
+                schedule_recovered(eng.scheduler, run)
             return len(held)
 
         return int(self._on_loop(_go))

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, TypeVar
 
@@ -30,7 +28,8 @@ from ._context import (
     TaskInfo,
 )
 from ._errors import KernelRestartError, MaxDurationExceededError
-from ._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, error_record
+from ._events import EngineConfig, RunEvent, RunSink, attributes_json
+from ._lifecycle import AttemptOutcome, AttemptPlan, error_record
 from ._models import MACHINES, RetryOptions
 from ._queues import Dispatcher
 from ._retry import decide, effective_options
@@ -46,59 +45,6 @@ S = RunStatus
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
 _MACHINE_INFO = {name: MachineInfo(p.name, p.cpu, p.memory) for name, p in MACHINES.items()}
-
-
-def _attributes_json(attrs: dict[str, Any]) -> str:
-    """Log attributes as JSON. A value JSON cannot hold is kept as its str(): a log line must
-    never fail the run that writes it (nor vanish when a sync body writes it)."""
-    return json.dumps(attrs, ensure_ascii=False, separators=(",", ":"), default=str)
-
-
-@dataclass(frozen=True, slots=True)
-class RunEvent:
-    """Published on every change. `kind`: created, status, log, metadata."""
-
-    kind: str
-    run_id: str
-    task_id: str
-    status: RunStatus
-    at: float
-
-
-@dataclass(slots=True)
-class EngineConfig:
-    """Settings `configure()` changes at any time; read at each attempt."""
-
-    concurrency_limit: int = 100
-    retry: RetryOptions | None = field(default_factory=RetryOptions)
-    machine: str = "kernel"
-    hooks: GlobalHooks = field(default_factory=GlobalHooks)
-    resume: bool = True
-
-
-class RunSink:
-    """An attempt's side effects, marshalled onto the engine loop from whatever thread."""
-
-    __slots__ = ("run", "sched")
-
-    def __init__(self, sched: Scheduler, run: RunState) -> None:
-        self.sched = sched
-        self.run = run
-
-    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
-        if threading.get_ident() == self.sched.loop_thread:
-            fn(*args)
-        else:
-            self.sched.loop.call_soon_threadsafe(fn, *args)
-
-    def log(self, level: str, message: str, attributes: dict[str, Any] | None) -> None:
-        self._on_loop(self.sched.log, self.run, level, message, attributes)
-
-    def metadata_changed(self, metadata: dict[str, Any]) -> None:
-        self._on_loop(self.sched.set_metadata, self.run, metadata)
-
-    def tags_changed(self, tags: list[str]) -> None:
-        self._on_loop(self.sched.set_tags, self.run, tags)
 
 
 class Scheduler:
@@ -153,7 +99,7 @@ class Scheduler:
 
     def log(self, run: RunState, level: str, message: str, attrs: dict[str, Any] | None) -> None:
         self.writer.log((run.id, self.clock.now(), level, message,
-                         _attributes_json(attrs) if attrs else None))
+                         attributes_json(attrs) if attrs else None))
         self.emit("log", run)
 
     def set_metadata(self, run: RunState, metadata: dict[str, Any]) -> None:
@@ -179,7 +125,7 @@ class Scheduler:
             if run.status is S.WAITING_FOR_DEPLOY:
                 if run.retrying != "restart":  # a restart's retry is decided from here
                     self._set(run, S.QUEUED)
-                self._enqueue(run, front=bool(run.retrying))
+                self.enqueue(run, front=bool(run.retrying))
 
     # ------------------------------------------------------------------ submission
 
@@ -203,12 +149,12 @@ class Scheduler:
         self.writer.mark(run)
         self.emit("created", run)
         if run.status is S.DELAYED and run.delay_until is not None:
-            run.timer = self.clock.call_at(run.delay_until, partial(self._enqueue, run))
+            run.timer = self.clock.call_at(run.delay_until, partial(self.enqueue, run))
         else:
-            self._enqueue(run)
+            self.enqueue(run)
         return run
 
-    def _enqueue(self, run: RunState, front: bool = False) -> None:
+    def enqueue(self, run: RunState, front: bool = False) -> None:
         if run.is_final:
             return
         run.timer = None
@@ -345,7 +291,7 @@ class Scheduler:
                 run.machine = outcome.machine
             run.delay_until = outcome.retry_at
             self._set(run, S.REATTEMPTING)
-            run.timer = self.clock.call_at(outcome.retry_at, partial(self._enqueue, run, True))
+            run.timer = self.clock.call_at(outcome.retry_at, partial(self.enqueue, run, True))
         else:
             self._finish(run, outcome.status, error=outcome.error)
 
@@ -358,10 +304,10 @@ class Scheduler:
         self.writer.mark(run)
         self.emit("status", run)
         if at is None:
-            self._enqueue(run)
+            self.enqueue(run)
         else:
             run.queued_at = at
-            run.timer = self.clock.call_at(at, partial(self._enqueue, run))
+            run.timer = self.clock.call_at(at, partial(self.enqueue, run))
 
     # ------------------------------------------------------------------ endings
 
@@ -506,58 +452,6 @@ class Scheduler:
 
     # ------------------------------------------------------------------ restart recovery
 
-    def adopt(self, run: RunState, attempt_started: float | None = None) -> None:
-        """Take over a run left non-final by a dead kernel; its recorded times are kept.
-
-        An attempt that was executing died with its kernel: it is recorded as failed with
-        KernelRestartError, and the run's retry is decided under its task's policy once the task
-        is defined (WAITING_FOR_DEPLOY until then). An attempt that was waiting is resumed: it
-        runs again under the same number and its recorded waits return at once or at their
-        recorded times (nbtasks._recovery). Both marks are stored, so a second restart before
-        they are acted on still knows what is owed.
-        """
-        self.active[run.id] = run
-        run.owner = self.owner
-        run.seq = next(self.seq)
-        if run.idempotency_key is not None:
-            self.idempotency[(run.task_id, run.idempotency_key)] = run
-        now = self.clock.now()
-        machine = run.machine or "kernel"
-        started = attempt_started or run.started_at or run.updated_at
-        if run.status is S.WAITING:
-            run.retrying = "resume"
-        if run.retrying == "resume":
-            run.attempt = AttemptState(run.attempt_count, started, machine, run.queue)
-        elif run.status is S.EXECUTING:
-            record = error_record(KernelRestartError(
-                f"the kernel stopped while attempt {run.attempt_count} was executing"))
-            record["traceback"] = ""
-            attempt = AttemptState(run.attempt_count, started, machine, run.queue)
-            attempt.finished_at = now
-            attempt.status = "FAILED"
-            attempt.error = record
-            self.writer.mark_attempt(run, attempt)
-            run.error = record
-            run.status = transition(run.status, S.REATTEMPTING)
-            run.delay_until = None
-            run.retrying = "restart"
-            run.updated_at = now
-        self.writer.mark(run)
-        if not self.config.resume:
-            self.held.append(run)
-            return
-        self.schedule_recovered(run)
-
-    def schedule_recovered(self, run: RunState) -> None:
-        """Arm an adopted run: owed work goes first, recorded delays and retries keep their time."""
-        if run.retrying:
-            self._enqueue(run, front=True)
-        elif run.status in (S.DELAYED, S.REATTEMPTING) and run.delay_until is not None:
-            run.timer = self.clock.call_at(
-                run.delay_until, partial(self._enqueue, run, run.status is S.REATTEMPTING))
-        else:
-            self._enqueue(run, front=run.status is S.REATTEMPTING)
-
     def _retry_after_restart(self, run: RunState, defn: TaskDefinition) -> None:
         """The task of a run whose attempt died with its kernel is defined: apply its policy."""
         run.retrying = ""
@@ -571,4 +465,4 @@ class Scheduler:
             self._set(run, S.REATTEMPTING)
         run.delay_until = decision.retry_at
         self.writer.mark(run)
-        run.timer = self.clock.call_at(decision.retry_at, partial(self._enqueue, run, True))
+        run.timer = self.clock.call_at(decision.retry_at, partial(self.enqueue, run, True))

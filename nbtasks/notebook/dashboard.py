@@ -36,7 +36,7 @@ from .trigger_form import TriggerForm
 
 if TYPE_CHECKING:
     from .._engine import Engine
-    from .._scheduler import RunEvent
+    from .._events import RunEvent
     from .._tasks import TaskDefinition
 
 RUNS, TEST, QUEUES, TIMELINE = range(4)

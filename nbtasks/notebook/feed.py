@@ -29,7 +29,7 @@ from .._errors import EngineError
 
 if TYPE_CHECKING:
     from .._engine import Engine
-    from .._scheduler import RunEvent
+    from .._events import RunEvent
 
 log = logging.getLogger("nbtasks.notebook")
 

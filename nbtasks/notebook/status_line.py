@@ -23,7 +23,7 @@ from .feed import DONE, feed_for
 
 if TYPE_CHECKING:
     from .._engine import Engine
-    from .._scheduler import RunEvent
+    from .._events import RunEvent
 
 
 class StatusLine(widgets.HBox):  # type: ignore[misc]
