@@ -85,6 +85,7 @@ class Engine(ResultWaiting):
         self.inline = InlineExecutor()
         self.preset_executor: Executor | None = executor
         self.closed = False
+        self._lookups = {}
         self.task = TaskFactory(self.registry)
         self.schema_task = self.task.schema_task
         self.runs = RunsAPI(lambda: self)
@@ -239,9 +240,24 @@ class Engine(ResultWaiting):
         return RunState(str(run_id), run.task_id, "null", self.clock.now())
 
     async def _submit_durable(self, run: RunState, queue: QueueRequest | None) -> RunState:
+        return await self._submit_when_durable(run, queue)
+
+    def _submit_when_durable(self, run: RunState,
+                             queue: QueueRequest | None) -> asyncio.Future[RunState]:
+        """Submit now; a future for the run, resolved once it is committed (no task needed)."""
         got = self._submit(run, queue)
-        await self.writer.barrier()
-        return got
+        out: asyncio.Future[RunState] = self.runtime.loop.create_future()
+
+        def _committed(barrier: asyncio.Future[None]) -> None:
+            if out.done():
+                return
+            if barrier.cancelled() or barrier.exception() is None:
+                out.set_result(got)
+            else:
+                out.set_exception(barrier.exception())  # type: ignore[arg-type]
+
+        self.writer.barrier().add_done_callback(_committed)
+        return out
 
     def trigger_encoded(self, defn: TaskDefinition, payload_json: str,
                         options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
@@ -254,7 +270,7 @@ class Engine(ResultWaiting):
                             options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
         """trigger() for async callers on any loop: returns once the run is durable."""
         run, queue = self._prepare(defn, payload_json, options, **extra)
-        got = await self.runtime.run(self._submit_durable, run, queue)
+        got = await self.runtime.run(self._submit_when_durable, run, queue)
         return self._handle(got, run)
 
     async def trigger_and_wait_encoded(self, defn: TaskDefinition, payload_json: str,

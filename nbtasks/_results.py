@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,33 @@ def _result_of(run: RunState) -> Result[Any]:
     return Result(run.id, run.task_id, run.status, run.output_json, run.error)
 
 
-def _settle(fut: asyncio.Future[Result[Any]], run: RunState) -> None:
-    if not fut.done():
-        fut.set_result(_result_of(run))
+class _Collector:
+    """Results of several runs into one future, in order; the first error fails it."""
+
+    __slots__ = ("fut", "left", "results", "single")
+
+    def __init__(self, fut: asyncio.Future[Any], n: int, single: bool) -> None:
+        self.fut = fut
+        self.results: list[Any] = [None] * n
+        self.left = n
+        self.single = single
+        if n == 0:
+            fut.set_result([])
+
+    def put(self, i: int, answer: Result[Any] | BaseException) -> None:
+        fut = self.fut
+        if fut.done():
+            return
+        if isinstance(answer, BaseException):
+            fut.set_exception(answer)
+            return
+        self.results[i] = answer
+        self.left -= 1
+        if self.left == 0:
+            fut.set_result(self.results[0] if self.single else self.results)
+
+    def put_run(self, i: int, run: RunState) -> None:
+        self.put(i, _result_of(run))
 
 
 class ResultWaiting:
@@ -42,21 +67,28 @@ class ResultWaiting:
     scheduler: Scheduler
     store: Store
     runs: RunsAPI
+    _lookups: dict[str, list[Callable[[Result[Any] | BaseException], None]]]
 
+    def _collect(self, run_ids: list[str], single: bool) -> asyncio.Future[Any]:
+        """One future for the results of `run_ids`, in order, once each is final and durable.
 
-    def _result_futures(self, run_ids: list[str]) -> list[asyncio.Future[Result[Any]]]:
-        """A future per run, resolved once it is final and durable.
-
-        Runs already finished are read from the store in one query, not one per id.
+        Active runs call back when they finish; the others are read from the store, and those
+        reads are gathered until the loop next turns, so thousands of `await handle` arriving
+        together cost a few queries. One future for the lot, not one per run.
         """
         loop = self.runtime.loop
-        futures: list[asyncio.Future[Result[Any]]] = []
-        stored: dict[str, asyncio.Future[Result[Any]]] = {}
-        for run_id in run_ids:
-            fut: asyncio.Future[Result[Any]] = loop.create_future()
-            futures.append(fut)
-            if not self.scheduler.on_final(run_id, partial(_settle, fut)):
-                stored[run_id] = fut
+        collector = _Collector(loop.create_future(), len(run_ids), single)
+        lookups = self._lookups
+        for i, run_id in enumerate(run_ids):
+            if not self.scheduler.on_final(run_id, partial(collector.put_run, i)):
+                if not lookups:
+                    loop.call_soon(self._look_up)
+                lookups.setdefault(run_id, []).append(partial(collector.put, i))
+        return collector.fut
+
+    def _look_up(self) -> None:
+        """Answer the gathered store reads, up to 500 ids per query."""
+        stored, self._lookups = self._lookups, {}
         ids = list(stored)
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
@@ -64,17 +96,16 @@ class ResultWaiting:
                 "SELECT id, task_id, status, output, error FROM runs WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", tuple(chunk))
             for run_id, task_id, status, output, error in rows:
-                fut = stored.pop(run_id)
                 st = RunStatus(status)
-                if st in FINAL:
-                    fut.set_result(Result(run_id, task_id, st, output, loads(error)))
-                else:
-                    fut.set_exception(EngineError(
-                        f"run {run_id} is not final and is owned by another kernel; poll "
-                        "runs.retrieve() to follow it"))
-        for run_id, fut in stored.items():
-            fut.set_exception(RunNotFoundError(f"no run with id {run_id!r}"))
-        return futures
+                answer: Result[Any] | BaseException = (
+                    Result(run_id, task_id, st, output, loads(error)) if st in FINAL
+                    else EngineError(f"run {run_id} is not final and is owned by another "
+                                     "kernel; poll runs.retrieve() to follow it"))
+                for put in stored.pop(run_id):
+                    put(answer)
+        for run_id, puts in stored.items():
+            for put in puts:
+                put(RunNotFoundError(f"no run with id {run_id!r}"))
 
     def _parked(self, scope: AttemptScope | None) -> RunState | None:
         if scope is None or scope.engine is not self:
@@ -82,16 +113,17 @@ class ResultWaiting:
         run: RunState | None = self.scheduler.active.get(scope.ctx.run.id)
         return run
 
-    async def _wait_one(self, run_id: str, scope: AttemptScope | None) -> Result[Any]:
-        (fut,) = self._result_futures([run_id])
+    def _wait_one(self, run_id: str, scope: AttemptScope | None) -> Awaitable[Result[Any]]:
+        """The result future itself, or (inside a run) the park that waits on it."""
+        fut: asyncio.Future[Result[Any]] = self._collect([run_id], single=True)
         parent = self._parked(scope)
-        return await (self.scheduler.park(parent, fut) if parent is not None else fut)
+        return self.scheduler.park(parent, fut) if parent is not None else fut
 
-    async def _wait_many(self, run_ids: list[str], scope: AttemptScope | None) -> list[Result[Any]]:
-        gathered = asyncio.gather(*self._result_futures(run_ids))
+    def _wait_many(self, run_ids: list[str],
+                   scope: AttemptScope | None) -> Awaitable[list[Result[Any]]]:
+        fut: asyncio.Future[list[Result[Any]]] = self._collect(run_ids, single=False)
         parent = self._parked(scope)
-        return list(await (self.scheduler.park(parent, gathered) if parent is not None
-                           else gathered))
+        return self.scheduler.park(parent, fut) if parent is not None else fut
 
     async def result_async(self, run_id: str) -> Result[Any]:
         scope = CURRENT.get()

@@ -94,6 +94,13 @@ class GroupWriter:
         if self._busy or self._scheduled:
             return
         self._scheduled = True
+        self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        # One more turn of the loop before the batch is cut: attempts started by what was just
+        # marked take their first step in that turn, and a run that finishes there (a quick
+        # one) is written once, final, instead of once queued and again completed. Nobody
+        # waits longer for durability than one loop turn.
         self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
