@@ -104,6 +104,11 @@ class Dispatcher:
     def push(self, queue: str, key: str | None, sort: SortKey, start: Callable[[], None]) -> None:
         """Queue `start`, called with a slot held once this item's turn comes."""
         sq = self.queue(queue).sub(key)
+        if not sq.heap and self.running < self.limit and sq.eligible():
+            # Nothing eligible is waiting (pump leaves only blocked entries while slots are
+            # free), so this item is next anyway: skip both heaps.
+            self._take(sq, start)
+            return
         heapq.heappush(sq.heap, (sort, start))
         if sq.heap[0][0] is sort:
             heapq.heappush(self._ready, (sort, next(self._seq), sq))
@@ -158,12 +163,17 @@ class Dispatcher:
             if not sq.heap or sq.heap[0][0] != sort or not sq.eligible():
                 continue  # stale entry, or blocked: re-offered when a slot frees
             _, start = heapq.heappop(sq.heap)
-            q = sq.queue
-            sq.running += 1
-            q.running += 1
-            self.running += 1
-            q.peak = max(q.peak, q.running)
-            q.peak_per_key = max(q.peak_per_key, sq.running)
             if sq.heap:
                 heapq.heappush(ready, (sq.heap[0][0], next(self._seq), sq))
-            start()
+            self._take(sq, start)
+
+    def _take(self, sq: SubQueue, start: Callable[[], None]) -> None:
+        q = sq.queue
+        sq.running += 1
+        q.running += 1
+        self.running += 1
+        if q.running > q.peak:
+            q.peak = q.running
+        if sq.running > q.peak_per_key:
+            q.peak_per_key = sq.running
+        start()

@@ -79,6 +79,9 @@ class Scheduler:
         self.subscribers: list[Callable[[RunEvent], None]] = []
         self.seq = itertools.count(1)
         self.late_results = 0
+        # ctx parts that never change for a task or a queue: made once, shared by attempts
+        self._task_infos: dict[str, TaskInfo] = {}
+        self._queue_infos: dict[str, QueueInfo] = {}
         #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
         #: a task of its own); stop() cancels them so the body's thread is let go.
         self.blocking: dict[str, set[asyncio.Task[Any]]] = {}
@@ -214,13 +217,19 @@ class Scheduler:
 
     def _context(self, defn: TaskDefinition, run: RunState, number: int, now: float,
                  signal: CancelSignal) -> TaskContext:
+        task_info = self._task_infos.get(defn.id)
+        if task_info is None:
+            task_info = self._task_infos[defn.id] = TaskInfo(defn.id)
+        queue_info = self._queue_infos.get(run.queue)
+        if queue_info is None:
+            queue_info = self._queue_infos[run.queue] = QueueInfo(run.queue)
         return TaskContext(
-            task=TaskInfo(defn.id),
+            task=task_info,
             run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
                         to_datetime(run.created_at),  # type: ignore[arg-type]
                         run.parent_id, run.root_id, run.batch_id, run.max_attempts),
             attempt=AttemptInfo(number, to_datetime(now)),  # type: ignore[arg-type]
-            queue=QueueInfo(run.queue),
+            queue=queue_info,
             machine=_MACHINE_INFO[run.machine or "kernel"],
             signal=signal,
         )
