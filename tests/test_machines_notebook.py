@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
-import nbformat
 import pytest
-from nbclient import NotebookClient
+from _helpers import execute_notebook
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "04-machines.ipynb"
 
 
 @pytest.mark.timeout(400)
 def test_machines_notebook(tmp_path: Path) -> None:
-    target = tmp_path / NOTEBOOK.name
-    shutil.copy(NOTEBOOK, target)
-    nb = nbformat.read(target, as_version=4)
-    NotebookClient(nb, timeout=300, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    nb = execute_notebook(NOTEBOOK, tmp_path, timeout=300)
     streams = [out for cell in nb.cells for out in cell.get("outputs", [])]
     assert not [o for o in streams if o.get("output_type") == "error"]
     text = "".join(o.get("text", "") for o in streams if o.get("name") == "stdout")

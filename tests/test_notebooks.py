@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from _helpers import execute_notebook
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 #: Notebooks with a dedicated test of their own (test_frames_notebook, test_machines_notebook,
@@ -27,14 +26,7 @@ def test_every_notebook_is_executed_by_some_test() -> None:
             assert path in GENERIC
 
 
-def execute(path: Path, workdir: Path, timeout: int = 120) -> nbformat.NotebookNode:
-    """Run a copy of `path` in `workdir` (its .nbtasks/ lands there) and return it executed."""
-    target = workdir / path.name
-    shutil.copy(path, target)
-    nb = nbformat.read(target, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
-                   resources={"metadata": {"path": str(workdir)}}).execute()
-    return nb
+execute = execute_notebook
 
 
 def outputs(nb: nbformat.NotebookNode) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import Gate
 
 import nbtasks
 from nbtasks import BatchItem, ConfigurationError, Engine, RunStatus
@@ -18,18 +19,6 @@ from nbtasks import BatchItem, ConfigurationError, Engine, RunStatus
 WaitStatus = Callable[..., RunStatus]
 
 
-class Gate:
-    """An asyncio.Event for async bodies on the engine loop, opened from the test thread."""
-
-    def __init__(self, eng: Engine) -> None:
-        self.loop = eng.runtime.loop
-        self.event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-
-    def open(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
 
 
 class Meter:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
+
+from _helpers import Gate
 
 import nbtasks
 from nbtasks import Engine, RunStatus
@@ -13,18 +14,6 @@ from nbtasks.testing import ManualClock
 WaitStatus = Callable[..., RunStatus]
 
 
-class Gate:
-    """An asyncio.Event for async bodies on the engine loop, opened from the test thread."""
-
-    def __init__(self, eng: Engine) -> None:
-        self.loop = eng.runtime.loop
-        self.event = asyncio.Event()
-
-    async def wait(self) -> None:
-        await self.event.wait()
-
-    def open(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
 
 
 def ordered_task(eng: Engine, task_id: str, order: list[str], gate: Gate, **options: Any) -> Any:

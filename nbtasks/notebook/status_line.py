@@ -13,7 +13,7 @@ notebook full of old handles costs nothing. Its text/plain form is the handle's 
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .._status import FINAL, RunStatus
 from . import queries
@@ -26,7 +26,19 @@ if TYPE_CHECKING:
     from .._events import RunEvent
 
 
-class StatusLine(widgets.HBox):  # type: ignore[misc]
+class _FedBox(widgets.HBox):  # type: ignore[misc]
+    """An HBox fed by the engine's event feed: closing it stops the feed and its children."""
+
+    _feed: Any
+
+    def close(self) -> None:
+        self._feed.remove(self)
+        for child in self.children:
+            child.close()
+        super().close()
+
+
+class StatusLine(_FedBox):
     """Badge, id, task, attempt and time, and a Cancel button while the run can be cancelled."""
 
     def __init__(self, engine: Engine, run_id: str, task_id: str) -> None:
@@ -79,11 +91,6 @@ class StatusLine(widgets.HBox):  # type: ignore[misc]
         if self._render(note) == DONE:
             self._feed.remove(self)
 
-    def close(self) -> None:
-        self._feed.remove(self)
-        for child in self.children:
-            child.close()
-        super().close()
 
     def __repr__(self) -> str:
         return f"<RunHandle {self.run_id} task={self.task_id!r} {self.status}>"
@@ -92,7 +99,7 @@ class StatusLine(widgets.HBox):  # type: ignore[misc]
 _FINAL = frozenset(s.value for s in FINAL)
 
 
-class BatchProgress(widgets.HBox):  # type: ignore[misc]
+class BatchProgress(_FedBox):
     """A batch's bar and label, `12/50 done · 2 failed`; danger style once any run failed."""
 
     def __init__(self, engine: Engine, batch_id: str, run_ids: list[str]) -> None:
@@ -143,11 +150,6 @@ class BatchProgress(widgets.HBox):  # type: ignore[misc]
                 self._bar.bar_style = "danger"
                 self._label.value += " · wait stopped"
 
-    def close(self) -> None:
-        self._feed.remove(self)
-        for child in self.children:
-            child.close()
-        super().close()
 
     def __repr__(self) -> str:
         return f"<batch {self.batch_id}: {len(self._done)}/{len(self.run_ids)} done>"

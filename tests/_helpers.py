@@ -1,0 +1,38 @@
+"""Helpers shared by several test files (not fixtures: plain functions and classes)."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+from nbtasks import Engine
+
+NOTEBOOKS_DIR = Path(__file__).parent.parent / "notebooks"
+
+
+def execute_notebook(path: Path, workdir: Path, timeout: int = 180) -> nbformat.NotebookNode:
+    """Run a copy of `path` in `workdir` with a real kernel (its .nbtasks/ lands there)."""
+    target = workdir / path.name
+    shutil.copy(path, target)
+    nb = nbformat.read(target, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    return nb
+
+
+class Gate:
+    """An asyncio.Event for async bodies on the engine loop, opened from the test thread."""
+
+    def __init__(self, eng: Engine) -> None:
+        self.loop = eng.runtime.loop
+        self.event = asyncio.Event()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+    def open(self) -> None:
+        self.loop.call_soon_threadsafe(self.event.set)
