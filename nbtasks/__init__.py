@@ -90,6 +90,14 @@ class _Tasks:
     def batch_trigger(self, task_id: str, items: list[Any], **options: Any) -> BatchHandle[Any]:
         return self._task(task_id).batch_trigger(items, **options)
 
+    async def batch_trigger_and_wait(self, task_id: str, items: list[Any],
+                                     **options: Any) -> BatchResult[Any]:
+        return await self._task(task_id).batch_trigger_and_wait(items, **options)
+
+    async def trigger_async(self, task_id: str, payload: Any = None,
+                            **options: Any) -> RunHandle[Any]:
+        return await self._task(task_id).trigger_async(payload, **options)
+
 
 class _IdempotencyKeys:
     """`nbtasks.idempotency_keys.create(key, scope="run"|"attempt"|"global")`."""

@@ -208,6 +208,11 @@ def test_tasks_trigger_by_id_and_unknown_id() -> None:
     assert handle.task_id == "core-trigger-by-id"
     assert handle.wait(timeout=10).output == 2
     assert asyncio.run(nbtasks.tasks.trigger_and_wait("core-trigger-by-id", {"x": 2})).output == 3
+    batch = asyncio.run(nbtasks.tasks.batch_trigger_and_wait("core-trigger-by-id",
+                                                              [{"x": 3}, {"x": 4}]))
+    assert [r.output for r in batch] == [4, 5]
+    started = asyncio.run(nbtasks.tasks.trigger_async("core-trigger-by-id", {"x": 5}))
+    assert started.wait(timeout=10).output == 6
     with pytest.raises(UnknownTaskError, match="no-such-task") as info:
         nbtasks.tasks.trigger("no-such-task", {})
     assert isinstance(info.value, LookupError)
