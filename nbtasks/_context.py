@@ -20,7 +20,7 @@ import threading
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from ._errors import ConfigurationError, EngineError
@@ -77,21 +77,34 @@ class TaskInfo:
 
 @dataclass(frozen=True, slots=True)
 class RunInfo:
+    """`ctx.run`. Times are kept as epoch seconds and made datetimes only when read: most
+    attempts never look, and every attempt builds one."""
+
     id: str
     tags: tuple[str, ...]
     is_test: bool
     idempotency_key: str | None
-    created_at: datetime
+    created_ts: float
     parent_id: str | None = None
     root_id: str | None = None
     batch_id: str | None = None
     max_attempts: int | None = None
 
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created_ts, UTC)
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptInfo:
+    """`ctx.attempt`: the 1-based attempt number and when it started."""
+
     number: int
-    started_at: datetime
+    started_ts: float
+
+    @property
+    def started_at(self) -> datetime:
+        return datetime.fromtimestamp(self.started_ts, UTC)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
-from ._clock import Clock, to_datetime
+from ._clock import Clock
 from ._context import (
     AttemptInfo,
     AttemptScope,
@@ -226,9 +226,9 @@ class Scheduler:
         return TaskContext(
             task=task_info,
             run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
-                        to_datetime(run.created_at),  # type: ignore[arg-type]
-                        run.parent_id, run.root_id, run.batch_id, run.max_attempts),
-            attempt=AttemptInfo(number, to_datetime(now)),  # type: ignore[arg-type]
+                        run.created_at, run.parent_id, run.root_id, run.batch_id,
+                        run.max_attempts),
+            attempt=AttemptInfo(number, now),
             queue=queue_info,
             machine=_MACHINE_INFO[run.machine or "kernel"],
             signal=signal,
