@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from ._engine import Engine
 
 OPTIONS = ("store", "on_start", "on_success", "on_failure", "retry", "machine",
-           "concurrency_limit", "executor", "resume", "log_level", "clock")
+           "concurrency_limit", "executor", "resume", "log_level", "clock", "loop_block_warning")
 
 _lock = threading.Lock()
 _default: Engine | None = None
@@ -35,6 +35,9 @@ def _check(options: dict[str, Any]) -> None:
         parse_retry(options["retry"], where="configure: retry")
     if "machine" in options:
         check_machine(options["machine"], where="configure: machine")
+    warn = options.get("loop_block_warning", 0)
+    if isinstance(warn, bool) or not isinstance(warn, int | float) or warn < 0:
+        raise ConfigurationError("configure: loop_block_warning must be seconds >= 0 (0 turns it off)")
     if "log_level" in options and options["log_level"] not in ("none", "error", "warn", "info",
                                                                 "debug"):
         raise ConfigurationError("configure: log_level must be none|error|warn|info|debug")
@@ -55,6 +58,9 @@ def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
         cfg.machine = options["machine"]
     if "resume" in options:
         cfg.resume = bool(options["resume"])
+    if "loop_block_warning" in options:
+        cfg.loop_block_warning = float(options["loop_block_warning"])
+        engine.on_loop(setattr, engine.scheduler.watch, "threshold", cfg.loop_block_warning)
     if "log_level" in options:
         from ._context import _Logger
 
@@ -105,8 +111,9 @@ def configure(**options: Any) -> None:
     """Set hooks, defaults, executor and store for the module-level API.
 
     Options: store (path or ":memory:"), on_start, on_success, on_failure, retry, machine,
-    concurrency_limit, executor, resume, log_level, clock. Changing `store` or `clock` after
-    the default engine started closes it and starts a new one on the next call.
+    concurrency_limit, executor, resume, log_level, clock, loop_block_warning (seconds; 0 turns
+    the blocked-loop warning off). Changing `store` or `clock` after the default engine started
+    closes it and starts a new one on the next call.
     """
     global _default
     _check(options)

@@ -69,10 +69,12 @@ class Engine(ResultWaiting):
         on_start: Any = None,
         on_success: Any = None,
         on_failure: Any = None,
+        loop_block_warning: float = 1.0,
     ) -> None:
         self.config = EngineConfig(concurrency_limit=_check_limit(concurrency_limit),
                                    resume=resume,
-                                   hooks=GlobalHooks(on_start, on_success, on_failure))
+                                   hooks=GlobalHooks(on_start, on_success, on_failure),
+                                   loop_block_warning=loop_block_warning)
         if retry is not NOT_GIVEN:
             self.config.retry = parse_retry(retry, where="configure: retry")
         self.config.machine = check_machine(machine, where="configure: machine")

@@ -48,6 +48,8 @@ class EngineConfig:
     machine: str = "kernel"
     hooks: GlobalHooks = field(default_factory=GlobalHooks)
     resume: bool = True
+    #: Seconds the engine loop may be blocked before a warning names the runs executing (0: off).
+    loop_block_warning: float = 1.0
 
 
 class RunSink:

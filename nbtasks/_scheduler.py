@@ -36,6 +36,7 @@ from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
 from ._status import RunStatus, transition
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition
+from ._watchdog import LoopWatch
 from ._writer import GroupWriter
 from .executors._base import Executor
 
@@ -79,6 +80,7 @@ class Scheduler:
         self.subscribers: list[Callable[[RunEvent], None]] = []
         self.seq = itertools.count(1)
         self.late_results = 0
+        self.watch = LoopWatch(self, config.loop_block_warning)
         # ctx parts that never change for a task or a queue: made once, shared by attempts
         self._task_infos: dict[str, TaskInfo] = {}
         self._queue_infos: dict[str, QueueInfo] = {}
@@ -194,6 +196,7 @@ class Scheduler:
         """The dispatcher gave `run` a slot: resume its wait, or start its next attempt."""
         run.holds_slot = True
         run.start_fn = None
+        self.watch.arm(run)
         if run.ttl_timer is not None:
             run.ttl_timer.cancel()
             run.ttl_timer = None

@@ -1,0 +1,72 @@
+"""A warning when something blocks the engine loop.
+
+An `async def` body that calls blocking code (`time.sleep`, a synchronous HTTP client, heavy CPU)
+holds the engine's loop: no other run progresses, no trigger() returns. That is the most common
+mistake in a notebook, and it looks like a hang. While runs execute, a timer checks how late the
+loop wakes it; a stall past the threshold is logged on the kernel runs that executed since the
+last check and once on the `nbtasks` logger. When nothing runs there is no timer at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from ._status import RunStatus
+
+if TYPE_CHECKING:
+    from ._runstate import RunState
+    from ._scheduler import Scheduler
+
+log = logging.getLogger("nbtasks")
+
+
+class LoopWatch:
+    """Armed by the scheduler whenever an attempt starts; disarms itself when all is idle."""
+
+    def __init__(self, sched: Scheduler, threshold: float = 1.0) -> None:
+        self.sched = sched
+        self.threshold = threshold
+        self._handle: asyncio.TimerHandle | None = None
+        self._due = 0.0
+        self.stalls = 0
+        #: Runs started since the last check: the stall happened in one of them, and it may
+        #: well have finished by the time the loop is free to notice.
+        self._seen: list[RunState] = []
+
+    def arm(self, run: RunState | None = None) -> None:
+        if run is not None and (run.machine or "kernel") == "kernel" and self.threshold > 0:
+            self._seen.append(run)
+        if self._handle is None and self.threshold > 0:
+            loop = self.sched.loop
+            self._due = loop.time() + min(0.25, self.threshold / 2)
+            self._handle = loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        loop = self.sched.loop
+        lag = loop.time() - self._due
+        self._handle = None
+        seen, self._seen = self._seen, []
+        executing = [run for run in seen if run.status is RunStatus.EXECUTING]
+        if lag >= self.threshold:
+            self._report(lag, seen)
+        self._seen = executing
+        if self.sched.dispatcher.running:
+            self.arm()
+
+    def _report(self, lag: float, seen: list[RunState]) -> None:
+        self.stalls += 1
+        message = (f"the engine loop was blocked for {lag:.1f} s: an async task body that calls "
+                   "blocking code (time.sleep, a synchronous client, heavy CPU) stalls every "
+                   "run; await instead, or make the body a plain def (it then runs on a thread)")
+        blamed = list({run.id: run for run in seen}.values())
+        for run in blamed:
+            self.sched.log(run, "warn", message, {"blocked_seconds": round(lag, 3)})
+        log.warning("%s (runs executing: %s)", message,
+                    ", ".join(r.id for r in blamed[:5]) or "none")
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

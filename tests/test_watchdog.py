@@ -1,0 +1,66 @@
+"""A blocked engine loop is reported on the runs executing, and costs nothing when idle."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import pytest
+
+import nbtasks
+from nbtasks import ConfigurationError, Engine
+
+
+def _logs(eng: Engine, run_id: str) -> list[tuple[str, str]]:
+    eng.runs.retrieve(run_id)  # lets pending writes land
+    return [(str(r[0]), str(r[1])) for r in eng.store.select(
+        "SELECT level, message FROM logs WHERE run_id = ? ORDER BY ts", (run_id,))[1]]
+
+
+def test_blocking_async_body_is_named(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    engine.configure(loop_block_warning=0.2)
+
+    @engine.task(id="blocks-the-loop")
+    async def blocks(payload: None, ctx: Any) -> str:
+        time.sleep(0.6)  # noqa: ASYNC251 - the mistake being caught: blocking in async def
+        return "done"
+
+    with caplog.at_level(logging.WARNING, logger="nbtasks"):
+        handle = blocks.trigger(None)
+        assert handle.wait(timeout=10).output == "done"
+    warnings = [m for level, m in _logs(engine, handle.id) if level == "warn"]
+    assert len(warnings) == 1 and "engine loop was blocked for 0." in warnings[0]
+    assert "plain def" in warnings[0]
+    assert any(handle.id in r.getMessage() for r in caplog.records)
+    assert engine.scheduler.watch.stalls == 1
+
+
+def test_awaiting_bodies_raise_no_warning(engine: Engine) -> None:
+    engine.configure(loop_block_warning=0.2)
+
+    @engine.task(id="awaits")
+    async def awaits(payload: None, ctx: Any) -> None:
+        import asyncio
+
+        await asyncio.sleep(0.5)
+
+    handle = awaits.trigger(None)
+    handle.wait(timeout=10)
+    assert engine.scheduler.watch.stalls == 0
+    assert not [m for level, m in _logs(engine, handle.id) if level == "warn"]
+
+
+def test_no_timer_while_idle(engine: Engine) -> None:
+    engine.task(id="quick", run=lambda p, ctx: p).trigger(1).wait(timeout=10)
+    deadline = time.monotonic() + 5
+    while engine.scheduler.watch._handle is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert engine.scheduler.watch._handle is None
+
+
+def test_bad_threshold_is_rejected() -> None:
+    with pytest.raises(ConfigurationError, match="loop_block_warning"):
+        nbtasks.configure(loop_block_warning=-1)
+    with pytest.raises(ConfigurationError, match="loop_block_warning"):
+        nbtasks.configure(loop_block_warning="soon")
