@@ -35,6 +35,14 @@ def run_logs(eng: Engine, run_id: str) -> list[tuple[str, str, dict[str, Any] | 
     return [(lvl, msg, json.loads(attrs) if attrs else None) for lvl, msg, attrs in rows]
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (or is a zombie awaiting its parent): it can exit mid-check."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_until(check: Callable[[], Any], timeout: float = 20.0) -> Any:
     """Poll `check` every 10 ms until it returns something truthy."""
     deadline = time.monotonic() + timeout
@@ -210,8 +218,7 @@ def test_cancel_and_max_duration_kill_a_worker_stuck_in_c(
         assert handle.cancel()
     result = handle.wait(timeout=20)
     assert result.status is (RunStatus.CANCELED if ending == "cancel" else RunStatus.TIMED_OUT)
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: _gone(pid))
     # the pool replaced it: the next run gets a fresh worker
     again = eng.task(id="again", machine="micro", run=lambda p, ctx: os.getpid())
     assert again.trigger(None).wait(timeout=30).output not in (None, pid)

@@ -233,9 +233,10 @@ class ProcessExecutor:
         message = done.result() if done.done() else None
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
         if peak > limit:
-            used, cap = peak / 1024**2, limit / 1024**2
+            # Rounded up: a run just past the limit must not read "used 256 MB, over 256 MB".
+            used, cap = math.ceil(peak / 1024**2), limit / 1024**2
             return failed_outcome(plan, OutOfMemoryError(
-                f"the run used {used:.0f} MB of memory, over the {preset.name} machine's "
+                f"the run used {used} MB of memory, over the {preset.name} machine's "
                 f"{cap:.0f} MB; give it a bigger machine, or retry on one with "
                 "retry={'out_of_memory': {'machine': ...}}")), False
         if message is None:
