@@ -241,9 +241,6 @@ class Engine(ResultWaiting):
             return None
         return RunState(str(run_id), run.task_id, "null", self.clock.now())
 
-    async def _submit_durable(self, run: RunState, queue: QueueRequest | None) -> RunState:
-        return await self._submit_when_durable(run, queue)
-
     def _submit_when_durable(self, run: RunState,
                              queue: QueueRequest | None) -> asyncio.Future[RunState]:
         """Submit now; a future for the run, resolved once it is committed (no task needed)."""
@@ -266,7 +263,7 @@ class Engine(ResultWaiting):
         run, queue = self._prepare(defn, payload_json, options, **extra)
         if self.runtime.in_loop():  # inside an async body: durable with the next commit
             return self._handle(self._submit(run, queue), run)
-        return self._handle(self.runtime.call(self._submit_durable, run, queue), run)
+        return self._handle(self.runtime.call(self._submit_when_durable, run, queue), run)
 
     async def trigger_async(self, defn: TaskDefinition, payload_json: str,
                             options: dict[str, Any], **extra: Any) -> RunHandle[Any]:

@@ -30,7 +30,7 @@ from ._models import RetryOptions
 from ._payload import dumps, loads
 from ._retry import decide
 from ._status import RunStatus
-from ._tasks import TaskDefinition
+from ._tasks import TaskDefinition, _is_async
 
 SyncCaller = Callable[..., Awaitable[Any]]
 
@@ -83,8 +83,7 @@ def is_async(fn: Callable[..., Any]) -> bool:
     try:
         return _IS_ASYNC[fn]
     except (KeyError, TypeError):
-        result = inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-            getattr(fn, "__call__", None))  # noqa: B004 - async callable objects
+        result = _is_async(fn)
         with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
             _IS_ASYNC[fn] = result
         return result

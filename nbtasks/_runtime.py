@@ -120,7 +120,7 @@ class Runtime:
             # the caller's cancel (handle.wait(timeout) running out) must reach the task.
             if cf.cancelled():
                 return
-            task = self.loop.create_task(_as_coroutine(fn, *args))
+            task = self._begin(fn, args)
             task.add_done_callback(lambda t: _transfer(t, cf))
             cf.add_done_callback(lambda f: f.cancelled() and self.loop.call_soon_threadsafe(
                 task.cancel))
@@ -151,8 +151,7 @@ class Runtime:
         def _start() -> None:
             if fut.done():  # the caller gave up before the engine got to it
                 return
-            res = fn(*args)
-            done = res if asyncio.isfuture(res) else self.loop.create_task(_awaited(res))
+            done = self._begin(fn, args)
             started.append(done)
             done.add_done_callback(lambda t: back.post(_transfer, t, fut))
 
@@ -162,6 +161,18 @@ class Runtime:
         except asyncio.CancelledError:
             self.inbox.post(_cancel_all, started)
             raise
+
+    def _begin(self, fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> asyncio.Future[T]:
+        """On the loop: start `fn(*args)`. A returned future is used as it is (no task); a
+        coroutine gets a task. An error raised by the call itself lands in the future, so one
+        failing call never stops the mailbox from running the others posted with it."""
+        try:
+            res = fn(*args)
+        except BaseException as exc:
+            failed: asyncio.Future[T] = self.loop.create_future()
+            failed.set_exception(exc)
+            return failed
+        return res if asyncio.isfuture(res) else self.loop.create_task(_awaited(res))
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the loop; never blocks longer than `timeout` (a stuck body must not hang exit)."""
@@ -183,10 +194,6 @@ async def _awaited(aw: Awaitable[T]) -> T:
 def _cancel_all(tasks: list[asyncio.Future[Any]]) -> None:
     for task in tasks:
         task.cancel()
-
-
-async def _as_coroutine(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    return await fn(*args)
 
 
 async def _running_loop() -> asyncio.AbstractEventLoop:
