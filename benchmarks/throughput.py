@@ -42,43 +42,45 @@ def _engine(path: str) -> tuple[nbtasks.Engine, nbtasks.Task[int, None]]:
     return eng, eng.task(id="noop", run=noop)
 
 
-def nb_batch(n: int, path: str) -> float:
+def _timed(path: str, body: Callable[[nbtasks.Task[int, None]], None]) -> float:
+    """Seconds `body(task)` takes on a fresh engine (start-up and shutdown not counted)."""
     eng, task = _engine(path)
     try:
         t = time.perf_counter()
-        batches = [task.batch_trigger(list(range(i, min(i + 500, n)))) for i in range(0, n, 500)]
-        for b in batches:
-            assert all(r.ok for r in b.wait())
+        body(task)
         return time.perf_counter() - t
     finally:
         eng.close()
 
 
+def nb_batch(n: int, path: str) -> float:
+    def body(task: nbtasks.Task[int, None]) -> None:
+        batches = [task.batch_trigger(list(range(i, min(i + 500, n)))) for i in range(0, n, 500)]
+        for b in batches:
+            assert all(r.ok for r in b.wait())
+
+    return _timed(path, body)
+
+
 def nb_async(n: int, path: str) -> float:
-    eng, task = _engine(path)
-    try:
+    def body(task: nbtasks.Task[int, None]) -> None:
         async def go() -> None:
             handles = await asyncio.gather(*(task.trigger_async(i) for i in range(n)))
             results = await asyncio.gather(*handles)
             assert all(r.ok for r in results)
 
-        t = time.perf_counter()
         asyncio.run(go())
-        return time.perf_counter() - t
-    finally:
-        eng.close()
+
+    return _timed(path, body)
 
 
 def nb_loop(n: int, path: str) -> float:
-    eng, task = _engine(path)
-    try:
-        t = time.perf_counter()
+    def body(task: nbtasks.Task[int, None]) -> None:
         handles = [task.trigger(i) for i in range(n)]
         for h in handles:
             assert h.wait().ok
-        return time.perf_counter() - t
-    finally:
-        eng.close()
+
+    return _timed(path, body)
 
 
 def _best(fn: Callable[[], float], repeat: int) -> float:
