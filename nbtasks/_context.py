@@ -121,7 +121,7 @@ class MachineInfo:
 
 @dataclass(slots=True)
 class TaskContext:
-    """`ctx`, a snapshot taken when the attempt starts (reference §10), plus `init` and `signal`."""
+    """`ctx`, a snapshot taken when the attempt starts (Trigger.dev's context), plus `init` and `signal`."""
 
     task: TaskInfo
     run: RunInfo
@@ -176,7 +176,7 @@ def _level_index() -> int:
 
 
 class _Logger:
-    """`nbtasks.logger`: structured log lines recorded on the current run (reference §11.2)."""
+    """`nbtasks.logger`: structured log lines recorded on the current run."""
 
     level = "info"
 
@@ -212,7 +212,7 @@ logger = _Logger()
 
 
 class _Metadata:
-    """`nbtasks.metadata`: a JSON dict on the run, live while it executes (reference §11.1).
+    """`nbtasks.metadata`: a JSON dict on the run, live while it executes.
 
     Outside a run the writers do nothing and the readers return None.
     """
@@ -310,7 +310,7 @@ class _Tags:
         new = [t for t in check_tags(flat, where="tags.add") if t not in scope.tags]
         if not new:
             return
-        # Over the limit: reference §11.3 logs an error and returns without throwing.
+        # Over the limit: Trigger.dev logs an error and returns without throwing.
         if len(scope.tags) + len(new) > 10:
             scope.sink.log(
                 "error", f"tags.add: runs can only have 10 tags, you're trying to set "

@@ -5,10 +5,10 @@ on_start (attempt 1 only; global, then task) -> init -> middleware(next -> run) 
   failure: handle_error -> retry decision -> on_failure (task, then global; final failure only)
 -> cleanup (always)
 
-DESIGN.md's rules: errors in init, middleware, run and cleanup fail the attempt and the retry
-policy applies; errors in on_start/on_success/on_failure are logged on the run and change
-nothing; an error in handle_error ends the run CRASHED with no retry and no on_failure. The
-output is always run's value, whatever the middleware returns.
+The rules of docs/design.md (decision 2): errors in init, middleware, run and cleanup fail
+the attempt and the retry policy applies; errors in on_start/on_success/on_failure are logged
+on the run and change nothing; an error in handle_error ends the run CRASHED with no retry
+and no on_failure. The output is always run's value, whatever the middleware returns.
 
 This module runs wherever the attempt runs: on the engine loop, or inside a worker process.
 """

@@ -21,7 +21,7 @@ class _Options(BaseModel):
 
 
 class MachinePreset(_Options):
-    """A machine size: `cpu` in vCPUs and `memory` in GB (Trigger.dev's table, reference §5)."""
+    """A machine size: `cpu` in vCPUs and `memory` in GB (Trigger.dev's machine table)."""
 
     name: str
     cpu: float
@@ -69,7 +69,7 @@ class OutOfMemoryOptions(_Options):
 
 
 class RetryOptions(_Options):
-    """Trigger.dev's RetryOptions; the defaults are DESIGN.md's (3 attempts, factor 2, 1s..60s)."""
+    """Trigger.dev's RetryOptions; defaults: docs/design.md, decision 1 (3 tries, factor 2, 1s..60s)."""
 
     max_attempts: int = Field(3, ge=1, le=250)
     factor: float = Field(2.0, gt=0)
@@ -164,7 +164,7 @@ def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[
 
 
 class TriggerOptions(_Options):
-    """Per-trigger options (reference §6.2 plus v4's priority). Validated in the caller."""
+    """Per-trigger options (Trigger.dev's trigger options plus v4's priority). Validated in the caller."""
 
     delay: str | int | float | timedelta | datetime | None = None
     ttl: str | int | float | timedelta | None = None

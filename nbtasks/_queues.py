@@ -1,6 +1,6 @@
 """Queues, concurrency keys and the order runs start in.
 
-A queue has a `limit` that each concurrency key gets a copy of (reference §4), an optional
+A queue has a `limit` that each concurrency key gets a copy of, an optional
 `total` across its keys, and a paused flag. The engine has one more limit over everything.
 Ready items wait in one heap per (queue, key); a global heap holds each sub-queue's head, so a
 free slot always goes to the oldest eligible run in O(log n), and a sub-queue at its limit never

@@ -6,7 +6,7 @@ for active runs whose owner is not registered at all (an engine that closed whil
 flight), and takes their non-final runs and pending wait tokens over in one transaction; the
 UPDATE matches on the dead owner, so two kernels starting at once cannot both adopt a run.
 
-What happens to each adopted run is the scheduler's `adopt` (DESIGN.md #7): QUEUED and DELAYED
+What happens to each adopted run is the scheduler's `adopt` (docs/design.md, decision 7): QUEUED and DELAYED
 runs keep their recorded times; an EXECUTING attempt failed with its kernel and is retried under
 its task's policy; a WAITING attempt is resumed, that is run again under the same number.
 

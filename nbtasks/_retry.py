@@ -1,8 +1,8 @@
 """Retry arithmetic: pure functions of the options, the attempt number and the time.
 
-`next_delay` is Trigger.dev's `calculateNextRetryDelay` (reference §3.2) with JavaScript's
+`next_delay` is Trigger.dev's `calculateNextRetryDelay` with JavaScript's
 half-up rounding; `decide` turns a failed attempt plus `handle_error`'s answer into one decision
-(reference §3.4-§3.5, with DESIGN.md's rule that max_attempts always holds).
+(Trigger.dev's policy, with docs/design.md's rule that max_attempts always holds).
 
 >>> opts = RetryOptions(max_attempts=5, factor=1.5, min_timeout_in_ms=375, randomize=False)
 >>> [next_delay(opts, a) for a in range(1, 6)]
@@ -53,7 +53,7 @@ class RetryDecision:
 def effective_options(opts: RetryOptions | None, max_attempts: int | None) -> RetryOptions | None:
     """The task's retry options with a trigger's `max_attempts` override applied (per run).
 
-    A task with `retry=None` is never retried, whatever the trigger asks (reference §3.4 #1).
+    A task with `retry=None` is never retried, whatever the trigger asks (as in Trigger.dev).
     """
     if opts is None:
         return None
@@ -74,8 +74,8 @@ def decide(
 ) -> RetryDecision:
     """Combine the policy with handle_error's answer. `no_retry` marks errors never retried.
 
-    Precedence follows reference §3.5: skip_retrying > retry_at > retry_delay_in_ms > retry.
-    Unlike v3, max_attempts is enforced even when handle_error names a time (DESIGN.md #1).
+    Precedence follows Trigger.dev: skip_retrying > retry_at > retry_delay_in_ms > retry.
+    Unlike v3, max_attempts is enforced even when handle_error names a time (docs/design.md, decision 1).
     """
     if answer is not None and not isinstance(answer, dict):
         raise ConfigurationError(
@@ -87,7 +87,7 @@ def decide(
     if no_retry or opts is None:
         return RetryDecision(None, err, skipped=True)
     if isinstance(error, OutOfMemoryError):
-        # Retrying on the same machine would run out of memory again (reference §3.7).
+        # Retrying on the same machine would run out of memory again.
         bigger = opts.out_of_memory.machine if opts.out_of_memory else None
         if bigger is None or bigger == machine:
             return RetryDecision(None, err, skipped=True)
@@ -117,6 +117,6 @@ def decide(
             delay = next_delay(custom, attempt)  # the run's max_attempts still caps it
             retry_at = now + delay / 1000 if delay is not None and attempts_left else None
             return RetryDecision(retry_at, err)
-        return RetryDecision(None, err)  # {} or {"error": e} alone: no retry (reference §3.5)
+        return RetryDecision(None, err)  # {} or {"error": e} alone: no retry (as in Trigger.dev)
     delay = next_delay(opts, attempt)
     return RetryDecision(now + delay / 1000 if delay is not None else None, err)

@@ -220,7 +220,7 @@ class RunsAPI:
         return eng.trigger_encoded(defn, body, opts, is_test=bool(row["is_test"]))
 
     def reschedule(self, run_id: str, delay: Any) -> Run:
-        """Move a DELAYED run's start (reference §7.3)."""
+        """Move a DELAYED run's start (as Trigger.dev's reschedule)."""
         eng = self.engine
         at = parse_delay(delay, eng.clock.now(), where="delay")
 

@@ -2,7 +2,7 @@
 
 It owns the active runs (history lives in the store), hands them to the dispatcher for slots,
 runs attempts through an executor, applies retry decisions on the clock, parks runs that wait
-(giving their slot back, DESIGN.md #4), and ends runs by cancel, TTL or max_duration. Each
+(giving their slot back, docs/design.md, decision 4), and ends runs by cancel, TTL or max_duration. Each
 change goes through `transition()` and is marked for the group-commit writer and published as a
 `RunEvent`. Nothing here blocks and nothing polls: timers are the clock's, wake-ups are futures.
 """
@@ -346,7 +346,7 @@ class Scheduler:
         self.writer.after_commit(partial(self._durable, run))
 
     def _durable(self, run: RunState) -> None:
-        """The final state is on disk: now waiters may hear of it (DESIGN.md durability)."""
+        """The final state is on disk: now waiters may hear of it (docs/design.md, durability)."""
         run.durable = True
         waiters, run.waiters = run.waiters, []
         for fn in waiters:

@@ -1,4 +1,4 @@
-"""`nbtasks.schedules`: tasks that run on a cron schedule (reference §9).
+"""`nbtasks.schedules`: tasks that run on a cron schedule.
 
 >>> @nbtasks.schedules.task(id="daily-report", cron="0 9 * * 1-5")            # doctest: +SKIP
 ... def daily_report(payload, ctx):

@@ -27,7 +27,7 @@ from ._tokens import WaitResult, WaitToken
 if TYPE_CHECKING:
     from ._engine import Engine
 
-#: Reference §8: months are 30 days and years 365.
+#: As Trigger.dev's wait durations: months are 30 days and years 365.
 _UNIT_SECONDS = {"seconds": 1, "minutes": 60, "hours": 3600, "days": 86400, "weeks": 604800,
                  "months": 30 * 86400, "years": 365 * 86400}
 

@@ -1,4 +1,4 @@
-"""`nbtasks.retry.on_throw(fn, **options)`: retry a block inside a run (reference §3.6).
+"""`nbtasks.retry.on_throw(fn, **options)`: retry a block inside a run.
 
 >>> rows = await nbtasks.retry.on_throw(fetch_page, max_attempts=5)     # doctest: +SKIP
 

@@ -1,4 +1,4 @@
-"""Cancellation (reference §7.3): at any non-final status, with children, hooks and late results."""
+"""Cancellation: at any non-final status, with children, hooks and late results."""
 
 from __future__ import annotations
 

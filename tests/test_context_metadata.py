@@ -1,4 +1,4 @@
-"""`nbtasks.metadata` and `nbtasks.tags` inside a run (reference §11.1, §11.3)."""
+"""`nbtasks.metadata` and `nbtasks.tags` inside a run."""
 
 from __future__ import annotations
 

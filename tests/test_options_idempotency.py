@@ -1,4 +1,4 @@
-"""Idempotency keys (reference §6.3) and the remaining per-trigger options."""
+"""Idempotency keys and the remaining per-trigger options."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A child process (tests/_child_engine.py `state`) puts one run in each state a restart must
 handle, on a manual clock at T0, and is killed. Each test starts from a copy of that file with
-an engine whose manual clock reads T0 + 30 minutes, and checks DESIGN.md #7: recorded delays and
+an engine whose manual clock reads T0 + 30 minutes, and checks docs/design.md, decision 7: recorded delays and
 TTLs keep their times, executing attempts fail with KernelRestartError and retry under their
 policy once the task is defined, waiting attempts resume with their waits replayed.
 """

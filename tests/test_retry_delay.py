@@ -1,4 +1,4 @@
-"""Retry arithmetic (reference §3.2-§3.3) and the retry policy as the engine applies it."""
+"""Retry arithmetic (Trigger.dev's formula and table) and the retry policy as the engine applies it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from nbtasks.testing import ManualClock
 
 WaitStatus = Callable[..., RunStatus]
 
-# Reference §3.3, randomize=False: (options, delays after attempts 1.., total wait).
+# Trigger.dev's published retry table, randomize=False: (options, delays after attempts 1.., total wait).
 TABLE: list[tuple[str, dict[str, Any], list[int | None]]] = [
     ("defaults", {}, [1000, 2000, None]),
     ("cli-template", {"max_timeout_in_ms": 10000}, [1000, 2000, None]),

@@ -1,4 +1,4 @@
-"""`nbtasks.retry.on_throw`: retry a block inside a run, waiting between tries (reference §3.6)."""
+"""`nbtasks.retry.on_throw`: retry a block inside a run, waiting between tries."""
 
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ from nbtasks._status import InvalidTransitionError, is_final, transition
 
 S = RunStatus
 
-# Written out by hand from reference §7.2 and DESIGN.md; the code's table is not consulted.
+# Written out by hand from Trigger.dev's status table and docs/design.md; the code's table is not consulted.
 # CANCELED, CRASHED, SYSTEM_FAILURE and INTERRUPTED can end any run that is not final yet.
 ENDINGS = {S.CANCELED, S.CRASHED, S.SYSTEM_FAILURE, S.INTERRUPTED}
 EXPECTED: dict[RunStatus, set[RunStatus]] = {
@@ -95,7 +95,7 @@ BOOLEANS = {
     S.CRASHED: (False, False, True, False, True, False),
     S.SYSTEM_FAILURE: (False, False, True, False, True, False),
     S.INTERRUPTED: (False, False, True, False, True, False),
-    S.EXPIRED: (False, False, True, False, True, False),   # completed, unlike v3 (DESIGN.md #6)
+    S.EXPIRED: (False, False, True, False, True, False),   # completed, unlike v3 (docs/design.md, decision 6)
     S.TIMED_OUT: (False, False, True, False, True, False),
 }
 

@@ -5,7 +5,7 @@ thread, where Dask's APIs expect it (`get_worker().get_current_task()`, `secede`
 `worker_client`); the attempt's lifecycle runs on an event loop in a helper thread and hands
 sync calls back to the task thread. While a request that waits on other runs is open, the task
 thread secedes from the worker's thread pool, so a parent waiting on a child can't hold the
-last thread the child needs (the Dask form of DESIGN.md #4); it rejoins when the waits end.
+last thread the child needs (the Dask form of docs/design.md, decision 4); it rejoins when the waits end.
 """
 
 from __future__ import annotations

@@ -236,7 +236,7 @@ class Pool:
     """The warm workers of one preset: at most `size` busy, plus one per run parked in a wait.
 
     Workers start on demand and stay warm. A dead worker is replaced. A worker whose run is
-    waiting on another run doesn't count against `size` (DESIGN.md #4 for machines), and the
+    waiting on another run doesn't count against `size` (docs/design.md, decision 4, for machines), and the
     extra workers that allowed are retired once they are idle and the waits are over.
     """
 
