@@ -8,6 +8,7 @@ NbtasksError
 ├── UnknownTaskError (LookupError)        trigger by an id no cell has defined
 ├── RunNotFoundError (LookupError)        runs.retrieve() of an id the store does not hold
 ├── EngineError (RuntimeError)            the engine was used wrongly (closed, or blocked from its own loop)
+├── StoreError (OSError)                  the store can't be opened, trusted or written; names its path
 ├── RunWaitTimeoutError (TimeoutError)    handle.wait(timeout=...) ran out; the run goes on
 └── TaskRunError                          a failure recorded on a run (what Result.error holds)
     ├── SubtaskUnwrapError                Result.unwrap() on a failed run
@@ -54,6 +55,10 @@ class RunNotFoundError(NbtasksError, LookupError):
 
 class EngineError(NbtasksError, RuntimeError):
     """Raised when the engine is used wrongly: after close, or a blocking call on its own loop."""
+
+
+class StoreError(NbtasksError, OSError):
+    """Raised when the store can't be opened, trusted or written: SQLite's own message and the path."""
 
 
 class RunWaitTimeoutError(NbtasksError, TimeoutError):
