@@ -10,12 +10,15 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import weakref
 from typing import Any, TextIO
 
-from ._context import CURRENT
+from ._context import CURRENT, AttemptScope
 
 _installed = False
 _lock = threading.Lock()
+#: Every wrapper made, so an attempt's end finds its unfinished line whichever one holds it.
+_streams: weakref.WeakSet[_RunAwareStream] = weakref.WeakSet()
 
 
 class _RunAwareStream:
@@ -25,6 +28,8 @@ class _RunAwareStream:
         self._nbtasks_stream = stream
         self._nbtasks_level = level
         self._nbtasks_partial: dict[str, str] = {}
+        self._nbtasks_attrs = {"stream": "stdout" if level == "info" else "stderr"}
+        _streams.add(self)
 
     def write(self, text: str) -> int:
         scope = CURRENT.get()
@@ -34,8 +39,7 @@ class _RunAwareStream:
         buf = self._nbtasks_partial.pop(key, "") + text
         *lines, rest = buf.split("\n")
         for line in lines:
-            scope.sink.log(self._nbtasks_level, line, {"stream": "stdout" if
-                           self._nbtasks_level == "info" else "stderr"})
+            scope.sink.log(self._nbtasks_level, line, self._nbtasks_attrs)
         if rest:
             self._nbtasks_partial[key] = rest
         return len(text)
@@ -43,11 +47,14 @@ class _RunAwareStream:
     def flush(self) -> None:
         scope = CURRENT.get()
         if scope is not None:
-            rest = self._nbtasks_partial.pop(scope.ctx.run.id, "")
-            if rest:
-                scope.sink.log(self._nbtasks_level, rest, None)
+            self._nbtasks_end_line(scope)
             return
         self._nbtasks_stream.flush()
+
+    def _nbtasks_end_line(self, scope: AttemptScope) -> None:
+        rest = self._nbtasks_partial.pop(scope.ctx.run.id, "")
+        if rest:
+            scope.sink.log(self._nbtasks_level, rest, self._nbtasks_attrs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._nbtasks_stream, name)
@@ -73,6 +80,13 @@ class _RunLogHandler(logging.Handler):
         level = {"WARNING": "warn", "CRITICAL": "error"}.get(record.levelname,
                                                               record.levelname.lower())
         scope.sink.log(level, message, {"logger": record.name})
+
+
+def flush_partial_lines(scope: AttemptScope) -> None:
+    """At the end of an attempt: a last `print(..., end="")` still reaches the run's log, and
+    its buffer entry goes (it would otherwise stay for the life of the kernel)."""
+    for stream in list(_streams):
+        stream._nbtasks_end_line(scope)
 
 
 def install() -> None:

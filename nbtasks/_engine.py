@@ -17,12 +17,13 @@ import asyncio
 import atexit
 import concurrent.futures
 import weakref
+from functools import partial
 from typing import Any
 
 from . import _capture
 from ._clock import Clock, RealClock
 from ._context import CURRENT, AttemptScope
-from ._errors import EngineError
+from ._errors import EngineError, StoreError
 from ._events import EngineConfig
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
@@ -40,7 +41,7 @@ from ._tokens import TokenBook
 from ._wait import WaitAPI
 from ._writer import GroupWriter
 from .executors import Executor, InlineExecutor
-from .stores import Store, open_store
+from .stores import Store, WriteBatch, open_store
 
 #: Owners of engines open in this process (a same-pid engine row is alive only if listed here).
 LIVE_OWNERS: set[str] = set()
@@ -156,6 +157,9 @@ class Engine(ResultWaiting):
             fut.result(timeout=10)
         except (concurrent.futures.TimeoutError, EngineError, RuntimeError):
             pass
+        writer = getattr(self, "writer", None)
+        if writer is not None:
+            writer.abandon()  # a store that still can't be written must not hang the exit
         self.runtime.close()
         self.store.close()
         LIVE_OWNERS.discard(self.owner)
@@ -177,6 +181,16 @@ class Engine(ResultWaiting):
 
     def __repr__(self) -> str:
         return f"<Engine {self.store.path} {'closed' if self.closed else 'running'}>"
+
+    @property
+    def store_problem(self) -> str | None:
+        """Why the store can't be written right now (SQLite's message and the path), or None.
+
+        Set while the writer retries a commit (a held lock, a full disk); nothing is dropped
+        meanwhile, and nothing starts before its run is recorded.
+        """
+        writer = getattr(self, "writer", None)
+        return None if writer is None else writer.problem
 
     # ------------------------------------------------------------------ configure
 
@@ -218,6 +232,7 @@ class Engine(ResultWaiting):
         return RunHandle(self, run.id, run.task_id, is_cached=run is not wanted)
 
     def _submit(self, run: RunState, queue: QueueRequest | None) -> RunState:
+        """On the loop: register a run whose row the writer commits; it starts once it has."""
         if queue is not None:
             self.scheduler.dispatcher.configure(*queue)
         if run.idempotency_key is not None:
@@ -239,31 +254,72 @@ class Engine(ResultWaiting):
         if expires is not None and expires <= self.clock.now():
             self.writer.statement("UPDATE runs SET idempotency_key = NULL WHERE id = ?", (run_id,))
             return None
-        return RunState(str(run_id), run.task_id, "null", self.clock.now())
+        found = RunState(str(run_id), run.task_id, "null", self.clock.now())
+        found.recorded = True
+        return found
 
     def _submit_when_durable(self, run: RunState,
                              queue: QueueRequest | None) -> asyncio.Future[RunState]:
         """Submit now; a future for the run, resolved once it is committed (no task needed)."""
         got = self._submit(run, queue)
         out: asyncio.Future[RunState] = self.runtime.loop.create_future()
-
-        def _committed(barrier: asyncio.Future[None]) -> None:
-            if out.done():
-                return
-            if barrier.cancelled() or barrier.exception() is None:
-                out.set_result(got)
-            else:
-                out.set_exception(barrier.exception())  # type: ignore[arg-type]
-
-        self.writer.barrier().add_done_callback(_committed)
+        if got.recorded:
+            out.set_result(got)
+        else:
+            self.writer.after_commit(partial(_settle_trigger, out, got))
         return out
+
+    def _commit_new(self, runs: list[RunState]) -> None:
+        """On the calling thread: commit the rows of new runs before anything can start them.
+
+        The caller's own connection, one transaction, no trip through the engine loop: this is
+        what lets a `trigger()` loop in a cell run at close to SQLite's own speed, and the run
+        is on disk before the loop even hears of it. If the store can't take it (a lock held
+        past the busy timeout, a full disk) this raises `StoreError` with nothing recorded and
+        nothing started.
+        """
+        if self.closed or self.runtime.closed:
+            raise EngineError("the engine is closed")
+        seq, owner = self.scheduler.seq, self.owner
+        for run in runs:
+            run.seq = next(seq)
+            run.owner = owner
+        try:
+            self.store.write(WriteBatch(runs=[run.row() for run in runs]))
+        except StoreError:
+            raise
+        except RuntimeError as exc:
+            raise EngineError(f"the engine is closed ({exc})") from None
+        except Exception as exc:
+            raise StoreError(f"{self.store.path}: the store refused the run's record "
+                             f"({type(exc).__name__}: {exc}); nothing was recorded") from exc
+        for run in runs:
+            run.recorded = True
+
+    def _admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
+        """On the loop: arm runs whose rows their caller committed."""
+        for run, queue in prepared:
+            if queue is not None:
+                self.scheduler.dispatcher.configure(*queue)
+            self.scheduler.submit(run, recorded=True)
+
+    def _post_admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
+        # In slices, so one big batch never holds the loop for long.
+        for i in range(0, len(prepared), 128):
+            self.runtime.inbox.post(self._admit, prepared[i:i + 128])
 
     def trigger_encoded(self, defn: TaskDefinition, payload_json: str,
                         options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
         run, queue = self._prepare(defn, payload_json, options, **extra)
-        if self.runtime.in_loop():  # inside an async body: durable with the next commit
+        if self.runtime.in_loop():
+            # Inside an async body: recorded with the next commit, and started only after it.
             return self._handle(self._submit(run, queue), run)
-        return self._handle(self.runtime.call(self._submit_when_durable, run, queue), run)
+        if run.idempotency_key is not None:
+            # The key is checked on the loop, so two callers with one key can't both run.
+            return self._handle(self.runtime.call(self._submit_when_durable, run, queue), run)
+        self._commit_new([run])
+        self._post_admit([(run, queue)])
+        return self._handle(run, run)
 
     async def trigger_async(self, defn: TaskDefinition, payload_json: str,
                             options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
@@ -307,11 +363,13 @@ class Engine(ResultWaiting):
                     for pj, opts in items]
         return batch_id, prepared
 
-    async def _submit_batch(self, prepared: list[tuple[RunState, QueueRequest | None]],
-                            durable: bool) -> list[RunState]:
+    async def _submit_batch(self, prepared: list[tuple[RunState, QueueRequest | None]]
+                            ) -> list[RunState]:
         runs = [self._submit(run, queue) for run, queue in prepared]
-        if durable:
-            await self.writer.barrier()
+        await self.writer.barrier()
+        for run in runs:
+            if run.withdrawn is not None:
+                raise run.withdrawn
         return runs
 
     def batch_trigger_encoded(self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
@@ -319,8 +377,12 @@ class Engine(ResultWaiting):
         batch_id, prepared = self._batch(defn, items, options)
         if self.runtime.in_loop():
             runs = [self._submit(run, queue) for run, queue in prepared]
+        elif any(run.idempotency_key is not None for run, _ in prepared):
+            runs = self.runtime.call(self._submit_batch, prepared)
         else:
-            runs = self.runtime.call(self._submit_batch, prepared, True)
+            self._commit_new([run for run, _ in prepared])  # the whole batch, one transaction
+            self._post_admit(prepared)
+            runs = [run for run, _ in prepared]
         return BatchHandle(self, batch_id, [
             self._handle(got, want) for got, (want, _) in zip(runs, prepared, strict=True)])
 
@@ -335,6 +397,15 @@ class Engine(ResultWaiting):
             return await self._wait_many(self._submit_children(prepared, scope), scope)
 
         return BatchResult(batch_id, await self.runtime.run(_go))
+
+
+def _settle_trigger(out: asyncio.Future[RunState], run: RunState) -> None:
+    if out.done():
+        return
+    if run.withdrawn is not None:
+        out.set_exception(run.withdrawn)
+    else:
+        out.set_result(run)
 
 
 def _check_limit(limit: Any) -> int:

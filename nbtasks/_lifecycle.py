@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._capture import flush_partial_lines
 from ._context import CURRENT, AttemptScope, TaskContext
 from ._errors import AbortTaskRunError, OutputSerializationError, PayloadValidationError
 from ._models import RetryOptions
@@ -31,14 +32,20 @@ from ._payload import dumps, loads
 from ._retry import decide
 from ._status import RunStatus
 from ._tasks import TaskDefinition, _is_async
+from ._text import escape_text
 
 SyncCaller = Callable[..., Awaitable[Any]]
 
 
 def error_record(err: BaseException) -> dict[str, Any]:
-    """A JSON-safe description of an exception: type, message, traceback."""
+    """A JSON-safe description of an exception: type, message, traceback.
+
+    Escaped where needed: the message of an error about a file whose name holds a lone
+    surrogate is ordinary, and must not make the run's record unwritable.
+    """
     tb = "".join(traceback.format_exception(type(err), err, err.__traceback__))
-    return {"type": type(err).__name__, "message": str(err), "traceback": tb}
+    return {"type": type(err).__name__, "message": escape_text(str(err)),
+            "traceback": escape_text(tb)}
 
 
 @dataclass(slots=True)
@@ -145,6 +152,7 @@ async def run_attempt(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCal
         return await _run(plan, scope, call_sync)
     finally:
         CURRENT.reset(token)
+        flush_partial_lines(scope)
 
 
 async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) -> AttemptOutcome:
@@ -177,7 +185,7 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
                 output = box[0] if box else None
             try:
                 output_json = "null" if output is None else dumps(output, what="output")
-            except TypeError as exc:
+            except (TypeError, ValueError) as exc:  # ValueError: NaN, text SQLite can't hold
                 raise OutputSerializationError(
                     f"task {defn.id!r} returned an output that is not JSON-serialisable: {exc}"
                 ) from None

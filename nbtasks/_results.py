@@ -57,7 +57,7 @@ class _Collector:
             fut.set_result(self.results[0] if self.single else self.results)
 
     def put_run(self, i: int, run: RunState) -> None:
-        self.put(i, _result_of(run))
+        self.put(i, _result_of(run) if run.withdrawn is None else run.withdrawn)
 
 
 class ResultWaiting:

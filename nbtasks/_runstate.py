@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import TimerHandle, to_datetime
 from ._context import CancelSignal
+from ._errors import StoreError
 from ._payload import dumps, loads
 from ._status import FINAL, RunStatus
+from ._text import escape_row
 
 if TYPE_CHECKING:
     from ._models import Run
@@ -112,6 +114,7 @@ class RunState:
         "delay_until",
         "durable",
         "error",
+        "escape",
         "finished_at",
         "holds_slot",
         "id",
@@ -129,6 +132,7 @@ class RunState:
         "priority",
         "queue",
         "queued_at",
+        "recorded",
         "replay",
         "resume",
         "retrying",
@@ -147,6 +151,7 @@ class RunState:
         "wait_depth",
         "wait_seq",
         "waiters",
+        "withdrawn",
     )
 
     def __init__(self, run_id: str, task_id: str, payload_json: str, now: float) -> None:
@@ -185,6 +190,12 @@ class RunState:
         self.attempt_task: asyncio.Task[None] | None = None
         self.children: list[RunState] = []
         self.durable = False
+        #: Its row has been committed at least once: only then may an attempt start.
+        self.recorded = False
+        #: Set when its first commit was refused: it never ran and never will.
+        self.withdrawn: StoreError | None = None
+        #: The store refused a row of it once: its rows are written with text escaped.
+        self.escape = False
         self.holds_slot = False
         self.resume: asyncio.Future[None] | None = None
         # Stored as `recovery`. "restart": the attempt died with its kernel and its retry is
@@ -204,6 +215,11 @@ class RunState:
         return self.status in FINAL
 
     def row(self) -> tuple[Any, ...]:
+        if self.escape:
+            return escape_row(self._row())
+        return self._row()
+
+    def _row(self) -> tuple[Any, ...]:
         return (
             self.id, self.task_id, self.status.value, self.payload_json, self.output_json,
             dumps(self.error) if self.error else None, self.attempt_count, self.created_at,
@@ -220,6 +236,7 @@ class RunState:
     def from_row(cls, row: dict[str, Any]) -> RunState:
         """Rebuild from a stored row (recovery after a kernel restart)."""
         run = cls(row["id"], row["task_id"], row["payload"], row["created_at"])
+        run.recorded = True
         for name in RUN_COLUMNS:
             if name in ("id", "task_id", "payload"):
                 continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from ._errors import EngineError
 
 T = TypeVar("T")
+
+#: Seconds of loop time one slice of posted calls may take.
+SLICE = 0.004
 
 
 class Mailbox:
@@ -48,11 +52,23 @@ class Mailbox:
                 self._armed = False
 
     def _drain(self) -> None:
+        """Run what was posted, in order, in slices: a burst of 20,000 posts must not hold the
+        loop (timers, widgets and every run wait behind it). What a slice leaves goes back in
+        front of anything posted meanwhile."""
         with self._lock:
             items, self._items = self._items, []
             self._armed = False
-        for fn, args in items:
+        deadline = time.perf_counter() + SLICE
+        for i, (fn, args) in enumerate(items):
             fn(*args)
+            if not (i + 1) & 15 and time.perf_counter() > deadline and i + 1 < len(items):
+                with self._lock:
+                    self._items[:0] = items[i + 1:]
+                    if self._armed:
+                        return
+                    self._armed = True
+                self.loop.call_soon(self._drain)
+                return
 
 
 _mailboxes: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Mailbox] = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -27,21 +28,25 @@ from ._context import (
     TaskContext,
     TaskInfo,
 )
-from ._errors import KernelRestartError, MaxDurationExceededError
+from ._errors import KernelRestartError, MaxDurationExceededError, StoreError
 from ._events import EngineConfig, RunEvent, RunSink, attributes_json
 from ._lifecycle import AttemptOutcome, AttemptPlan, error_record
 from ._models import MACHINES, RetryOptions
+from ._payload import dumps
 from ._queues import Dispatcher
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
 from ._status import RunStatus, transition
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition
+from ._text import escape_text
 from ._watchdog import LoopWatch
 from ._writer import GroupWriter
 from .executors._base import Executor
+from .stores._base import Refused
 
 T = TypeVar("T")
 S = RunStatus
+_log = logging.getLogger("nbtasks")
 
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
@@ -67,6 +72,7 @@ class Scheduler:
         self.loop_thread = threading.get_ident()
         self.clock = clock
         self.writer = writer
+        writer.on_refused = self.store_refused
         self.registry = registry
         self.config = config
         self.executor_for = executor_for
@@ -103,8 +109,10 @@ class Scheduler:
         self.emit("status", run)
 
     def log(self, run: RunState, level: str, message: str, attrs: dict[str, Any] | None) -> None:
-        self.writer.log((run.id, self.clock.now(), level, message,
-                         attributes_json(attrs) if attrs else None))
+        # Text from inside a run is escaped where it enters: a printed file name holding a
+        # lone surrogate stays readable in the log and never fails the commit that carries it.
+        self.writer.log((run.id, self.clock.now(), level, escape_text(message),
+                         escape_text(attributes_json(attrs)) if attrs else None))
         self.emit("log", run)
 
     def set_metadata(self, run: RunState, metadata: dict[str, Any]) -> None:
@@ -134,30 +142,108 @@ class Scheduler:
 
     # ------------------------------------------------------------------ submission
 
-    def submit(self, run: RunState) -> RunState:
-        """Register a prepared run; returns the existing run when its idempotency key matches."""
+    def submit(self, run: RunState, *, recorded: bool = False) -> RunState:
+        """Register a prepared run; returns the existing run when its idempotency key matches.
+
+        No attempt starts before the run's row is committed (docs/design.md, decision 10). A
+        run whose row the caller already committed (`recorded`) is armed at once; any other is
+        marked for the writer and armed when its commit lands.
+        """
         if run.idempotency_key is not None:
             cached = self.idempotency.get((run.task_id, run.idempotency_key))
-            if cached is not None and (
+            if cached is not None and cached.withdrawn is None and (
                 cached.idempotency_expires_at is None
                 or cached.idempotency_expires_at > self.clock.now()
             ):
                 return cached
             self.idempotency[(run.task_id, run.idempotency_key)] = run
-        run.seq = next(self.seq)
-        run.owner = self.owner
+        if not recorded:
+            run.seq = next(self.seq)
+            run.owner = self.owner
         self.active[run.id] = run
         if run.parent_id is not None:
             parent = self.active.get(run.parent_id)
             if parent is not None:
                 parent.children.append(run)
-        self.writer.mark(run)
+        if recorded:
+            run.recorded = True
+            self._arm(run)
+        else:
+            self.writer.mark(run)
+            self.writer.after_commit(partial(self._on_recorded, run))
+        return run
+
+    def _on_recorded(self, run: RunState) -> None:
+        if run.recorded or run.withdrawn is not None:
+            return
+        run.recorded = True
+        if not run.is_final:  # cancelled before its commit: the row says so, nothing to start
+            self._arm(run)
+
+    def _arm(self, run: RunState) -> None:
         self.emit("created", run)
         if run.status is S.DELAYED and run.delay_until is not None:
             run.timer = self.clock.call_at(run.delay_until, partial(self.enqueue, run))
         else:
             self.enqueue(run)
-        return run
+
+    def withdraw(self, run: RunState, error: StoreError) -> None:
+        """The run's first commit was refused: it was never recorded and never starts. Its
+        waiters (and the trigger call, if it still waits) get `error`."""
+        run.withdrawn = error
+        for t in (run.timer, run.ttl_timer):
+            if t is not None:
+                t.cancel()
+        run.timer = run.ttl_timer = None
+        self.active.pop(run.id, None)
+        if run.idempotency_key is not None and \
+                self.idempotency.get((run.task_id, run.idempotency_key)) is run:
+            del self.idempotency[(run.task_id, run.idempotency_key)]
+        parent = self.active.get(run.parent_id) if run.parent_id is not None else None
+        if parent is not None and run in parent.children:
+            parent.children.remove(run)
+        waiters, run.waiters = run.waiters, []
+        for fn in waiters:
+            fn(run)
+
+    def store_refused(self, refused: list[Refused]) -> None:
+        """The writer left rows out of a commit because the store refused them (text SQLite
+        can't encode, a value out of its range). Only the runs they belong to pay for it."""
+        path = getattr(self.writer.store, "path", "the store")
+        for r in refused:
+            run = self.active.get(r.run_id) if r.run_id is not None else None
+            if run is None or run.durable:
+                _log.error("nbtasks: the store refused a %s row%s and left it out: %s", r.kind,
+                           f" of run {r.run_id}" if r.run_id else "", r.reason)
+                continue
+            if not run.recorded:
+                self.withdraw(run, StoreError(
+                    f"{path}: run {run.id} of {run.task_id!r} could not be recorded, so it was "
+                    f"not started: {r.reason}"))
+                continue
+            self._fail_unstorable(run, r, path)
+
+    def _fail_unstorable(self, run: RunState, r: Refused, path: str) -> None:
+        err = StoreError(f"{path}: the store refused this run's {r.kind} record ({r.reason}), "
+                         "so the run is failed rather than left with a record that is not true")
+        record = error_record(err)
+        record["traceback"] = ""
+        run.escape = True  # its rows from now on are written with any bad text escaped
+        if not run.is_final:
+            self.stop(run, S.FAILED, "store", record)
+            return
+        # Final in memory but neither on disk nor announced: its after-commit work waits for
+        # this correction, so nobody ever hears the outcome that could not be stored.
+        run.status = S.FAILED  # not a transition: the state it replaces never existed outside
+        run.output_json = None
+        run.error = record
+        run.updated_at = self.clock.now()
+        self.writer.mark(run)
+        self.writer.statement(
+            "UPDATE attempts SET status = 'FAILED', error_type = ?, error_message = ?, error = ? "
+            "WHERE run_id = ? AND number = ?",
+            (record["type"], record["message"], dumps(record), run.id, run.attempt_count))
+        self.emit("status", run)
 
     def enqueue(self, run: RunState, front: bool = False) -> None:
         if run.is_final:

@@ -1,25 +1,47 @@
 """Group commit: one writer thread turns everything marked since its last commit into one
 transaction.
 
-The engine loop only marks state dirty (a dict insert) and, where it must, awaits `barrier()`:
-a future resolved once everything marked before the call is on disk. A run touched ten times
-between two commits is written once, with its latest row. While one transaction commits, the
-next batch gathers, so throughput rises with load instead of paying one transaction per run.
+The engine loop only marks state dirty (a dict insert) and, where it must, asks to be called
+back once everything marked so far is on disk (`after_commit`, `barrier`). A run touched ten
+times between two commits is written once, with its latest row. While one transaction commits,
+the next batch gathers, so throughput rises with load instead of paying one transaction per run.
+
+What the writer promises (docs/design.md, decision 10):
+
+- A batch is never dropped. A commit that fails for a passing reason (a lock held past the busy
+  timeout, a full disk, an I/O error) is tried again with back-off until it succeeds; meanwhile
+  `problem` says why (the dashboard shows it) and one warning is logged.
+- One bad row costs nobody else their record: a batch the store refuses is written again row by
+  row, the refused rows are left out, and `on_refused` tells the scheduler, which fails (or
+  withdraws) only the runs they belong to. The after-commit work of that batch waits for the
+  next commit, which carries those corrections: nobody hears of a state that is not on disk.
+- The loop is never held long: rows are built and after-commit work is run in slices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
+from ._errors import StoreError
 from ._runstate import AttemptState, RunState
-from .stores._base import Store, WriteBatch
+from .stores._base import Refused, Store, WriteBatch
 
-_Item = tuple[WriteBatch, list["asyncio.Future[None]"], list[Callable[[], None]]]
+_log = logging.getLogger("nbtasks")
+
+#: Seconds of loop time one slice of row building or after-commit work may take.
+SLICE = 0.004
+#: Longest pause between two tries of a commit the store can't take now.
+MAX_BACKOFF = 1.0
+
+_Item = tuple[WriteBatch, list[Callable[[], None]], int]
 
 
 class GroupWriter:
@@ -28,16 +50,22 @@ class GroupWriter:
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop) -> None:
         self.store = store
         self.loop = loop
+        #: Called on the loop with the rows the store refused (set by the scheduler).
+        self.on_refused: Callable[[list[Refused]], None] | None = None
+        #: Why the store can't be written right now (SQLite's message and the path), or None.
+        self.problem: str | None = None
         self._runs: dict[str, RunState] = {}
         self._attempts: dict[tuple[str, int], tuple[str, AttemptState]] = {}
         self._logs: list[tuple[Any, ...]] = []
         self._waitpoints: dict[str, tuple[Any, ...]] = {}
         self._statements: list[tuple[str, tuple[Any, ...]]] = []
-        self._waiting: list[asyncio.Future[None]] = []
         self._callbacks: list[Callable[[], None]] = []
+        self._pending: deque[Callable[[], None]] = deque()  # after-commit work not yet run
+        self._draining = False
         self._busy = False
         self._scheduled = False
         self._closed = False
+        self._abandoned = threading.Event()
         self.commits = 0
         self.rows_written = 0
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
@@ -74,7 +102,8 @@ class GroupWriter:
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the loop once everything marked so far is committed.
 
-        Cheaper than a barrier future per run: the callbacks ride along with their batch.
+        Cheaper than a barrier future per run: the callbacks ride along with their batch, and
+        run in the order they were given.
         """
         self._callbacks.append(callback)
         if not self._scheduled:
@@ -82,13 +111,15 @@ class GroupWriter:
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolved once everything marked so far is committed."""
-        fut = self.loop.create_future()
-        self._waiting.append(fut)
-        if not self._scheduled:
-            self._kick()
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self.after_commit(partial(_resolve, fut))
         return fut
 
     # ---------------------------------------------------------------- flushing
+
+    def _dirty(self) -> bool:
+        return bool(self._runs or self._attempts or self._logs or self._waitpoints
+                    or self._statements or self._callbacks)
 
     def _kick(self) -> None:
         if self._busy or self._scheduled:
@@ -107,14 +138,10 @@ class GroupWriter:
         self._scheduled = False
         if self._busy:
             return
-        batch = WriteBatch(
-            runs=[r.row() for r in self._runs.values()],
-            attempts=[a.row(run_id) for run_id, a in self._attempts.values()],
-            logs=self._logs,
-            waitpoints=list(self._waitpoints.values()),
-            statements=self._statements,
-        )
-        waiting = self._waiting
+        runs = list(self._runs.values())
+        attempts = list(self._attempts.values())
+        batch = WriteBatch(logs=self._logs, waitpoints=list(self._waitpoints.values()),
+                           statements=self._statements)
         callbacks = self._callbacks
         self._callbacks = []
         self._runs = {}
@@ -122,61 +149,125 @@ class GroupWriter:
         self._logs = []
         self._waitpoints = {}
         self._statements = []
-        self._waiting = []
-        if not batch:
-            self._settle(waiting, callbacks, None)
+        if not (runs or attempts or batch):
+            self._run_later(callbacks)
             return
         self._busy = True
-        self._queue.put((batch, waiting, callbacks))
+        self._build(batch, runs, attempts, callbacks)
+
+    def _build(self, batch: WriteBatch, runs: list[RunState],
+               attempts: list[tuple[str, AttemptState]], callbacks: list[Callable[[], None]]) -> None:
+        """Make the rows in slices: a 20,000-run burst must not hold the loop while they are
+        made. A run changed between two slices is written with its newer state, which is
+        fine: what the callbacks of this batch announce was set before the batch was cut."""
+        deadline = time.perf_counter() + SLICE
+        out_runs, out_attempts = batch.runs, batch.attempts
+        while runs or attempts:
+            for run in runs[-256:]:
+                out_runs.append(run.row())
+            del runs[-256:]
+            if not runs:
+                for run_id, attempt in attempts[-256:]:
+                    out_attempts.append(attempt.row(run_id))
+                del attempts[-256:]
+            if (runs or attempts) and time.perf_counter() > deadline:
+                self.loop.call_soon(self._build, batch, runs, attempts, callbacks)
+                return
+        rows = len(out_runs) + len(out_attempts) + len(batch.logs)
+        self._queue.put((batch, callbacks, rows))
 
     def _work(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:
                 return
-            batch, waiting, callbacks = item
-            error: BaseException | None = None
-            for attempt in range(4):  # a transient failure (I/O, lock) gets a few more tries
-                try:
-                    self.store.write(batch)
-                    error = None
-                    break
-                except Exception as exc:
-                    error = exc
-                    time.sleep(0.05 * 2**attempt)
-            rows = len(batch.runs) + len(batch.attempts) + len(batch.logs)
+            batch, callbacks, rows = item
+            refused = self._commit(batch)
+            if refused is None:  # abandoned at close: nobody is left to tell
+                return
             try:
-                self.loop.call_soon_threadsafe(self._done, waiting, callbacks, error, rows)
+                self.loop.call_soon_threadsafe(self._done, callbacks, refused, rows)
             except RuntimeError:  # loop already closed at interpreter exit
                 return
             # Blocked in get() these would keep the last batch's finished runs alive.
-            del item, batch, waiting, callbacks
+            del item, batch, callbacks
 
-    def _done(
-        self, waiting: list[asyncio.Future[None]], callbacks: list[Callable[[], None]],
-        error: BaseException | None, rows: int,
-    ) -> None:
+    def _commit(self, batch: WriteBatch) -> list[Refused] | None:
+        """Write `batch`, however long it takes; None only if the engine gave up at close."""
+        delay = 0.01
+        while True:
+            try:
+                try:
+                    self.store.write(batch)
+                    refused: list[Refused] = []
+                except StoreError:
+                    raise
+                except Exception:  # some row is refused: write the others, learn which
+                    refused = self.store.write_each(batch)
+                self._healthy()
+                return refused
+            except StoreError as exc:
+                self._trouble(str(exc))
+            except Exception as exc:
+                if self._abandoned.is_set():
+                    return None
+                self._trouble(f"{self.store.path}: {type(exc).__name__}: {exc}")
+            if self._abandoned.wait(delay):
+                return None
+            delay = min(delay * 2, MAX_BACKOFF)
+
+    def _trouble(self, message: str) -> None:
+        first = self.problem is None
+        self.problem = message
+        if first:
+            _log.warning(
+                "nbtasks can't write its run history (%s). Runs are kept and written as soon "
+                "as it can; nothing starts before its run is recorded.", message)
+
+    def _healthy(self) -> None:
+        if self.problem is not None:
+            _log.warning("nbtasks writes its run history again (%s)", self.store.path)
+            self.problem = None
+
+    def _done(self, callbacks: list[Callable[[], None]], refused: list[Refused],
+              rows: int) -> None:
         self._busy = False
         self.commits += 1
         self.rows_written += rows
-        self._settle(waiting, callbacks, error)
-        if self._runs or self._attempts or self._logs or self._waitpoints or self._statements \
-                or self._waiting or self._callbacks:
+        if refused and self.on_refused is not None:
+            self.on_refused(refused)
+            # The corrections are marked, not written: what this batch's callbacks would
+            # announce waits for the commit that carries them.
+            self._callbacks[:0] = callbacks
+        else:
+            self._run_later(callbacks)
+        if self._dirty():
             self._kick()
 
-    @staticmethod
-    def _settle(waiting: list[asyncio.Future[None]], callbacks: list[Callable[[], None]],
-                error: BaseException | None) -> None:
-        if error is None:
-            for cb in callbacks:
-                cb()
-        for fut in waiting:
-            if fut.done():
-                continue
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(error)
+    def _run_later(self, callbacks: list[Callable[[], None]]) -> None:
+        self._pending.extend(callbacks)
+        if not self._draining:
+            self._draining = True
+            self._drain()
+
+    def _drain(self) -> None:
+        """After-commit work in slices, in order (20,000 waiters told at once would hold the
+        loop for a tenth of a second)."""
+        pending = self._pending
+        deadline = time.perf_counter() + SLICE
+        n = 0
+        while pending:
+            callback = pending.popleft()
+            try:
+                callback()
+            except Exception as exc:  # one broken callback must not strand the others
+                self.loop.call_exception_handler({
+                    "message": "nbtasks after-commit callback failed", "exception": exc})
+            n += 1
+            if not n & 63 and pending and time.perf_counter() > deadline:
+                self.loop.call_soon(self._drain)
+                return
+        self._draining = False
 
     async def close(self) -> None:
         """Commit what is pending, then stop the writer thread."""
@@ -185,3 +276,14 @@ class GroupWriter:
         await self.barrier()
         self._closed = True
         self._queue.put(None)
+
+    def abandon(self) -> None:
+        """The engine is closing and can wait no longer: stop retrying (the kernel's exit must
+        not hang on a store that can't be written; what was not written is not promised)."""
+        self._abandoned.set()
+        self._queue.put(None)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,24 @@ ATTEMPT_COLUMNS = ["run_id", "task_id", "attempt", "status", "started_at", "fini
                    "duration_ms", "machine", "queue", "concurrency_key", "error_type",
                    "error_message", "tags"]
 RETRY = {"max_attempts": 3, "min_timeout_in_ms": 1000, "factor": 1, "randomize": False}
+
+
+def _settled(eng: Engine, run_ids: list[str]) -> None:
+    """Block until none of `run_ids` is queued or executing (each is waiting, retrying or done)."""
+    done = threading.Event()
+
+    def check(_event: Any = None) -> None:
+        active = eng.scheduler.active
+        if all(i not in active or active[i].status not in (RunStatus.QUEUED, RunStatus.EXECUTING)
+               for i in run_ids):
+            done.set()
+
+    unsubscribe = eng.subscribe(check)
+    eng.on_loop(check)
+    try:
+        assert done.wait(10)
+    finally:
+        unsubscribe()
 
 
 @pytest.fixture
@@ -51,7 +70,11 @@ def history(db_path: Path, clock: ManualClock) -> Iterator[tuple[Engine, dict[st
         "ok2": flaky.trigger({"ok_at": 2}, machine="micro", concurrency_key="user-1").id,
         "never": flaky.trigger({"ok_at": 9}).id,
     }
+    # trigger() returns once the run is recorded, maybe before it starts: time moves on only
+    # once each attempt started has ended (a retry timer set after the move would never fire).
+    _settled(eng, list(ids.values()))
     clock.advance(1)
+    _settled(eng, list(ids.values()))
     clock.advance(1)
     eng.wait_results(list(ids.values()), timeout=10)
     clock.advance(10)
@@ -59,6 +82,7 @@ def history(db_path: Path, clock: ManualClock) -> Iterator[tuple[Engine, dict[st
     ids["t4"] = timed.trigger({"s": 4}, machine="small-1x").id
     ids["chatty"] = chatty.trigger(None).id
     eng.wait_result(ids["chatty"], timeout=10)
+    _settled(eng, [ids["t2"], ids["t4"]])
     clock.advance(2)
     eng.wait_result(ids["t2"], timeout=10)
     clock.advance(2)

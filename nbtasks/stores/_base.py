@@ -24,6 +24,16 @@ class WriteBatch:
         return bool(self.runs or self.attempts or self.logs or self.waitpoints or self.statements)
 
 
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A row `write_each` left out. `kind`: run, attempt, log, waitpoint or statement;
+    `run_id` the run it belongs to (None for a statement or a token); `reason` the store's error."""
+
+    kind: str
+    run_id: str | None
+    reason: str
+
+
 class Store(Protocol):
     """A run history. Reads may come from any thread; `write` only from the writer thread."""
 
@@ -34,7 +44,22 @@ class Store(Protocol):
         ...
 
     def write(self, batch: WriteBatch) -> None:
-        """Apply `batch` in one transaction; durable when this returns."""
+        """Apply `batch` in one transaction on the calling thread's connection; durable when
+        this returns.
+
+        Raises `StoreError` when the store can't be written now (a lock held past the busy
+        timeout, a full disk, an I/O error): nothing of the batch is applied, and the same
+        batch may be tried again. Any other exception means a row of the batch is refused by
+        the store itself (text it can't encode, a value out of range): `write_each` finds it.
+        """
+        ...
+
+    def write_each(self, batch: WriteBatch) -> list[Refused]:
+        """Apply `batch` in one transaction row by row, leaving out the rows the store refuses.
+
+        Returns what was left out (an empty list when everything was written). Raises
+        `StoreError` as `write` does, with nothing applied.
+        """
         ...
 
     def select(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:

@@ -7,6 +7,7 @@ timeout makes a writer wait for the other kernel's commit instead of failing.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import sqlite3
@@ -15,8 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .._errors import StoreError
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
-from ._base import Store, WriteBatch
+from .._text import escape_row
+from ._base import Refused, Store, WriteBatch
 
 SCHEMA_VERSION = 2
 _FINAL_SQL = (
@@ -116,6 +119,72 @@ _WAITPOINT_UPSERT = (
 )
 
 
+#: Words of SQLite's messages for a failure that passes: the same write may succeed later.
+_PASSING = ("locked", "busy", "full", "i/o", "readonly", "unable to open", "out of memory",
+            "interrupted")
+
+
+def passing(exc: sqlite3.Error) -> bool:
+    """A lock, a full disk, an I/O error: the store can't be written now, but the rows are fine."""
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        w in str(exc).lower() for w in _PASSING)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back what is open. SQLite rolls back by itself on some errors (a full disk, an I/O
+    error): a ROLLBACK then would fail with "no transaction is active" and hide the real one."""
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+
+
+def _apply(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
+    _insert_many(conn, _RUN_UPSERT, batch.runs)
+    _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
+    _insert_many(conn, _LOG_INSERT, batch.logs)
+    if batch.waitpoints:
+        conn.executemany(_WAITPOINT_UPSERT, batch.waitpoints)
+    for sql, params in batch.statements:
+        conn.execute(sql, params)
+    return []
+
+
+def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
+    """Row by row: a refused row is left out (SQLite undoes a failed statement by itself) and the
+    rest goes on. Text SQLite can't encode in an attempt, log or wait row is written escaped:
+    those rows only describe a run. A run row is never rewritten here: its run is failed (or
+    withdrawn, if it was never recorded) by the engine, which knows what the row means."""
+    refused: list[Refused] = []
+
+    def one(kind: str, run_id: str | None, sql: str, row: tuple[Any, ...], escape: bool) -> None:
+        for attempt in (row, escape_row(row)) if escape else (row,):
+            try:
+                conn.execute(sql, attempt)
+                return
+            except sqlite3.Error as exc:
+                if passing(exc):
+                    raise
+                err: Exception = exc
+            except (UnicodeError, ValueError, TypeError, OverflowError) as exc:
+                err = exc
+        refused.append(Refused(kind, run_id, f"{type(err).__name__}: {err}"))
+
+    run_sql = _multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1)
+    attempt_sql = _multi_sql(_ATTEMPT_UPSERT, len(ATTEMPT_COLUMNS), 1)
+    log_sql = _multi_sql(_LOG_INSERT, 5, 1)
+    for row in batch.runs:
+        one("run", str(row[0]), run_sql, row, False)
+    for row in batch.attempts:
+        one("attempt", str(row[0]), attempt_sql, row, True)
+    for row in batch.logs:
+        one("log", str(row[0]), log_sql, row, True)
+    for row in batch.waitpoints:
+        one("waitpoint", row[1], _WAITPOINT_UPSERT, row, True)
+    for sql, params in batch.statements:
+        one("statement", None, sql, params, False)
+    return refused
+
+
 def _create_private(path: Path) -> None:
     """Make the folder 0700 and the file 0600 before SQLite opens it (its -wal/-shm copy the mode)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -127,8 +196,11 @@ def _create_private(path: Path) -> None:
 class SQLiteStore:
     """The default store. Thread-safe: one writer connection, one reader per thread."""
 
-    def __init__(self, path: str | os.PathLike[str] = ".nbtasks/runs.db") -> None:
+    def __init__(self, path: str | os.PathLike[str] = ".nbtasks/runs.db", *,
+                 busy_timeout: float = 30.0) -> None:
         self.path = str(path)
+        #: Seconds a write (or a read) waits for another connection's lock before giving up.
+        self.busy_timeout = busy_timeout
         self.memory = self.path == ":memory:"
         self._lock = threading.RLock()
         self._local = threading.local()
@@ -138,9 +210,9 @@ class SQLiteStore:
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
-            self.path, timeout=30, isolation_level=None, check_same_thread=False
+            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
         )
-        conn.execute("PRAGMA busy_timeout = 30000")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a big history stay hot
         if not self.memory:
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -188,7 +260,7 @@ class SQLiteStore:
                 conn.execute(f"PRAGMA user_version = {v}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
 
     @property
@@ -196,23 +268,33 @@ class SQLiteStore:
         return int(self.select("PRAGMA user_version")[1][0][0])
 
     def write(self, batch: WriteBatch) -> None:
-        conn = self._writer
-        if conn is None:
+        self._transaction(batch, each=False)
+
+    def write_each(self, batch: WriteBatch) -> list[Refused]:
+        return self._transaction(batch, each=True)
+
+    def _transaction(self, batch: WriteBatch, *, each: bool) -> list[Refused]:
+        """One transaction on this thread's connection (the engine's writer thread and a cell
+        committing its own trigger each have one). The process-wide lock keeps our own threads
+        from meeting in SQLite's busy handler, which sleeps in steps of up to 100 ms."""
+        if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
-        with self._lock:
+        conn = self._reader()
+        if not self._lock.acquire(timeout=self.busy_timeout):
+            raise StoreError(f"{self.path}: database is locked (another write of this "
+                             f"process held it for {self.busy_timeout:g}s)")
+        try:
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                _insert_many(conn, _RUN_UPSERT, batch.runs)
-                _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
-                _insert_many(conn, _LOG_INSERT, batch.logs)
-                if batch.waitpoints:
-                    conn.executemany(_WAITPOINT_UPSERT, batch.waitpoints)
-                for sql, params in batch.statements:
-                    conn.execute(sql, params)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            refused = _apply_each(conn, batch) if each else _apply(conn, batch)
+            conn.execute("COMMIT")
+            return refused
+        except BaseException as exc:
+            _rollback(conn)
+            if isinstance(exc, sqlite3.Error) and passing(exc):
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+        finally:
+            self._lock.release()
 
     def _reader(self) -> sqlite3.Connection:
         if self.memory:
