@@ -323,8 +323,16 @@ class Engine(ResultWaiting):
 
     async def trigger_async(self, defn: TaskDefinition, payload_json: str,
                             options: dict[str, Any], **extra: Any) -> RunHandle[Any]:
-        """trigger() for async callers on any loop: returns once the run is durable."""
+        """trigger() for async callers on any loop: returns once the run is durable.
+
+        Inside an async body it returns at once, as trigger() does there: the run's row rides
+        in the next commit, which also carries whatever the body does next. Waiting for it
+        would leave the body's run recorded as executing with children already triggered, and
+        a kernel killed just then would retry that attempt instead of resuming it.
+        """
         run, queue = self._prepare(defn, payload_json, options, **extra)
+        if self.runtime.in_loop():
+            return self._handle(self._submit(run, queue), run)
         got = await self.runtime.run(self._submit_when_durable, run, queue)
         return self._handle(got, run)
 

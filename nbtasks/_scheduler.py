@@ -81,6 +81,8 @@ class Scheduler:
         self.active: dict[str, RunState] = {}
         self.idempotency: dict[tuple[str, str], RunState] = {}
         self.undeployed: dict[str, list[RunState]] = {}
+        #: Runs whose first commit was refused, by id (the last 1,000): a late waiter's answer.
+        self.withdrawn: dict[str, RunState] = {}
         self.held: list[RunState] = []  # interrupted runs kept for the user (resume=False)
         self.dispatcher = Dispatcher(config.concurrency_limit)
         self.subscribers: list[Callable[[RunEvent], None]] = []
@@ -191,6 +193,9 @@ class Scheduler:
         """The run's first commit was refused: it was never recorded and never starts. Its
         waiters (and the trigger call, if it still waits) get `error`."""
         run.withdrawn = error
+        self.withdrawn[run.id] = run
+        while len(self.withdrawn) > 1000:  # only the last few: a waiter that comes late
+            del self.withdrawn[next(iter(self.withdrawn))]
         for t in (run.timer, run.ttl_timer):
             if t is not None:
                 t.cancel()
@@ -543,7 +548,13 @@ class Scheduler:
     def on_final(self, run_id: str, callback: Callable[[RunState], None]) -> bool:
         """Call back once `run_id` is final and durable. False if it is not active here."""
         run = self.active.get(run_id)
-        if run is None or run.durable:
+        if run is None:
+            gone = self.withdrawn.get(run_id)
+            if gone is None:
+                return False
+            callback(gone)  # never recorded: the waiter gets the StoreError, not "not found"
+            return True
+        if run.durable:
             return False
         run.waiters.append(callback)
         return True

@@ -35,6 +35,7 @@ class Kernel:
         self.proc = subprocess.Popen([sys.executable, str(CHILD), *args], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
+        self.ready = threading.Event()  # it recovered the file and starts triggering
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -43,6 +44,8 @@ class Kernel:
         for line in self.proc.stdout:
             if line.endswith("\n"):  # a line cut by the kill was never fully promised
                 self.lines.append(line)
+                if line == '"ready"\n':
+                    self.ready.set()
 
     def finish(self, timeout: float) -> tuple[int, str]:
         """Wait for the exit (reaping it: a zombie would look alive to the next kernel)."""
@@ -95,7 +98,14 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
     for k in range(KILLS):
         n = 2000 if k == 0 else 100
         kernel = Kernel("kill", str(db), str(k), str(n))
-        time.sleep(rng.uniform(0.3, 2.0))
+        # Start-up alone takes seconds on a loaded machine: a fixed delay from the spawn would
+        # kill nearly every kernel while it imports. One kill in four lands before "ready"
+        # (importing, recovering); the others at a random moment after it (triggering, executing).
+        if rng.random() < 0.25:
+            time.sleep(rng.uniform(0.05, 1.0))
+        else:
+            assert kernel.ready.wait(60), "the kernel never got ready"
+            time.sleep(rng.uniform(0.05, 1.5))
         kernel.proc.send_signal(signal.SIGKILL)
         rc, err = kernel.finish(timeout=30)
         assert rc == -signal.SIGKILL, err

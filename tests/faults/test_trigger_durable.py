@@ -1,0 +1,125 @@
+"""No attempt starts, and nobody hears of a run, before its row is committed: on every path.
+
+Each body looks at the file through a connection of its own as soon as it starts, so a run
+started before its commit would not find itself. The writer is slowed down, which would make
+such a run show every time. A row the store refuses withdraws its run: it never executes, and
+its caller or waiter gets a StoreError naming the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbtasks import Engine, RunEvent, StoreError
+from nbtasks.stores._base import WriteBatch
+from nbtasks.stores.sqlite import SQLiteStore
+
+
+class SlowDisk(SQLiteStore):
+    """Every commit takes 20 ms longer: a run started before its commit would show."""
+
+    def write(self, batch: WriteBatch) -> None:
+        time.sleep(0.02)
+        super().write(batch)
+
+
+def _on_disk(db: Path, run_id: str) -> bool:
+    con = sqlite3.connect(db)
+    try:
+        return bool(con.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchall())
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(60)
+def test_every_trigger_path_starts_only_recorded_runs(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    seen: dict[str, bool] = {}
+    created: dict[str, bool] = {}
+    with Engine(store=SlowDisk(db)) as eng:
+        @eng.task(id="probe")
+        async def probe(p: Any, ctx: Any) -> Any:
+            seen[ctx.run.id] = _on_disk(db, ctx.run.id)
+            return p
+
+        @eng.task(id="sync-probe")
+        def sync_probe(p: Any, ctx: Any) -> Any:
+            seen[ctx.run.id] = _on_disk(db, ctx.run.id)
+            return p
+
+        @eng.task(id="parent")
+        async def parent(p: Any, ctx: Any) -> Any:
+            seen[ctx.run.id] = _on_disk(db, ctx.run.id)
+            handles = [probe.trigger("in-loop trigger")]
+            handles += list(probe.batch_trigger(["in-loop batch"] * 3))
+            handles.append(await probe.trigger_async("in-loop trigger_async"))
+            waited = await probe.trigger_and_wait("trigger_and_wait")
+            both = await probe.batch_trigger_and_wait(["batch_and_wait"] * 2)
+            outs = [(await h).output for h in handles]
+            return [*outs, waited.output, *[r.output for r in both.runs]]
+
+        def on_event(event: RunEvent) -> None:
+            if event.kind == "created":  # subscribers hear of a run once it is recorded
+                created[event.run_id] = _on_disk(db, event.run_id)
+
+        eng.subscribe(on_event)
+        handles = [probe.trigger("cell"), sync_probe.trigger("cell sync")]
+        handles += list(probe.batch_trigger(["cell batch"] * 5))
+        handles.append(asyncio.run(probe.trigger_async("trigger_async")))
+        handles.append(probe.trigger("keyed", idempotency_key="k1"))
+        handles.append(parent.trigger(None))
+        results = eng.wait_results([h.id for h in handles], timeout=30)
+        assert all(r.ok for r in results)
+        assert len(results[-1].output) == 8
+    assert len(seen) == 9 + 1 + 8  # from the cell, the parent, from inside the parent
+    assert all(seen.values()), [k for k, v in seen.items() if not v]
+    assert len(created) == len(seen)
+    assert all(created.values())
+
+
+@pytest.mark.timeout(60)
+def test_a_refused_new_row_withdraws_its_run(tmp_path: Path) -> None:
+    """A bad string that slipped past the encoders: nothing recorded, nothing run, others fine."""
+    db = tmp_path / "runs.db"
+    ran: list[Any] = []
+    bad_payload = '"report-\udcff.csv"'  # already-encoded JSON, as trigger() would pass it on
+    with Engine(store=str(db)) as eng:
+        @eng.task(id="work")
+        async def work(p: Any, ctx: Any) -> Any:
+            ran.append(p)
+            return p
+
+        defn = eng.registry.require("work")
+        # From a cell: the caller's own commit fails, so trigger raises and records nothing.
+        with pytest.raises(StoreError) as caught:
+            eng.trigger_encoded(defn, bad_payload, {})
+        assert str(db) in str(caught.value) and "surrogate" in str(caught.value)
+
+        # On the engine loop, in one batch with good runs: only the bad one is withdrawn.
+        async def from_loop() -> list[str]:
+            good = [eng.trigger_encoded(defn, str(i), {}).id for i in range(5)]
+            bad = eng.trigger_encoded(defn, bad_payload, {}).id
+            return [*good, bad]
+
+        ids = eng.runtime.call(from_loop)
+        good = eng.wait_results(ids[:5], timeout=10)
+        assert [r.output for r in good] == [0, 1, 2, 3, 4]
+        with pytest.raises(StoreError, match="could not be recorded"):
+            eng.wait_result(ids[5], timeout=10)
+
+        # trigger_async awaited on another loop waits for the commit, so it hears it too.
+        with pytest.raises(StoreError, match="could not be recorded"):
+            asyncio.run(eng.trigger_async(defn, bad_payload, {}))
+        assert not eng.scheduler.active
+    assert sorted(ran) == [0, 1, 2, 3, 4]
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 5
+    finally:
+        con.close()
