@@ -10,15 +10,15 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-import weakref
 from typing import Any, TextIO
 
 from ._context import CURRENT, AttemptScope
 
 _installed = False
 _lock = threading.Lock()
-#: Every wrapper made, so an attempt's end finds its unfinished line whichever one holds it.
-_streams: weakref.WeakSet[_RunAwareStream] = weakref.WeakSet()
+#: Every wrapper made (a handful: one per stream replacement), so an attempt's end finds its
+#: unfinished line whichever one holds it.
+_streams: list[_RunAwareStream] = []
 
 
 class _RunAwareStream:
@@ -29,7 +29,7 @@ class _RunAwareStream:
         self._nbtasks_level = level
         self._nbtasks_partial: dict[str, str] = {}
         self._nbtasks_attrs = {"stream": "stdout" if level == "info" else "stderr"}
-        _streams.add(self)
+        _streams.append(self)
 
     def write(self, text: str) -> int:
         scope = CURRENT.get()
@@ -85,8 +85,9 @@ class _RunLogHandler(logging.Handler):
 def flush_partial_lines(scope: AttemptScope) -> None:
     """At the end of an attempt: a last `print(..., end="")` still reaches the run's log, and
     its buffer entry goes (it would otherwise stay for the life of the kernel)."""
-    for stream in list(_streams):
-        stream._nbtasks_end_line(scope)
+    for stream in _streams:
+        if stream._nbtasks_partial:  # almost always empty: this is on every attempt's path
+            stream._nbtasks_end_line(scope)
 
 
 def install() -> None:

@@ -61,7 +61,7 @@ class Mailbox:
         deadline = time.perf_counter() + SLICE
         for i, (fn, args) in enumerate(items):
             fn(*args)
-            if not (i + 1) & 15 and time.perf_counter() > deadline and i + 1 < len(items):
+            if i + 1 < len(items) and time.perf_counter() > deadline:
                 with self._lock:
                     self._items[:0] = items[i + 1:]
                     if self._armed:

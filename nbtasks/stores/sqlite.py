@@ -284,6 +284,12 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: database is locked (another write of this "
                              f"process held it for {self.busy_timeout:g}s)")
         try:
+            if not each and len(batch.runs) == 1 and not (
+                    batch.attempts or batch.logs or batch.waitpoints or batch.statements):
+                # One new run from a cell: one statement is its own transaction. Two calls
+                # fewer, and each call lets the GIL go to the busy engine thread for a while.
+                conn.execute(_multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1), batch.runs[0])
+                return []
             conn.execute("BEGIN IMMEDIATE")
             refused = _apply_each(conn, batch) if each else _apply(conn, batch)
             conn.execute("COMMIT")
