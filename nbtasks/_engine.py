@@ -25,6 +25,7 @@ from ._clock import Clock, RealClock
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, StoreError
 from ._events import EngineConfig
+from ._group_commit import GroupCommit
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
@@ -55,6 +56,8 @@ class Engine(ResultWaiting):
 
     scheduler: Scheduler  # created on the engine loop by _start()
     writer: GroupWriter
+    #: trigger_async's group commit per caller loop (made on first use)
+    _groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit]
 
     def __init__(
         self,
@@ -296,6 +299,15 @@ class Engine(ResultWaiting):
         for run in runs:
             run.recorded = True
 
+    def _group_commit(self, loop: asyncio.AbstractEventLoop) -> GroupCommit:
+        groups = getattr(self, "_groups", None)
+        if groups is None:
+            groups = self._groups = weakref.WeakKeyDictionary()
+        group = groups.get(loop)
+        if group is None:
+            group = groups[loop] = GroupCommit(self, loop)
+        return group
+
     def _admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
         """On the loop: arm runs whose rows their caller committed."""
         for run, queue in prepared:
@@ -333,6 +345,9 @@ class Engine(ResultWaiting):
         run, queue = self._prepare(defn, payload_json, options, **extra)
         if self.runtime.in_loop():
             return self._handle(self._submit(run, queue), run)
+        if run.idempotency_key is None:
+            got = await self._group_commit(asyncio.get_running_loop()).add(run, queue)
+            return self._handle(got, run)
         got = await self.runtime.run(self._submit_when_durable, run, queue)
         return self._handle(got, run)
 
