@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
 import threading
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -28,12 +27,12 @@ from ._context import (
     TaskContext,
     TaskInfo,
 )
-from ._errors import KernelRestartError, MaxDurationExceededError, StoreError
+from ._errors import KernelRestartError, MaxDurationExceededError
 from ._events import EngineConfig, RunEvent, RunSink, attributes_json
 from ._lifecycle import AttemptOutcome, AttemptPlan, error_record
 from ._models import MACHINES, RetryOptions
-from ._payload import dumps
 from ._queues import Dispatcher
+from ._refusals import store_refused
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
 from ._status import RunStatus, transition
@@ -42,11 +41,9 @@ from ._text import escape_text
 from ._watchdog import LoopWatch
 from ._writer import GroupWriter
 from .executors._base import Executor
-from .stores._base import Refused
 
 T = TypeVar("T")
 S = RunStatus
-_log = logging.getLogger("nbtasks")
 
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
@@ -72,7 +69,7 @@ class Scheduler:
         self.loop_thread = threading.get_ident()
         self.clock = clock
         self.writer = writer
-        writer.on_refused = self.store_refused
+        writer.on_refused = partial(store_refused, self)
         self.registry = registry
         self.config = config
         self.executor_for = executor_for
@@ -188,67 +185,6 @@ class Scheduler:
             run.timer = self.clock.call_at(run.delay_until, partial(self.enqueue, run))
         else:
             self.enqueue(run)
-
-    def withdraw(self, run: RunState, error: StoreError) -> None:
-        """The run's first commit was refused: it was never recorded and never starts. Its
-        waiters (and the trigger call, if it still waits) get `error`."""
-        run.withdrawn = error
-        self.withdrawn[run.id] = run
-        while len(self.withdrawn) > 1000:  # only the last few: a waiter that comes late
-            del self.withdrawn[next(iter(self.withdrawn))]
-        for t in (run.timer, run.ttl_timer):
-            if t is not None:
-                t.cancel()
-        run.timer = run.ttl_timer = None
-        self.active.pop(run.id, None)
-        if run.idempotency_key is not None and \
-                self.idempotency.get((run.task_id, run.idempotency_key)) is run:
-            del self.idempotency[(run.task_id, run.idempotency_key)]
-        parent = self.active.get(run.parent_id) if run.parent_id is not None else None
-        if parent is not None and run in parent.children:
-            parent.children.remove(run)
-        waiters, run.waiters = run.waiters, []
-        for fn in waiters:
-            fn(run)
-
-    def store_refused(self, refused: list[Refused]) -> None:
-        """The writer left rows out of a commit because the store refused them (text SQLite
-        can't encode, a value out of its range). Only the runs they belong to pay for it."""
-        path = getattr(self.writer.store, "path", "the store")
-        for r in refused:
-            run = self.active.get(r.run_id) if r.run_id is not None else None
-            if run is None or run.durable:
-                _log.error("nbtasks: the store refused a %s row%s and left it out: %s", r.kind,
-                           f" of run {r.run_id}" if r.run_id else "", r.reason)
-                continue
-            if not run.recorded:
-                self.withdraw(run, StoreError(
-                    f"{path}: run {run.id} of {run.task_id!r} could not be recorded, so it was "
-                    f"not started: {r.reason}"))
-                continue
-            self._fail_unstorable(run, r, path)
-
-    def _fail_unstorable(self, run: RunState, r: Refused, path: str) -> None:
-        err = StoreError(f"{path}: the store refused this run's {r.kind} record ({r.reason}), "
-                         "so the run is failed rather than left with a record that is not true")
-        record = error_record(err)
-        record["traceback"] = ""
-        run.escape = True  # its rows from now on are written with any bad text escaped
-        if not run.is_final:
-            self.stop(run, S.FAILED, "store", record)
-            return
-        # Final in memory but neither on disk nor announced: its after-commit work waits for
-        # this correction, so nobody ever hears the outcome that could not be stored.
-        run.status = S.FAILED  # not a transition: the state it replaces never existed outside
-        run.output_json = None
-        run.error = record
-        run.updated_at = self.clock.now()
-        self.writer.mark(run)
-        self.writer.statement(
-            "UPDATE attempts SET status = 'FAILED', error_type = ?, error_message = ?, error = ? "
-            "WHERE run_id = ? AND number = ?",
-            (record["type"], record["message"], dumps(record), run.id, run.attempt_count))
-        self.emit("status", run)
 
     def enqueue(self, run: RunState, front: bool = False) -> None:
         if run.is_final:
