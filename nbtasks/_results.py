@@ -64,6 +64,7 @@ class _Collector:
 class ResultWaiting:
     """Mixed into Engine; every method but the sync `wait_*` runs on the engine loop."""
 
+    closed: bool
     runtime: Runtime
     scheduler: Scheduler
     store: Store
@@ -134,6 +135,8 @@ class ResultWaiting:
         primary-key read on this thread's own store connection. A final row in the file is
         durable by definition; a run not final yet, or unknown, gives None.
         """
+        if self.closed:
+            return None  # the wait itself says the engine is closed
         run = self.scheduler.active.get(run_id)
         if run is not None:
             return _result_of(run) if run.durable else None

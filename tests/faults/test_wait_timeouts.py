@@ -135,3 +135,22 @@ def test_a_finished_run_answers_while_the_engine_loop_is_stuck(engine: Engine) -
 
 async def _await(handle: Any) -> Any:
     return await asyncio.wait_for(handle, 5)
+
+
+def test_a_handle_given_the_runs_state_answers_from_it_once_durable(engine: Engine) -> None:
+    """The engine may hand its live state of a run to the handle: no store read at all then."""
+    from nbtasks._handles import RunHandle
+
+    gate = threading.Event()
+    task = engine.task(id="gated", run=lambda payload, ctx: gate.wait(30) and payload)
+    first = task.trigger(9)
+    state = engine.scheduler.active[first.id]
+    handle: RunHandle[Any] = RunHandle(engine, first.id, "gated", run=state)
+    assert handle.status is RunStatus.EXECUTING or handle.status is RunStatus.QUEUED
+    with pytest.raises(Exception, match="not final"):
+        handle.wait(timeout=0)
+    gate.set()
+    assert first.wait(timeout=30).output == 9
+    engine.close()  # from here on, an answer can only come from the state it was given
+    assert handle.wait(timeout=0).output == 9
+    assert handle.status is RunStatus.COMPLETED
