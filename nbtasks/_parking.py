@@ -12,9 +12,7 @@ knowing which pool, or whether there is one (a notebook's main thread has none).
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator
 from typing import Protocol
 
 
@@ -34,15 +32,21 @@ def bind(pool: Parkable) -> None:
     _local.pool = pool
 
 
-@contextlib.contextmanager
-def parked() -> Iterator[None]:
-    """Around a blocking wait: the pool may start another thread while this one waits."""
-    pool: Parkable | None = getattr(_local, "pool", None)
-    if pool is None:
-        yield
-        return
-    pool.park()
-    try:
-        yield
-    finally:
-        pool.unpark()
+class parked:  # lower case: it reads as a function, `with parked():`
+    """Around a blocking wait: the pool may start another thread while this one waits.
+
+    A class rather than a generator: `trigger_async` and `await handle` pass through here on
+    every call, from threads that mostly have no pool at all.
+    """
+
+    __slots__ = ("_pool",)
+
+    def __enter__(self) -> None:
+        pool: Parkable | None = getattr(_local, "pool", None)
+        self._pool = pool
+        if pool is not None:
+            pool.park()
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.unpark()

@@ -252,8 +252,7 @@ class SQLiteStore:
             return self._writer
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            if self._lost is not None:
-                raise StoreError(str(self._lost))
+            self.check_identity()  # a new thread must not read a file put in the store's place
             conn = self._connect()
             self._local.conn = conn
             with self._lock:
