@@ -192,6 +192,12 @@ class SQLiteStore:
                 raise StoreError(f"{self.path}: {exc}") from exc
             raise
 
+    @property
+    def lost(self) -> StoreError | None:
+        """Why the file can no longer be written (deleted or replaced), or None. Unlike a held
+        lock or a full disk this never passes: a writer must not retry it."""
+        return self._lost
+
     def check_identity(self) -> None:
         """Raise StoreError if the file was deleted or replaced since open(). One stat() call:
         cheap enough for every commit, which is where writing into the void must stop."""

@@ -213,6 +213,7 @@ def test_a_deleted_store_stops_triggers_and_is_not_recreated(tmp_path: Path) -> 
             task.trigger(2)
         with pytest.raises(StoreError, match="deleted"):
             task.batch_trigger([3, 4])
+        assert eng.store.lost is not None  # type: ignore[attr-defined]
         # A reader on a fresh thread (a widget refresh, a DataFrame) must not create a new file.
         seen: list[BaseException] = []
         reader = threading.Thread(target=lambda: _catch(seen, eng.runs.list))
