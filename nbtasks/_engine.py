@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import sqlite3
 import weakref
 from functools import partial
 from typing import Any
@@ -105,7 +106,13 @@ class Engine(ResultWaiting):
         self.clock.bind(self.runtime.loop)
         LIVE_OWNERS.add(self.owner)
         OPEN_ENGINES.add(self)
-        self.runtime.call(self._start)
+        try:
+            self.runtime.call(self._start)
+        except BaseException as exc:
+            self._abandon_start()
+            if isinstance(exc, sqlite3.DatabaseError):  # e.g. a corrupt page found by recovery
+                raise StoreError(f"{self.store.path}: {exc}") from exc
+            raise
         self.registry.listen(self._on_define)
         _capture.install()
         atexit.register(self.close)
@@ -130,6 +137,15 @@ class Engine(ResultWaiting):
         self.schedule_book = ScheduleBook(self)
         self.schedule_book.restore()
         await self.writer.barrier()
+
+    def _abandon_start(self) -> None:
+        """Start-up failed: stop what it started. The engine thread in particular, or the
+        interpreter would wait for it at exit and never quit."""
+        self.closed = True
+        self.runtime.close()  # the writer's thread is a daemon idle in get(): it never holds exit
+        self.store.close()
+        LIVE_OWNERS.discard(self.owner)
+        OPEN_ENGINES.discard(self)
 
     def _on_define(self, defn: TaskDefinition) -> None:
         if self.closed:
@@ -158,8 +174,8 @@ class Engine(ResultWaiting):
         try:
             fut = self.runtime.submit(self._shutdown)
             fut.result(timeout=10)
-        except (concurrent.futures.TimeoutError, EngineError, RuntimeError):
-            pass
+        except (concurrent.futures.TimeoutError, EngineError, RuntimeError, StoreError):
+            pass  # a store deleted under the engine already said so on every trigger since
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.abandon()  # a store that still can't be written must not hang the exit

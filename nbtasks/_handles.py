@@ -8,16 +8,19 @@
 
 from __future__ import annotations
 
+import math
+import threading
 from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from ._errors import SubtaskUnwrapError, TaskRunError, error_from_record
+from ._errors import ConfigurationError, SubtaskUnwrapError, TaskRunError, error_from_record
 from ._payload import loads
 from ._status import FINAL, RunStatus
 
 if TYPE_CHECKING:
     from ._engine import Engine
     from ._models import Run
+    from ._runstate import RunState
 
 OutT = TypeVar("OutT")
 
@@ -69,6 +72,23 @@ class Result(Generic[OutT]):
 
 _UNSET: Any = object()
 
+#: Past this a wait is as good as for ever, and the OS's timers can't hold it (OverflowError).
+_FOREVER = threading.TIMEOUT_MAX / 2
+
+
+def check_wait_timeout(timeout: Any) -> float | None:
+    """A wait's timeout in seconds, or None for no limit; ConfigurationError if it makes no
+    sense. Infinity (or anything past what a timer can hold) means no limit."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"wait: timeout must be seconds (a number) or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ConfigurationError(f"wait: timeout must be >= 0 seconds or None, got {timeout!r}")
+    if timeout >= _FOREVER:
+        return None
+    return float(timeout)
+
 #: What a run that ended without an error of its own reports.
 _STATUS_MESSAGES = {
     RunStatus.CANCELED: "the run was cancelled",
@@ -78,18 +98,46 @@ _STATUS_MESSAGES = {
 
 
 class RunHandle(Generic[OutT]):
-    """Returned at once by trigger(). Live `status`; `wait()`, `cancel()`, `replay()`; awaitable."""
+    """Returned at once by trigger(). Live `status`; `wait()`, `cancel()`, `replay()`; awaitable.
 
-    __slots__ = ("_engine", "id", "is_cached", "task_id")
+    Once the run is known final and durable its Result is kept on the handle: `wait()`,
+    `await handle` and `status` then answer from it, with no trip to the engine thread.
+    """
 
-    def __init__(self, engine: Engine, run_id: str, task_id: str, is_cached: bool = False) -> None:
+    __slots__ = ("_engine", "_result", "_run", "id", "is_cached", "task_id")
+
+    def __init__(self, engine: Engine, run_id: str, task_id: str, is_cached: bool = False,
+                 run: RunState | None = None) -> None:
         self._engine = engine
         self.id = run_id
         self.task_id = task_id
         self.is_cached = is_cached
+        #: The engine's live state of the run, when the engine handed it over: read from this
+        #: thread only once `durable` is set, after which the engine never changes it again.
+        self._run = run
+        self._result: Result[OutT] | None = None
+
+    def _finished(self) -> Result[OutT] | None:
+        if self._result is None:
+            run = self._run
+            if run is not None and run.durable:
+                self._result = Result(run.id, run.task_id, run.status, run.output_json, run.error)
+                self._run = None  # the Result is all a finished run's handle needs
+        return self._result
 
     @property
     def status(self) -> RunStatus:
+        done = self._finished()
+        if done is not None:
+            return done.status
+        run = self._run
+        if run is not None:
+            return run.status
+        finished = getattr(self._engine, "finished_result", None)  # not on a worker's proxy
+        if finished is not None:
+            self._result = finished(self.id)
+            if self._result is not None:
+                return self._result.status
         return self._engine.status_of(self.id)
 
     @property
@@ -100,11 +148,24 @@ class RunHandle(Generic[OutT]):
         return self._engine.runs.retrieve(self.id)
 
     def wait(self, timeout: float | None = None) -> Result[OutT]:
-        """Block until the run is final (RunWaitTimeoutError after `timeout` seconds)."""
-        return self._engine.wait_result(self.id, timeout)
+        """Block until the run is final (RunWaitTimeoutError after `timeout` seconds).
+
+        A finished run answers at once, even with `timeout=0`. `timeout=None` or `math.inf`
+        waits for ever; a negative or NaN timeout is a ConfigurationError.
+        """
+        seconds = check_wait_timeout(timeout)
+        done = self._finished()
+        if done is not None:
+            return done
+        self._result = self._engine.wait_result(self.id, seconds)
+        return self._result
 
     def __await__(self) -> Generator[Any, None, Result[OutT]]:
-        return self._engine.result_async(self.id).__await__()
+        done = self._finished()
+        if done is not None:
+            return done
+        self._result = yield from self._engine.result_async(self.id).__await__()
+        return self._result
 
     def cancel(self) -> bool:
         """Cancel if not final; False (a no-op) when it already was."""
@@ -176,7 +237,8 @@ class BatchHandle(Generic[OutT]):
 
         ids = [h.id for h in self.runs]
         with batch_progress(self._engine, self.id, ids):
-            return BatchResult(self.id, self._engine.wait_results(ids, timeout))
+            return BatchResult(self.id,
+                               self._engine.wait_results(ids, check_wait_timeout(timeout)))
 
     def __await__(self) -> Generator[Any, None, BatchResult[OutT]]:
         async def _all() -> BatchResult[OutT]:

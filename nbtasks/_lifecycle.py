@@ -28,6 +28,7 @@ from ._capture import flush_partial_lines
 from ._context import CURRENT, AttemptScope, TaskContext
 from ._errors import AbortTaskRunError, OutputSerializationError, PayloadValidationError
 from ._models import RetryOptions
+from ._parking import parked
 from ._payload import dumps, loads
 from ._retry import decide
 from ._status import RunStatus
@@ -140,7 +141,8 @@ def _make_next(
     loop = asyncio.get_running_loop()
 
     def next_sync() -> Any:  # called from the middleware's worker thread
-        return asyncio.run_coroutine_threadsafe(next_async(), loop).result()
+        with parked():  # the body needs a thread of its own while this one waits for it
+            return asyncio.run_coroutine_threadsafe(next_async(), loop).result()
 
     return next_sync
 

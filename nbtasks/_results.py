@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, RunNotFoundError, RunWaitTimeoutError
-from ._handles import Result
+from ._handles import Result, check_wait_timeout
+from ._parking import parked
 from ._payload import loads
 from ._runstate import RunState
 from ._status import FINAL, RunStatus
@@ -63,6 +64,7 @@ class _Collector:
 class ResultWaiting:
     """Mixed into Engine; every method but the sync `wait_*` runs on the engine loop."""
 
+    closed: bool
     runtime: Runtime
     scheduler: Scheduler
     store: Store
@@ -125,7 +127,33 @@ class ResultWaiting:
         parent = self._parked(scope)
         return self.scheduler.park(parent, fut) if parent is not None else fut
 
+    def finished_result(self, run_id: str) -> Result[Any] | None:
+        """The Result of a run that is final and durable, or None; from any thread, cheaply.
+
+        No trip to the engine thread: an active run is looked at in place (a dict read; a run
+        marked `durable` is never changed again), and one this engine no longer holds is one
+        primary-key read on this thread's own store connection. A final row in the file is
+        durable by definition; a run not final yet, or unknown, gives None.
+        """
+        if self.closed:
+            return None  # the wait itself says the engine is closed
+        run = self.scheduler.active.get(run_id)
+        if run is not None:
+            return _result_of(run) if run.durable else None
+        _, rows = self.store.select(
+            "SELECT task_id, status, output, error FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            return None
+        task_id, status, output, error = rows[0]
+        st = RunStatus(status)
+        if st not in FINAL:
+            return None
+        return Result(run_id, task_id, st, output, loads(error))
+
     async def result_async(self, run_id: str) -> Result[Any]:
+        done = self.finished_result(run_id)
+        if done is not None:
+            return done
         scope = CURRENT.get()
         return await self.runtime.run(self._wait_one, run_id, scope)
 
@@ -138,6 +166,7 @@ class ResultWaiting:
             raise EngineError(
                 "handle.wait() blocks, and this code runs on the engine loop (an async task body "
                 "or hook): use `await handle` instead")
+        timeout = check_wait_timeout(timeout)
         started: list[asyncio.Task[Any]] = []
 
         async def _watched() -> Any:
@@ -147,7 +176,8 @@ class ResultWaiting:
 
         fut = self.runtime.submit(_watched)
         try:
-            return fut.result(timeout)
+            with parked():  # a sync body's thread waits: the pool may start another meanwhile
+                return fut.result(timeout)
         except concurrent.futures.TimeoutError:
             if CURRENT.get() is not None and started:
                 # A sync body: unwind the engine side before it goes on, so its parked run takes
@@ -161,9 +191,16 @@ class ResultWaiting:
             ) from None
 
     def wait_result(self, run_id: str, timeout: float | None = None) -> Result[Any]:
+        done = self.finished_result(run_id)
+        if done is not None:
+            return done
         return self._block(self._wait_one, run_id, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
 
     def wait_results(self, run_ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
+        if check_wait_timeout(timeout) == 0:  # no time to wait: the answer is what is final now
+            done = [self.finished_result(run_id) for run_id in run_ids]
+            if all(r is not None for r in done):
+                return done  # type: ignore[return-value]
         return self._block(self._wait_many, run_ids, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
 
     def status_of(self, run_id: str) -> RunStatus:

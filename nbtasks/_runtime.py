@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._errors import EngineError
+from ._parking import parked
 
 T = TypeVar("T")
 
@@ -173,7 +174,9 @@ class Runtime:
 
         self.inbox.post(_start)
         try:
-            return await fut
+            # A sync body awaiting on a loop of its own (asyncio.run) blocks its pool thread.
+            with parked():
+                return await fut
         except asyncio.CancelledError:
             self.inbox.post(_cancel_all, started)
             raise

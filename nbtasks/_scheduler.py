@@ -385,7 +385,23 @@ class Scheduler:
 
     def stop(self, run: RunState, status: RunStatus, reason: str,
              error: dict[str, Any] | None = None) -> bool:
-        """End a non-final run now: cancel, max_duration, TTL. Children of a cancel go too."""
+        """End a non-final run now: cancel, max_duration, TTL. Children of a cancel go too.
+
+        The tree of a cancel is walked with a list, not recursion: a `trigger_and_wait`
+        chain may be thousands deep, deeper than Python's recursion limit.
+        """
+        if not self._stop_one(run, status, reason, error):
+            return False
+        if status is S.CANCELED:
+            pending = list(reversed(run.children))
+            while pending:
+                child = pending.pop()
+                if self._stop_one(child, S.CANCELED, reason, None):
+                    pending.extend(reversed(child.children))
+        return True
+
+    def _stop_one(self, run: RunState, status: RunStatus, reason: str,
+                  error: dict[str, Any] | None) -> bool:
         if run.is_final:
             return False
         if run.signal is not None:
@@ -404,9 +420,6 @@ class Scheduler:
             task.cancel()
         for waiting in self.blocking.pop(run.id, set()):
             waiting.cancel()
-        if status is S.CANCELED:
-            for child in run.children:
-                self.stop(child, S.CANCELED, reason)
         return True
 
     def _time_out(self, run: RunState) -> None:

@@ -21,6 +21,7 @@ from ._context import CURRENT, AttemptScope
 from ._durations import Duration, parse_duration
 from ._errors import ConfigurationError
 from ._models import check_tags
+from ._parking import parked
 from ._recovery import token_id, wait_target
 from ._tokens import WaitResult, WaitToken
 
@@ -159,7 +160,8 @@ class WaitAPI:
         async def _go() -> Any:
             return await asyncio.get_running_loop().create_task(coro, context=context)
 
-        return eng.runtime.call(_go)
+        with parked():  # the sync body's thread waits: the pool may start another meanwhile
+            return eng.runtime.call(_go)
 
 
 def _seconds(units: dict[str, float]) -> float:

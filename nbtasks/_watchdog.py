@@ -1,81 +1,108 @@
-"""A warning when something blocks the engine loop.
+"""A warning when an async task body blocks the engine loop, naming the task.
 
 An `async def` body that calls blocking code (`time.sleep`, a synchronous HTTP client, heavy CPU)
 holds the engine's loop: no other run progresses, no trigger() returns. That is the most common
-mistake in a notebook, and it looks like a hang. While runs execute, a timer checks how late the
-loop wakes it; a stall past the threshold is logged on the kernel runs that executed since the
-last check and once on the `nbtasks` logger. When nothing runs there is no timer at all.
+mistake in a notebook, and it looks like a hang. So every step of an attempt on the engine loop
+(the code between two awaits) is timed, and a step past the threshold is logged on its run and
+once on the `nbtasks` logger, with the task's id.
+
+Only time spent inside an attempt counts. A stall of the engine's own (a big burst to dispatch,
+a slow commit callback) is not the user's doing and is never reported as theirs; the throughput
+benchmark measures those with a probe on the loop. Timing costs two clock reads per step and
+no timer at all.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import TYPE_CHECKING
-
-from ._events import attributes_json
-from ._status import RunStatus
+import time
+from collections.abc import Awaitable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
+    from ._context import AttemptScope
     from ._runstate import RunState
     from ._scheduler import Scheduler
 
 log = logging.getLogger("nbtasks")
 
+T = TypeVar("T")
+
 
 class LoopWatch:
-    """Armed by the scheduler whenever an attempt starts; disarms itself when all is idle."""
+    """One per scheduler: the threshold (seconds; 0 turns the watch off) and a stall count."""
 
     def __init__(self, sched: Scheduler, threshold: float = 1.0) -> None:
         self.sched = sched
         self.threshold = threshold
-        self._handle: asyncio.TimerHandle | None = None
-        self._due = 0.0
         self.stalls = 0
-        #: Ids of the runs started since the last check: the stall happened in one of them,
-        #: and it may well have finished by the time the loop is free to notice. Ids, not runs:
-        #: a finished run must not stay in memory for the watch's sake.
-        self._seen: list[str] = []
+        #: There is no timer any more (steps are timed where they run); kept None for callers
+        #: that check the watch is idle.
+        self._handle: Any = None
 
     def arm(self, run: RunState | None = None) -> None:
-        if run is not None and (run.machine or "kernel") == "kernel" and self.threshold > 0:
-            self._seen.append(run.id)
-        if self._handle is None and self.threshold > 0:
-            loop = self.sched.loop
-            self._due = loop.time() + min(0.25, self.threshold / 2)
-            self._handle = loop.call_at(self._due, self._tick)
+        """An attempt gets its slot. Nothing to arm: its steps are timed as they run."""
 
-    def _tick(self) -> None:
-        loop = self.sched.loop
-        lag = loop.time() - self._due
-        self._handle = None
-        seen, self._seen = self._seen, []
-        active = self.sched.active
-        executing = [i for i in seen if (r := active.get(i)) is not None
-                     and r.status is RunStatus.EXECUTING]
-        if lag >= self.threshold:
-            self._report(lag, seen)
-        self._seen = executing
-        if self.sched.dispatcher.running:
-            self.arm()
+    def timed(self, coro: Coroutine[Any, Any, T], scope: AttemptScope) -> Awaitable[T]:
+        """`coro` (an attempt on the engine loop), with every step timed against the threshold."""
+        if self.threshold <= 0:
+            return coro
+        return _TimedSteps(coro, self, scope)
 
-    def _report(self, lag: float, seen: list[str]) -> None:
+    def report(self, seconds: float, scope: AttemptScope) -> None:
         self.stalls += 1
-        message = (f"the engine loop was blocked for {lag:.1f} s: an async task body that calls "
-                   "blocking code (time.sleep, a synchronous client, heavy CPU) stalls every "
-                   "run; await instead, or make the body a plain def (it then runs on a thread)")
-        blamed = list(dict.fromkeys(seen))
-        attrs = {"blocked_seconds": round(lag, 3)}
-        for run_id in blamed:
-            run = self.sched.active.get(run_id)
-            if run is not None:
-                self.sched.log(run, "warn", message, attrs)
-            else:  # finished meanwhile: its log still gets the line
-                self.sched.writer.log((run_id, self.sched.clock.now(), "warn", message,
-                                       attributes_json(attrs)))
-        log.warning("%s (runs executing: %s)", message, ", ".join(blamed[:5]) or "none")
+        task_id, run_id = scope.ctx.task.id, scope.ctx.run.id
+        message = (f"the engine loop was blocked for {seconds:.1f} s by the async body of task "
+                   f"{task_id!r}: it calls blocking code (time.sleep, a synchronous client, "
+                   "heavy CPU), which stalls every run; await instead, or make the body a plain "
+                   "def (it then runs on a thread)")
+        scope.sink.log("warn", message, {"blocked_seconds": round(seconds, 3)})
+        log.warning("%s (run %s)", message, run_id)
 
     def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
+        """Nothing to cancel; kept for the scheduler's shutdown."""
+
+
+class _TimedSteps:
+    """Drives a coroutine as a Task would, timing each `send`/`throw`: one step of user code.
+
+    Futures the coroutine yields pass through to the Task untouched, and what the Task sends
+    or throws back (results, CancelledError) is forwarded, so the coroutine can't tell.
+    """
+
+    __slots__ = ("_coro", "_scope", "_watch")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], watch: LoopWatch,
+                 scope: AttemptScope) -> None:
+        self._coro = coro
+        self._watch = watch
+        self._scope = scope
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro = self._coro
+        clock = time.perf_counter
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            start = clock()
+            try:
+                yielded = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                self._check(clock() - start)
+                return stop.value
+            except BaseException:
+                self._check(clock() - start)
+                raise
+            self._check(clock() - start)
+            try:
+                value, error = (yield yielded), None
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # CancelledError and the like: into the coroutine
+                value, error = None, exc
+
+    def _check(self, seconds: float) -> None:
+        watch = self._watch
+        if seconds >= watch.threshold > 0:
+            watch.report(seconds, self._scope)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _parking
 from .._context import CURRENT, AttemptScope
 from .._lifecycle import AttemptOutcome, AttemptPlan, run_attempt
 
@@ -26,44 +28,72 @@ class DaemonThreads:
 
     Cancelling the awaiting task abandons the call: the thread finishes it and the result is
     dropped, which is what a cancelled or timed-out sync run needs.
+
+    `max_threads` caps the threads running user code, not the threads alive: a thread parked
+    in a wait for another run (nbtasks._parking) doesn't count, so a sync body waiting on a
+    sync child never starves that child of a thread, at any depth. Threads the pool grew for
+    such waits retire once they are over.
     """
 
     def __init__(self, max_threads: int = 64, name: str = "nbtasks-sync") -> None:
         self.max_threads = max_threads
         self.name = name
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._threads: list[threading.Thread] = []
-        self._idle = 0
         self._lock = threading.Lock()
+        self._names = itertools.count()
+        self.alive = 0     # threads started and not retired
+        self._idle = 0     # of those, waiting for a job
+        self._pending = 0  # jobs put and not yet taken
+        self.parked = 0    # threads blocked in a wait for another run
 
     async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
         with self._lock:
-            if self._idle == 0 and len(self._threads) < self.max_threads:
-                t = threading.Thread(target=self._work, name=f"{self.name}-{len(self._threads)}",
-                                     daemon=True)
-                self._threads.append(t)
-                self._idle += 1
-                t.start()
+            self._pending += 1
+            self._grow()
         self._jobs.put((loop, fut, fn, args, contextvars.copy_context()))
         return await fut
 
+    def _grow(self) -> None:
+        """Under the lock: a thread more if a job would wait and the cap allows it."""
+        if self._pending > self._idle and self.alive - self.parked < self.max_threads:
+            self.alive += 1
+            self._idle += 1
+            threading.Thread(target=self._work, name=f"{self.name}-{next(self._names)}",
+                             daemon=True).start()
+
+    def park(self) -> None:
+        with self._lock:
+            self.parked += 1
+            self._grow()
+
+    def unpark(self) -> None:
+        with self._lock:
+            self.parked -= 1
+
     def _work(self) -> None:
+        _parking.bind(self)
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             with self._lock:
                 self._idle -= 1
+                self._pending -= 1
             loop, fut, fn, args, ctx = job
+            result = None
             try:
                 result = ctx.run(fn, *args)
             except BaseException as exc:
                 self._settle(loop, fut, None, exc, ctx)
             else:
                 self._settle(loop, fut, result, None, ctx)
+            del job, fn, args, ctx, result  # an idle thread must not keep the last run alive
             with self._lock:
+                if self.alive - self.parked > self.max_threads:
+                    self.alive -= 1  # grown for waits that are over: back under the cap
+                    return
                 self._idle += 1
 
     @staticmethod
@@ -83,7 +113,7 @@ class DaemonThreads:
             loop.call_soon_threadsafe(_set)
 
     def close(self) -> None:
-        for _ in self._threads:
+        for _ in range(self.alive):
             self._jobs.put(None)
 
 
@@ -106,7 +136,12 @@ class InlineExecutor:
         return None
 
     async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
-        return await run_attempt(plan, scope, self.threads.run)
+        attempt = run_attempt(plan, scope, self.threads.run)
+        engine = scope.engine
+        if engine is None:
+            return await attempt
+        # On the engine loop: its steps are timed, so a body that blocks the loop is named.
+        return await engine.scheduler.watch.timed(attempt, scope)  # type: ignore[no-any-return]
 
     async def close(self) -> None:
         self.threads.close()

@@ -19,6 +19,7 @@ from typing import Any
 from .._errors import StoreError
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from .._text import escape_row
+from . import _trust
 from ._base import Refused, Store, WriteBatch
 
 SCHEMA_VERSION = 2
@@ -185,14 +186,6 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     return refused
 
 
-def _create_private(path: Path) -> None:
-    """Make the folder 0700 and the file 0600 before SQLite opens it (its -wal/-shm copy the mode)."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not path.exists():
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-        os.close(fd)
-
-
 class SQLiteStore:
     """The default store. Thread-safe: one writer connection, one reader per thread."""
 
@@ -202,20 +195,32 @@ class SQLiteStore:
         #: Seconds a write (or a read) waits for another connection's lock before giving up.
         self.busy_timeout = busy_timeout
         self.memory = self.path == ":memory:"
+        self._abs = self.path
         self._lock = threading.RLock()
         self._local = threading.local()
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
         self._closed = False
+        #: (st_dev, st_ino) of the file as opened; None for ":memory:".
+        self._identity: tuple[int, int] | None = None
+        #: Set once the file was found deleted or replaced: every later write raises it.
+        self._lost: StoreError | None = None
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(
-            self.path, timeout=self.busy_timeout, isolation_level=None, check_same_thread=False
-        )
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: index pages of a big history stay hot
-        if not self.memory:
-            conn.execute("PRAGMA synchronous = NORMAL")
+        # A file store is opened read-write but never created by SQLite (`mode=rw`): the file
+        # is made 0600 by `_trust.prepare`, and a reader opening after the file was deleted
+        # must fail, not leave an empty file behind. The absolute path is fixed at open(), so
+        # a notebook that changes directory keeps using the same file.
+        target = self.path if self.memory else Path(self._abs).as_uri() + "?mode=rw"
+        try:
+            conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False, uri=not self.memory)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: a big history's index stays hot
+            if not self.memory:
+                conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
         return conn
 
     def _use_wal(self, conn: sqlite3.Connection) -> None:
@@ -232,18 +237,49 @@ class SQLiteStore:
                 time.sleep(0.01)
 
     def open(self) -> None:
-        if not self.memory:
-            _create_private(Path(self.path).resolve())
-        self._writer = self._connect()
-        if not self.memory:
-            self._use_wal(self._writer)
-        with self._lock:
-            try:
+        """Check the file is ours (see nbtasks.stores._trust), then open and migrate it."""
+        if self.memory:
+            self._writer = self._connect()
+            self._migrate(self._writer)
+            return
+        self._abs = os.path.abspath(self.path)  # not resolve(): a symlink must be seen, not followed
+        path = Path(self._abs)
+        self._identity = _trust.prepare(path)
+        try:
+            with _trust.private_umask():  # SQLite creates -wal and -shm here: 0600 from birth
+                self._writer = self._connect()
+                self._use_wal(self._writer)
+            for side in _trust.files(path)[1:]:
+                _trust.check_file(side)
+            with self._lock:
                 self._migrate(self._writer)
-            except BaseException:
+        except BaseException as exc:
+            if self._writer is not None:
                 self._writer.close()
                 self._writer = None
-                raise
+            # "file is not a database", "database disk image is malformed": the file itself is
+            # wrong, so say which file. A failing migration statement stays SQLite's own error.
+            if type(exc) is sqlite3.DatabaseError:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            raise
+
+    @property
+    def lost(self) -> StoreError | None:
+        """Why the file can no longer be written (deleted or replaced), or None. Unlike a held
+        lock or a full disk this never passes: a writer must not retry it."""
+        return self._lost
+
+    def check_identity(self) -> None:
+        """Raise StoreError if the file was deleted or replaced since open(). One stat() call:
+        cheap enough for every commit, which is where writing into the void must stop."""
+        if self._lost is not None:
+            raise StoreError(str(self._lost))  # a fresh one: re-raising one would grow its traceback
+        if self._identity is None:
+            return
+        error = _trust.identity_error(self._abs, self._identity)
+        if error is not None:
+            self._lost = error
+            raise error
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -279,6 +315,7 @@ class SQLiteStore:
         from meeting in SQLite's busy handler, which sleeps in steps of up to 100 ms."""
         if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
+        self.check_identity()
         conn = self._reader()
         if not self._lock.acquire(timeout=self.busy_timeout):
             raise StoreError(f"{self.path}: database is locked (another write of this "
@@ -308,6 +345,7 @@ class SQLiteStore:
             return self._writer
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            self.check_identity()  # a new thread must not read a file put in the store's place
             conn = self._connect()
             self._local.conn = conn
             with self._lock:
