@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import sleep_until
 from ._context import CURRENT, AttemptScope
-from ._durations import Duration, parse_duration
+from ._durations import HORIZON, Duration, parse_duration
 from ._errors import ConfigurationError
 from ._models import check_tags
+from ._payload import LIMITS, check_text, dumps
 from ._recovery import token_id, wait_target
 from ._tokens import WaitResult, WaitToken
 
@@ -60,9 +61,12 @@ class WaitAPI:
         for the same moment, and not at all once it has passed (nbtasks._recovery).
         """
         if not isinstance(date, datetime) or date.tzinfo is None:
-            raise ConfigurationError("wait.until: pass an aware datetime")
+            raise ConfigurationError(f"wait.until: pass an aware datetime, got {date!r}")
         eng = self.engine
         when = date.timestamp()
+        if when - eng.clock.now() > HORIZON:
+            raise ConfigurationError(
+                f"wait.until: {date.isoformat()} is more than {HORIZON / 86400 / 365:.0f} years ahead")
         scope = CURRENT.get()
         if scope is None and when <= eng.clock.now():
             if throw_if_in_the_past:
@@ -90,9 +94,12 @@ class WaitAPI:
 
     def create_token(self, *, timeout: Duration | None = None, tags: Any = None,
                      idempotency_key: str | None = None) -> WaitToken:
-        """A token to wait on; `timeout` ("10m", seconds) or none. Callable anywhere."""
+        """A token to wait on; `timeout` ("10m", seconds, up to ~10 years) or none. Callable
+        anywhere. Bad input (a NaN timeout, a key or tag SQLite can't store) raises here."""
         seconds = None if timeout is None else parse_duration(timeout, where="timeout")
         checked = check_tags(tags, where="token tags")
+        if idempotency_key is not None:
+            check_text(idempotency_key, where="idempotency_key", max_chars=LIMITS.key_chars)
         eng = self.engine
         scope = CURRENT.get()
 
@@ -110,9 +117,14 @@ class WaitAPI:
         return eng.on_loop(_create)  # type: ignore[no-any-return]
 
     def complete_token(self, token: WaitToken | str, data: Any = None) -> bool:
-        """Complete a pending token with JSON `data`; False if it was already settled."""
+        """Complete a pending token with JSON `data`; False if it was already settled.
+
+        `data` is encoded here, in the caller: data JSON can't hold (NaN, a lone surrogate, an
+        object) or over the size limit raises PayloadSerializationError naming the path.
+        """
         eng = self.engine
-        return bool(eng.on_loop(eng.tokens.complete, str(token), data))
+        data_json = dumps({} if data is None else data, what="data")
+        return bool(eng.on_loop(eng.tokens.complete, str(token), data_json))
 
     async def for_token(self, token: WaitToken | str) -> WaitResult[Any]:
         """Wait for a token's completion (or its timeout); inside a run the slot is released."""
@@ -169,7 +181,11 @@ def _seconds(units: dict[str, float]) -> float:
             f"wait.for_: give one or more of {', '.join(_UNIT_SECONDS)}; got {sorted(units)}")
     total = 0.0
     for name, n in units.items():
-        if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
-            raise ConfigurationError(f"wait.for_: {name}={n!r} must be a non-negative number")
+        if isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= HORIZON:
+            raise ConfigurationError(  # `not 0 <= n` is also true for NaN
+                f"wait.for_: {name}={n!r} must be a finite, non-negative number")
         total += n * _UNIT_SECONDS[name]
+    if total > HORIZON:
+        raise ConfigurationError(
+            f"wait.for_: {units!r} is more than {HORIZON / 86400 / 365:.0f} years")
     return total
