@@ -87,10 +87,14 @@ class RetryOptions(_Options):
 
 
 def _explain(exc: ValidationError) -> str:
+    """pydantic's errors as "option: what is wrong, got <value>" (the value cut short)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        got = repr(err.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        msg = f"{err['msg']}, got {got}" if "input" in err else err["msg"]
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -191,7 +195,7 @@ class TriggerOptions(_Options):
     idempotency_key: str | list[str] | None = None
     idempotency_key_ttl: Any = None
     concurrency_key: str | None = None
-    queue: str | QueueOptions | None = None
+    queue: Any = None  # a name or queue options: checked by prepare_run, for a plain message
     machine: str | None = None
     max_attempts: int | None = Field(None, ge=0, le=250, strict=True)
     max_duration: float | None = Field(None, gt=0, le=HORIZON, strict=True, allow_inf_nan=False)

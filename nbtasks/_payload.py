@@ -58,7 +58,7 @@ class Limits:
     def bytes_for(self, what: str) -> tuple[str, int]:
         """The limit's name and bytes for a value described as `what` ("output", "metadata")."""
         name = _LIMIT_NAMES.get(what.split("[", 1)[0].split(" ", 1)[0], "payload_bytes")
-        return name, getattr(self, name)  # type: ignore[no-any-return]
+        return name, getattr(self, name)
 
 
 _LIMIT_NAMES = {"output": "output_bytes", "metadata": "metadata_bytes", "data": "token_data_bytes"}
@@ -255,7 +255,7 @@ def _problem(value: Any, path: str, exc: BaseException) -> str:
         depth, node = deepest
         where = _spell(node)
         shown = where if len(where) <= 80 else where[:40] + "..." + where[-30:]
-        return (f"{path} is nested {depth} levels deep (at {shown}), deeper than JSON "
+        return (f"{path} is nested {depth + 1} levels deep (at {shown}), deeper than JSON "
                 "encoding allows")
     return f"{path} cannot be stored as JSON: {exc}"
 

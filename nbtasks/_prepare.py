@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._context import AttemptScope, current_scope
 from ._durations import parse_delay, parse_duration, parse_ttl
 from ._errors import ConfigurationError, PayloadSerializationError
-from ._models import QueueOptions, check_tags, parse_queue, parse_trigger_options
+from ._models import check_tags, parse_queue, parse_trigger_options
 from ._payload import LIMITS, check_text, dumps
 from ._runstate import RunState, new_id
 from ._status import RunStatus
@@ -98,13 +98,15 @@ def prepare_run(
         if o.concurrency_key is not None:
             run.concurrency_key = check_text(o.concurrency_key, where="concurrency_key",
                                              max_chars=LIMITS.key_chars)
-        if isinstance(o.queue, QueueOptions):
-            name = o.queue.name or defn.queue_name
-            run.queue = name
-            queue_request = (name, o.queue.concurrency_limit, o.queue.total)
-        elif isinstance(o.queue, str):
+        if isinstance(o.queue, str):
             parsed = parse_queue({"name": check_text(o.queue, where="queue")}, where="queue")
             run.queue = (parsed.name if parsed else None) or defn.queue_name
+        elif o.queue is not None:
+            q = parse_queue(o.queue, where="queue")
+            assert q is not None
+            name = q.name or defn.queue_name
+            run.queue = name
+            queue_request = (name, q.concurrency_limit, q.total)
         if o.machine is not None:
             run.machine = o.machine
         run.max_attempts = o.max_attempts or None
