@@ -147,7 +147,9 @@ def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None
 
     A time out of datetime's range (written by an older version that took any delay) or JSON
     that doesn't parse must not make `runs.list()` fail for every run: the bad fields become
-    None (or empty) and `error` says "undecodable row: ..." with each field and its reason.
+    None (or empty) and `error` says "undecodable row: ..." with each field and its reason. A
+    created_at that can't be read shows as the epoch, and a status this version doesn't know
+    (written by a newer one) as SYSTEM_FAILURE; both are named in that error.
     """
     try:
         return run_model(row, attempts)

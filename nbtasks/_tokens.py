@@ -69,6 +69,16 @@ class _Token:
     timer: TimerHandle | None = None
 
 
+def _tags(text: str | None) -> list[str]:
+    """Stored token tags; an odd value (bad JSON, not a list) reads as none, never raising: one
+    odd row must not stop an engine from starting or waiting on its other tokens."""
+    try:
+        tags = loads(text)
+    except ValueError:
+        return []
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
 class TokenBook:
     """The engine's tokens: in memory while pending, always mirrored to the store."""
 
@@ -112,7 +122,7 @@ class TokenBook:
         if not rows:
             return None
         r = dict(zip(cols, rows[0], strict=True))
-        tok = _Token(r["id"], r["created_at"], r["timeout_at"], loads(r["tags"]) or [],
+        tok = _Token(r["id"], r["created_at"], r["timeout_at"], _tags(r["tags"]),
                      r["status"], r["output"], r["completed_at"], r["run_id"])
         self.tokens[tok.id] = tok
         if tok.status == "WAITING":
