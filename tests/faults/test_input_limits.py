@@ -15,7 +15,6 @@ import pytest
 
 import nbtasks
 from nbtasks import ConfigurationError, Engine, PayloadSerializationError
-from nbtasks._payload import LIMITS
 
 MB = 1024 * 1024
 
@@ -37,6 +36,8 @@ def echo(engine: Engine) -> Any:
 
 
 def test_defaults() -> None:
+    from nbtasks._payload import LIMITS
+
     assert (LIMITS.payload_bytes, LIMITS.output_bytes) == (3 * MB, 3 * MB)
     assert LIMITS.metadata_bytes == 262_144 and LIMITS.key_chars == 512
 
@@ -85,6 +86,8 @@ def test_bad_limits_are_refused_and_change_nothing(limits: Any, shown: str) -> N
     with pytest.raises(ConfigurationError, match="configure: limits"):
         nbtasks.configure(limits={"output_bytes": 5, **(limits if isinstance(limits, dict)
                                                           else {"x": 1})})
+    from nbtasks._payload import LIMITS
+
     assert LIMITS.output_bytes == 3 * MB  # all or nothing
 
 
