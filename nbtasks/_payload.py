@@ -271,10 +271,14 @@ def dumps(value: Any, *, what: str = "payload", limit: int | None = None) -> str
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         raise PayloadSerializationError(_problem(value, what, exc)) from None
-    name, cap = LIMITS.bytes_for(what)
     if limit is not None:
         cap = limit
+    elif what == "payload":  # the common case, without parsing `what`
+        cap = LIMITS.payload_bytes
+    else:
+        cap = LIMITS.bytes_for(what)[1]
     if size > cap:
+        name = LIMITS.bytes_for(what)[0]
         raise PayloadSerializationError(
             f"{what} is {size} bytes of JSON, over the {cap}-byte limit "
             f"(configure(limits={{{name!r}: ...}}) changes it)")

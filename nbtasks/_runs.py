@@ -20,7 +20,7 @@ from ._durations import Duration, parse_delay, parse_duration
 from ._errors import ConfigurationError, EngineError, RunNotFoundError
 from ._events import RunEvent
 from ._models import Run
-from ._payload import dumps, loads
+from ._payload import check_text, dumps, loads
 from ._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, run_model
 from ._status import FINAL, RunStatus
 
@@ -53,6 +53,8 @@ def _strings(value: Any, where: str) -> list[str]:
             isinstance(v, str) for v in items):
         raise ConfigurationError(
             f"{where}: expected a string or a non-empty list of strings, got {value!r}"[:200])
+    for v in items:  # SQLite can't even bind a str with a lone surrogate
+        check_text(v, where=where, allow_empty=True)
     return list(items)
 
 
@@ -64,9 +66,7 @@ def _count(value: Any, where: str, lowest: int) -> int:
 
 
 def _run_id(run_id: Any) -> str:
-    if not isinstance(run_id, str):
-        raise ConfigurationError(f"run id must be a string, got {run_id!r}"[:200])
-    return run_id
+    return check_text(run_id, where="run id")
 
 
 def _statuses(status: Any) -> list[str]:

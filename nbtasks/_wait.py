@@ -123,17 +123,19 @@ class WaitAPI:
         object) or over the size limit raises PayloadSerializationError naming the path.
         """
         eng = self.engine
+        token_id = check_text(str(token), where="token id")
         data_json = dumps({} if data is None else data, what="data")
-        return bool(eng.on_loop(eng.tokens.complete, str(token), data_json))
+        return bool(eng.on_loop(eng.tokens.complete, token_id, data_json))
 
     async def for_token(self, token: WaitToken | str) -> WaitResult[Any]:
         """Wait for a token's completion (or its timeout); inside a run the slot is released."""
         eng = self.engine
         scope = CURRENT.get()
         run_id = scope.ctx.run.id if scope is not None else None
+        token_id = check_text(str(token), where="token id")
 
         async def _go() -> WaitResult[Any]:
-            tok, fut = eng.tokens.pending(str(token), run_id)
+            tok, fut = eng.tokens.pending(token_id, run_id)
             if fut is not None:
                 await self._park(scope, fut)
             return eng.tokens.result(tok)
@@ -141,7 +143,11 @@ class WaitAPI:
         return await eng.runtime.run(_go)
 
     def list_tokens(self, status: str | None = "WAITING") -> list[dict[str, Any]]:
-        """Tokens (pending ones by default) as dicts: id, status, times, run_id, tags."""
+        """Tokens (pending ones by default) as dicts: id, status, times, run_id, tags; a row that
+        can't be decoded has the odd field None and a `note` saying why."""
+        if status is not None and status not in ("WAITING", "COMPLETED", "TIMED_OUT"):
+            raise ConfigurationError(
+                f"wait.list_tokens: status {status!r} is not WAITING, COMPLETED, TIMED_OUT or None")
         eng = self.engine
         eng.runs._fresh()
         return eng.tokens.listing(status)

@@ -203,3 +203,22 @@ def test_output_with_a_lone_surrogate_fails_the_attempt_with_a_clear_error(
     assert not result.ok
     assert type(result.error).__name__ == "OutputSerializationError"
     assert 'output["files"][0]' in str(result.error) and "lone surrogate" in str(result.error)
+
+
+def test_reads_and_lookups_by_such_a_string_are_configuration_errors(engine: Engine,
+                                                                     echo: Any) -> None:
+    """SQLite can't even bind such a str: a lookup by one used to raise UnicodeEncodeError."""
+    echo.trigger(1).wait(timeout=10)
+    for call, where in ((lambda: engine.runs.retrieve(BAD), "run id"),
+                        (lambda: engine.runs.cancel(BAD), "run id"),
+                        (lambda: engine.runs.list(task_id=["echo", BAD]), "task_id"),
+                        (lambda: engine.runs.list(tag=BAD), "tag"),
+                        (lambda: engine.runs.count(batch_id=BAD), "batch_id"),
+                        (lambda: engine.wait.complete_token(BAD, {}), "token id"),
+                        (lambda: asyncio.run(engine.wait.for_token(BAD)), "token id")):
+        with pytest.raises(ConfigurationError) as info:
+            call()
+        assert str(info.value).startswith(f"{where}: 'report-\\udcff.csv'")
+    with pytest.raises(ConfigurationError, match=r"wait\.list_tokens: status 5"):
+        engine.wait.list_tokens(status=5)  # type: ignore[arg-type]
+    assert engine.runs.count() == 1
