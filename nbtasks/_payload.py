@@ -118,13 +118,31 @@ def escape(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def _plain(value: Any) -> bool:
+    """A flat dict of ASCII keys and scalar values (most log attributes): nothing to escape."""
+    if type(value) is not dict:
+        return False
+    for k, v in value.items():
+        if type(k) is not str or not k.isascii():
+            return False
+        if type(v) is str:
+            if not v.isascii():
+                return False
+        elif v is not None and type(v) not in (int, float, bool):
+            return False
+    return True
+
+
 def escape_tree(value: Any, *, stringify: bool = True) -> Any:
     """`value` with every str (keys too) escaped and other JSON leaves kept; anything else is
     str()'d (log attributes) or, with `stringify=False`, kept for the encoder to refuse.
 
     Iterative, so a deep value can't raise RecursionError. A container met a second time (a
     cycle, or one shared) is not followed again: it is str()'d, or kept as it is.
+    A flat dict with nothing to escape is returned as it is (no copy).
     """
+    if _plain(value):
+        return value
     root: list[Any] = [None]
     seen: set[int] = set()
     stack: list[tuple[Any, Any, Any]] = [(value, root, 0)]
