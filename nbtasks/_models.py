@@ -79,7 +79,8 @@ class RetryOptions(_Options):
     """Trigger.dev's RetryOptions; defaults: docs/design.md, decision 1 (3 tries, factor 2, 1s..60s)."""
 
     max_attempts: int = Field(3, ge=1, le=250, strict=True)
-    factor: float = Field(2.0, gt=0, le=1000, strict=True, allow_inf_nan=False)
+    #: At most 10: factor ** 249 (250 attempts) must stay a float, or the delay overflows.
+    factor: float = Field(2.0, gt=0, le=10, strict=True, allow_inf_nan=False)
     min_timeout_in_ms: int = Field(1000, ge=0, le=_HORIZON_MS, strict=True)
     max_timeout_in_ms: int = Field(60000, ge=0, le=_HORIZON_MS, strict=True)
     randomize: bool = Field(True, strict=True)

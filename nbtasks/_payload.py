@@ -12,11 +12,11 @@ encoded here, so the store only ever holds text that is valid JSON and valid UTF
 The encoder runs at C speed and the path of the problem is looked for only once it has failed,
 so the common case costs one `json` encode and one `str.isascii()` (or one UTF-8 encode).
 
->>> dumps({"rows": [1, 2, 3, object()]})
+>>> dumps({"rows": [1, 2, 3, object()]}, what="payload")
 Traceback (most recent call last):
 ...
 nbtasks._errors.PayloadSerializationError: payload["rows"][3] is a object, which JSON cannot hold
->>> dumps({"ratio": float("nan")})
+>>> dumps({"ratio": float("nan")}, what="payload")
 Traceback (most recent call last):
 ...
 nbtasks._errors.PayloadSerializationError: payload["ratio"] is nan; JSON holds only finite numbers
@@ -278,17 +278,27 @@ def _problem(value: Any, path: str, exc: BaseException) -> str:
     return f"{path} cannot be stored as JSON: {exc}"
 
 
-def dumps(value: Any, *, what: str = "payload", limit: int | None = None) -> str:
+def dumps(value: Any, *, what: str | None = None, limit: int | None = None) -> str:
     """Encode as compact, strict JSON or raise PayloadSerializationError naming the path.
 
-    `what` names the value in errors and picks its size limit from `LIMITS` (output, metadata,
-    data for token data, anything else is a payload); `limit` overrides it, in UTF-8 bytes.
+    `what` names what enters the store ("payload", "items[3]", "output", "metadata", "data"
+    for token data): it starts the paths in errors and picks the size limit from `LIMITS`
+    (output, metadata and data have their own; anything else is a payload). `limit` overrides
+    it, in UTF-8 bytes.
+
+    Without `what`, `value` is one of the engine's own records (a run's error, its already
+    checked tags or metadata): text a run produced is kept with lone surrogates escaped
+    visibly, as log lines are, and no size limit applies, so a record never fails its commit.
     """
     try:
         text = _encode(value)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
+        if what is None:
+            return _record(value, exc)
         raise PayloadSerializationError(_problem(value, what, exc)) from None
+    if what is None:
+        return text
     if limit is not None:
         cap = limit
     elif what == "payload":  # the common case, without parsing `what`
@@ -300,6 +310,17 @@ def dumps(value: Any, *, what: str = "payload", limit: int | None = None) -> str
         raise PayloadSerializationError(
             f"{what} is {size} bytes of JSON, over the {cap}-byte limit "
             f"(configure(limits={{{name!r}: ...}}) changes it)")
+    return text
+
+
+def _record(value: Any, exc: BaseException) -> str:
+    """An engine record that failed to encode: escape its text, or say what else is wrong."""
+    escaped = escape_tree(value, stringify=False)
+    try:
+        text = _encode(escaped)
+        text.encode("utf-8")
+    except (TypeError, ValueError, RecursionError) as again:
+        raise PayloadSerializationError(_problem(escaped, "record", again)) from exc
     return text
 
 

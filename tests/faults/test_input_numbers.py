@@ -156,11 +156,13 @@ def test_task_max_duration_is_checked_at_definition(engine: Engine, value: Any) 
 
 
 @pytest.mark.parametrize(("retry", "shown"), [
-    ({"factor": INF}, "factor"), ({"factor": NAN}, "factor"), ({"max_attempts": True}, "max_attempts"),
+    ({"factor": INF}, "factor"), ({"factor": NAN}, "factor"), ({"factor": 20}, "factor"),
+    ({"max_attempts": True}, "max_attempts"),
     ({"max_attempts": "3"}, "max_attempts"), ({"min_timeout_in_ms": 10**20}, "min_timeout_in_ms"),
     ({"randomize": "no"}, "randomize"),
 ])
 def test_retry_options_are_strict(engine: Engine, retry: dict[str, Any], shown: str) -> None:
+    """A factor of 20 would overflow the delay (20.0 ** 249) on a run with 250 attempts."""
     with pytest.raises(ConfigurationError, match=shown):
         engine.task(id="t", run=lambda p, c: None, retry=retry)
     with pytest.raises(ConfigurationError, match=shown):

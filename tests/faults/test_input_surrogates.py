@@ -222,3 +222,17 @@ def test_reads_and_lookups_by_such_a_string_are_configuration_errors(engine: Eng
     with pytest.raises(ConfigurationError, match=r"wait\.list_tokens: status 5"):
         engine.wait.list_tokens(status=5)  # type: ignore[arg-type]
     assert engine.runs.count() == 1
+
+
+def test_engine_records_escape_such_text_instead_of_failing_their_commit() -> None:
+    """`dumps(value)` with no `what` encodes the engine's own records (a run's error): what a
+    run produced is kept, escaped; anything named (`what=`) is checked strictly."""
+    from nbtasks._payload import dumps
+
+    error = {"type": "FileNotFoundError", "message": BAD, "traceback": f"open('{BAD}')"}
+    assert json.loads(dumps(error)) == {"type": "FileNotFoundError", "message": SHOWN,
+                                        "traceback": f"open('{SHOWN}')"}
+    with pytest.raises(PayloadSerializationError, match=r'output\["message"\]'):
+        dumps(error, what="output")
+    with pytest.raises(PayloadSerializationError, match=r'record\["x"\] is nan'):
+        dumps({"x": float("nan"), "y": BAD})
