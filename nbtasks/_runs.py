@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -157,12 +157,13 @@ def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None
         pass
     problems: builtins.list[str] = []
 
-    def field(name: str, decode: Callable[[Any], Any], empty: Any = None) -> Any:
+    def field(name: str, decode: Callable[[Any], Any]) -> Any:
+        """`decode(row[name])`, or None with the reason noted."""
         try:
             return decode(row[name])
         except (*_BAD_VALUE, ValidationError) as exc:
             problems.append(f"{name}={str(row[name])[:40]!r}: {exc}")
-            return empty
+            return None
 
     fixed = dict(row)
     for name in ("started_at", "finished_at", "updated_at", "delay_until"):
@@ -176,11 +177,12 @@ def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None
             fixed[name] = None
     if field("status", RunStatus) is None:
         fixed["status"] = RunStatus.SYSTEM_FAILURE.value
-    try:
-        decoded_attempts = [run_model(fixed, [a]).attempts[0] for a in attempts or []]
-    except (*_BAD_VALUE, ValidationError) as exc:
-        problems.append(f"attempts: {exc}")
-        decoded_attempts = []
+    decoded_attempts = []
+    for a in attempts or []:  # keep the attempts that read; name the others
+        try:
+            decoded_attempts.append(run_model({**fixed, "error": None}, [a]).attempts[0])
+        except (*_BAD_VALUE, ValidationError) as exc:
+            problems.append(f"attempt {a.get('number')}: {exc}")
     if not problems:
         problems.append("a field has a value of the wrong type")
     error = {"type": "UndecodableRow", "message": "undecodable row: " + "; ".join(problems)}
@@ -189,7 +191,7 @@ def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None
         run = run_model(fixed, None)
     except (*_BAD_VALUE, ValidationError):  # a column of the wrong type: keep the bare facts
         return Run(id=str(row["id"]), task_id=str(row["task_id"]),
-                   status=RunStatus(fixed["status"]), created_at=to_datetime(0.0) or datetime.now(),
+                   status=RunStatus(fixed["status"]), created_at=datetime.fromtimestamp(0, UTC),
                    error=error)
     return run.model_copy(update={"attempts": decoded_attempts})
 
