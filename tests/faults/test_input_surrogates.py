@@ -236,3 +236,25 @@ def test_engine_records_escape_such_text_instead_of_failing_their_commit() -> No
         dumps(error, what="output")
     with pytest.raises(PayloadSerializationError, match=r'record\["x"\] is nan'):
         dumps({"x": float("nan"), "y": BAD})
+
+
+def _worker_body(payload: Any, ctx: Any) -> str:
+    nbtasks.logger.info(f"reading {BAD}", file=BAD)
+    nbtasks.metadata.set("file", BAD)
+    nbtasks.tags.add(BAD)
+    return "done"
+
+
+@pytest.mark.timeout(60)
+def test_text_made_in_a_worker_process_is_escaped_the_same_way(process_engine: Any,
+                                                                db_path: Path) -> None:
+    eng = process_engine(max_workers=1)
+    task = eng.task(id="in-worker", machine="micro", retry=None, run=_worker_body)
+    handle = task.trigger(None)
+    assert handle.wait(timeout=45).ok
+    run = eng.runs.retrieve(handle.id)
+    assert run.metadata == {"file": SHOWN} and run.tags == [SHOWN]
+    with sqlite3.connect(db_path) as conn:
+        logged = conn.execute("SELECT message, attributes FROM logs WHERE run_id = ? AND "
+                              "message LIKE 'reading%'", (handle.id,)).fetchall()
+    assert logged == [(f"reading {SHOWN}", json.dumps({"file": SHOWN}, separators=(",", ":")))]
