@@ -142,6 +142,16 @@ _FILTERS = {"task_id", "status", "tag", "since", "until", "is_test", "batch_id"}
 _BAD_VALUE = (TypeError, ValueError, OverflowError, OSError)
 
 
+def _frame_filters(filters: dict[str, Any], where: str) -> None:
+    """The DataFrame methods' filters: run_filters checks the values, this the names and limit."""
+    unknown = set(filters) - _FILTERS - {"limit"}
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown filter(s) {sorted(unknown)}; valid: {sorted(_FILTERS | {'limit'})}")
+    if filters.get("limit") is not None:
+        _count(filters["limit"], "limit", 1)
+
+
 def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None = None) -> Run:
     """The row as a Run; a row that can't be decoded still comes back, showing the problem.
 
@@ -262,6 +272,7 @@ class RunsAPI:
     def logs(self, run_id: str) -> pd.DataFrame:
         from . import frames
 
+        _run_id(run_id)
         self._fresh()
         return frames.logs(self.engine.store, run_id)
 
@@ -269,6 +280,7 @@ class RunsAPI:
         """One row per run, built by one SQL query (see nbtasks.frames)."""
         from . import frames
 
+        _frame_filters(filters, "runs.to_dataframe")
         self._fresh()
         return frames.runs_frame(self.engine.store, self.engine.clock.now(), **filters)
 
@@ -276,6 +288,7 @@ class RunsAPI:
         """One row per attempt (see nbtasks.frames)."""
         from . import frames
 
+        _frame_filters(filters, "runs.attempts_dataframe")
         self._fresh()
         return frames.attempts_frame(self.engine.store, self.engine.clock.now(), **filters)
 

@@ -135,6 +135,10 @@ def test_other_runs_calls_refuse_wrong_types(engine: Engine, echo: Any) -> None:
                  lambda: engine.runs.replay(None),  # type: ignore[arg-type]
                  lambda: engine.runs.reschedule(5, "1m"),  # type: ignore[arg-type]
                  lambda: engine.runs.count(taskid="echo"),
+                 lambda: engine.runs.logs(5),  # type: ignore[arg-type]
+                 lambda: engine.runs.to_dataframe(limit=10**20),
+                 lambda: engine.runs.to_dataframe(task_id=5),
+                 lambda: engine.runs.attempts_dataframe(taskid="echo"),
                  lambda: engine.runs.prune(older_than=float("nan"))):
         with pytest.raises(ConfigurationError):
             call()
