@@ -8,14 +8,17 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from ._durations import HORIZON
 from ._errors import ConfigurationError
 from ._models import check_machine, parse_retry
+from ._payload import check_limits, reset_limits, set_limits
 
 if TYPE_CHECKING:
     from ._engine import Engine
 
 OPTIONS = ("store", "on_start", "on_success", "on_failure", "retry", "machine",
-           "concurrency_limit", "executor", "resume", "log_level", "clock", "loop_block_warning")
+           "concurrency_limit", "executor", "resume", "log_level", "clock", "loop_block_warning",
+           "limits")
 
 _lock = threading.Lock()
 _default: Engine | None = None
@@ -36,8 +39,12 @@ def _check(options: dict[str, Any]) -> None:
     if "machine" in options:
         check_machine(options["machine"], where="configure: machine")
     warn = options.get("loop_block_warning", 0)
-    if isinstance(warn, bool) or not isinstance(warn, int | float) or warn < 0:
-        raise ConfigurationError("configure: loop_block_warning must be seconds >= 0 (0 turns it off)")
+    if isinstance(warn, bool) or not isinstance(warn, int | float) or not 0 <= warn <= HORIZON:
+        raise ConfigurationError(  # `not 0 <= x` is also true for NaN
+            f"configure: loop_block_warning must be finite seconds >= 0 (0 turns it off), "
+            f"got {warn!r}")
+    if "limits" in options:
+        check_limits(options["limits"], where="configure: limits")
     if "log_level" in options and options["log_level"] not in ("none", "error", "warn", "info",
                                                                 "debug"):
         raise ConfigurationError("configure: log_level must be none|error|warn|info|debug")
@@ -49,6 +56,8 @@ def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
     if "store" in options or "clock" in options:
         raise ConfigurationError("configure: store and clock are fixed when an Engine is created")
     cfg = engine.config
+    if "limits" in options:
+        set_limits(options["limits"])
     for hook in ("on_start", "on_success", "on_failure"):
         if hook in options:
             setattr(cfg.hooks, hook, options[hook])
@@ -100,6 +109,7 @@ def default_engine() -> Engine:
             clock = opts.pop("clock", None)
             log_level = opts.pop("log_level", None)
             executor = opts.pop("executor", None)
+            opts.pop("limits", None)  # process-wide, applied by configure() itself
             eng = Engine(store, clock=clock, registry=DEFAULT_REGISTRY, executor=executor, **opts)
             if log_level is not None:
                 apply_to_engine(eng, {"log_level": log_level})
@@ -112,11 +122,15 @@ def configure(**options: Any) -> None:
 
     Options: store (path or ":memory:"), on_start, on_success, on_failure, retry, machine,
     concurrency_limit, executor, resume, log_level, clock, loop_block_warning (seconds; 0 turns
-    the blocked-loop warning off). Changing `store` or `clock` after the default engine started
-    closes it and starts a new one on the next call.
+    the blocked-loop warning off), limits (a dict of size limits, e.g.
+    `{"payload_bytes": 10 * 1024**2}`: payload_bytes, output_bytes, metadata_bytes,
+    token_data_bytes, key_chars; process-wide, see nbtasks._payload.Limits). Changing `store`
+    or `clock` after the default engine started closes it and starts a new one on the next call.
     """
     global _default
     _check(options)
+    if "limits" in options:
+        set_limits(options["limits"])
     with _lock:
         _pending.update(options)
         eng = _default
@@ -136,5 +150,6 @@ def reset() -> None:
     with _lock:
         eng, _default = _default, None
         _pending.clear()
+    reset_limits()
     if eng is not None:
         eng.close()

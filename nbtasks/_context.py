@@ -14,7 +14,6 @@ process (whose sink forwards to the kernel over a pipe).
 from __future__ import annotations
 
 import copy
-import json
 import os
 import threading
 import time
@@ -23,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ._errors import ConfigurationError, EngineError
-from ._models import MAX_METADATA_BYTES, check_tags
+from ._errors import ConfigurationError, EngineError, PayloadSerializationError
+from ._models import MAX_TAGS, check_tags
+from ._payload import dumps, escape, escape_tree
 
 
 class CancelSignal:
@@ -176,7 +176,13 @@ def _level_index() -> int:
 
 
 class _Logger:
-    """`nbtasks.logger`: structured log lines recorded on the current run."""
+    """`nbtasks.logger`: structured log lines recorded on the current run.
+
+    A log line never fails the run that writes it: text SQLite can't store (a str with a lone
+    surrogate, e.g. a file name from `os.fsdecode`) is kept with the bad character escaped
+    visibly as `\\udcff`, in the message and in attribute keys and values; an attribute value
+    JSON can't hold is kept as its str().
+    """
 
     level = "info"
 
@@ -185,7 +191,7 @@ class _Logger:
             return
         scope = CURRENT.get()
         if scope is not None:
-            scope.sink.log(level, str(message), attrs or None)
+            scope.sink.log(level, escape(str(message)), escape_tree(attrs) if attrs else None)
 
     def debug(self, message: str, **attributes: Any) -> None:
         self._emit("debug", "debug", message, attributes)
@@ -214,7 +220,11 @@ logger = _Logger()
 class _Metadata:
     """`nbtasks.metadata`: a JSON dict on the run, live while it executes.
 
-    Outside a run the writers do nothing and the readers return None.
+    Outside a run the writers do nothing and the readers return None. Like log lines, strings
+    holding a lone surrogate are stored with it escaped visibly (`\\udcff`), keys too, so
+    `get()` returns the escaped text. A value JSON can't hold (an object, NaN, infinity) or a
+    dict over the size limit (256 KB by default, `configure(limits={"metadata_bytes": ...})`)
+    raises ConfigurationError naming the path, and the metadata stays as it was.
     """
 
     def _apply(self, change: Any) -> _Metadata:
@@ -225,15 +235,14 @@ class _Metadata:
         change(new)
         if new == scope.metadata:
             return self
-        size = len(json.dumps(new, default=str).encode())
-        if size > MAX_METADATA_BYTES:
-            raise ConfigurationError(
-                f"metadata: {size} bytes is over the {MAX_METADATA_BYTES}-byte limit"
-            )
         try:
-            json.dumps(new)
-        except TypeError as exc:
-            raise ConfigurationError(f"metadata: values must be JSON ({exc})") from None
+            dumps(new, what="metadata")
+        except PayloadSerializationError:
+            new = escape_tree(new, stringify=False)  # text made in a run is kept, escaped
+            try:
+                dumps(new, what="metadata")
+            except PayloadSerializationError as exc:  # not JSON, or too big: the run's bug
+                raise ConfigurationError(str(exc)) from None
         # A new dict each time: the writer may be serialising the old one on another thread.
         scope.metadata = new
         scope.sink.metadata_changed(new)
@@ -301,19 +310,26 @@ class _Tags:
     """`nbtasks.tags.add(...)`: add tags to the current run (10 at most, 128 chars each)."""
 
     def add(self, *tags: str | list[str]) -> None:
+        """Add tags to the current run; duplicates and blanks are skipped.
+
+        As in Trigger.dev, going past 10 tags (in one call or in several) logs an error on the
+        run and returns without adding any of the call's tags: a tag must never fail a run.
+        A tag that is not a str or is over 128 characters raises ConfigurationError. A str with
+        a lone surrogate is stored with it escaped visibly (`\\udcff`), as log lines are.
+        """
         scope = CURRENT.get()
         if scope is None:
             raise EngineError("Can't set tags outside of a run: call tags.add() inside a task")
-        flat: list[str] = []
+        flat: list[Any] = []
         for t in tags:
             flat.extend([t] if isinstance(t, str) else t)
-        new = [t for t in check_tags(flat, where="tags.add") if t not in scope.tags]
+        flat = [escape(t) if isinstance(t, str) else t for t in flat]
+        new = [t for t in check_tags(flat, where="tags.add", count=False) if t not in scope.tags]
         if not new:
             return
-        # Over the limit: Trigger.dev logs an error and returns without throwing.
-        if len(scope.tags) + len(new) > 10:
+        if len(scope.tags) + len(new) > MAX_TAGS:
             scope.sink.log(
-                "error", f"tags.add: runs can only have 10 tags, you're trying to set "
+                "error", f"tags.add: runs can only have {MAX_TAGS} tags, you're trying to set "
                 f"{len(scope.tags) + len(new)}", None)
             return
         scope.tags = [*scope.tags, *new]

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,21 +24,39 @@ _DURATION = re.compile(r"^(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)
 
 Duration = str | int | float | timedelta
 
+#: The furthest ahead any duration, delay, TTL or timeout may reach: about 10 years. Beyond it a
+#: value is a typo or an attack, and stored times far past it can't be read back as datetimes.
+HORIZON = 10 * 365 * 86400.0
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def parse_duration(value: Duration, *, where: str = "duration") -> float:
-    """Seconds in "1w2d3h4m5s" (units in that order), a number of seconds, or a timedelta."""
+    """Seconds in "1w2d3h4m5s" (units in that order), a number of seconds, or a timedelta.
+
+    Refused: booleans and numeric strings ("3" is not 3 seconds), NaN and infinities, negative
+    values and anything past HORIZON (about 10 years).
+    """
     if isinstance(value, bool):
         raise ConfigurationError(f"{where}: expected a duration, got {value!r}")
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int too big for a float
+            seconds = math.inf
+        if math.isnan(seconds):
+            raise ConfigurationError(f"{where}: {value!r} is not a number of seconds")
     elif isinstance(value, str):
         m = _DURATION.match(value.strip())
         if not value.strip() or m is None:
             raise ConfigurationError(
-                f"{where}: {value!r} is not a duration; use units w, d, h, m, s in that order, "
-                'e.g. "1h30m" or "90s"'
+                f"{where}: {_shown(value)} is not a duration; use units w, d, h, m, s in that "
+                'order, e.g. "1h30m" or "90s"'
             )
         seconds = float(
             sum(int(n) * mult for n, mult in zip(m.groups(), _UNITS.values(), strict=True) if n)
@@ -45,7 +64,11 @@ def parse_duration(value: Duration, *, where: str = "duration") -> float:
     else:
         raise ConfigurationError(f"{where}: expected a duration, got {type(value).__name__}")
     if seconds < 0:
-        raise ConfigurationError(f"{where}: {value!r} is negative")
+        raise ConfigurationError(f"{where}: {_shown(value)} is negative")
+    if seconds > HORIZON:
+        raise ConfigurationError(
+            f"{where}: {_shown(value)} is more than {HORIZON / 86400 / 365:.0f} years; "
+            "durations past that are refused")
     return seconds
 
 
@@ -60,12 +83,22 @@ def format_duration(seconds: float) -> str:
     return "".join(out) or "0s"
 
 
-def parse_delay(value: Duration | datetime, now: float, *, where: str = "delay") -> float | None:
-    """The epoch time a delayed run becomes due, or None when it is due now (a past date)."""
+def parse_delay(value: Duration | datetime, now: float, *, where: str = "delay",
+                allow_past: bool = True) -> float | None:
+    """The epoch time a delayed run becomes due, or None when it is due now.
+
+    A past date means "now" when triggering (as Trigger.dev); with `allow_past=False`
+    (reschedule) it is refused as an invalid delay. A date past HORIZON is refused.
+    """
     if isinstance(value, datetime):
         if value.tzinfo is None:
             raise ConfigurationError(f"{where}: {value!r} has no timezone; pass an aware datetime")
         at = value.timestamp()
+        if at - now > HORIZON:
+            raise ConfigurationError(
+                f"{where}: {value.isoformat()} is more than {HORIZON / 86400 / 365:.0f} years ahead")
+        if at < now and not allow_past:
+            raise ConfigurationError(f"Invalid delay: {where} {value.isoformat()} is in the past")
     else:
         at = now + parse_duration(value, where=where)
     return at if at > now else None

@@ -7,12 +7,15 @@ definition or trigger time in the caller, never per event inside the engine.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ._durations import HORIZON
 from ._errors import ConfigurationError
+from ._payload import MAX_METADATA_BYTES as MAX_METADATA_BYTES  # the default, re-exported
+from ._payload import check_text, encodable
 from ._status import EXECUTING_LIKE, FAILED_LIKE, FINAL, QUEUED_LIKE, RunStatus
 
 
@@ -68,22 +71,31 @@ class OutOfMemoryOptions(_Options):
         return None if v is None else check_machine(v, where="retry.out_of_memory.machine")
 
 
+#: Durations in options stop at the horizon (about 10 years), as everywhere else.
+_HORIZON_MS = int(HORIZON * 1000)
+
+
 class RetryOptions(_Options):
     """Trigger.dev's RetryOptions; defaults: docs/design.md, decision 1 (3 tries, factor 2, 1s..60s)."""
 
-    max_attempts: int = Field(3, ge=1, le=250)
-    factor: float = Field(2.0, gt=0)
-    min_timeout_in_ms: int = Field(1000, ge=0)
-    max_timeout_in_ms: int = Field(60000, ge=0)
-    randomize: bool = True
+    max_attempts: int = Field(3, ge=1, le=250, strict=True)
+    #: At most 10: factor ** 249 (250 attempts) must stay a float, or the delay overflows.
+    factor: float = Field(2.0, gt=0, le=10, strict=True, allow_inf_nan=False)
+    min_timeout_in_ms: int = Field(1000, ge=0, le=_HORIZON_MS, strict=True)
+    max_timeout_in_ms: int = Field(60000, ge=0, le=_HORIZON_MS, strict=True)
+    randomize: bool = Field(True, strict=True)
     out_of_memory: OutOfMemoryOptions | None = None
 
 
 def _explain(exc: ValidationError) -> str:
+    """pydantic's errors as "option: what is wrong, got <value>" (the value cut short)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
-        parts.append(f"{loc}: {err['msg']}" if loc else err["msg"])
+        got = repr(err.get("input"))
+        got = got if len(got) <= 60 else got[:57] + "..."
+        msg = f"{err['msg']}, got {got}" if "input" in err else err["msg"]
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -116,14 +128,16 @@ class QueueOptions(_Options):
     """A queue: `concurrency_limit` per concurrency key (0 pauses), `total` caps all keys together."""
 
     name: str | None = None
-    concurrency_limit: int | None = Field(None, ge=0, le=1000)
-    total: int | None = Field(None, ge=0)
+    concurrency_limit: int | None = Field(None, ge=0, le=1000, strict=True)
+    total: int | None = Field(None, ge=0, le=2**31 - 1, strict=True)
 
     @field_validator("name")
     @classmethod
     def _sanitise(cls, v: str | None) -> str | None:
         if v is None:
             return None
+        if not encodable(v):
+            raise ValueError(f"{v!r} holds a lone surrogate, which can't be stored as UTF-8")
         clean = _QUEUE_NAME.sub("", v)[:128]
         if not clean:
             raise ValueError(f"{v!r} has no usable characters (A-Z a-z 0-9 _ - /)")
@@ -136,16 +150,20 @@ def parse_queue(value: object, *, where: str = "queue") -> QueueOptions | None:
 
 MAX_TAGS = 10
 MAX_TAG_LENGTH = 128
-MAX_METADATA_BYTES = 262_144
 
 
-def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[str]:
-    """Normalise tags: a string or a list; blanks and duplicates dropped; 10 of <=128 chars."""
+def check_tags(tags: object, *, where: str = "tags", existing: int = 0,
+               count: bool = True) -> list[str]:
+    """Normalise tags: a string or a list; blanks and duplicates dropped; 10 of <=128 chars.
+
+    A tag must be a str SQLite can store: one holding a lone surrogate is refused. `count=False`
+    leaves the 10-tag rule to the caller (tags.add logs it instead of raising).
+    """
     if tags is None:
         return []
     items = [tags] if isinstance(tags, str) else tags
     if not isinstance(items, list | tuple):
-        raise ConfigurationError(f"{where}: expected a string or a list of strings")
+        raise ConfigurationError(f"{where}: expected a string or a list of strings, got {tags!r}")
     out: list[str] = []
     for t in items:
         if not isinstance(t, str):
@@ -155,8 +173,9 @@ def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[
             continue
         if len(t) > MAX_TAG_LENGTH:
             raise ConfigurationError(f"{where}: tag {t[:20]!r}... is over {MAX_TAG_LENGTH} chars")
+        check_text(t, where=f"{where}: tag")
         out.append(t)
-    if len(out) + existing > MAX_TAGS:
+    if count and len(out) + existing > MAX_TAGS:
         raise ConfigurationError(
             f"{where}: runs can only have {MAX_TAGS} tags, you're trying to set {len(out) + existing}"
         )
@@ -164,20 +183,25 @@ def check_tags(tags: object, *, where: str = "tags", existing: int = 0) -> list[
 
 
 class TriggerOptions(_Options):
-    """Per-trigger options (Trigger.dev's trigger options plus v4's priority). Validated in the caller."""
+    """Per-trigger options (Trigger.dev's trigger options plus v4's priority). Validated in the caller.
 
-    delay: str | int | float | timedelta | datetime | None = None
-    ttl: str | int | float | timedelta | None = None
+    Numbers are strict: `True`, "3" or NaN where a number belongs is refused, not coerced.
+    `delay`, `ttl` and `idempotency_key_ttl` are checked by the duration parsers (see
+    nbtasks._durations), which refuse the same and anything past the ~10-year horizon.
+    """
+
+    delay: Any = None
+    ttl: Any = None
     tags: list[str] | str | None = None
     idempotency_key: str | list[str] | None = None
-    idempotency_key_ttl: str | int | float | timedelta | None = None
+    idempotency_key_ttl: Any = None
     concurrency_key: str | None = None
-    queue: str | QueueOptions | None = None
+    queue: Any = None  # a name or queue options: checked by prepare_run, for a plain message
     machine: str | None = None
-    max_attempts: int | None = Field(None, ge=0, le=250)
-    max_duration: float | None = Field(None, gt=0)
+    max_attempts: int | None = Field(None, ge=0, le=250, strict=True)
+    max_duration: float | None = Field(None, gt=0, le=HORIZON, strict=True, allow_inf_nan=False)
     metadata: dict[str, Any] | None = None
-    priority: float = Field(0, ge=0)
+    priority: float = Field(0, ge=0, le=HORIZON, strict=True, allow_inf_nan=False)
 
     @field_validator("machine")
     @classmethod

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._context import AttemptScope, current_scope
 from ._durations import parse_delay, parse_duration, parse_ttl
-from ._errors import ConfigurationError
-from ._models import MAX_METADATA_BYTES, QueueOptions, check_tags, parse_trigger_options
-from ._payload import dumps
+from ._errors import ConfigurationError, PayloadSerializationError
+from ._models import check_tags, parse_queue, parse_trigger_options
+from ._payload import LIMITS, check_text, dumps
 from ._runstate import RunState, new_id
 from ._status import RunStatus
 from ._tasks import TaskDefinition
@@ -35,9 +35,12 @@ def idempotency_key(key: str | list[str], scope: str = "run") -> str:
     """
     if scope not in ("run", "attempt", "global"):
         raise ConfigurationError(f"idempotency_keys.create: scope {scope!r} is not run|attempt|global")
-    parts = [key] if isinstance(key, str) else list(key)
+    parts = [key] if isinstance(key, str) else list(key) if isinstance(key, list | tuple) else []
     if not parts or not all(isinstance(p, str) for p in parts):
-        raise ConfigurationError("idempotency key must be a string or a list of strings")
+        raise ConfigurationError(
+            f"idempotency key must be a string or a list of strings, got {key!r}"[:200])
+    for p in parts:
+        check_text(p, where="idempotency_key", max_chars=LIMITS.key_chars, allow_empty=True)
     s = current_scope()
     if s is not None and scope == "run":
         parts.append(s.ctx.run.id)
@@ -47,9 +50,10 @@ def idempotency_key(key: str | list[str], scope: str = "run") -> str:
 
 
 def _normalise_key(key: str | list[str]) -> str:
-    """A 64-char hex string is taken as already hashed; anything else is hashed globally (v3)."""
-    if isinstance(key, str) and len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-        return key
+    """Any 64-character string is taken as already hashed, as Trigger.dev does; anything else is
+    hashed with global scope (v3)."""
+    if isinstance(key, str) and len(key) == 64:
+        return check_text(key, where="idempotency_key")
     return idempotency_key(key, scope="global")
 
 
@@ -79,10 +83,10 @@ def prepare_run(
         run.ttl = parse_ttl(o.ttl)
         run.tags = check_tags(o.tags)
         if o.metadata is not None:
-            size = len(dumps(o.metadata, what="metadata").encode())
-            if size > MAX_METADATA_BYTES:
-                raise ConfigurationError(
-                    f"metadata: {size} bytes is over the {MAX_METADATA_BYTES}-byte limit")
+            try:
+                dumps(o.metadata, what="metadata")
+            except PayloadSerializationError as exc:  # an option: a ConfigurationError
+                raise ConfigurationError(str(exc)) from None
             run.metadata = dict(o.metadata)
         if o.idempotency_key is not None:
             run.idempotency_key = _normalise_key(o.idempotency_key)
@@ -92,15 +96,17 @@ def prepare_run(
         elif o.idempotency_key_ttl is not None:
             raise ConfigurationError("idempotency_key_ttl needs an idempotency_key")
         if o.concurrency_key is not None:
-            if not o.concurrency_key:
-                raise ConfigurationError("concurrency_key must be a non-empty string")
-            run.concurrency_key = o.concurrency_key
-        if isinstance(o.queue, QueueOptions):
-            name = o.queue.name or defn.queue_name
+            run.concurrency_key = check_text(o.concurrency_key, where="concurrency_key",
+                                             max_chars=LIMITS.key_chars)
+        if isinstance(o.queue, str):
+            parsed = parse_queue({"name": check_text(o.queue, where="queue")}, where="queue")
+            run.queue = (parsed.name if parsed else None) or defn.queue_name
+        elif o.queue is not None:
+            q = parse_queue(o.queue, where="queue")
+            assert q is not None
+            name = q.name or defn.queue_name
             run.queue = name
-            queue_request = (name, o.queue.concurrency_limit, o.queue.total)
-        elif isinstance(o.queue, str):
-            run.queue = QueueOptions(name=o.queue).name or defn.queue_name
+            queue_request = (name, q.concurrency_limit, q.total)
         if o.machine is not None:
             run.machine = o.machine
         run.max_attempts = o.max_attempts or None

@@ -10,13 +10,17 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import AsyncIterator, Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
+from ._clock import to_datetime
 from ._durations import Duration, parse_delay, parse_duration
 from ._errors import ConfigurationError, EngineError, RunNotFoundError
 from ._events import RunEvent
 from ._models import Run
+from ._payload import check_text, dumps, loads
 from ._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, run_model
 from ._status import FINAL, RunStatus
 
@@ -38,8 +42,37 @@ class RunList(list[Run]):
         return runs_table_html(self)
 
 
+#: SQLite's integer range: LIMIT and OFFSET past it raise OverflowError in the driver.
+_SQL_INT_MAX = 2**63 - 1
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    """A str or a list/tuple of str (a filter), or ConfigurationError naming the filter."""
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, list | tuple) or not items or not all(
+            isinstance(v, str) for v in items):
+        raise ConfigurationError(
+            f"{where}: expected a string or a non-empty list of strings, got {value!r}"[:200])
+    for v in items:  # SQLite can't even bind a str with a lone surrogate
+        check_text(v, where=where, allow_empty=True)
+    return list(items)
+
+
+def _count(value: Any, where: str, lowest: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= _SQL_INT_MAX:
+        raise ConfigurationError(
+            f"{where} must be an int from {lowest} to 2**63-1, got {value!r}"[:200])
+    return value
+
+
+def _run_id(run_id: Any) -> str:
+    return check_text(run_id, where="run id")
+
+
 def _statuses(status: Any) -> list[str]:
-    items = [status] if isinstance(status, str | RunStatus) else list(status)
+    items = [status] if isinstance(status, str | RunStatus) else status
+    if not isinstance(items, list | tuple | set | frozenset):
+        raise ConfigurationError(f"status: expected a status or a list of them, got {status!r}")
     out = []
     for s in items:
         try:
@@ -56,7 +89,7 @@ def _when(value: datetime | Duration | None, now: float, where: str) -> float | 
         return None
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            raise ConfigurationError(f"{where}: pass an aware datetime")
+            raise ConfigurationError(f"{where}: pass an aware datetime, got {value!r}")
         return value.timestamp()
     return now - parse_duration(value, where=where)
 
@@ -66,11 +99,15 @@ def run_filters(
     tag: str | list[str] | None = None, since: Any = None, until: Any = None,
     is_test: bool | None = None, batch_id: str | None = None, alias: str = "runs",
 ) -> tuple[str, list[Any]]:
-    """A WHERE clause (possibly empty) and its parameters; shared by lists and DataFrames."""
+    """A WHERE clause (possibly empty) and its parameters; shared by lists and DataFrames.
+
+    Every filter is checked here, so a wrong type raises ConfigurationError naming the filter
+    instead of a TypeError from deep in the driver.
+    """
     where: list[str] = []
     params: list[Any] = []
     if task_id is not None:
-        ids = [task_id] if isinstance(task_id, str) else list(task_id)
+        ids = _strings(task_id, "task_id")
         where.append(f"{alias}.task_id IN ({', '.join('?' * len(ids))})")
         params += ids
     if status is not None:
@@ -78,7 +115,7 @@ def run_filters(
         where.append(f"{alias}.status IN ({', '.join('?' * len(sts))})")
         params += sts
     if tag is not None:
-        tags = [tag] if isinstance(tag, str) else list(tag)
+        tags = _strings(tag, "tag")
         where.append(f"EXISTS (SELECT 1 FROM json_each({alias}.tags) WHERE value IN "
                      f"({', '.join('?' * len(tags))}))")
         params += tags
@@ -89,12 +126,84 @@ def run_filters(
         where.append(f"{alias}.created_at < ?")
         params.append(t)
     if is_test is not None:
+        if not isinstance(is_test, bool):
+            raise ConfigurationError(f"is_test: expected True, False or None, got {is_test!r}")
         where.append(f"{alias}.is_test = ?")
         params.append(int(is_test))
     if batch_id is not None:
+        _strings(batch_id, "batch_id")
         where.append(f"{alias}.batch_id = ?")
         params.append(batch_id)
     return (" WHERE " + " AND ".join(where)) if where else "", params
+
+
+_FILTERS = {"task_id", "status", "tag", "since", "until", "is_test", "batch_id"}
+
+_BAD_VALUE = (TypeError, ValueError, OverflowError, OSError)
+
+
+def _frame_filters(filters: dict[str, Any], where: str) -> None:
+    """The DataFrame methods' filters: run_filters checks the values, this the names and limit."""
+    unknown = set(filters) - _FILTERS - {"limit"}
+    if unknown:
+        raise ConfigurationError(
+            f"{where}: unknown filter(s) {sorted(unknown)}; valid: {sorted(_FILTERS | {'limit'})}")
+    if filters.get("limit") is not None:
+        _count(filters["limit"], "limit", 1)
+
+
+def _decoded(row: dict[str, Any], attempts: builtins.list[dict[str, Any]] | None = None) -> Run:
+    """The row as a Run; a row that can't be decoded still comes back, showing the problem.
+
+    A time out of datetime's range (written by an older version that took any delay) or JSON
+    that doesn't parse must not make `runs.list()` fail for every run: the bad fields become
+    None (or empty) and `error` says "undecodable row: ..." with each field and its reason. A
+    created_at that can't be read shows as the epoch, and a status this version doesn't know
+    (written by a newer one) as SYSTEM_FAILURE; both are named in that error.
+    """
+    try:
+        return run_model(row, attempts)
+    except (*_BAD_VALUE, ValidationError):
+        pass
+    problems: builtins.list[str] = []
+
+    def field(name: str, decode: Callable[[Any], Any]) -> Any:
+        """`decode(row[name])`, or None with the reason noted."""
+        try:
+            return decode(row[name])
+        except (*_BAD_VALUE, ValidationError) as exc:
+            problems.append(f"{name}={str(row[name])[:40]!r}: {exc}")
+            return None
+
+    fixed = dict(row)
+    for name in ("started_at", "finished_at", "updated_at", "delay_until"):
+        fixed[name] = None if field(name, to_datetime) is None else row[name]
+    fixed["created_at"] = 0.0 if field("created_at", to_datetime) is None else row["created_at"]
+    for name in ("payload", "output", "error", "tags", "metadata"):
+        fixed[name] = None if field(name, loads) is None else row[name]
+    for name, wanted in (("tags", builtins.list), ("metadata", dict), ("error", dict)):
+        if fixed[name] is not None and not isinstance(loads(fixed[name]), wanted):
+            problems.append(f"{name}: not a {wanted.__name__}")
+            fixed[name] = None
+    if field("status", RunStatus) is None:
+        fixed["status"] = RunStatus.SYSTEM_FAILURE.value
+    decoded_attempts = []
+    for a in attempts or []:  # keep the attempts that read; name the others
+        try:
+            decoded_attempts.append(run_model({**fixed, "error": None}, [a]).attempts[0])
+        except (*_BAD_VALUE, ValidationError) as exc:
+            problems.append(f"attempt {a.get('number')}: {exc}")
+    if not problems:
+        problems.append("a field has a value of the wrong type")
+    error = {"type": "UndecodableRow", "message": "undecodable row: " + "; ".join(problems)}
+    fixed["error"] = dumps(error)
+    try:
+        run = run_model(fixed, None)
+    except (*_BAD_VALUE, ValidationError):  # a column of the wrong type: keep the bare facts
+        return Run(id=str(row["id"]), task_id=str(row["task_id"]),
+                   status=RunStatus(fixed["status"]), created_at=datetime.fromtimestamp(0, UTC),
+                   error=error)
+    return run.model_copy(update={"attempts": decoded_attempts})
 
 
 class RunsAPI:
@@ -117,7 +226,7 @@ class RunsAPI:
 
     def row(self, run_id: str) -> dict[str, Any] | None:
         cols, rows = self.engine.store.select(
-            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+            f"SELECT {', '.join(RUN_COLUMNS)} FROM runs WHERE id = ?", (_run_id(run_id),))
         return dict(zip(cols, rows[0], strict=True)) if rows else None
 
     def retrieve(self, run_id: str) -> Run:
@@ -129,7 +238,7 @@ class RunsAPI:
         cols, rows = self.engine.store.select(
             f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? ORDER BY number",
             (run_id,))
-        return run_model(row, [dict(zip(cols, r, strict=True)) for r in rows])
+        return _decoded(row, [dict(zip(cols, r, strict=True)) for r in rows])
 
     def list(
         self, *, task_id: str | list[str] | None = None, status: Any = None,
@@ -137,9 +246,10 @@ class RunsAPI:
         is_test: bool | None = None, batch_id: str | None = None, limit: int = 100,
         offset: int = 0,
     ) -> RunList:
-        """Newest first. Filters combine with AND."""
-        if not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError("limit must be a positive int")
+        """Newest first. Filters combine with AND. A row that can't be decoded is listed as
+        such (see `_decoded`), never failing the whole list."""
+        _count(limit, "limit", 1)
+        _count(offset, "offset", 0)
         self._fresh()
         where, params = run_filters(self.engine.clock.now(), task_id=task_id, status=status,
                                     tag=tag, since=since, until=until, is_test=is_test,
@@ -147,10 +257,14 @@ class RunsAPI:
         cols, rows = self.engine.store.select(
             f"SELECT {', '.join(RUN_COLUMNS)} FROM runs{where} ORDER BY created_at DESC, seq DESC "
             "LIMIT ? OFFSET ?", (*params, limit, offset))
-        return RunList(run_model(dict(zip(cols, r, strict=True))) for r in rows)
+        return RunList(_decoded(dict(zip(cols, r, strict=True))) for r in rows)
 
     def count(self, **filters: Any) -> int:
         self._fresh()
+        unknown = set(filters) - _FILTERS
+        if unknown:
+            raise ConfigurationError(
+                f"runs.count: unknown filter(s) {sorted(unknown)}; valid: {sorted(_FILTERS)}")
         where, params = run_filters(self.engine.clock.now(), **filters)
         return int(self.engine.store.select(f"SELECT COUNT(*) FROM runs{where}",
                                             tuple(params))[1][0][0])
@@ -158,6 +272,7 @@ class RunsAPI:
     def logs(self, run_id: str) -> pd.DataFrame:
         from . import frames
 
+        _run_id(run_id)
         self._fresh()
         return frames.logs(self.engine.store, run_id)
 
@@ -165,6 +280,7 @@ class RunsAPI:
         """One row per run, built by one SQL query (see nbtasks.frames)."""
         from . import frames
 
+        _frame_filters(filters, "runs.to_dataframe")
         self._fresh()
         return frames.runs_frame(self.engine.store, self.engine.clock.now(), **filters)
 
@@ -172,6 +288,7 @@ class RunsAPI:
         """One row per attempt (see nbtasks.frames)."""
         from . import frames
 
+        _frame_filters(filters, "runs.attempts_dataframe")
         self._fresh()
         return frames.attempts_frame(self.engine.store, self.engine.clock.now(), **filters)
 
@@ -183,6 +300,7 @@ class RunsAPI:
     def cancel(self, run_id: str) -> bool:
         """Cancel a non-final run (and its running children). False: it was already final."""
         eng = self.engine
+        _run_id(run_id)
 
         def _cancel() -> bool:
             run = eng.scheduler.active.get(run_id)
@@ -204,7 +322,6 @@ class RunsAPI:
             raise RunNotFoundError(f"no run with id {run_id!r}")
         eng = self.engine
         defn = eng.registry.require(row["task_id"])
-        from ._payload import loads
         from ._tasks import Task
 
         task: Task[Any, Any] = Task(defn, eng.registry)
@@ -220,9 +337,11 @@ class RunsAPI:
         return eng.trigger_encoded(defn, body, opts, is_test=bool(row["is_test"]))
 
     def reschedule(self, run_id: str, delay: Any) -> Run:
-        """Move a DELAYED run's start (as Trigger.dev's reschedule)."""
+        """Move a DELAYED run's start (as Trigger.dev's reschedule). A date in the past is an
+        invalid delay, as in Trigger.dev; so is anything `trigger(delay=...)` refuses."""
         eng = self.engine
-        at = parse_delay(delay, eng.clock.now(), where="delay")
+        _run_id(run_id)
+        at = parse_delay(delay, eng.clock.now(), where="delay", allow_past=False)
 
         def _go() -> None:
             run = eng.scheduler.active.get(run_id)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
+from ._durations import HORIZON
 from ._errors import ConfigurationError, PayloadValidationError, UnknownTaskError
 from ._models import (
     QueueOptions,
@@ -26,7 +27,7 @@ from ._models import (
     parse_queue,
     parse_retry,
 )
-from ._payload import dumps
+from ._payload import check_text, dumps
 
 if TYPE_CHECKING:
     from ._handles import BatchHandle, BatchResult, Result, RunHandle
@@ -274,7 +275,8 @@ def build_definition(
             f"{sorted(['id', 'run', 'retry', 'queue', 'machine', 'max_duration', 'description', *HOOKS])}"
         )
     if not isinstance(task_id, str) or not task_id.strip():
-        raise ConfigurationError("task id must be a non-empty string")
+        raise ConfigurationError(f"task id must be a non-empty string, got {task_id!r}")
+    check_text(task_id, where="task id", max_chars=256)
     if not callable(run):
         raise ConfigurationError(f"{where}: run must be callable, got {run!r}")
     checked_hooks: dict[str, Callable[..., Any]] = {}
@@ -287,9 +289,11 @@ def build_definition(
     if max_duration is not None and (
         isinstance(max_duration, bool)
         or not isinstance(max_duration, int | float)
-        or max_duration <= 0
+        or not 0 < max_duration <= HORIZON  # False for NaN too
     ):
-        raise ConfigurationError(f"{where}: max_duration must be a positive number of seconds")
+        raise ConfigurationError(
+            f"{where}: max_duration must be a positive number of seconds up to "
+            f"{HORIZON:.0f} (about 10 years), got {max_duration!r}")
     return TaskDefinition(
         id=task_id,
         run=run,

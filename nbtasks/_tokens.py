@@ -69,6 +69,16 @@ class _Token:
     timer: TimerHandle | None = None
 
 
+def _tags(text: str | None) -> list[str]:
+    """Stored token tags; an odd value (bad JSON, not a list) reads as none, never raising: one
+    odd row must not stop an engine from starting or waiting on its other tokens."""
+    try:
+        tags = loads(text)
+    except ValueError:
+        return []
+    return [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+
+
 class TokenBook:
     """The engine's tokens: in memory while pending, always mirrored to the store."""
 
@@ -112,7 +122,7 @@ class TokenBook:
         if not rows:
             return None
         r = dict(zip(cols, rows[0], strict=True))
-        tok = _Token(r["id"], r["created_at"], r["timeout_at"], loads(r["tags"]) or [],
+        tok = _Token(r["id"], r["created_at"], r["timeout_at"], _tags(r["tags"]),
                      r["status"], r["output"], r["completed_at"], r["run_id"])
         self.tokens[tok.id] = tok
         if tok.status == "WAITING":
@@ -140,13 +150,14 @@ class TokenBook:
             if not fut.done():
                 fut.set_result(None)
 
-    def complete(self, token_id: str, data: Any) -> bool:
+    def complete(self, token_id: str, data_json: str) -> bool:
+        """Settle a pending token with data already encoded (in the caller, by wait.complete_token)."""
         tok = self._load(token_id)
         if tok is None:
             raise ConfigurationError(f"no wait token with id {token_id!r}")
         if tok.status != "WAITING":
             return False
-        self._settle(tok, "COMPLETED", dumps({} if data is None else data, what="data"))
+        self._settle(tok, "COMPLETED", data_json)
         return True
 
     def _time_out(self, tok: _Token) -> None:
@@ -174,6 +185,9 @@ class TokenBook:
         return tok, fut
 
     def listing(self, status: str | None) -> list[dict[str, Any]]:
+        """Token rows as dicts. A row that can't be decoded (a time out of range or bad JSON,
+        written by an older version or by hand) is listed with that field None and a `note`
+        saying why, instead of failing the whole listing."""
         sql = ("SELECT id, status, created_at, timeout_at, completed_at, run_id, tags "
                "FROM waitpoints WHERE kind = 'token'")
         params: tuple[Any, ...] = ()
@@ -184,8 +198,19 @@ class TokenBook:
         out = []
         for r in rows:
             d = dict(zip(cols, r, strict=True))
-            d["tags"] = loads(d["tags"]) or []
+            problems: list[str] = []
+            try:
+                d["tags"] = loads(d["tags"]) or []
+            except (TypeError, ValueError) as exc:
+                problems.append(f"tags: {exc}")
+                d["tags"] = []
             for k in ("created_at", "timeout_at", "completed_at"):
-                d[k] = to_datetime(d[k])
+                try:
+                    d[k] = to_datetime(d[k])
+                except (TypeError, ValueError, OverflowError, OSError) as exc:
+                    problems.append(f"{k}={d[k]!r}: {exc}")
+                    d[k] = None
+            if problems:
+                d["note"] = "undecodable row: " + "; ".join(problems)
             out.append(d)
         return out

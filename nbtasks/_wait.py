@@ -18,10 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 from ._clock import sleep_until
 from ._context import CURRENT, AttemptScope
-from ._durations import Duration, parse_duration
+from ._durations import HORIZON, Duration, parse_duration
 from ._errors import ConfigurationError
 from ._models import check_tags
 from ._parking import parked
+from ._payload import LIMITS, check_text, dumps
 from ._recovery import token_id, wait_target
 from ._tokens import WaitResult, WaitToken
 
@@ -61,9 +62,12 @@ class WaitAPI:
         for the same moment, and not at all once it has passed (nbtasks._recovery).
         """
         if not isinstance(date, datetime) or date.tzinfo is None:
-            raise ConfigurationError("wait.until: pass an aware datetime")
+            raise ConfigurationError(f"wait.until: pass an aware datetime, got {date!r}")
         eng = self.engine
         when = date.timestamp()
+        if when - eng.clock.now() > HORIZON:
+            raise ConfigurationError(
+                f"wait.until: {date.isoformat()} is more than {HORIZON / 86400 / 365:.0f} years ahead")
         scope = CURRENT.get()
         if scope is None and when <= eng.clock.now():
             if throw_if_in_the_past:
@@ -91,9 +95,12 @@ class WaitAPI:
 
     def create_token(self, *, timeout: Duration | None = None, tags: Any = None,
                      idempotency_key: str | None = None) -> WaitToken:
-        """A token to wait on; `timeout` ("10m", seconds) or none. Callable anywhere."""
+        """A token to wait on; `timeout` ("10m", seconds, up to ~10 years) or none. Callable
+        anywhere. Bad input (a NaN timeout, a key or tag SQLite can't store) raises here."""
         seconds = None if timeout is None else parse_duration(timeout, where="timeout")
         checked = check_tags(tags, where="token tags")
+        if idempotency_key is not None:
+            check_text(idempotency_key, where="idempotency_key", max_chars=LIMITS.key_chars)
         eng = self.engine
         scope = CURRENT.get()
 
@@ -111,18 +118,25 @@ class WaitAPI:
         return eng.on_loop(_create)  # type: ignore[no-any-return]
 
     def complete_token(self, token: WaitToken | str, data: Any = None) -> bool:
-        """Complete a pending token with JSON `data`; False if it was already settled."""
+        """Complete a pending token with JSON `data`; False if it was already settled.
+
+        `data` is encoded here, in the caller: data JSON can't hold (NaN, a lone surrogate, an
+        object) or over the size limit raises PayloadSerializationError naming the path.
+        """
         eng = self.engine
-        return bool(eng.on_loop(eng.tokens.complete, str(token), data))
+        token_id = check_text(str(token), where="token id")
+        data_json = dumps({} if data is None else data, what="data")
+        return bool(eng.on_loop(eng.tokens.complete, token_id, data_json))
 
     async def for_token(self, token: WaitToken | str) -> WaitResult[Any]:
         """Wait for a token's completion (or its timeout); inside a run the slot is released."""
         eng = self.engine
         scope = CURRENT.get()
         run_id = scope.ctx.run.id if scope is not None else None
+        token_id = check_text(str(token), where="token id")
 
         async def _go() -> WaitResult[Any]:
-            tok, fut = eng.tokens.pending(str(token), run_id)
+            tok, fut = eng.tokens.pending(token_id, run_id)
             if fut is not None:
                 await self._park(scope, fut)
             return eng.tokens.result(tok)
@@ -130,7 +144,11 @@ class WaitAPI:
         return await eng.runtime.run(_go)
 
     def list_tokens(self, status: str | None = "WAITING") -> list[dict[str, Any]]:
-        """Tokens (pending ones by default) as dicts: id, status, times, run_id, tags."""
+        """Tokens (pending ones by default) as dicts: id, status, times, run_id, tags; a row that
+        can't be decoded has the odd field None and a `note` saying why."""
+        if status is not None and status not in ("WAITING", "COMPLETED", "TIMED_OUT"):
+            raise ConfigurationError(
+                f"wait.list_tokens: status {status!r} is not WAITING, COMPLETED, TIMED_OUT or None")
         eng = self.engine
         eng.runs._fresh()
         return eng.tokens.listing(status)
@@ -171,7 +189,11 @@ def _seconds(units: dict[str, float]) -> float:
             f"wait.for_: give one or more of {', '.join(_UNIT_SECONDS)}; got {sorted(units)}")
     total = 0.0
     for name, n in units.items():
-        if isinstance(n, bool) or not isinstance(n, int | float) or n < 0:
-            raise ConfigurationError(f"wait.for_: {name}={n!r} must be a non-negative number")
+        if isinstance(n, bool) or not isinstance(n, int | float) or not 0 <= n <= HORIZON:
+            raise ConfigurationError(  # `not 0 <= n` is also true for NaN
+                f"wait.for_: {name}={n!r} must be a finite, non-negative number")
         total += n * _UNIT_SECONDS[name]
+    if total > HORIZON:
+        raise ConfigurationError(
+            f"wait.for_: {units!r} is more than {HORIZON / 86400 / 365:.0f} years")
     return total

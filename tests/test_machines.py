@@ -90,9 +90,9 @@ def test_a_preset_run_executes_in_a_worker_process_and_its_effects_reach_the_run
 def test_large_payloads_and_outputs_cross_in_several_reads(process_engine: MakeEngine) -> None:
     eng = process_engine()
     echo = eng.task(id="echo", machine="micro", run=lambda p, ctx: {"rows": p, "n": len(p)})
-    rows = ["x" * 100] * 50_000  # about 5 MB of JSON each way
+    rows = ["x" * 100] * 28_000  # about 2.9 MB of JSON each way: under the 3 MB default limit
     result = echo.trigger(rows).wait(timeout=60)
-    assert result.output == {"rows": rows, "n": 50_000}
+    assert result.output == {"rows": rows, "n": 28_000}
 
 
 def test_kernel_machine_stays_in_the_kernel(process_engine: MakeEngine) -> None:

@@ -1,0 +1,131 @@
+"""Reading the history never fails because of one odd row.
+
+Rows an older version (or a hand, or a bug) wrote that can't be decoded: a time out of
+datetime's range, JSON that doesn't parse or has the wrong shape, an unknown status. They are
+written straight into a real SQLite file with sqlite3 while no engine has it open, then read
+back through the public API: every good run still reads normally, and each odd one comes back
+as a Run showing the problem instead of raising for everyone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbtasks import Engine, RunStatus
+
+FAR = 6e12  # epoch seconds in the year 192,102: what `delay="9999999w"` used to store
+
+
+def insert_like(db_path: Path, template_id: str, **changes: Any) -> None:
+    """Copy an existing run row with some columns changed (the file's own schema)."""
+    with sqlite3.connect(db_path) as conn:
+        cursor = conn.execute("SELECT * FROM runs WHERE id = ?", (template_id,))
+        cols = [d[0] for d in cursor.description]
+        row = dict(zip(cols, cursor.fetchone(), strict=True))
+        row.update(owner="eng_gone", seq=0, **changes)
+        conn.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+
+
+POISON: dict[str, dict[str, Any]] = {
+    "run_far_delay": {"status": "DELAYED", "delay_until": FAR, "finished_at": None},
+    "run_far_created": {"created_at": FAR},
+    "run_bad_payload": {"payload": "{not json"},
+    "run_bad_output": {"output": '{"a": '},
+    "run_tags_not_a_list": {"tags": '"just-a-string"'},
+    "run_metadata_not_a_dict": {"metadata": "[1, 2]"},
+}
+
+
+@pytest.fixture
+def poisoned(db_path: Path) -> tuple[Path, list[str]]:
+    """A file with two good runs and one of each kind of odd row."""
+    with Engine(store=str(db_path)) as eng:
+        @eng.task(id="echo")
+        async def echo(payload: Any, ctx: Any) -> Any:
+            return payload
+
+        good = [echo.trigger(n).id for n in (1, 2)]
+        for run_id in good:
+            assert eng.runs.retrieve(run_id) is not None
+        echo.trigger(0).wait(timeout=10)
+        good.append(eng.runs.list(limit=1)[0].id)
+    for run_id, changes in POISON.items():
+        insert_like(db_path, good[-1], id=run_id, **changes)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (FAR, good[0]))
+    return db_path, good
+
+
+def test_list_and_retrieve_show_odd_rows_instead_of_failing(
+        poisoned: tuple[Path, list[str]]) -> None:
+    db_path, good = poisoned
+    with Engine(store=str(db_path)) as eng:
+        runs = eng.runs.list(limit=100)
+        assert len(runs) == len(good) + len(POISON)
+        by_id = {r.id: r for r in runs}
+        for run_id in good[1:]:
+            assert by_id[run_id].error is None and by_id[run_id].is_success
+        for run_id in POISON:
+            run = by_id[run_id]
+            assert run.error is not None and run.error["type"] == "UndecodableRow", run_id
+            assert run.error["message"].startswith("undecodable row: ")
+            assert eng.runs.retrieve(run_id).error == run.error
+
+        far = eng.runs.retrieve("run_far_delay")
+        assert far.delay_until is None and far.status is RunStatus.DELAYED
+        assert "delay_until='6000000000000.0'" in far.error["message"]  # type: ignore[index]
+        assert "out of range" in far.error["message"]  # type: ignore[index]
+        assert far.payload == 0 and far.output == 0  # the rest of the row is kept
+
+        created = eng.runs.retrieve("run_far_created")
+        assert created.created_at.timestamp() == 0  # shown at the epoch, with the note
+        assert "created_at" in created.error["message"]  # type: ignore[index]
+
+        bad_payload = eng.runs.retrieve("run_bad_payload")
+        assert bad_payload.payload is None and bad_payload.output == 0
+        assert "payload='{not json'" in bad_payload.error["message"]  # type: ignore[index]
+        assert eng.runs.retrieve("run_bad_output").output is None
+        assert eng.runs.retrieve("run_tags_not_a_list").tags == []
+        assert "tags: not a list" in by_id["run_tags_not_a_list"].error["message"]  # type: ignore[index]
+        assert eng.runs.retrieve("run_metadata_not_a_dict").metadata == {}
+
+        # A good run whose attempt row is odd: the run reads, the note says which part.
+        first = eng.runs.retrieve(good[0])
+        assert first.payload == 1 and first.attempts == []
+        assert "attempt 1: year" in first.error["message"]  # type: ignore[index]
+        # Filters still work over the odd rows.
+        assert {r.id for r in eng.runs.list(status="DELAYED")} == {"run_far_delay"}
+
+        # A status this version doesn't know, written by another process while the engine runs.
+        insert_like(db_path, good[1], id="run_unknown_status", status="PAUSED_BY_A_NEWER_VERSION")
+        unknown = eng.runs.retrieve("run_unknown_status")
+        assert unknown.payload == 2 and unknown.error is not None
+        assert "status='PAUSED_BY_A_NEWER_VERSION'" in unknown.error["message"]
+        assert "run_unknown_status" in {r.id for r in eng.runs.list()}
+
+
+def test_list_tokens_shows_odd_rows_instead_of_failing(db_path: Path) -> None:
+    with Engine(store=str(db_path)) as eng:
+        good = eng.wait.create_token(timeout="1h", tags=["ok"])
+    now = time.time()
+    with sqlite3.connect(db_path) as conn:
+        for token_id, timeout_at, tags in (("waitpoint_far", FAR, None),
+                                           ("waitpoint_badtags", now + 60, "{oops")):
+            conn.execute(
+                "INSERT INTO waitpoints (id, run_id, kind, status, created_at, timeout_at, tags,"
+                " owner) VALUES (?, NULL, 'token', 'WAITING', ?, ?, ?, 'eng_gone')",
+                (token_id, now, timeout_at, tags))
+    with Engine(store=str(db_path)) as eng:
+        tokens = {t["id"]: t for t in eng.wait.list_tokens()}
+        assert set(tokens) == {good.id, "waitpoint_far", "waitpoint_badtags"}
+        assert "note" not in tokens[good.id] and tokens[good.id]["tags"] == ["ok"]
+        assert tokens["waitpoint_far"]["timeout_at"] is None
+        assert tokens["waitpoint_far"]["note"].startswith("undecodable row: timeout_at=")
+        assert tokens["waitpoint_badtags"]["tags"] == []
+        assert tokens["waitpoint_badtags"]["note"].startswith("undecodable row: tags: ")
