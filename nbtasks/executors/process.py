@@ -74,7 +74,7 @@ def too_big(preset: MachinePreset) -> str | None:
     cpus, memory = len(_available_cores()), psutil.virtual_memory().total
     if preset.cpu > cpus or preset.memory_bytes > memory:
         return (f"the {preset.name} machine ({preset.cpu:g} vCPU, {preset.memory:g} GB) is bigger "
-                f"than this host ({cpus} cores, {memory / 1024**3:.1f} GB): its runs get what "
+                f"than this host ({cpus} cores, {memory / 1e9:.1f} GB): its runs get what "
                 "there is")
     return None
 
@@ -234,7 +234,7 @@ class ProcessExecutor:
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
         if peak > limit:
             # Rounded up: a run just past the limit must not read "used 256 MB, over 256 MB".
-            used, cap = math.ceil(peak / 1024**2), limit / 1024**2
+            used, cap = math.ceil(peak / 1e6), limit / 1e6
             return failed_outcome(plan, OutOfMemoryError(
                 f"the run used {used} MB of memory, over the {preset.name} machine's "
                 f"{cap:.0f} MB; give it a bigger machine, or retry on one with "
