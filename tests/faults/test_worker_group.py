@@ -8,6 +8,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -36,10 +37,12 @@ def until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
     return value
 
 
-def start_grandchild_then(how: str) -> Callable[[Any, Any], Any]:
+def start_grandchild_then(how: str, go: Path) -> Callable[[Any, Any], Any]:
     def run(payload: Any, ctx: Any) -> Any:
         child = subprocess.Popen(["sleep", "600"])
         nbtasks.metadata.set("grandchild", child.pid)
+        while not go.exists():  # the test has seen the grandchild alive
+            time.sleep(0.01)
         if how == "crash":
             os._exit(3)
         if how == "oom":
@@ -54,14 +57,17 @@ def start_grandchild_then(how: str) -> Callable[[Any, Any], Any]:
 
 @pytest.mark.parametrize("how", ["cancel", "max_duration", "oom", "crash", "close"])
 def test_a_process_started_by_a_run_does_not_outlive_its_worker(
-        process_engine: Callable[..., Engine], clock: ManualClock, how: str) -> None:
+        process_engine: Callable[..., Engine], clock: ManualClock, how: str,
+        tmp_path: Path) -> None:
     eng = process_engine(clock=clock, max_workers=1)
-    task = eng.task(id=f"spawns-{how}", machine="micro", run=start_grandchild_then(how),
+    go = tmp_path / "go"
+    task = eng.task(id=f"spawns-{how}", machine="micro", run=start_grandchild_then(how, go),
                     retry=None, max_duration=60)
     handle = task.trigger(None)
     pid = until(lambda: eng.runs.retrieve(handle.id).metadata.get("grandchild"))
     grandchild = psutil.Process(pid)
     assert grandchild.is_running() and not gone(pid)
+    go.touch()
     expected = {"cancel": RunStatus.CANCELED, "max_duration": RunStatus.TIMED_OUT,
                 "oom": RunStatus.CRASHED, "crash": RunStatus.CRASHED}
     if how == "cancel":
