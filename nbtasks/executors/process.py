@@ -30,10 +30,13 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.spawn
 import multiprocessing.util  # its exit hook must be registered before ours (see _kill_all)
 import os
 import pickle
 import sys
+import types
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -90,6 +93,57 @@ def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([_worker.__name__])
     return ctx
+
+
+class _SpawnWithoutMain:
+    """multiprocessing's `spawn` module, except that the data a new process prepares itself
+    with never names the parent's `__main__`.
+
+    multiprocessing tells each child to import the parent's main script (as `__mp_main__`) so
+    that functions defined there unpickle. Ours never need it: a task's functions travel by
+    value (cloudpickle), and the worker's entry point lives in nbtasks. Importing it would run
+    a script without an `if __name__ == "__main__":` guard again in every worker: its side
+    effects twice, its own preset trigger failing with a bootstrap error.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing.spawn, name)
+
+    @staticmethod
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = multiprocessing.spawn.get_preparation_data(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+
+def _popen_without_main() -> type:
+    """The fork server's Popen, whose launch sees `_SpawnWithoutMain` as its `spawn`.
+
+    The stdlib's own launch code runs unchanged (no copy of it to drift from a new Python);
+    only the `spawn` name it looks up is ours, and nothing global is patched, so the user's own
+    processes still get their `__main__`.
+    """
+    from multiprocessing import popen_forkserver
+
+    base = popen_forkserver.Popen
+    launch = base._launch  # type: ignore[attr-defined]
+    scope = dict(launch.__globals__, spawn=_SpawnWithoutMain())
+    own = types.FunctionType(launch.__code__, scope, launch.__name__, launch.__defaults__,
+                             launch.__closure__)
+    return type("WorkerPopen", (base,), {"_launch": own})
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    """A fork-server process that never imports the parent's `__main__`."""
+
+    _popen_class: type | None = None
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        if _WorkerProcess._popen_class is None:
+            _WorkerProcess._popen_class = _popen_without_main()
+        return _WorkerProcess._popen_class(process_obj)
 
 
 class ProcessExecutor:
@@ -150,8 +204,8 @@ class ProcessExecutor:
 
     def _start_process(self, cores: list[int]) -> tuple[Any, Any]:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker.main, args=(child, cores, os.getpid()),
-                                    name="nbtasks-worker")
+        process = _WorkerProcess(target=_worker.main, args=(child, cores, os.getpid()),
+                                 name="nbtasks-worker")
         process.start()
         child.close()
         return process, parent
