@@ -38,6 +38,7 @@ from typing import Any
 import psutil
 
 from .._errors import EngineError, WorkerCrashedError
+from ._wire import CodeCache
 
 Message = tuple[Any, ...]
 log = logging.getLogger("nbtasks.machines")
@@ -57,6 +58,7 @@ class Worker:
         self.on_message: Callable[[Message], None] | None = None
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.env: Any = None  # the (cwd, sys.path, environ) snapshot it last applied
+        self.code = CodeCache()  # the hashes of the task code it holds (see _wire.Job)
         self.parked = 0  # open requests that wait on other runs
         self.oom_rss: int | None = None  # set by the MemoryWatcher when it kills
         self._reading = True

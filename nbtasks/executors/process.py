@@ -259,20 +259,29 @@ class ProcessExecutor:
             elif kind == "cancel" and (task := calls.pop(message[2], None)) is not None:
                 task.cancel()
             elif kind == "done" and not done.done():
-                done.set_result(message[2])
+                if message[2].get("missing_code"):  # it doesn't hold what we thought: resend
+                    worker.send(("run", key, None, job))
+                    worker.code.add(job.code_hash, True)
+                else:
+                    done.set_result(message[2])
 
         snapshot = self._snapshot()
         worker.on_message = on_message
         reuse = False
         try:
-            worker.send(("run", key, None if snapshot is worker.env else snapshot, job))
+            # The function's bytes only the first time this worker sees them (see _wire.Job).
+            known = job.code_hash in worker.code
+            worker.send(("run", key, None if snapshot is worker.env else snapshot,
+                         job._replace(code=None) if known else job))
             worker.env = snapshot
+            if not known:
+                worker.code.add(job.code_hash, True)
             self.watcher.watch(worker, preset.memory_bytes)
             either: set[asyncio.Future[Any]] = {done, worker.exited}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not done.done():
                 worker.drain()
-            outcome, reuse = self._conclude(worker, preset, plan, done)
+            outcome, reuse = self._conclude(worker, preset, plan, done, job.code_hash)
             return outcome
         finally:
             self.watcher.unwatch(worker)
@@ -282,7 +291,8 @@ class ProcessExecutor:
             pool.release(worker, reuse=reuse)  # not reused (cancel, death, memory): killed
 
     def _conclude(self, worker: Worker, preset: MachinePreset, plan: AttemptPlan,
-                  done: asyncio.Future[dict[str, Any]]) -> tuple[AttemptOutcome, bool]:
+                  done: asyncio.Future[dict[str, Any]], job_hash: bytes
+                  ) -> tuple[AttemptOutcome, bool]:
         limit = preset.memory_bytes
         message = done.result() if done.done() else None
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
@@ -299,6 +309,7 @@ class ProcessExecutor:
                 f"the {preset.name} worker running this attempt (pid {worker.pid}) died: "
                 f"{describe_exit(code)}")), False
         if "load_error" in message:
+            worker.code.discard(job_hash)  # it didn't keep what it couldn't load
             record = message["load_error"]
             return failed_outcome(plan, TaskRunError(record["message"])), True
         # ru_maxrss is the worker's peak: below the share, its RSS now is too (no sampling).
