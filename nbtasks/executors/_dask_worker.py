@@ -191,11 +191,13 @@ class _Running:
 
 def run_on_dask(job: Job, key: str, topic: str, secret: bytes, kernel_pid: int
                 ) -> dict[str, Any]:
-    """The Dask task: one attempt's lifecycle on this worker; its outcome is the task's result.
+    """The Dask task: one attempt's lifecycle on this worker.
 
-    Nothing else goes up for a run that doesn't log or ask: the submit and the result are the
-    whole cost. What it does send is flushed before the result (both leave through the worker's
-    event loop, in order), so the kernel has every log line before the outcome.
+    The outcome goes up as the last message of the attempt's batch (so after every log line it
+    wrote, in the same event), and it is the task's result too. The kernel reads the event and
+    never fetches the result, which would cost a round trip to the worker: per run, the submit
+    and this one event are all that travel. The result is the fallback when the task failed in
+    Dask itself (a killed worker, a cancelled task).
     """
     worker = distributed.get_worker()
     running = _Running()
@@ -208,6 +210,7 @@ def run_on_dask(job: Job, key: str, topic: str, secret: bytes, kernel_pid: int
         outcome = running.execute(job, RemoteEngine(channel, key))
     finally:
         _ACTIVE.pop(key, None)
+    channel.send(("done", key, outcome))
     return outcome
 
 

@@ -7,13 +7,15 @@ Runs whose machine is a preset go to the cluster as Dask tasks; the scheduler, q
 retries and the store stay in the kernel. Each attempt's whole lifecycle (hooks and run) runs
 on a Dask worker, like on a pool worker, and talks to the kernel through Dask itself:
 
-- the attempt is the submitted task and its outcome is that task's result: a run that doesn't
-  log or ask for anything costs exactly one `submit` and one result;
-- logs, metadata, tags and requests (trigger_and_wait, waits, runs.*) go up as events on a
-  topic of the scheduler, batched per turn of the worker's loop. Any client can post there, so
-  they are JSON only, sealed with a secret that travels only inside this kernel's own tasks
-  (see `_dask_wire`): nothing read from the topic is unpickled, and a forged message is
-  dropped. Replies come back down with `Client.run` on the asking worker.
+- the attempt is the submitted task; logs, metadata, tags, requests (trigger_and_wait, waits,
+  runs.*) and at last the outcome go up as events on a topic of the scheduler, batched per turn
+  of the worker's loop. A run that doesn't log or ask for anything costs one `submit` and one
+  event: its result is never fetched from the worker (that would be another round trip), it is
+  only the fallback when Dask itself fails the task;
+- any client can post on a topic, so what goes there is JSON only, sealed with a secret that
+  travels only inside this kernel's own tasks (see `_dask_wire`): nothing read from the topic
+  is unpickled, and a forged message is dropped. Replies come back down with `Client.run` on
+  the asking worker.
 
 Preset sizes map to Dask worker resources named `CPU` (vCPUs) and `MEMORY` (bytes, with a
 preset's GB meaning 10**9 bytes, as Dask's own "8GB" does). `worker_resources("large-1x")`
@@ -114,6 +116,11 @@ class DaskExecutor:
         """On the client's thread: open a batch from our workers, hand it to the engine loop."""
         messages = self._inbox.open(event[1]) if self._loop is not None else None
         if messages and self._loop is not None:
+            for message in messages:
+                if message[0] == "done" and (attempt := self._attempts.get(message[1])):
+                    # Before Dask's done-callback runs (the scheduler sends this event first,
+                    # and the client handles both in order): it needn't fetch the result.
+                    attempt.outcome_sent = True
             _to_loop(self._loop, self._on_messages, messages)
 
     def _on_cluster_event(self, event: tuple[float, Any]) -> None:
@@ -123,27 +130,40 @@ class DaskExecutor:
             worker, tasks = message.get("worker"), message.get("processing-tasks")
             keys = [k for k in tasks or () if isinstance(k, str) and k in self._attempts]
             if keys and isinstance(worker, str):
-                _in_thread(lambda: self._confirm_lost(worker, keys))
+                _to_loop(self._loop, self._check_loss, worker, keys)
 
-    def _confirm_lost(self, worker: str, keys: list[str]) -> None:
-        """In a thread: ask the scheduler whether `worker` is really gone with our tasks."""
-        try:
-            lost = list(self.client.run_on_scheduler(  # type: ignore[no-untyped-call]
-                _scheduler_lost(), worker, keys))
-        except Exception:  # the scheduler is unreachable: Dask's own errors will say so
-            return
-        if len(lost) < len(keys):
-            log.warning("ignored a remove-worker event for %s: the scheduler says that worker "
-                        "is still there, or wasn't running %d of these attempts (another "
-                        "client of the scheduler posted it?)", worker, len(keys) - len(lost))
-        if lost and self._loop is not None:
-            _to_loop(self._loop, self._lost, lost, worker)
+    def _check_loss(self, worker: str, keys: list[str]) -> None:
+        """On the loop: hold these attempts' outcomes while the scheduler confirms the loss.
 
-    def _lost(self, keys: list[str], worker: str) -> None:
-        for key in keys:
-            attempt = self._attempts.get(key)
-            if attempt is not None:
+        When a worker dies, Dask may run the task again elsewhere, and that copy's outcome can
+        come before the scheduler's answer: it must not count as the attempt's."""
+        attempts = [a for k in keys if (a := self._attempts.get(k)) is not None]
+        for attempt in attempts:
+            attempt.checking += 1
+
+        def confirm() -> None:
+            try:
+                lost = set(self.client.run_on_scheduler(  # type: ignore[no-untyped-call]
+                    _scheduler_lost(), worker, keys))
+            except Exception:  # the scheduler is unreachable: Dask's own errors will say so
+                lost = set()
+            if len(lost) < len(keys):
+                log.warning("ignored a remove-worker event for %s: the scheduler says that "
+                            "worker is still there, or wasn't running %d of these attempts "
+                            "(another client of the scheduler posted it?)",
+                            worker, len(keys) - len(lost))
+            if self._loop is not None:
+                _to_loop(self._loop, self._checked, attempts, lost, worker)
+
+        _in_thread(confirm)
+
+    def _checked(self, attempts: list[_Attempt], lost: set[str], worker: str) -> None:
+        for attempt in attempts:
+            attempt.checking -= 1
+            if attempt.key in lost:
                 attempt.lost(worker)
+            elif attempt.checking == 0 and attempt.held is not None:
+                attempt._settle(attempt.held)
 
     # ------------------------------------------------------------------ cluster resources
 
@@ -211,7 +231,7 @@ class DaskExecutor:
             if attempt is not None:
                 try:
                     attempt.on_message(message)
-                except (ValueError, TypeError, IndexError) as exc:  # malformed: drop it, say why
+                except (ValueError, TypeError, IndexError, KeyError) as exc:  # malformed: say so
                     log.warning("dropped a malformed message from a Dask worker: %s", exc)
 
     async def close(self) -> None:
@@ -238,10 +258,13 @@ class _Attempt:
         self.future: Any = None
         self.address: str | None = None  # the worker it asked something from, if it did
         self.calls: dict[int, asyncio.Task[None]] = {}
+        self.outcome_sent = False  # its "done" event arrived (set on the client's thread)
+        self.checking = 0  # reports of its worker's death the scheduler hasn't confirmed yet
+        self.held: AttemptOutcome | None = None  # an outcome that came meanwhile
 
     def finished(self, future: Any) -> None:
         """Dask's callback thread: if the outcome didn't come as an event, fetch it."""
-        if self.done.done():
+        if self.done.done() or (self.outcome_sent and future.status == "finished"):
             return
         try:
             message = future.result()
@@ -267,7 +290,9 @@ class _Attempt:
         return outcome_from(message, self.plan)
 
     def _settle(self, outcome: AttemptOutcome) -> None:
-        if not self.done.done():
+        if self.checking:
+            self.held = outcome
+        elif not self.done.done():
             self.done.set_result(outcome)
 
     def lost(self, worker: str) -> None:
@@ -310,7 +335,9 @@ class _Attempt:
         kind, scope = message[0], self.scope
         if self.done.done():
             return  # a copy Dask restarted after its worker died, or a late line
-        if kind == "log":
+        if kind == "done":
+            self._settle(self._outcome(message[2]))
+        elif kind == "log":
             _, _, level, text, attributes = message
             scope.sink.log(str(level), str(text), attributes if isinstance(attributes, dict)
                            else None)
