@@ -1,8 +1,9 @@
 """What crosses between the kernel and a worker: one attempt out, one outcome back.
 
 Functions (the task's run and hooks, the global hooks) travel with cloudpickle, so closures
-defined in a notebook cell (`__main__`) work; they are pickled at each attempt, so a run sees
-the notebook's values as they were when the attempt started, as an in-kernel run would. The
+defined in a notebook cell (`__main__`) work; a run sees the notebook's values as they were
+when the attempt started, as an in-kernel run would. They are pickled again for an attempt
+unless nothing they capture can have changed since the last one (`_codecache`). The
 pickle is named by its hash: a worker that already holds those exact bytes is sent only the hash
 and reuses the functions it loaded (`load_code`), so a warm worker doesn't unpickle an unchanged
 task per run. Payload and output stay JSON strings. Everything else in a `Job` is plain tuples
@@ -47,6 +48,7 @@ from .._status import RunStatus
 from .._tasks import Task, TaskDefinition, _is_async
 from .._wait import WaitAPI
 from . import _remote
+from ._codecache import Fingerprint, PickleCache, Uncacheable
 
 
 class Job(NamedTuple):
@@ -125,6 +127,7 @@ def _stubs() -> dict[type, Callable[[Any], tuple[Any, ...]]]:
 
 
 _STUBS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+_PICKLES = PickleCache()  # the kernel's: unchanged task code is pickled once
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
@@ -144,16 +147,29 @@ def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
     if not _STUBS:
         _STUBS.update(_stubs())
     defn, hooks, c = plan.defn, plan.hooks, plan.ctx
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(
-        (defn.run, defn.schema, defn.hooks, (hooks.on_start, hooks.on_success, hooks.on_failure)))
-    code = buf.getvalue()
+    functions = (defn.run, defn.schema, defn.hooks,
+                 (hooks.on_start, hooks.on_success, hooks.on_failure))
+    fingerprint: Fingerprint | None = Fingerprint(tuple(_STUBS))
+    try:
+        for part in (*functions[:2], tuple(defn.hooks.items()), functions[3]):
+            fingerprint.add(part)  # type: ignore[union-attr]
+    except Uncacheable:
+        fingerprint = None
+    cached = None if fingerprint is None else _PICKLES.get(fingerprint)
+    if cached is None:
+        buf = io.BytesIO()
+        _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(functions)
+        code = buf.getvalue()
+        cached = code, hashlib.blake2b(code, digest_size=16).digest()
+        if fingerprint is not None:
+            _PICKLES.put(fingerprint, *cached)
+    code, code_hash = cached
     parts = (c.task, c.run, c.attempt, c.queue, c.machine)
     ctx = tuple(tuple(getattr(part, name) for name in names)
                 for part, names in zip(parts, _CTX_FIELDS, strict=True))
     retry = None if plan.retry is None else plan.retry.model_dump()
-    return Job(code, hashlib.blake2b(code, digest_size=16).digest(), defn.id, retry,
-               plan.payload_json, ctx, scope.metadata, scope.tags)
+    return Job(code, code_hash, defn.id, retry, plan.payload_json, ctx, scope.metadata,
+               scope.tags)
 
 
 class MissingCode(Exception):
