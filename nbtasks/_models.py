@@ -24,7 +24,12 @@ class _Options(BaseModel):
 
 
 class MachinePreset(_Options):
-    """A machine size: `cpu` in vCPUs and `memory` in GB (Trigger.dev's machine table)."""
+    """A machine size: `cpu` in vCPUs and `memory` in GB (Trigger.dev's machine table).
+
+    A GB is 10**9 bytes, everywhere: the pools' memory limits, and the MEMORY resource asked of
+    a Dask worker, so `dask worker --resources "CPU=4 MEMORY=8e9"` (Dask's "8GB") holds a
+    `large-1x` run.
+    """
 
     name: str
     cpu: float
@@ -32,7 +37,7 @@ class MachinePreset(_Options):
 
     @property
     def memory_bytes(self) -> int:
-        return int(self.memory * 1024**3)
+        return round(self.memory * 10**9)
 
 
 #: `kernel` is nbtasks' own default: the run stays in the notebook's process.

@@ -25,7 +25,7 @@ from nbtasks.executors import DaskExecutor  # noqa: E402 - after the importorski
 
 pytestmark = pytest.mark.timeout(120)
 
-GB = 1024**3
+GB = 10**9  # a preset's GB, as Dask counts it
 
 
 @pytest.fixture(scope="module")

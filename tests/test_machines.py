@@ -23,6 +23,7 @@ import nbtasks
 from nbtasks import Engine, RunStatus, WorkerCrashedError
 from nbtasks._models import MACHINES
 from nbtasks.executors.process import ProcessExecutor, pool_size
+from nbtasks.testing import ManualClock
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -208,14 +209,19 @@ def _spin_in_c(payload: None, ctx: Any) -> None:
 
 @pytest.mark.parametrize("ending", ["cancel", "max_duration"])
 def test_cancel_and_max_duration_kill_a_worker_stuck_in_c(
-        process_engine: MakeEngine, wait_status: Callable[..., RunStatus], ending: str) -> None:
-    eng = process_engine(max_workers=1)
+        process_engine: MakeEngine, wait_status: Callable[..., RunStatus], ending: str,
+        clock: ManualClock) -> None:
+    # The engine's clock times max_duration: it moves only once the run is seen stuck, so a
+    # slow worker start on a loaded host can't time the run out before it begins.
+    eng = process_engine(clock=clock, max_workers=1)
     spin = eng.task(id="spin", machine="micro", run=_spin_in_c,
-                    max_duration=1 if ending == "max_duration" else None)
+                    max_duration=60 if ending == "max_duration" else None)
     handle = spin.trigger(None)
     pid = wait_until(lambda: eng.runs.retrieve(handle.id).metadata.get("pid"))
     if ending == "cancel":
         assert handle.cancel()
+    else:
+        clock.advance(61)
     result = handle.wait(timeout=20)
     assert result.status is (RunStatus.CANCELED if ending == "cancel" else RunStatus.TIMED_OUT)
     wait_until(lambda: _gone(pid))

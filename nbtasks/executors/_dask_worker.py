@@ -25,6 +25,7 @@ from typing import Any
 import distributed
 
 from .._context import CancelSignal
+from ._dask_wire import Outbox, dumps_args, dumps_message
 from ._remote import PARKING, RemoteEngine, install_worker_mode
 from ._wire import Job, run_job
 from .inline import DaemonThreads
@@ -34,7 +35,17 @@ _ACTIVE: dict[str, _Running] = {}
 _INSTALLED: list[bool] = []
 _THREADS: list[DaemonThreads] = []
 _LOOPS: list[asyncio.AbstractEventLoop] = []
+_OUTBOXES: dict[str, Outbox] = {}  # topic (one per kernel) -> its batches from this process
 _LOCK = threading.Lock()
+
+
+def _outbox(worker: Any, topic: str, secret: bytes) -> Outbox:
+    with _LOCK:
+        box = _OUTBOXES.get(topic)
+        if box is None or box.secret != secret:
+            box = _OUTBOXES[topic] = Outbox(topic, secret, worker.log_event,
+                                            worker.loop.add_callback)
+        return box
 
 
 def _threads() -> DaemonThreads:
@@ -56,26 +67,28 @@ def _loop() -> asyncio.AbstractEventLoop:
 
 
 class DaskChannel:
-    """`_remote.Channel` for an attempt on a Dask worker: events up, `Client.run` down."""
+    """`_remote.Channel` for an attempt on a Dask worker: signed JSON events up (batched, see
+    `_dask_wire`), `Client.run` down."""
 
-    def __init__(self, worker: Any, topic: str, running: _Running) -> None:
-        self.worker = worker
-        self.topic = topic
+    def __init__(self, worker: Any, outbox: Outbox, running: _Running) -> None:
+        self.address = worker.address
+        self.outbox = outbox
         self.running = running
         self.pending: dict[int, concurrent.futures.Future[Any]] = {}
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self.worker.log_event(self.topic, list(message))
+        self.outbox.send(dumps_message(message))
 
     def request(self, key: str, method: str, args: tuple[Any, ...]
                 ) -> tuple[int, concurrent.futures.Future[Any]]:
+        encoded = dumps_args(args)  # raises here, in the caller, for what JSON can't carry
         rid = next(_IDS)
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.pending[rid] = fut
         if method in PARKING:
             self.running.waits(+1)
             fut.add_done_callback(lambda _f: self.running.waits(-1))
-        self.send(("call", key, rid, method, pickle.dumps(args), self.worker.address))
+        self.send(("call", key, rid, method, encoded, self.address))
         return rid, fut
 
     def cancel(self, key: str, request_id: int) -> None:
@@ -176,16 +189,19 @@ class _Running:
             distributed.rejoin()  # type: ignore[no-untyped-call]
 
 
-def run_on_dask(job: Job, key: str, topic: str, kernel_pid: int) -> dict[str, Any]:
+def run_on_dask(job: Job, key: str, topic: str, secret: bytes, kernel_pid: int
+                ) -> dict[str, Any]:
     """The Dask task: one attempt's lifecycle on this worker.
 
-    The outcome goes up as an event as well as the task's result: the event reaches the kernel
-    without the extra round trip of fetching a result from the worker.
+    The outcome goes up as the last message of the attempt's batch (so after every log line it
+    wrote, in the same event), and it is the task's result too. The kernel reads the event and
+    never fetches the result, which would cost a round trip to the worker: per run, the submit
+    and this one event are all that travel. The result is the fallback when the task failed in
+    Dask itself (a killed worker, a cancelled task).
     """
     worker = distributed.get_worker()
     running = _Running()
-    channel = running.channel = DaskChannel(worker, topic, running)
-    channel.send(("start", key, worker.address))
+    channel = running.channel = DaskChannel(worker, _outbox(worker, topic, secret), running)
     if os.getpid() != kernel_pid and not _INSTALLED:  # not a threaded cluster in the kernel
         _INSTALLED.append(True)
         install_worker_mode(None)

@@ -38,6 +38,7 @@ from typing import Any
 import psutil
 
 from .._errors import EngineError, WorkerCrashedError
+from ._wire import CodeCache
 
 Message = tuple[Any, ...]
 log = logging.getLogger("nbtasks.machines")
@@ -57,6 +58,7 @@ class Worker:
         self.on_message: Callable[[Message], None] | None = None
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.env: Any = None  # the (cwd, sys.path, environ) snapshot it last applied
+        self.code = CodeCache()  # the hashes of the task code it holds (see _wire.Job)
         self.parked = 0  # open requests that wait on other runs
         self.oom_rss: int | None = None  # set by the MemoryWatcher when it kills
         self._reading = True
@@ -110,6 +112,12 @@ class Worker:
 
     def _on_exit(self) -> None:
         self.loop.remove_reader(self.process.sentinel)
+        # Whatever ended it (a crash, os._exit, a signal), what its runs started dies too. A
+        # group's id stays reserved while the group has members, so this reaches them; with
+        # none left it finds nothing (a stranger would have to take the freed pid and lead a
+        # group of its own within these microseconds).
+        with contextlib.suppress(OSError):
+            os.killpg(self.pid, signal.SIGKILL)
         self.drain()  # what it sent before dying (a last log line, or its result)
         self._stop_reading()
         self.process.join(0)
@@ -129,7 +137,8 @@ class Worker:
             return 0
 
     def kill(self) -> None:
-        """SIGKILL the worker and whatever it started (it leads its own process group)."""
+        """SIGKILL the worker and whatever it started (it leads its own process group, see
+        `_worker._serve`; a worker that already died had its group ended in `_on_exit`)."""
         try:
             if not self.alive or not self.ps.is_running():  # is_running also spots a reused pid
                 return

@@ -7,19 +7,28 @@ Runs whose machine is a preset go to the cluster as Dask tasks; the scheduler, q
 retries and the store stay in the kernel. Each attempt's whole lifecycle (hooks and run) runs
 on a Dask worker, like on a pool worker, and talks to the kernel through Dask itself:
 
-- logs, metadata and tags go up as Dask events (`Worker.log_event`, which the kernel's client
-  subscribes to), so they reach the run record live;
-- requests (trigger_and_wait, waits, runs.*) go up the same way, and their replies come back
-  down with `Client.run` on that one worker.
+- the attempt is the submitted task; logs, metadata, tags, requests (trigger_and_wait, waits,
+  runs.*) and at last the outcome go up as events on a topic of the scheduler, batched per turn
+  of the worker's loop. A run that doesn't log or ask for anything costs one `submit` and one
+  event: its result is never fetched from the worker (that would be another round trip), it is
+  only the fallback when Dask itself fails the task;
+- any client can post on a topic, so what goes there is JSON only, sealed with a secret that
+  travels only inside this kernel's own tasks (see `_dask_wire`): nothing read from the topic
+  is unpickled, and a forged message is dropped. Replies come back down with `Client.run` on
+  the asking worker.
 
-Preset sizes map to Dask worker resources named `CPU` (vCPUs) and `MEMORY` (bytes): start
-workers with `--resources "CPU=4 MEMORY=8e9"` and a `large-1x` run only goes to a worker that
-has 4 CPU and 8 GB free. When no worker declares these resources, presets are not enforced
-(the run log says so once); when no worker is big enough, the attempt fails at once rather
-than queue forever.
+Preset sizes map to Dask worker resources named `CPU` (vCPUs) and `MEMORY` (bytes, with a
+preset's GB meaning 10**9 bytes, as Dask's own "8GB" does). `worker_resources("large-1x")`
+gives the worker option for a preset, and `python -m nbtasks.executors.dask large-1x` prints
+it: start workers with `dask worker tcp://scheduler:8786 --nthreads 4 --resources "CPU=4
+MEMORY=8e9"` and a `large-1x` run only goes to a worker that has 4 CPU and 8 GB free. When no
+worker declares these resources, presets are not enforced (the run log says so once); when no
+worker is big enough, the attempt fails at once rather than queue forever.
 
 A worker that dies mid-attempt fails the attempt with WorkerCrashedError, and the retry policy
-applies: the kernel hears of it from the scheduler's "all" events (it subscribes to that topic).
+applies: the kernel hears of it from the scheduler's "all" events (it subscribes to that topic),
+and believes it only once the scheduler itself confirms the worker is gone and that the task
+was running there (anyone can post a "remove-worker" event).
 Dask itself reschedules a dead worker's tasks (`distributed.scheduler.allowed-failures`, 3 by
 default); the kernel cancels that copy and ignores it. Set allowed-failures to 0 on clusters
 that run nbtasks so no copy ever starts.
@@ -35,9 +44,11 @@ import contextlib
 import logging
 import os
 import pickle
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 try:
@@ -49,7 +60,8 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra ins
 from .._context import AttemptScope
 from .._errors import ConfigurationError, TaskRunError, WorkerCrashedError
 from .._lifecycle import AttemptOutcome, AttemptPlan
-from .._models import MACHINES, MachinePreset
+from .._models import MACHINES, MachinePreset, check_machine
+from ._dask_wire import Inbox, loads_args
 from ._dask_worker import cancel_on_dask, deliver, run_on_dask
 from ._serve import serve
 from ._wire import dump_job, failed_outcome, outcome_from
@@ -58,6 +70,15 @@ log = logging.getLogger("nbtasks.machines")
 
 #: How long a fetched view of the cluster's workers and their resources is trusted.
 CLUSTER_INFO_TTL = 10.0
+
+
+def worker_resources(preset: str) -> str:
+    """The `dask worker --resources` value for a preset's machine: "CPU=4 MEMORY=8e9"."""
+    machine = MACHINES[check_machine(preset, where="worker_resources")]
+    if machine.cpu == 0:
+        raise ConfigurationError("worker_resources: the kernel machine runs in the kernel, "
+                                 "not on a Dask worker")
+    return f"CPU={machine.cpu:g} MEMORY={machine.memory:g}e9"
 
 
 class DaskExecutor:
@@ -70,6 +91,8 @@ class DaskExecutor:
             raise ConfigurationError("DaskExecutor needs a regular (synchronous) Client")
         self.client = client
         self.topic = f"nbtasks-{uuid.uuid4().hex[:12]}"
+        self.secret = os.urandom(32)
+        self._inbox = Inbox(self.secret)
         self._attempts: dict[str, _Attempt] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._cluster: tuple[float, list[dict[str, Any]]] | None = None
@@ -90,23 +113,57 @@ class DaskExecutor:
             self.client.subscribe_topic("all", self._on_cluster_event)  # type: ignore[no-untyped-call]
 
     def _on_event(self, event: tuple[float, Any]) -> None:
-        """On the client's thread: hand the worker's message to the engine loop."""
-        if self._loop is not None:
-            _to_loop(self._loop, self._on_message, event[1])
+        """On the client's thread: open a batch from our workers, hand it to the engine loop."""
+        messages = self._inbox.open(event[1]) if self._loop is not None else None
+        if messages and self._loop is not None:
+            for message in messages:
+                if message[0] == "done" and (attempt := self._attempts.get(message[1])):
+                    # Before Dask's done-callback runs (the scheduler sends this event first,
+                    # and the client handles both in order): it needn't fetch the result.
+                    attempt.outcome_sent = True
+            _to_loop(self._loop, self._on_messages, messages)
 
     def _on_cluster_event(self, event: tuple[float, Any]) -> None:
         message = event[1]
         if (self._loop is not None and isinstance(message, dict)
                 and message.get("action") == "remove-worker"):
-            keys = [k for k in message.get("processing-tasks") or () if k in self._attempts]
-            if keys:
-                _to_loop(self._loop, self._lost, keys, str(message.get("worker")))
+            worker, tasks = message.get("worker"), message.get("processing-tasks")
+            keys = [k for k in tasks or () if isinstance(k, str) and k in self._attempts]
+            if keys and isinstance(worker, str):
+                _to_loop(self._loop, self._check_loss, worker, keys)
 
-    def _lost(self, keys: list[str], worker: str) -> None:
-        for key in keys:
-            attempt = self._attempts.get(key)
-            if attempt is not None:
+    def _check_loss(self, worker: str, keys: list[str]) -> None:
+        """On the loop: hold these attempts' outcomes while the scheduler confirms the loss.
+
+        When a worker dies, Dask may run the task again elsewhere, and that copy's outcome can
+        come before the scheduler's answer: it must not count as the attempt's."""
+        attempts = [a for k in keys if (a := self._attempts.get(k)) is not None]
+        for attempt in attempts:
+            attempt.checking += 1
+
+        def confirm() -> None:
+            try:
+                lost = set(self.client.run_on_scheduler(  # type: ignore[no-untyped-call]
+                    _scheduler_lost(), worker, keys))
+            except Exception:  # the scheduler is unreachable: Dask's own errors will say so
+                lost = set()
+            if len(lost) < len(keys):
+                log.warning("ignored a remove-worker event for %s: the scheduler says that "
+                            "worker is still there, or wasn't running %d of these attempts "
+                            "(another client of the scheduler posted it?)",
+                            worker, len(keys) - len(lost))
+            if self._loop is not None:
+                _to_loop(self._loop, self._checked, attempts, lost, worker)
+
+        _in_thread(confirm)
+
+    def _checked(self, attempts: list[_Attempt], lost: set[str], worker: str) -> None:
+        for attempt in attempts:
+            attempt.checking -= 1
+            if attempt.key in lost:
                 attempt.lost(worker)
+            elif attempt.checking == 0 and attempt.held is not None:
+                attempt._settle(attempt.held)
 
     # ------------------------------------------------------------------ cluster resources
 
@@ -128,7 +185,8 @@ class DaskExecutor:
         if workers and not any(all((w.get("resources") or {}).get(k, 0) >= v
                                    for k, v in use.items()) for w in workers):
             return (f"no worker of the Dask cluster has the resources of the {preset.name} "
-                    f"machine ({preset.cpu:g} CPU, {preset.memory:g} GB as MEMORY bytes)")
+                    f"machine ({preset.cpu:g} CPU, {preset.memory:g} GB as MEMORY bytes): start "
+                    f"one with --resources \"{worker_resources(preset.name)}\"")
         return use
 
     # ------------------------------------------------------------------ attempts
@@ -153,8 +211,8 @@ class DaskExecutor:
         key = f"nbtasks-{plan.ctx.run.id}-{plan.ctx.attempt.number}-{uuid.uuid4().hex[:8]}"
         attempt = _Attempt(self, key, plan, scope, loop.create_future())
         self._attempts[key] = attempt
-        future = self.client.submit(run_on_dask, job, key, self.topic, os.getpid(), key=key,
-                                    pure=False, resources=resources)
+        future = self.client.submit(run_on_dask, job, key, self.topic, self.secret, os.getpid(),
+                                    key=key, pure=False, resources=resources)
         attempt.future = future
         future.add_done_callback(attempt.finished)  # type: ignore[no-untyped-call]
         try:
@@ -167,10 +225,14 @@ class DaskExecutor:
             for task in attempt.calls.values():
                 task.cancel()
 
-    def _on_message(self, message: list[Any]) -> None:
-        attempt = self._attempts.get(message[1])
-        if attempt is not None:
-            attempt.on_message(message)
+    def _on_messages(self, messages: list[list[Any]]) -> None:
+        for message in messages:
+            attempt = self._attempts.get(message[1])
+            if attempt is not None:
+                try:
+                    attempt.on_message(message)
+                except (ValueError, TypeError, IndexError, KeyError) as exc:  # malformed: say so
+                    log.warning("dropped a malformed message from a Dask worker: %s", exc)
 
     async def close(self) -> None:
         for attempt in list(self._attempts.values()):
@@ -194,12 +256,15 @@ class _Attempt:
         self.done = done
         self.loop = done.get_loop()
         self.future: Any = None
-        self.address: str | None = None  # the worker it started on
+        self.address: str | None = None  # the worker it asked something from, if it did
         self.calls: dict[int, asyncio.Task[None]] = {}
+        self.outcome_sent = False  # its "done" event arrived (set on the client's thread)
+        self.checking = 0  # reports of its worker's death the scheduler hasn't confirmed yet
+        self.held: AttemptOutcome | None = None  # an outcome that came meanwhile
 
     def finished(self, future: Any) -> None:
         """Dask's callback thread: if the outcome didn't come as an event, fetch it."""
-        if self.done.done():
+        if self.done.done() or (self.outcome_sent and future.status == "finished"):
             return
         try:
             message = future.result()
@@ -216,6 +281,8 @@ class _Attempt:
         _to_loop(self.loop, self._settle, outcome)
 
     def _outcome(self, message: dict[str, Any]) -> AttemptOutcome:
+        if not isinstance(message, dict):
+            return failed_outcome(self.plan, TaskRunError("the Dask task returned no outcome"))
         if "cancelled" in message:  # the run ended first; this is never used
             return failed_outcome(self.plan, TaskRunError("cancelled"), retry=False)
         if "load_error" in message:
@@ -223,7 +290,9 @@ class _Attempt:
         return outcome_from(message, self.plan)
 
     def _settle(self, outcome: AttemptOutcome) -> None:
-        if not self.done.done():
+        if self.checking:
+            self.held = outcome
+        elif not self.done.done():
             self.done.set_result(outcome)
 
     def lost(self, worker: str) -> None:
@@ -238,9 +307,14 @@ class _Attempt:
         address, future = self.address, self.future
 
         def go() -> None:
-            if address is not None:
+            where = address
+            if where is None:  # it never asked for anything: the scheduler knows where it runs
                 with contextlib.suppress(Exception):
-                    self.client.run(cancel_on_dask, self.key, reason, workers=[address])
+                    where = self.client.run_on_scheduler(  # type: ignore[no-untyped-call]
+                        _scheduler_where(), self.key)
+            if where is not None:
+                with contextlib.suppress(Exception):
+                    self.client.run(cancel_on_dask, self.key, reason, workers=[where])
             if future is not None:
                 with contextlib.suppress(Exception):
                     future.cancel()
@@ -257,27 +331,29 @@ class _Attempt:
         _in_thread(go)
 
     def on_message(self, message: list[Any]) -> None:
+        """One message of a batch our own worker sealed (JSON: see `_dask_wire`)."""
         kind, scope = message[0], self.scope
-        if kind == "start":
-            if self.address is None:
-                self.address = message[2]
-            else:  # Dask started it again, so its first worker died (if we missed that)
-                first, self.address = self.address, message[2]
-                self.lost(first)
-        elif kind == "done":
+        if self.done.done():
+            return  # a copy Dask restarted after its worker died, or a late line
+        if kind == "done":
             self._settle(self._outcome(message[2]))
         elif kind == "log":
-            scope.sink.log(message[2], message[3], message[4])
-        elif kind == "metadata":
+            _, _, level, text, attributes = message
+            scope.sink.log(str(level), str(text), attributes if isinstance(attributes, dict)
+                           else None)
+        elif kind == "metadata" and isinstance(message[2], dict):
             scope.metadata = message[2]
             scope.sink.metadata_changed(message[2])
-        elif kind == "tags":
-            scope.tags = list(message[2])
+        elif kind == "tags" and isinstance(message[2], list):
+            scope.tags = [str(t) for t in message[2]]
             scope.sink.tags_changed(scope.tags)
         elif kind == "call":
             _, _, rid, method, args, address = message
+            if not (isinstance(rid, int) and isinstance(method, str) and isinstance(address, str)):
+                raise ValueError("a request needs an id, a method and the worker's address")
+            self.address = address
             self.calls[rid] = self.loop.create_task(
-                self._answer(rid, method, pickle.loads(args), address))
+                self._answer(rid, method, loads_args(args), address))
         elif kind == "cancel" and (task := self.calls.pop(message[2], None)) is not None:
             task.cancel()
 
@@ -295,6 +371,33 @@ class _Attempt:
         self._run_on_worker(deliver, self.key, rid, ok, blob, address=address)
 
 
+def _scheduler_lost() -> Callable[..., list[str]]:
+    """Runs on the scheduler: which of `keys` were running on `worker` when it left.
+
+    Built in a closure so that Dask sends it by value: the scheduler needn't have nbtasks.
+    `suspicious` is the scheduler's count of workers that died while running the task.
+    """
+
+    def lost(worker: str, keys: list[str], dask_scheduler: Any) -> list[str]:
+        if worker in dask_scheduler.workers:
+            return []
+        tasks = dask_scheduler.tasks
+        return [k for k in keys if k in tasks and tasks[k].suspicious > 0]
+
+    return lost
+
+
+def _scheduler_where() -> Callable[..., str | None]:
+    """Runs on the scheduler: the address of the worker running `key`, if one is."""
+
+    def where(key: str, dask_scheduler: Any) -> str | None:
+        task = dask_scheduler.tasks.get(key)
+        worker = None if task is None else task.processing_on
+        return None if worker is None else str(worker.address)
+
+    return where
+
+
 def _to_loop(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
     """From Dask's threads onto the engine loop; once the engine has closed, drop it."""
     with contextlib.suppress(RuntimeError):
@@ -304,3 +407,10 @@ def _to_loop(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
 def _in_thread(fn: Any) -> None:
     """Client calls block until the cluster answers: never on the engine loop."""
     threading.Thread(target=fn, name="nbtasks-dask-call", daemon=True).start()
+
+
+if __name__ == "__main__":  # python -m nbtasks.executors.dask large-1x
+    try:
+        print(worker_resources(sys.argv[1] if len(sys.argv) > 1 else ""))
+    except ConfigurationError as exc:
+        sys.exit(f"usage: python -m nbtasks.executors.dask PRESET\n{exc}")

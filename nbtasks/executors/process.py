@@ -30,10 +30,13 @@ import contextlib
 import logging
 import math
 import multiprocessing
+import multiprocessing.context
+import multiprocessing.spawn
 import multiprocessing.util  # its exit hook must be registered before ours (see _kill_all)
 import os
 import pickle
 import sys
+import types
 import weakref
 from collections.abc import Mapping
 from typing import Any
@@ -74,7 +77,7 @@ def too_big(preset: MachinePreset) -> str | None:
     cpus, memory = len(_available_cores()), psutil.virtual_memory().total
     if preset.cpu > cpus or preset.memory_bytes > memory:
         return (f"the {preset.name} machine ({preset.cpu:g} vCPU, {preset.memory:g} GB) is bigger "
-                f"than this host ({cpus} cores, {memory / 1024**3:.1f} GB): its runs get what "
+                f"than this host ({cpus} cores, {memory / 1e9:.1f} GB): its runs get what "
                 "there is")
     return None
 
@@ -90,6 +93,57 @@ def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([_worker.__name__])
     return ctx
+
+
+class _SpawnWithoutMain:
+    """multiprocessing's `spawn` module, except that the data a new process prepares itself
+    with never names the parent's `__main__`.
+
+    multiprocessing tells each child to import the parent's main script (as `__mp_main__`) so
+    that functions defined there unpickle. Ours never need it: a task's functions travel by
+    value (cloudpickle), and the worker's entry point lives in nbtasks. Importing it would run
+    a script without an `if __name__ == "__main__":` guard again in every worker: its side
+    effects twice, its own preset trigger failing with a bootstrap error.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(multiprocessing.spawn, name)
+
+    @staticmethod
+    def get_preparation_data(name: str) -> dict[str, Any]:
+        data: dict[str, Any] = multiprocessing.spawn.get_preparation_data(name)
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+        return data
+
+
+def _popen_without_main() -> type:
+    """The fork server's Popen, whose launch sees `_SpawnWithoutMain` as its `spawn`.
+
+    The stdlib's own launch code runs unchanged (no copy of it to drift from a new Python);
+    only the `spawn` name it looks up is ours, and nothing global is patched, so the user's own
+    processes still get their `__main__`.
+    """
+    from multiprocessing import popen_forkserver
+
+    base = popen_forkserver.Popen
+    launch = base._launch  # type: ignore[attr-defined]
+    scope = dict(launch.__globals__, spawn=_SpawnWithoutMain())
+    own = types.FunctionType(launch.__code__, scope, launch.__name__, launch.__defaults__,
+                             launch.__closure__)
+    return type("WorkerPopen", (base,), {"_launch": own})
+
+
+class _WorkerProcess(multiprocessing.context.ForkServerProcess):
+    """A fork-server process that never imports the parent's `__main__`."""
+
+    _popen_class: type | None = None
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        if _WorkerProcess._popen_class is None:
+            _WorkerProcess._popen_class = _popen_without_main()
+        return _WorkerProcess._popen_class(process_obj)
 
 
 class ProcessExecutor:
@@ -150,8 +204,8 @@ class ProcessExecutor:
 
     def _start_process(self, cores: list[int]) -> tuple[Any, Any]:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(target=_worker.main, args=(child, cores, os.getpid()),
-                                    name="nbtasks-worker")
+        process = _WorkerProcess(target=_worker.main, args=(child, cores, os.getpid()),
+                                 name="nbtasks-worker")
         process.start()
         child.close()
         return process, parent
@@ -205,20 +259,29 @@ class ProcessExecutor:
             elif kind == "cancel" and (task := calls.pop(message[2], None)) is not None:
                 task.cancel()
             elif kind == "done" and not done.done():
-                done.set_result(message[2])
+                if message[2].get("missing_code"):  # it doesn't hold what we thought: resend
+                    worker.send(("run", key, None, job))
+                    worker.code.add(job.code_hash, True)
+                else:
+                    done.set_result(message[2])
 
         snapshot = self._snapshot()
         worker.on_message = on_message
         reuse = False
         try:
-            worker.send(("run", key, None if snapshot is worker.env else snapshot, job))
+            # The function's bytes only the first time this worker sees them (see _wire.Job).
+            known = job.code_hash in worker.code
+            worker.send(("run", key, None if snapshot is worker.env else snapshot,
+                         job._replace(code=None) if known else job))
             worker.env = snapshot
+            if not known:
+                worker.code.add(job.code_hash, True)
             self.watcher.watch(worker, preset.memory_bytes)
             either: set[asyncio.Future[Any]] = {done, worker.exited}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             if not done.done():
                 worker.drain()
-            outcome, reuse = self._conclude(worker, preset, plan, done)
+            outcome, reuse = self._conclude(worker, preset, plan, done, job.code_hash)
             return outcome
         finally:
             self.watcher.unwatch(worker)
@@ -228,13 +291,14 @@ class ProcessExecutor:
             pool.release(worker, reuse=reuse)  # not reused (cancel, death, memory): killed
 
     def _conclude(self, worker: Worker, preset: MachinePreset, plan: AttemptPlan,
-                  done: asyncio.Future[dict[str, Any]]) -> tuple[AttemptOutcome, bool]:
+                  done: asyncio.Future[dict[str, Any]], job_hash: bytes
+                  ) -> tuple[AttemptOutcome, bool]:
         limit = preset.memory_bytes
         message = done.result() if done.done() else None
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
         if peak > limit:
             # Rounded up: a run just past the limit must not read "used 256 MB, over 256 MB".
-            used, cap = math.ceil(peak / 1024**2), limit / 1024**2
+            used, cap = math.ceil(peak / 1e6), limit / 1e6
             return failed_outcome(plan, OutOfMemoryError(
                 f"the run used {used} MB of memory, over the {preset.name} machine's "
                 f"{cap:.0f} MB; give it a bigger machine, or retry on one with "
@@ -245,6 +309,7 @@ class ProcessExecutor:
                 f"the {preset.name} worker running this attempt (pid {worker.pid}) died: "
                 f"{describe_exit(code)}")), False
         if "load_error" in message:
+            worker.code.discard(job_hash)  # it didn't keep what it couldn't load
             record = message["load_error"]
             return failed_outcome(plan, TaskRunError(record["message"])), True
         # ru_maxrss is the worker's peak: below the share, its RSS now is too (no sampling).
