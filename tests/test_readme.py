@@ -137,12 +137,13 @@ def test_script_blocks_run_as_written(block: Block, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("block", KERNEL, ids=[b.heading for b in KERNEL])
-def test_kernel_blocks_run_in_a_kernel(block: Block, tmp_path: Path) -> None:
+def test_kernel_blocks_run_in_a_kernel(block: Block, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     last = block.code.strip().splitlines()[-1]
     assert "#" in last and "script" in last.split("#", 1)[1], \
         f"{block}: its last line is a bare expression; say it prints nothing in a script"
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(block.code)])
-    os.environ["PYTHONPATH"] = env()["PYTHONPATH"]  # the kernel inherits it
+    monkeypatch.setenv("PYTHONPATH", env()["PYTHONPATH"])  # the kernel inherits it
     NotebookClient(nb, timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(tmp_path)}}).execute()
     (out,) = nb.cells[0].outputs
