@@ -175,7 +175,11 @@ def installed_closure(extras: set[str]) -> set[str]:
         if name in closure:
             continue
         closure.add(name)
-        for dep in map(Requirement, md.requires(req.name) or []):
+        try:
+            requires = md.requires(req.name) or []
+        except md.PackageNotFoundError:  # not installed here: count it, but not what it needs
+            requires = []
+        for dep in map(Requirement, requires):
             if dep.marker is None or any(dep.marker.evaluate({"extra": e}) for e in req.extras or {""}):
                 todo.append(dep)
     return closure
