@@ -32,6 +32,7 @@ TEXT = README.read_text()
 BLOCKS = readme_blocks()
 PYTHON = [b for b in BLOCKS if b.language == "python"]
 TOP_LEVEL_AWAIT = ast.PyCF_ONLY_AST | ast.PyCF_ALLOW_TOP_LEVEL_AWAIT
+DASK_ADDRESS = "tcp://scheduler:8786"  # what illustrative blocks connect to; the test swaps it
 
 
 def needs_kernel(block: Block) -> bool:
@@ -54,10 +55,16 @@ def env() -> dict[str, str]:
 
 
 def test_every_block_is_classified_and_tested() -> None:
-    assert {b.language for b in BLOCKS} == {"bash", "python"}, [str(b) for b in BLOCKS]
-    assert [b for b in BLOCKS if b.language == "bash"] == [BLOCKS[0]]
+    assert {b.language for b in BLOCKS} <= {"bash", "python"}, [str(b) for b in BLOCKS]
+    assert BLOCKS[0].language == "bash"
+    # Shell blocks other than the set-up commands are commands a reader types elsewhere (a
+    # Dask worker, say); each opens with a comment saying where they run.
+    assert all(b.code.startswith("#") for b in BLOCKS if b.language == "bash"), \
+        [str(b) for b in BLOCKS if b.language == "bash" and not b.code.startswith("#")]
     assert len(SCRIPTS) >= 2 and len(KERNEL) >= 1
-    assert [b.heading for b in ILLUSTRATIVE] == ["Machines: worker processes with real limits"]
+    # Every illustrative block is one the Dask test below can run against a real cluster.
+    assert ILLUSTRATIVE and all(DASK_ADDRESS in b.code for b in ILLUSTRATIVE), \
+        [str(b) for b in ILLUSTRATIVE]
 
 
 def test_the_readme_starts_with_two_commands_then_an_example_concepts_and_the_comparison() -> None:
@@ -154,10 +161,10 @@ def test_kernel_blocks_run_in_a_kernel(block: Block, tmp_path: Path,
 
 @pytest.mark.slow
 @pytest.mark.timeout(240)
-def test_the_dask_block_configures_a_real_cluster(tmp_path: Path) -> None:
-    (block,) = ILLUSTRATIVE
-    address = "tcp://scheduler:8786"
-    assert address in block.code and "dask scheduler" in TEXT
+@pytest.mark.parametrize("block", ILLUSTRATIVE, ids=[b.heading for b in ILLUSTRATIVE])
+def test_the_dask_block_configures_a_real_cluster(block: Block, tmp_path: Path) -> None:
+    address = DASK_ADDRESS
+    assert "dask scheduler" in TEXT
     (tmp_path / "readme_block.py").write_text(block.code)
     script = f"""
 from pathlib import Path
