@@ -46,7 +46,14 @@ _DECLARED = "declarative:"  # deduplication-key prefix of a task's one declarati
 
 
 class ScheduledPayload(BaseModel):
-    """What a scheduled run receives. Every field has a default, so a test trigger needs none."""
+    """What a scheduled run receives. Every field has a default, so a test trigger needs none.
+
+    >>> payload.timestamp, payload["timestamp"], payload.get("external_id", "none")  # doctest: +SKIP
+
+    Attributes and keys both work: the dashboard shows the payload as the JSON object that is
+    stored, so people write `payload["timestamp"]` as often as `payload.timestamp`. Either form
+    gives the same Python value (a datetime, not the stored string). `dict(payload)` also works.
+    """
 
     timestamp: datetime = Field(default_factory=lambda: datetime.now(UTC))
     last_timestamp: datetime | None = None
@@ -55,6 +62,28 @@ class ScheduledPayload(BaseModel):
     external_id: str | None = None
     type: Literal["DECLARATIVE", "IMPERATIVE"] = "IMPERATIVE"
     upcoming: list[datetime] = Field(default_factory=list)
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in type(self).model_fields:
+            raise KeyError(f"{key!r}: a scheduled payload has only "
+                           f"{', '.join(type(self).model_fields)}")
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in type(self).model_fields
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """`payload.get("external_id")`, as on the dict the dashboard shows."""
+        return getattr(self, key) if key in type(self).model_fields else default
+
+    def keys(self) -> list[str]:
+        return list(type(self).model_fields)
+
+    def values(self) -> list[Any]:
+        return [getattr(self, k) for k in type(self).model_fields]
+
+    def items(self) -> list[tuple[str, Any]]:
+        return [(k, getattr(self, k)) for k in type(self).model_fields]
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,4 +24,4 @@ def test_history_notebook(tmp_path: Path) -> None:
     assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot
     assert "DECLARATIVE" in text and "Europe/London" in text and "0 2 * * *" in text
     assert "'runs': 81" in text  # the scheduled task's test run read the whole day
-    assert (tmp_path / ".nbtasks" / "runs.db").exists()
+    assert (tmp_path / ".nbtasks" / "03-history.db").exists()  # its own store

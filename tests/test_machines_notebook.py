@@ -23,4 +23,4 @@ def test_machines_notebook(tmp_path: Path) -> None:
     assert "43 {'factor': 3} ['scaled']" in text
     assert "large-1x on a Dask worker? True" in text
     assert "same answer as the pool: True" in text
-    assert (tmp_path / ".nbtasks" / "runs.db").exists()
+    assert (tmp_path / ".nbtasks" / "04-machines.db").exists()  # its own store

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,3 +215,33 @@ def test_a_test_trigger_needs_no_payload(clocked: Engine) -> None:
     task = clocked.schedules.task(id="manual", cron="0 0 1 1 *", run=echo)
     out = task.trigger({}).wait(timeout=10).output
     assert out["schedule_id"] == "sched_1234" and out["upcoming"] == []
+
+
+def test_payload_reads_like_the_json_the_dashboard_shows(clocked: Engine, clock: ManualClock) -> None:
+    """Item access, `.get`, `keys` and `in` work as on the dict the dashboard shows."""
+
+    def by_key(payload: ScheduledPayload, ctx: Any) -> dict[str, Any]:
+        assert payload["timestamp"] is payload.timestamp
+        assert "upcoming" in payload and "nope" not in payload
+        with pytest.raises(KeyError, match="'nope': a scheduled payload has only timestamp"):
+            payload["nope"]
+        return {"hour": payload["timestamp"].hour, "tz": payload.get("timezone"),
+                "missing": payload.get("nope", "default"), "keys": payload.keys(),
+                "as_dict": sorted(dict(payload)), "items": len(payload.items()),
+                "values": len(payload.values())}
+
+    clocked.schedules.task(id="by-key", cron="0 9 * * *", run=by_key, retry=None)
+    clock.advance(9 * 3600)
+    (run,) = clocked.runs.list(task_id="by-key")
+    result = clocked.wait_result(run.id, timeout=10)
+    assert result.ok, result.error
+    fields = ["timestamp", "last_timestamp", "timezone", "schedule_id", "external_id", "type",
+              "upcoming"]
+    assert result.output == {"hour": 9, "tz": "UTC", "missing": "default", "keys": fields,
+                             "as_dict": sorted(fields), "items": 7, "values": 7}
+    # The dashboard shows the stored payload: a JSON object with the same keys.
+    from nbtasks.notebook.display import pretty_json
+
+    stored = clocked.runs.retrieve(run.id).payload
+    assert list(json.loads(html.unescape(pretty_json(stored)))) == fields
+    assert stored["timestamp"] == _at(1, 9).replace("+00:00", "Z")
