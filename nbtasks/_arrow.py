@@ -47,7 +47,7 @@ def fetch(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
             cur.execute(sql, tuple(params) if params else None)
             return cur.fetch_arrow_table()
-    except AdbcError as exc:  # e.g. a column whose type changed after the first batch
+    except (AdbcError, OSError) as exc:  # e.g. a column whose type changed after the first batch
         raise Mismatch(str(exc)) from exc
 
 

@@ -295,8 +295,8 @@ def _matrix(rows: list[tuple[Any, ...]], width: int) -> np.ndarray[Any, Any]:
 
 def _column(kind: str, values: np.ndarray[Any, Any]) -> Any:
     """A fetched scalar column as a typed array, in one vectorised call."""
-    if kind == "time":
-        return pd.to_datetime(values.astype("float64"), unit="s", utc=True)
+    if kind == "time":  # pandas infers the unit from the values: pin it, it is the contract
+        return pd.to_datetime(values.astype("float64"), unit="s", utc=True).as_unit("ns")
     if kind == "int":
         return values.astype("int64")
     if kind == "bool":
