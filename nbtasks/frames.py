@@ -109,21 +109,24 @@ LOG_COLUMNS = (
 
 
 def runs_frame(store: Store, now: float, *, limit: int | None = None,
-               **filters: Any) -> pd.DataFrame:
+               columns: list[str] | None = None, **filters: Any) -> pd.DataFrame:
     """One row per run, in trigger order; `limit` keeps the newest that many.
 
     Filters are those of `runs.list()`: task_id, status, tag, since, until, is_test, batch_id.
+    `columns` keeps only those (in that order), and only they are read and decoded: leaving
+    out tags and error_* skips their JSON, the costliest columns of a large history.
     """
     where, params = run_filters(now, alias="r", **filters)
-    return _frame(store, RUN_COLUMNS, "runs r", where, params, "r.rowid", limit)
+    return _frame(store, RUN_COLUMNS, "runs r", where, params, "r.rowid", limit, columns)
 
 
 def attempts_frame(store: Store, now: float, *, status: Any = None, limit: int | None = None,
-                   **filters: Any) -> pd.DataFrame:
+                   columns: list[str] | None = None, **filters: Any) -> pd.DataFrame:
     """One row per attempt, in trigger order then attempt number; `limit` keeps the newest.
 
     `status` selects attempts by their own status (COMPLETED, FAILED, CANCELED, EXECUTING); the
-    other filters select runs (since/until by the run's creation time).
+    other filters select runs (since/until by the run's creation time). `columns` as for
+    runs_frame.
     """
     where, params = run_filters(now, alias="r", **filters)
     if status is not None:
@@ -132,7 +135,7 @@ def attempts_frame(store: Store, now: float, *, status: Any = None, limit: int |
         params += more
     # Runs drive the loop (their filters, their rowid order); attempts follow by primary key.
     return _frame(store, ATTEMPT_COLUMNS, "runs r CROSS JOIN attempts a ON a.run_id = r.id",
-                  where, params, "r.rowid, a.number", limit)
+                  where, params, "r.rowid, a.number", limit, columns)
 
 
 def logs(store: Store, run_id: str) -> pd.DataFrame:
@@ -140,31 +143,53 @@ def logs(store: Store, run_id: str) -> pd.DataFrame:
     return _frame(store, LOG_COLUMNS, "logs", " WHERE run_id = ?", [run_id], "ts, rowid", None)
 
 
+def _chosen(cols: tuple[Col, ...], names: list[str] | None) -> tuple[Col, ...]:
+    """The columns asked for, in that order (all when None); a duration brings its two times
+    along to be computed from, dropped again by _assemble unless asked for too."""
+    if names is None:
+        return cols
+    by_name = {c.name: c for c in cols}
+    if isinstance(names, str) or not all(isinstance(n, str) and n in by_name for n in names) \
+            or len(set(names)) != len(names) or not names:
+        raise ConfigurationError(f"columns must be a list of distinct names from "
+                                 f"{list(by_name)}, got {names!r}")
+    return tuple(by_name[n] for n in names)
+
+
 # --------------------------------------------------------------------------- building
 
 
 def _frame(store: Store, cols: tuple[Col, ...], source: str, where: str, params: list[Any],
-           order: str, limit: int | None) -> pd.DataFrame:
+           order: str, limit: int | None, columns: list[str] | None = None) -> pd.DataFrame:
     if limit is None:
         order_sql, tail = order, []
     else:
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigurationError(f"limit must be a positive int or None, got {limit!r}")
         order_sql, tail = ", ".join(f"{o} DESC" for o in order.split(", ")) + " LIMIT ?", [limit]
+    every = {c.name: c for c in cols}
+    cols = _chosen(cols, columns)
+    read = [c for c in cols if c.kind != "duration"]
+    for c in cols:  # the times a duration is computed from, unless already read
+        if c.kind == "duration":
+            read += [every[n] for n in c.sql.split() if every[n] not in read]
     if _arrow.AVAILABLE and isinstance(store, SQLiteStore) and not store.memory:
         try:
-            return _arrow_frame(store.path, cols, source, where, [*params, *tail], order_sql,
-                                reverse=limit is not None)
+            return _assemble(cols, *_arrow_frame(store.path, read, source, where,
+                                                 [*params, *tail], order_sql,
+                                                 reverse=limit is not None))
         except _arrow.Mismatch:
             pass  # a column the driver typed from its first rows only: the stdlib path copes
-    return _sqlite_frame(store, cols, source, where, [*params, *tail], order_sql,
-                         reverse=limit is not None)
+    return _assemble(cols, *_sqlite_frame(store, read, source, where, [*params, *tail],
+                                          order_sql, reverse=limit is not None))
 
 
-def _arrow_frame(path: str, cols: tuple[Col, ...], source: str, where: str, params: list[Any],
-                 order: str, *, reverse: bool) -> pd.DataFrame:
+Columns = tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]
+
+
+def _arrow_frame(path: str, fetched: list[Col], source: str, where: str, params: list[Any],
+                 order: str, *, reverse: bool) -> Columns:
     """The Arrow path: plain columns in SQL, text factorised and typed in C (see _arrow)."""
-    fetched = [c for c in cols if c.kind != "duration"]
     table = _arrow.fetch(
         path, f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}{where} ORDER BY {order}",
         params)
@@ -184,11 +209,11 @@ def _arrow_frame(path: str, cols: tuple[Col, ...], source: str, where: str, para
         else:
             codes, values = _arrow.factorize(col)
             data[c.name] = _coded(c, codes, values)
-    return _assemble(cols, data, times)
+    return data, times
 
 
-def _sqlite_frame(store: Store, cols: tuple[Col, ...], source: str, where: str,
-                  params: list[Any], order: str, *, reverse: bool) -> pd.DataFrame:
+def _sqlite_frame(store: Store, cols: list[Col], source: str, where: str,
+                  params: list[Any], order: str, *, reverse: bool) -> Columns:
     """The stdlib path: as few Python objects per row as SQL can manage (see the docstring)."""
     codes = {c.name: v for c in cols if c.kind in ("code", "tags")
              if (v := _codes_for(store, c)) is not None}
@@ -223,7 +248,7 @@ def _sqlite_frame(store: Store, cols: tuple[Col, ...], source: str, where: str,
         for c in reversed(pack):
             packed, code = np.divmod(packed, len(codes[c.name]) + 1)
             data[c.name] = _coded(c, code - 1, codes[c.name])
-    return _assemble(cols, data, times)
+    return data, times
 
 
 def _assemble(cols: tuple[Col, ...], data: dict[str, Any],

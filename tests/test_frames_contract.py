@@ -182,3 +182,33 @@ eng.close()
                          cwd=tmp_path, timeout=90, check=True)
     assert out.stdout.split() == ["False", "3", "['COMPLETED',", "'COMPLETED',", "'COMPLETED']",
                                   "UTC"]
+
+
+def test_columns_reads_and_decodes_only_those(full: tuple[Engine, dict[str, str]],
+                                              read_path: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbtasks import frames
+
+    eng, _ = full
+    whole = eng.runs.to_dataframe()
+    decoded: list[str] = []
+    real_loads = frames.loads
+    monkeypatch.setattr(frames, "loads", lambda text: decoded.append(text) or real_loads(text))
+    lean = eng.runs.to_dataframe(columns=["id", "duration_ms", "status"])
+    assert decoded == []  # no tags decoded: they were not asked for
+    assert list(lean.columns) == ["id", "duration_ms", "status"]
+    pd.testing.assert_frame_equal(lean, whole[["id", "duration_ms", "status"]])
+    with_tags = eng.runs.attempts_dataframe(columns=["tags", "run_id"])
+    assert decoded and list(with_tags.columns) == ["tags", "run_id"]
+    pd.testing.assert_frame_equal(with_tags,
+                                  eng.runs.attempts_dataframe()[["tags", "run_id"]])
+
+
+@pytest.mark.parametrize("bad", [["id", "nope"], "id", [], ["id", "id"], [3]])
+def test_bad_columns_raise(engine: Engine, bad: Any) -> None:
+    from nbtasks import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="columns must be"):
+        engine.runs.to_dataframe(columns=bad)
+    with pytest.raises(ConfigurationError, match="columns must be"):
+        engine.runs.attempts_dataframe(columns=bad)
