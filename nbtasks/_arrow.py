@@ -84,3 +84,11 @@ def factorize(col: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[str]]:
     encoded = pc.dictionary_encode(_typed(col, pa.string()).combine_chunks())
     codes = encoded.indices.fill_null(-1).to_numpy().astype("int64", copy=False)
     return codes, encoded.dictionary.to_pylist()
+
+
+def from_frame(df: pd.DataFrame) -> pa.Table:
+    """A frame as an Arrow table: categoricals become dictionaries, tags lists of strings."""
+    if not AVAILABLE:
+        raise ImportError("Arrow tables of the history need pyarrow and the ADBC SQLite driver: "
+                          "pip install nbtasks[arrow]")
+    return pa.Table.from_pandas(df, preserve_index=False)

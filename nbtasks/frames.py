@@ -138,6 +138,14 @@ def attempts_frame(store: Store, now: float, *, status: Any = None, limit: int |
                   where, params, "r.rowid, a.number", limit, columns)
 
 
+def attempts_arrow(store: Store, now: float, **options: Any) -> Any:
+    """attempts_frame() as a pyarrow Table, for polars, DuckDB or Arrow users (the arrow extra).
+
+    The same columns: categoricals as dictionaries, times as timestamp[ns, UTC], tags as lists.
+    """
+    return _arrow.from_frame(attempts_frame(store, now, **options))
+
+
 def logs(store: Store, run_id: str) -> pd.DataFrame:
     """The run's log lines in order: ts, level, message, attributes (dicts or None)."""
     return _frame(store, LOG_COLUMNS, "logs", " WHERE run_id = ?", [run_id], "ts, rowid", None)

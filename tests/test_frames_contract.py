@@ -212,3 +212,22 @@ def test_bad_columns_raise(engine: Engine, bad: Any) -> None:
         engine.runs.to_dataframe(columns=bad)
     with pytest.raises(ConfigurationError, match="columns must be"):
         engine.runs.attempts_dataframe(columns=bad)
+
+
+def test_attempts_arrow_is_the_attempts_frame_as_an_arrow_table(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    eng, ids = full
+    table = eng.runs.attempts_arrow(task_id="flaky")
+    frame = eng.runs.attempts_dataframe(task_id="flaky")
+    assert table.column_names == list(ATTEMPTS) and table.num_rows == len(frame) > 0
+    assert pa.types.is_dictionary(table.schema.field("status").type)
+    assert table.schema.field("started_at").type == pa.timestamp("ns", tz="UTC")
+    tags = dict(zip(table.column("run_id").to_pylist(), table.column("tags").to_pylist(),
+                    strict=True))
+    assert tags[ids["tagged"]] == ["nightly", "eu"] and tags[ids["retried"]] == []
+    assert table.column("attempt").to_pylist() == frame.attempt.tolist()
+    monkeypatch.setattr(_arrow, "AVAILABLE", False)
+    with pytest.raises(ImportError, match=r"pip install nbtasks\[arrow\]"):
+        eng.runs.attempts_arrow()
