@@ -3,7 +3,8 @@
     python benchmarks/queues.py
 
 1. 2,000 runs that each sleep 10 ms on a queue with concurrency_limit=100: the ideal is
-   2,000 / 100 x 10 ms = 0.2 s. Bare asyncio with a Semaphore(100) is measured alongside.
+   2,000 / 100 x 10 ms = 0.2 s. Bare asyncio with a Semaphore(100) is measured alongside,
+   interleaved with it; the target is nbtasks <= 1.2x bare.
 2. 10,000 no-op runs spread over 100 concurrency keys with limit 1 each, against the same 10,000
    runs on a queue with limit 100 and no keys.
 """
@@ -74,9 +75,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         n, limit, sleep = 2000, 100, 0.010
         ideal = n / limit * sleep
-        bare = bare_sleepers(n, limit, sleep)
-        nb = nb_sleepers(os.path.join(tmp, "a.db"), n, limit, sleep)
-        print(f"{n} runs sleeping {sleep * 1000:.0f} ms, queue limit {limit} (ideal {ideal:.2f} s)")
+        bares, nbs = [], []
+        for i in range(3):  # interleaved, best of 3 each: a busy moment hits both alike
+            bares.append(bare_sleepers(n, limit, sleep))
+            nbs.append(nb_sleepers(os.path.join(tmp, f"a{i}.db"), n, limit, sleep))
+        bare, nb = min(bares), min(nbs)
+        print(f"{n} runs sleeping {sleep * 1000:.0f} ms, queue limit {limit} (ideal {ideal:.2f} s;"
+              " best of 3)")
         print(f"  bare asyncio + Semaphore  {bare:6.3f} s  {bare / ideal:5.2f}x ideal")
         print(f"  nbtasks                   {nb:6.3f} s  {nb / ideal:5.2f}x ideal"
               f"  ({nb / bare:4.2f}x bare asyncio)")

@@ -125,6 +125,7 @@ class Dispatcher:
                 sq.heap.pop(i)
                 heapq.heapify(sq.heap)
                 self._offer(sq)
+                self._forget(sq)
                 return True
         return False
 
@@ -134,11 +135,26 @@ class Dispatcher:
         sq = q.subs[key]
         sq.running -= 1
         q.running -= 1
+        engine_was_full = self.running >= self.limit
         self.running -= 1
+        if q.total is None and not engine_was_full:
+            # Only this sub-queue can have become eligible: pump leaves nothing eligible
+            # waiting while slots are free, and no other sub-queue's limit moved. So the slot
+            # goes straight to its head, with no trip through the global heap.
+            if not sq.heap:
+                self._forget(sq)
+            elif sq.eligible():
+                _, start = heapq.heappop(sq.heap)
+                self._take(sq, start)
+                if sq.heap and sq.eligible():  # no per-key limit: the next may start too
+                    self._offer(sq)
+                    self.pump()
+            return
         if q.total is not None:
             self._offer_all(q)
         else:
             self._offer(sq)
+        self._forget(sq)
         self.pump()
 
     def pause(self, name: str, paused: bool) -> None:
@@ -147,6 +163,13 @@ class Dispatcher:
         if not paused:
             self._offer_all(q)
             self.pump()
+
+    def _forget(self, sq: SubQueue) -> None:
+        """Drop an idle sub-queue: keys and trigger-time queues would otherwise pile up for the
+        kernel's life. A stale entry left in `_ready` is skipped by pump (its heap is empty)."""
+        q = sq.queue
+        if not sq.heap and not sq.running and q.subs.get(sq.key) is sq:
+            del q.subs[sq.key]
 
     def _offer(self, sq: SubQueue) -> None:
         if sq.heap:

@@ -292,6 +292,13 @@ class RunsAPI:
         self._fresh()
         return frames.attempts_frame(self.engine.store, self.engine.clock.now(), **filters)
 
+    def attempts_arrow(self, **filters: Any) -> Any:
+        """attempts_dataframe() as a pyarrow Table (the arrow extra; see nbtasks.frames)."""
+        from . import frames
+
+        self._fresh()
+        return frames.attempts_arrow(self.engine.store, self.engine.clock.now(), **filters)
+
     # ------------------------------------------------------------------ changing
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:

@@ -26,17 +26,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import _arrow
 from ._errors import ConfigurationError
 from ._models import MACHINES
 from ._payload import loads
 from ._runs import run_filters
 from ._status import RunStatus
 from .stores._base import Store
+from .stores.sqlite import SQLiteStore
 
 #: Above this many distinct values a column is fetched as text and factorised by pandas: a CASE
 #: with thousands of branches would cost SQLite more per row than hashing costs pandas.
 _MAX_CODES = 64
 _STATUSES = [s.value for s in RunStatus]
+#: Presets from small to large; a machine unknown to this version sorts last.
+_MACHINE_RANK = {name: i for i, name in enumerate(MACHINES)}
 #: The same, most common first: SQLite tries a CASE's branches in order.
 _BY_FREQUENCY = ("COMPLETED", "FAILED", "CANCELED", "EXECUTING",
                  *(s for s in _STATUSES if s not in ("COMPLETED", "FAILED", "CANCELED",
@@ -105,21 +109,24 @@ LOG_COLUMNS = (
 
 
 def runs_frame(store: Store, now: float, *, limit: int | None = None,
-               **filters: Any) -> pd.DataFrame:
+               columns: list[str] | None = None, **filters: Any) -> pd.DataFrame:
     """One row per run, in trigger order; `limit` keeps the newest that many.
 
     Filters are those of `runs.list()`: task_id, status, tag, since, until, is_test, batch_id.
+    `columns` keeps only those (in that order), and only they are read and decoded: leaving
+    out tags and error_* skips their JSON, the costliest columns of a large history.
     """
     where, params = run_filters(now, alias="r", **filters)
-    return _frame(store, RUN_COLUMNS, "runs r", where, params, "r.rowid", limit)
+    return _frame(store, RUN_COLUMNS, "runs r", where, params, "r.rowid", limit, columns)
 
 
 def attempts_frame(store: Store, now: float, *, status: Any = None, limit: int | None = None,
-                   **filters: Any) -> pd.DataFrame:
+                   columns: list[str] | None = None, **filters: Any) -> pd.DataFrame:
     """One row per attempt, in trigger order then attempt number; `limit` keeps the newest.
 
     `status` selects attempts by their own status (COMPLETED, FAILED, CANCELED, EXECUTING); the
-    other filters select runs (since/until by the run's creation time).
+    other filters select runs (since/until by the run's creation time). `columns` as for
+    runs_frame.
     """
     where, params = run_filters(now, alias="r", **filters)
     if status is not None:
@@ -128,7 +135,15 @@ def attempts_frame(store: Store, now: float, *, status: Any = None, limit: int |
         params += more
     # Runs drive the loop (their filters, their rowid order); attempts follow by primary key.
     return _frame(store, ATTEMPT_COLUMNS, "runs r CROSS JOIN attempts a ON a.run_id = r.id",
-                  where, params, "r.rowid, a.number", limit)
+                  where, params, "r.rowid, a.number", limit, columns)
+
+
+def attempts_arrow(store: Store, now: float, **options: Any) -> Any:
+    """attempts_frame() as a pyarrow Table, for polars, DuckDB or Arrow users (the arrow extra).
+
+    The same columns: categoricals as dictionaries, times as timestamp[ns, UTC], tags as lists.
+    """
+    return _arrow.from_frame(attempts_frame(store, now, **options))
 
 
 def logs(store: Store, run_id: str) -> pd.DataFrame:
@@ -136,11 +151,78 @@ def logs(store: Store, run_id: str) -> pd.DataFrame:
     return _frame(store, LOG_COLUMNS, "logs", " WHERE run_id = ?", [run_id], "ts, rowid", None)
 
 
+def _chosen(cols: tuple[Col, ...], names: list[str] | None) -> tuple[Col, ...]:
+    """The columns asked for, in that order (all when None); a duration brings its two times
+    along to be computed from, dropped again by _assemble unless asked for too."""
+    if names is None:
+        return cols
+    by_name = {c.name: c for c in cols}
+    if isinstance(names, str) or not all(isinstance(n, str) and n in by_name for n in names) \
+            or len(set(names)) != len(names) or not names:
+        raise ConfigurationError(f"columns must be a list of distinct names from "
+                                 f"{list(by_name)}, got {names!r}")
+    return tuple(by_name[n] for n in names)
+
+
 # --------------------------------------------------------------------------- building
 
 
 def _frame(store: Store, cols: tuple[Col, ...], source: str, where: str, params: list[Any],
-           order: str, limit: int | None) -> pd.DataFrame:
+           order: str, limit: int | None, columns: list[str] | None = None) -> pd.DataFrame:
+    if limit is None:
+        order_sql, tail = order, []
+    else:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ConfigurationError(f"limit must be a positive int or None, got {limit!r}")
+        order_sql, tail = ", ".join(f"{o} DESC" for o in order.split(", ")) + " LIMIT ?", [limit]
+    every = {c.name: c for c in cols}
+    cols = _chosen(cols, columns)
+    read = [c for c in cols if c.kind != "duration"]
+    for c in cols:  # the times a duration is computed from, unless already read
+        if c.kind == "duration":
+            read += [every[n] for n in c.sql.split() if every[n] not in read]
+    if _arrow.AVAILABLE and isinstance(store, SQLiteStore) and not store.memory:
+        try:
+            return _assemble(cols, *_arrow_frame(store.path, read, source, where,
+                                                 [*params, *tail], order_sql,
+                                                 reverse=limit is not None))
+        except _arrow.Mismatch:
+            pass  # a column the driver typed from its first rows only: the stdlib path copes
+    return _assemble(cols, *_sqlite_frame(store, read, source, where, [*params, *tail],
+                                          order_sql, reverse=limit is not None))
+
+
+Columns = tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]
+
+
+def _arrow_frame(path: str, fetched: list[Col], source: str, where: str, params: list[Any],
+                 order: str, *, reverse: bool) -> Columns:
+    """The Arrow path: plain columns in SQL, text factorised and typed in C (see _arrow)."""
+    table = _arrow.fetch(
+        path, f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}{where} ORDER BY {order}",
+        params)
+    if reverse:  # the newest `limit`, handed back oldest first like an unlimited frame
+        table = table.take(np.arange(table.num_rows - 1, -1, -1))
+    data: dict[str, Any] = {}
+    times: dict[str, np.ndarray[Any, Any]] = {}
+    for i, c in enumerate(fetched):
+        col = table.column(i)
+        if c.kind == "str":
+            data[c.name] = _arrow.strings(col)
+        elif c.kind == "time":
+            times[c.name] = _arrow.floats(col)
+            data[c.name] = _column("time", times[c.name])
+        elif c.kind in ("int", "bool"):
+            data[c.name] = _column(c.kind, _arrow.ints(col))
+        else:
+            codes, values = _arrow.factorize(col)
+            data[c.name] = _coded(c, codes, values)
+    return data, times
+
+
+def _sqlite_frame(store: Store, cols: list[Col], source: str, where: str,
+                  params: list[Any], order: str, *, reverse: bool) -> Columns:
+    """The stdlib path: as few Python objects per row as SQL can manage (see the docstring)."""
     codes = {c.name: v for c in cols if c.kind in ("code", "tags")
              if (v := _codes_for(store, c)) is not None}
     plain = [c for c in cols if c.kind != "duration" and c.name not in codes]
@@ -151,35 +233,43 @@ def _frame(store: Store, cols: tuple[Col, ...], source: str, where: str, params:
         expr, pack_params = _packed_sql(pack, codes)
         exprs.append(expr)
         case_params += pack_params
-    sql = f"SELECT {', '.join(exprs)} FROM {source}{where} ORDER BY "
-    tail: list[Any] = []
-    if limit is None:
-        sql += order
-    else:
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ConfigurationError(f"limit must be a positive int or None, got {limit!r}")
-        sql += ", ".join(f"{o} DESC" for o in order.split(", ")) + " LIMIT ?"
-        tail = [limit]
-    _, rows = store.select(sql, (*case_params, *params, *tail))
-    if limit is not None:
-        rows.reverse()  # the newest `limit`, handed back oldest first like an unlimited frame
+    sql = f"SELECT {', '.join(exprs)} FROM {source}{where} ORDER BY {order}"
+    _, rows = store.select(sql, (*case_params, *params))
+    if reverse:
+        rows.reverse()
     matrix = _matrix(rows, len(exprs))
-    arrays: dict[str, Any] = {c.name: matrix[:, i] for i, c in enumerate(plain)}
+    data: dict[str, Any] = {}
+    times: dict[str, np.ndarray[Any, Any]] = {}
+    for i, c in enumerate(plain):
+        values = matrix[:, i]
+        if c.kind == "time":
+            times[c.name] = values.astype("float64")
+            data[c.name] = _column("time", times[c.name])
+        elif c.kind != "str" and c.kind not in ("int", "bool"):
+            # category and json, or a code/tags column with too many values to code in SQL
+            found, uniques = pd.factorize(values, use_na_sentinel=True)
+            data[c.name] = _coded(c, found, list(uniques))
+        else:
+            data[c.name] = _column(c.kind, values)
     for i, pack in enumerate(packs, start=len(plain)):
         packed = matrix[:, i].astype("int64")
         for c in reversed(pack):
             packed, code = np.divmod(packed, len(codes[c.name]) + 1)
-            arrays[c.name] = code - 1
-    data: dict[str, Any] = {}
+            data[c.name] = _coded(c, code - 1, codes[c.name])
+    return data, times
+
+
+def _assemble(cols: tuple[Col, ...], data: dict[str, Any],
+              times: dict[str, np.ndarray[Any, Any]]) -> pd.DataFrame:
+    """The frame in the columns' order; durations computed from the two fetched times."""
+    out: dict[str, Any] = {}
     for c in cols:
         if c.kind == "duration":
-            start, end = (arrays[n].astype("float64") for n in c.sql.split())
-            data[c.name] = (end - start) * 1000.0
-        elif c.name in codes:
-            data[c.name] = _decode(c, arrays[c.name], codes[c.name])
+            start, end = (times[n] for n in c.sql.split())
+            out[c.name] = (end - start) * 1000.0
         else:
-            data[c.name] = _column(c.kind, arrays[c.name])
-    return pd.DataFrame(data, copy=False)
+            out[c.name] = data[c.name]
+    return pd.DataFrame(out, copy=False)
 
 
 def _codes_for(store: Store, col: Col) -> list[str] | None:
@@ -237,40 +327,36 @@ def _matrix(rows: list[tuple[Any, ...]], width: int) -> np.ndarray[Any, Any]:
 
 
 def _column(kind: str, values: np.ndarray[Any, Any]) -> Any:
-    """One fetched column as a typed array, in one vectorised call or two."""
-    if kind == "time":
-        return pd.to_datetime(values.astype("float64"), unit="s", utc=True)
+    """A fetched scalar column as a typed array, in one vectorised call."""
+    if kind == "time":  # pandas infers the unit from the values: pin it, it is the contract
+        return pd.to_datetime(values.astype("float64"), unit="s", utc=True).as_unit("ns")
     if kind == "int":
         return values.astype("int64")
     if kind == "bool":
         return values.astype("bool")
-    if kind == "str":
-        return pd.array(values, dtype="str")
-    if kind in ("json", "tags"):  # tags here: too many distinct values to code in SQL
-        return _decoded(values, tags=kind == "tags")
-    return pd.Categorical(values)  # "category", or a code column with too many values
+    return pd.array(values, dtype="str")
 
 
-def _decode(col: Col, codes: np.ndarray[Any, Any], values: list[str]) -> Any:
-    """A coded column (-1: NULL) as a categorical, or tags as tuples."""
-    if col.kind == "tags":
+def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:
+    """A column given as codes into `values` (-1: NULL): a categorical, tags or decoded JSON.
+
+    Both paths end here, so a frame is the same whichever built it. Categories are sorted
+    (statuses in RunStatus order, every one of them so counts show the zeros; machines by size).
+    """
+    if col.kind in ("tags", "json"):
         table = np.empty(len(values) + 1, dtype=object)
         for i, text in enumerate(values):  # one by one: numpy would unpack the tuples
-            table[i] = tuple(loads(text))
-        table[-1] = ()  # code -1 (no tags) picks the last slot
+            table[i] = tuple(loads(text)) if col.kind == "tags" else loads(text)
+        table[-1] = () if col.kind == "tags" else None  # code -1 (NULL) picks the last slot
         return table[codes]
-    if col.name == "status":  # every status in RunStatus order, so counts show the zeros
-        remap = np.array([*(_STATUSES.index(v) for v in values), -1])
-        return pd.Categorical.from_codes(remap[codes], categories=pd.Index(_STATUSES))
-    cat = pd.Categorical.from_codes(codes, categories=pd.Index(values, dtype=object))
-    return cat.remove_unused_categories()
-
-
-def _decoded(values: np.ndarray[Any, Any], *, tags: bool) -> np.ndarray[Any, Any]:
-    """Decode a JSON column once per distinct value; tags become tuples (shared, immutable)."""
-    codes, uniques = pd.factorize(values, use_na_sentinel=True)
-    table = np.empty(len(uniques) + 1, dtype=object)
-    for i, text in enumerate(uniques):
-        table[i] = tuple(loads(text)) if tags else loads(text)
-    table[-1] = () if tags else None  # code -1 (NULL) picks the last slot
-    return table[codes]
+    if col.name == "status":
+        categories = _STATUSES
+    else:
+        counts = np.bincount(codes + 1, minlength=len(values) + 1)[1:]
+        used = [v for v, n in zip(values, counts, strict=True) if n]
+        categories = sorted(used, key=lambda m: (_MACHINE_RANK.get(m, len(MACHINES)), m)) \
+            if col.name == "machine" else sorted(used)
+    position = {v: i for i, v in enumerate(categories)}
+    remap = np.array([*(position.get(v, -1) for v in values), -1], dtype="int64")
+    return pd.Categorical.from_codes(remap[codes], categories=pd.Index(categories, dtype="str"),
+                                     validate=False)

@@ -1,0 +1,233 @@
+"""The DataFrame contract: columns, dtypes, categoricals and UTC timestamps, on both read paths.
+
+The frames are read through ADBC into Arrow when the `arrow` extra is installed, and through the
+stdlib sqlite3 driver otherwise. Either way, and for an empty store as for a full one, a frame
+has the same columns with the same dtypes, and the two paths give equal frames.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from nbtasks import Engine, RunStatus, _arrow
+from nbtasks.executors import InlineExecutor
+from nbtasks.testing import ManualClock
+
+UTC_TIME = "datetime64[ns, UTC]"
+RUNS = {"id": "str", "task_id": "category", "status": "category", "created_at": UTC_TIME,
+        "started_at": UTC_TIME, "finished_at": UTC_TIME, "duration_ms": "float64",
+        "attempts": "int64", "machine": "category", "queue": "category",
+        "concurrency_key": "str", "tags": "object", "error_type": "category",
+        "error_message": "str", "is_test": "bool", "parent_id": "str", "root_id": "str",
+        "batch_id": "str", "idempotency_key": "str"}
+ATTEMPTS = {"run_id": "str", "task_id": "category", "attempt": "int64", "status": "category",
+            "started_at": UTC_TIME, "finished_at": UTC_TIME, "duration_ms": "float64",
+            "machine": "category", "queue": "category", "concurrency_key": "str",
+            "error_type": "category", "error_message": "str", "tags": "object"}
+LOGS = {"ts": UTC_TIME, "level": "category", "message": "str", "attributes": "object"}
+PATHS = ["arrow", "stdlib"]
+
+
+@pytest.fixture(params=PATHS)
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "arrow":
+        assert _arrow.AVAILABLE, "the dev extra installs adbc-driver-sqlite and pyarrow"
+    else:
+        monkeypatch.setattr(_arrow, "AVAILABLE", False)
+    return str(request.param)
+
+
+@pytest.fixture
+def full(db_path: Path) -> Iterator[tuple[Engine, dict[str, str]]]:
+    """Runs that fill every column: tags, errors, retries, machines, keys, a child, a queued
+    run that never started (NULL times), a log line with attributes and one without."""
+    clock = ManualClock()
+    eng = Engine(store=str(db_path), clock=clock, executor=InlineExecutor())
+    import nbtasks
+
+    @eng.task(id="flaky", retry={"max_attempts": 2, "min_timeout_in_ms": 1000,
+                                 "randomize": False})
+    async def flaky(p: int, ctx: Any) -> int:
+        nbtasks.logger.info("try", attempt=ctx.attempt.number)
+        nbtasks.logger.warn("plain")
+        if ctx.attempt.number < p:
+            raise ValueError(f"boom {ctx.attempt.number}")
+        return p
+
+    @eng.task(id="parent", queue={"name": "shared", "concurrency_limit": 1})
+    async def parent(p: int, ctx: Any) -> int:
+        return (await flaky.trigger_and_wait(1, idempotency_key="child")).unwrap()
+
+    ids = {
+        "tagged": flaky.trigger(1, tags=["nightly", "eu"], machine="micro").id,
+        "retried": flaky.trigger(2, concurrency_key="user-1").id,
+        "failed": flaky.trigger(9).id,
+        "parent": parent.trigger(0).id,
+        "delayed": flaky.trigger(1, delay="1d", tags=["later"]).id,
+    }
+    clock.advance(1)
+    eng.wait_results([ids[k] for k in ("tagged", "retried", "failed", "parent")], timeout=10)
+    try:
+        yield eng, ids
+    finally:
+        eng.close()
+
+
+def _check(df: pd.DataFrame, spec: dict[str, str]) -> None:
+    assert list(df.columns) == list(spec)
+    for name, kind in spec.items():
+        dtype = df[name].dtype
+        if kind == "category":
+            assert isinstance(dtype, pd.CategoricalDtype), name
+            assert dtype.categories.dtype == "str", name
+        else:
+            assert dtype == kind, (name, dtype)
+            if kind == UTC_TIME:
+                assert str(df[name].dt.tz) == "UTC"
+    if "status" in spec:
+        assert list(df.status.cat.categories) == [s.value for s in RunStatus]
+
+
+def test_an_empty_store_keeps_the_columns_and_dtypes(engine: Engine, read_path: str) -> None:
+    _check(engine.runs.to_dataframe(), RUNS)
+    _check(engine.runs.attempts_dataframe(), ATTEMPTS)
+    _check(engine.runs.logs("run_missing"), LOGS)
+    assert len(engine.runs.to_dataframe()) == 0
+
+
+def test_a_full_store_keeps_the_columns_and_dtypes(
+        full: tuple[Engine, dict[str, str]], read_path: str) -> None:
+    eng, ids = full
+    runs = eng.runs.to_dataframe()
+    _check(runs, RUNS)
+    _check(eng.runs.to_dataframe(task_id="nobody"), RUNS)  # empty result of a full store
+    _check(eng.runs.to_dataframe(limit=2), RUNS)
+    attempts = eng.runs.attempts_dataframe()
+    _check(attempts, ATTEMPTS)
+    _check(eng.runs.attempts_dataframe(status="EXECUTING"), ATTEMPTS)
+    logs = eng.runs.logs(ids["tagged"])
+    _check(logs, LOGS)
+    assert logs.attributes.tolist() == [{"attempt": 1}, None]
+    row = runs.set_index("id")
+    assert len(runs) == 6  # the parent's child too
+    assert row.loc[ids["tagged"], "tags"] == ("nightly", "eu")
+    assert row.loc[ids["retried"], "tags"] == ()
+    assert row.loc[ids["tagged"], "machine"] == "micro"
+    assert row.loc[ids["retried"], "concurrency_key"] == "user-1"
+    assert row.loc[ids["failed"], "error_type"] == "ValueError"
+    assert row.loc[ids["failed"], "error_message"] == "boom 2"
+    assert pd.isna(row.loc[ids["delayed"], "started_at"])
+    assert pd.isna(row.loc[ids["delayed"], "duration_ms"])
+    assert row.loc[ids["delayed"], "status"] == "DELAYED"
+    child = runs[runs.parent_id == ids["parent"]]
+    assert len(child) == 1 and child.idempotency_key.notna().all()
+    assert list(runs.queue.cat.categories) == sorted({"shared", "task/flaky"})
+    assert list(runs.machine.cat.categories) == ["kernel", "micro"]  # by size, not by name
+    assert attempts[attempts.run_id == ids["retried"]].error_type.tolist()[0] == "ValueError"
+
+
+def test_both_paths_give_equal_frames(full: tuple[Engine, dict[str, str]],
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    eng, ids = full
+    reads = {
+        "runs": lambda: eng.runs.to_dataframe(),
+        "newest": lambda: eng.runs.to_dataframe(limit=3),
+        "attempts": lambda: eng.runs.attempts_dataframe(),
+        "failed attempts": lambda: eng.runs.attempts_dataframe(status="FAILED", limit=2),
+        "logs": lambda: eng.runs.logs(ids["failed"]),
+        "empty": lambda: eng.runs.attempts_dataframe(task_id="nobody"),
+    }
+    arrow = {name: read() for name, read in reads.items()}
+    monkeypatch.setattr(_arrow, "AVAILABLE", False)
+    for name, read in reads.items():
+        pd.testing.assert_frame_equal(arrow[name], read(), check_exact=True, obj=name)
+
+
+def test_a_column_the_driver_cannot_type_falls_back_to_the_stdlib_path(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver types a column from its first rows; one that is NULL there and text later
+    cannot be read as Arrow. The frame still comes, from the stdlib path."""
+    eng, ids = full
+    monkeypatch.setattr(_arrow, "_BATCH_ROWS", "1")  # infer from the first row only
+    runs = eng.runs.to_dataframe()
+    assert runs.set_index("id").loc[ids["retried"], "concurrency_key"] == "user-1"
+    _check(runs, RUNS)
+
+
+def test_without_the_arrow_extra_frames_use_the_stdlib_driver(tmp_path: Path) -> None:
+    """A fresh interpreter where pyarrow and ADBC cannot be imported, as without the extra."""
+    code = """
+import sys
+sys.modules["pyarrow"] = None
+sys.modules["adbc_driver_sqlite"] = None
+import nbtasks
+from nbtasks import _arrow
+eng = nbtasks.Engine(store="runs.db")
+@eng.task(id="t")
+async def t(p, ctx):
+    return p
+t.batch_trigger([1, 2, 3]).wait(timeout=30)
+df = eng.runs.to_dataframe()
+print(_arrow.AVAILABLE, len(df), df.status.tolist(), str(df.created_at.dt.tz))
+eng.close()
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=90, check=True)
+    assert out.stdout.split() == ["False", "3", "['COMPLETED',", "'COMPLETED',", "'COMPLETED']",
+                                  "UTC"]
+
+
+def test_columns_reads_and_decodes_only_those(full: tuple[Engine, dict[str, str]],
+                                              read_path: str,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbtasks import frames
+
+    eng, _ = full
+    whole = eng.runs.to_dataframe()
+    decoded: list[str] = []
+    real_loads = frames.loads
+    monkeypatch.setattr(frames, "loads", lambda text: decoded.append(text) or real_loads(text))
+    lean = eng.runs.to_dataframe(columns=["id", "duration_ms", "status"])
+    assert decoded == []  # no tags decoded: they were not asked for
+    assert list(lean.columns) == ["id", "duration_ms", "status"]
+    pd.testing.assert_frame_equal(lean, whole[["id", "duration_ms", "status"]])
+    with_tags = eng.runs.attempts_dataframe(columns=["tags", "run_id"])
+    assert decoded and list(with_tags.columns) == ["tags", "run_id"]
+    pd.testing.assert_frame_equal(with_tags,
+                                  eng.runs.attempts_dataframe()[["tags", "run_id"]])
+
+
+@pytest.mark.parametrize("bad", [["id", "nope"], "id", [], ["id", "id"], [3]])
+def test_bad_columns_raise(engine: Engine, bad: Any) -> None:
+    from nbtasks import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="columns must be"):
+        engine.runs.to_dataframe(columns=bad)
+    with pytest.raises(ConfigurationError, match="columns must be"):
+        engine.runs.attempts_dataframe(columns=bad)
+
+
+def test_attempts_arrow_is_the_attempts_frame_as_an_arrow_table(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    eng, ids = full
+    table = eng.runs.attempts_arrow(task_id="flaky")
+    frame = eng.runs.attempts_dataframe(task_id="flaky")
+    assert table.column_names == list(ATTEMPTS) and table.num_rows == len(frame) > 0
+    assert pa.types.is_dictionary(table.schema.field("status").type)
+    assert table.schema.field("started_at").type == pa.timestamp("ns", tz="UTC")
+    tags = dict(zip(table.column("run_id").to_pylist(), table.column("tags").to_pylist(),
+                    strict=True))
+    assert tags[ids["tagged"]] == ["nightly", "eu"] and tags[ids["retried"]] == []
+    assert table.column("attempt").to_pylist() == frame.attempt.tolist()
+    monkeypatch.setattr(_arrow, "AVAILABLE", False)
+    with pytest.raises(ImportError, match=r"pip install nbtasks\[arrow\]"):
+        eng.runs.attempts_arrow()
