@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,8 @@ def clock_time(ts: float | datetime | None, now: float | None = None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 0.0005:  # "0 ms" reads as "did not run"; a 0.26 ms run did
+        return "<1 ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
@@ -74,6 +77,30 @@ def duration(seconds: float | None) -> str:
     if minutes < 120:
         return f"{minutes}m {secs:02d}s"
     return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def ago(ts: float | None, now: float) -> str:
+    """A relative time: "just now", "42 s ago", "3 min ago", "2 h ago", "in 5 min".
+
+    >>> ago(100.0, 280.0), ago(100.0, 100.4), ago(400.0, 100.0)
+    ('3 min ago', 'just now', 'in 5 min')
+    """
+    if ts is None:
+        return ""
+    delta = now - ts
+    ahead = delta < 0
+    delta = abs(delta)
+    if delta < 1:
+        return "just now" if not ahead else "in <1 s"
+    if delta < 60:
+        text = f"{delta:.0f} s"
+    elif delta < 3600:
+        text = f"{delta // 60:.0f} min"
+    elif delta < 86400:
+        text = f"{delta // 3600:.0f} h"
+    else:
+        text = f"{delta // 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
 
 
 _TABLE = ('<table class="nbt-table" style="border-collapse:collapse;font-size:0.9em">'
@@ -126,12 +153,50 @@ def user_traceback(tb: str) -> str:
     return "\n".join(out)
 
 
+def cell_labels() -> dict[str, str]:
+    """This kernel's cell files and their labels: `/tmp/ipykernel_1/ab12.py` -> `In[3]`.
+
+    IPython compiles each cell to a file with a hashed name and keeps the map that lets its own
+    tracebacks say `Cell In[3], line 22`; a run's stored traceback names the file, so the
+    dashboard reads the same map. Empty outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    return {name: f"In[{n}]" for name, n in names.items()} if isinstance(names, dict) else {}
+
+
+_FILE_LINE = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)(?P<rest>.*)$')
+
+
+def label_cells(tb: str, labels: dict[str, str] | None = None) -> str:
+    """Name cell files as IPython does.
+
+    >>> cell = "/tmp/ipykernel_7/1f2e.py"
+    >>> label_cells(f'  File "{cell}", line 22, in etl', {cell: "In[1]"})
+    '  Cell In[1], line 22, in etl'
+    """
+    labels = cell_labels() if labels is None else labels
+    if not labels:
+        return tb
+    out = []
+    for line in tb.splitlines():
+        m = _FILE_LINE.match(line)
+        label = labels.get(m.group("file")) if m else None
+        out.append(f"  Cell {label}, line {m.group('line')}{m.group('rest')}" if m and label
+                   else line)
+    return "\n".join(out)
+
+
 def error_html(error: dict[str, Any] | None) -> str:
     """An error record (type, message, traceback) as a heading and a scrollable traceback."""
     if not error:
         return ""
     head = f"<b>{esc(error.get('type', 'Error'))}</b>: {esc(error.get('message', ''))}"
-    tb = user_traceback(error.get("traceback") or "")
+    tb = label_cells(user_traceback(error.get("traceback") or ""))
     pre = (f'<pre class="nbt-traceback" style="max-height:18em;overflow:auto;font-size:0.85em">'
            f"{esc(tb)}</pre>") if tb else ""
     return f'<div class="nbt-error">{head}{pre}</div>'
