@@ -30,8 +30,9 @@ catches up when shown again. In a terminal or a script it prints as a one-line t
 
 from __future__ import annotations
 
-import os
+import itertools
 import threading
+import weakref
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +40,7 @@ from . import queries
 from ._ui import Guard, button, hide, make, message, shared, style, widgets
 from .bulk import BulkBar
 from .detail import RunDetail
-from .display import counts_html, esc
+from .display import counts_html, esc, under_voila
 from .feed import DONE, feed_for
 from .probe import Probe
 from .queues_panel import QueuesPanel
@@ -63,13 +64,6 @@ RATE_WINDOW = 60.0
 TICK = 1.0
 
 
-def under_voila() -> bool:
-    """True in a kernel Voila started (it sets these variables for the page's kernel)."""
-    env = os.environ
-    return env.get("SERVER_SOFTWARE", "").startswith("voila") or any(
-        k in env for k in ("VOILA_REQUEST_URL", "VOILA_BASE_URL", "VOILA_APP_PORT"))
-
-
 def rate_text(finished: int, window: float = RATE_WINDOW) -> str:
     """"12 finished in the last minute (0.20/s)": the count, then a rate that never rounds a
     real run to zero.
@@ -86,6 +80,19 @@ def rate_text(finished: int, window: float = RATE_WINDOW) -> str:
     return f"{finished:,} finished in the last minute ({figure}/s)"
 
 
+#: Open dashboards, newest last: a status line's run id opens its run in one of them.
+OPEN: weakref.WeakValueDictionary[int, Dashboard] = weakref.WeakValueDictionary()
+
+
+def dashboard_for(engine: Engine) -> Dashboard | None:
+    """The newest open dashboard of `engine`, if any."""
+    for key in sorted(OPEN, reverse=True):
+        d = OPEN.get(key)
+        if d is not None and d.engine is engine and not d.closed:
+            return d
+    return None
+
+
 class Dashboard(widgets.VBox):  # type: ignore[misc]
     """The dashboard widget; see the module docstring. `show_run(run_id)` shows one run."""
 
@@ -99,6 +106,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         self.counts: dict[str, int] = {}
         self.refreshes = 0
         self.ticks = 0
+        self.tick = TICK  # seconds between clock ticks while shown
         self.refreshed = threading.Condition()
         self._timeline_stale = False
         self._tasks_stale = False
@@ -151,6 +159,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             self._feed.add(self)  # before the first read, so no event falls in between
             engine.registry.listen(self._on_define)
             self._refresh(None)
+        OPEN[next(_serial)] = self
 
     @property
     def detail(self) -> RunDetail:
@@ -204,7 +213,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             else:
                 again = self._refresh(events)
             if visible:
-                again = TICK if again is None else min(again, TICK)
+                again = self.tick if again is None else min(again, self.tick)
             return again
 
     def refresh(self) -> None:
@@ -227,8 +236,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         detail = self._detail.part
         if detail is not None and detail.run is not None and not detail.run.is_completed:
             detail.refresh()
+        again = self._timeline_due(None)
         self.ticks += 1
-        return self._timeline_due(None)
+        with self.refreshed:
+            self.refreshed.notify_all()
+        return again
 
     def _timeline_due(self, events: list[RunEvent] | None) -> float | None:
         if self.tabs.selected_index != TIMELINE:
@@ -282,7 +294,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
     def _tasks(self) -> None:
         self._tasks_stale = False
         defined = self.engine.registry.ids()
-        if self._form.part is not None:
+        if isinstance(self._form.part, TriggerForm):
             self._form.part.set_tasks(defined)
         self.table.set_tasks(sorted({*defined, *queries.task_ids(self.engine.store)}))
 
@@ -302,8 +314,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         it, and open it."""
         with self.guard.lock:
             self.tabs.selected_index = RUNS
-            self.table.jump_to(run_id)
-            self.show_run(run_id)
+            self.table.jump_to(run_id, refresh=False)
+            self.show_run(run_id)  # refreshes the table
 
     def _after_bulk(self, newest: str | None) -> None:
         if newest is not None:
@@ -389,6 +401,9 @@ class Lazy(widgets.VBox):  # type: ignore[misc]
             self.part = self._build()
             self.children = [self.part]
         return self.part
+
+
+_serial = itertools.count()
 
 
 def _runs(n: int) -> str:

@@ -25,6 +25,7 @@ from ._ui import Guard, button, classed, hide, is_hidden, make, message, shared,
 from .display import ago, badge, clock_time, duration, error_html, esc, pretty_json, table
 from .probe import Probe
 from .redact import Redactor
+from .status_line import paused_queues
 
 if TYPE_CHECKING:
     from .._engine import Engine
@@ -290,7 +291,7 @@ class RunDetail(widgets.VBox):  # type: ignore[misc]
             self.token.value = tokens[0] if tokens else None
         hide(self.token_box, not tokens)
         self._links(run)
-        paused = not run.is_completed and run.queue in paused_queues(eng)
+        paused = run.is_queued and run.queue in paused_queues(eng)
         self._log_lines = queries.logs(eng.store, run.id)
         self.body.value = run_body_html(run, self._log_lines, now, self.rules, paused)
         self._trace(run, now)
@@ -455,9 +456,3 @@ class RunDetail(widgets.VBox):  # type: ignore[misc]
 class _Invalid(ValueError):
     """A replay dialog field that can't be used; its message is shown in the panel."""
 
-
-def paused_queues(engine: Engine) -> set[str]:
-    """Names of the paused queues (the dispatcher's live state, not the store's)."""
-    if engine.closed:
-        return set()
-    return {q["name"] for q in engine.queues.list() if q.get("paused")}

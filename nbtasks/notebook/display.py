@@ -223,7 +223,7 @@ def batch_html(batch_id: str, results: list[Result[Any]], limit: int = 50) -> st
              short(r.output if r.ok else str(r.error), 80)] for r in results[:limit]]
     ok = sum(r.ok for r in results)
     more = f"<div>… and {len(results) - limit} more</div>" if len(results) > limit else ""
-    return (f"<div><b>batch</b> <code>{esc(batch_id)}</code>: {ok}/{len(results)} ok</div>"
+    return (f"<div><code>{esc(batch_id)}</code>: {ok}/{len(results)} ok</div>"
             + table(["run", "status", "output / error"], rows) + more)
 
 
@@ -246,7 +246,7 @@ def batch_handle_html(batch: BatchHandle[Any], limit: int = 50) -> str:
         counts[s] = counts.get(s, 0) + 1
     rows = [[f"<code>{esc(i)}</code>", badge(status.get(i, "?"))] for i in ids[:limit]]
     more = f"<div>… and {len(ids) - limit} more</div>" if len(ids) > limit else ""
-    return (f"<div><b>batch</b> <code>{esc(batch.id)}</code>, {len(ids)} runs: "
+    return (f"<div><code>{esc(batch.id)}</code>, {len(ids)} runs: "
             f"{counts_html(counts)}</div>" + table(["run", "status"], rows) + more)
 
 
@@ -258,6 +258,16 @@ def runs_table_html(runs: list[Run]) -> str:
     if not rows:
         return "<div>no runs</div>"
     return table(["run", "task", "status", "created", "duration", "attempts", "tags"], rows)
+
+
+def under_voila() -> bool:
+    """True in a kernel Voila started (it sets these variables for the page's kernel).
+
+    A page served by Voila is shared with whoever opens it, so its widgets start read-only.
+    """
+    env = os.environ
+    return env.get("SERVER_SOFTWARE", "").startswith("voila") or any(
+        k in env for k in ("VOILA_REQUEST_URL", "VOILA_BASE_URL", "VOILA_APP_PORT"))
 
 
 def in_widget_kernel() -> bool:
@@ -295,6 +305,16 @@ def display_handle(handle: RunHandle[Any]) -> None:
     from .status_line import StatusLine
 
     show(StatusLine(handle._engine, handle.id, handle.task_id))
+
+
+def display_batch(batch: BatchHandle[Any]) -> None:
+    """A batch handle as a cell's last value: live counts per status where widgets work."""
+    if not in_widget_kernel():
+        _show_text(batch, batch_handle_html(batch))
+        return
+    from .status_line import BatchProgress
+
+    show(BatchProgress(batch._engine, batch.id, [h.id for h in batch.runs], counts=True))
 
 
 def display_run(run: Run) -> None:

@@ -257,8 +257,11 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             self.anchor = None  # the first page follows new runs as they arrive
         self.refresh(now)
 
-    def jump_to(self, run_id: str) -> None:
-        """Show `run_id` (clearing filters it does not pass), select it and flash its row."""
+    def jump_to(self, run_id: str, refresh: bool = True) -> None:
+        """Show `run_id` (clearing filters it does not pass), select it and flash its row.
+
+        The flash lasts one refresh; a caller about to refresh anyway passes `refresh=False`.
+        """
         store, now = self.engine.store, self.engine.clock.now()
         self.engine.runs._fresh()
         target = queries.row(store, run_id)
@@ -271,7 +274,8 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             cursor = queries.Cursor.of(target)
             self.anchor = (None if queries.newer_than(store, self.query(), now, cursor)
                            < self.page_size else cursor)
-        self.refresh(now)
+        if refresh:
+            self.refresh(now)
 
     def clear_filters(self) -> None:
         self._reset_filters()
