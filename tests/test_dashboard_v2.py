@@ -424,9 +424,9 @@ def test_filters_combine_and_an_empty_result_offers_to_clear(engine: Engine,
     assert "no runs match" in table.empty.value
     table.clear.click()
     assert len(shown(dash)) == 3 and is_hidden(table.empty) and table.machine.value == ""
-    table.test.value = True
+    table.test.value = "test"
     assert shown(dash) == []
-    table.test.value = False
+    table.test.value = "not-test"
     assert len(shown(dash)) == 3
 
 

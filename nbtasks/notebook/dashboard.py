@@ -126,7 +126,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
                          children=[self.held_text] if self.read_only
                          else [self.held_text, resume, cancel])
         self.table = RunsTable(engine, guard, guard(self.show_run), page_size,
-                               on_pick=lambda: self.bulk.update() if self.bulk else None)
+                               on_pick=lambda: self.bulk.update() if self.bulk else None,
+                               pickable=not self.read_only)
         self.bulk: BulkBar | None = None
         if not self.read_only:
             self.bulk = BulkBar(engine, guard, self.table, self._after_bulk)

@@ -28,9 +28,11 @@ _COLUMNS = (("id", "run"), ("task", "task"), ("created", "created"), ("waited", 
 
 ALL = ""
 
-#: The time-range filter: (label, seconds back from now or None for all time).
-RANGES = (("any time", None), ("last 5 min", 300.0), ("last hour", 3600.0),
+#: The time-range filter: (label, seconds back from now; 0 for all time). A Dropdown shows a
+#: blank box for a None value, so "any" is 0 (and "" below), never None.
+RANGES = (("any time", 0.0), ("last 5 min", 300.0), ("last hour", 3600.0),
           ("last day", 86400.0), ("last 7 days", 7 * 86400.0))
+TESTS = (("test or not", ""), ("test runs", "test"), ("not test runs", "not-test"))
 
 #: Seconds of quiet typing before a text filter applies.
 DEBOUNCE = 0.3
@@ -39,7 +41,8 @@ DEBOUNCE = 0.3
 class RowView(widgets.HBox):  # type: ignore[misc]
     """One table row: a select box, status badge, the run id as a button that opens it, cells."""
 
-    def __init__(self, on_open: Callable[[str], None], on_pick: Callable[[], None]) -> None:
+    def __init__(self, on_open: Callable[[str], None], on_pick: Callable[[], None],
+                 pickable: bool = True) -> None:
         self.run_id: str | None = None
         self.pick = make(widgets.Checkbox, "nbt-row-pick", width="28px", indent=False,
                          value=False)
@@ -48,7 +51,8 @@ class RowView(widgets.HBox):  # type: ignore[misc]
         self._cells = make(widgets.HTML)
         self._open.on_click(lambda _b: self.run_id and on_open(self.run_id))
         self.pick.observe(lambda _c: on_pick(), "value")
-        super().__init__([self.pick, self._status, self._open, self._cells],
+        super().__init__([self.pick, self._status, self._open, self._cells] if pickable
+                         else [self._status, self._open, self._cells],
                          layout=shared(widgets.Layout))
         self.add_class("nbt-row")
         self._last_status = ""
@@ -102,7 +106,10 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
     """Filters, `page_size` rows, and first/newer/older/last keyset paging."""
 
     def __init__(self, engine: Engine, guard: Guard, on_open: Callable[[str], None],
-                 page_size: int = 20, on_pick: Callable[[], None] | None = None) -> None:
+                 page_size: int = 20, on_pick: Callable[[], None] | None = None,
+                 pickable: bool = True) -> None:
+        """`on_pick` is told when rows are picked for a bulk action; a read-only table has no
+        pick boxes (`pickable=False`)."""
         self.engine = engine
         self.page_size = page_size
         self.anchor: queries.Cursor | None = None  # the first row shown; None: the newest
@@ -123,15 +130,14 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
                            options=[("all statuses", ALL), ("active (not final)", queries.ACTIVE)]
                            + [(s.value, s.value) for s in RunStatus], value=ALL)
         self.range = make(widgets.Dropdown, "nbt-filter-range", width="120px", options=RANGES,
-                          value=None)
+                          value=0.0)
         self.queue = make(widgets.Dropdown, "nbt-filter-queue", width=w,
                           options=[("all queues", ALL)], value=ALL)
         self.machine = make(widgets.Dropdown, "nbt-filter-machine", width="130px",
                             options=[("all machines", ALL), ("kernel", "kernel"),
                                      *((m, m) for m in MACHINES)], value=ALL)
-        self.test = make(widgets.Dropdown, "nbt-filter-test", width="120px",
-                         options=[("test or not", None), ("test runs", True),
-                                  ("not test runs", False)], value=None)
+        self.test = make(widgets.Dropdown, "nbt-filter-test", width="120px", options=TESTS,
+                         value="")
         self.tag = make(widgets.Text, "nbt-filter-tag", width="160px",
                         placeholder="tags: a, b", continuous_update=True)
         self.all_tags = make(widgets.Dropdown, "nbt-filter-all-tags", width="70px",
@@ -147,8 +153,9 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         self.hint = make(widgets.HTML, "nbt-filter-hint",
                          value='<span class="nbt-ago">filters apply as you type</span>')
         head = "".join(f'<span class="nbt-c-{k}">{t}</span>' for k, t in
-                       (("pick", ""), ("status", "status"), *_COLUMNS))
-        self.rows = [RowView(guard(on_open), guard(self._picked)) for _ in range(page_size)]
+                       ((("pick", ""),) if pickable else ()) + (("status", "status"), *_COLUMNS))
+        self.rows = [RowView(guard(on_open), guard(self._picked), pickable)
+                     for _ in range(page_size)]
         self.empty = make(widgets.HTML, "nbt-empty", "nbt-hidden", value="no runs match")
         self.clear = button("clear filters", "nbt-clear-filters", "nbt-fit", "nbt-hidden")
         self.clear.on_click(guard(lambda _b: self.clear_filters()))
@@ -183,8 +190,9 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         return queries.RunQuery(
             task_id=self.task.value or None, status=self.status.value or None,
             search=self.search.value, tags=tags, all_tags=bool(self.all_tags.value),
-            since=self.range.value, queue=self.queue.value or None,
-            machine=self.machine.value or None, test=self.test.value)
+            since=self.range.value or None, queue=self.queue.value or None,
+            machine=self.machine.value or None,
+            test={"test": True, "not-test": False}.get(self.test.value))
 
     def refresh(self, now: float) -> None:
         """Re-read the current page and the total; the caller holds the dashboard's lock."""
@@ -285,8 +293,8 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
     def _reset_filters(self) -> None:
         self._quiet = True
         try:
-            for picker, value in ((self.task, ALL), (self.status, ALL), (self.range, None),
-                                  (self.queue, ALL), (self.machine, ALL), (self.test, None),
+            for picker, value in ((self.task, ALL), (self.status, ALL), (self.range, 0.0),
+                                  (self.queue, ALL), (self.machine, ALL), (self.test, ""),
                                   (self.all_tags, False), (self.tag, ""), (self.search, "")):
                 picker.value = value
         finally:
