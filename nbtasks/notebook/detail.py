@@ -75,7 +75,7 @@ def attempts_html(run: Run, logs: list[queries.LogLine], now: float) -> str:
                      and (fin is None or line.ts <= fin)), default=None)
         took, at_least = attempt_seconds(a, alive)
         rows.append([str(a.number), esc(a.status), esc(a.machine), clock_time(a.started_at, now),
-                     ("≥ " if at_least else "") + duration(took),
+                     ("≥ " if at_least else "") + esc(duration(took)),
                      esc(f"{a.error.get('type', '')}: {a.error.get('message', '')}")
                      if a.error else ""])
     return _section("Attempts", table(["#", "status", "machine", "started", "duration", "error"],
@@ -118,7 +118,7 @@ def run_body_html(run: Run, logs: list[queries.LogLine], now: float,
                   rules: Redactor | None = None, paused: bool = False) -> str:
     """Everything about a run that is read-only except attempts and logs, as one HTML block."""
     rules = rules or Redactor()
-    took = duration(None if run.duration_ms is None else run.duration_ms / 1000)
+    took = esc(duration(None if run.duration_ms is None else run.duration_ms / 1000))
     starts = ""
     if run.status.value == "DELAYED" and run.delay_until is not None:
         at = run.delay_until.timestamp()

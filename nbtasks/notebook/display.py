@@ -207,7 +207,7 @@ def run_html(run: Run) -> str:
         else ""
     return (f"<div><code>{esc(run.id)}</code> {badge(run.status.value)} task <b>"
             f"{esc(run.task_id)}</b>, {run.attempt_count} attempt(s), "
-            f"{duration(None if run.duration_ms is None else run.duration_ms / 1000)}</div>"
+            f"{esc(duration(None if run.duration_ms is None else run.duration_ms / 1000))}</div>"
             f"<div><b>output</b>: {short(run.output)}</div>{err}")
 
 
@@ -253,7 +253,7 @@ def batch_handle_html(batch: BatchHandle[Any], limit: int = 50) -> str:
 def runs_table_html(runs: list[Run]) -> str:
     rows = [[f"<code>{esc(r.id)}</code>", esc(r.task_id), badge(r.status.value),
              clock_time(r.created_at),
-             duration(None if r.duration_ms is None else r.duration_ms / 1000),
+             esc(duration(None if r.duration_ms is None else r.duration_ms / 1000)),
              str(r.attempt_count), esc(", ".join(r.tags))] for r in runs]
     if not rows:
         return "<div>no runs</div>"

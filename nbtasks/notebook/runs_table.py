@@ -57,6 +57,7 @@ class RowView(widgets.HBox):  # type: ignore[misc]
         self.add_class("nbt-row")
         self._last_status = ""
         self._marks: set[str] = set()
+        self._blank = False
 
     def show(self, row: queries.RunRow, now: float, selected: bool, flash: bool,
              picked: bool) -> None:
@@ -72,10 +73,10 @@ class RowView(widgets.HBox):  # type: ignore[misc]
         if row.status == "DELAYED" and row.delay_until is not None:
             took = f"starts {ago(row.delay_until, now)}"
         else:
-            took = duration(row.duration(now))
+            took = esc(duration(row.duration(now)))
         created = (f'{clock_time(row.created_at, now)} '
                    f'<span class="nbt-ago">{ago(row.created_at, now)}</span>')
-        cells = (esc(row.task_id), created, duration(row.waited(now)), took,
+        cells = (esc(row.task_id), created, esc(duration(row.waited(now))), took,
                  str(row.attempt_count), esc(row.machine), esc(row.queue),
                  esc(", ".join(row.tags)))
         self._cells.value = '<div class="nbt-cells">' + "".join(
@@ -93,12 +94,22 @@ class RowView(widgets.HBox):  # type: ignore[misc]
         for new in marks - self._marks:
             self.add_class(new)
         self._marks = marks
-        self.remove_class("nbt-blank")
+        if self._blank:
+            self._blank = False
+            self.remove_class("nbt-blank")
 
     def blank(self) -> None:
-        self.run_id = None
-        self.pick.value = False
+        """Keep the row's height but show nothing (and match no status or run selector)."""
+        if self._blank:
+            return
         self._mark(set(), False)
+        self._blank = True
+        self.run_id = None
+        if self._last_status:
+            self.remove_class(f"nbt-row-{self._last_status}")
+            self._last_status = ""
+        self._open.description = ""
+        self.pick.value = False
         self.add_class("nbt-blank")
 
 

@@ -79,7 +79,7 @@ class StatusLine(_FedBox):
             if row is None:  # triggered but not committed yet: the next event brings it
                 return None
             self.status = row.status
-            took = duration(row.duration(self.engine.clock.now()))
+            took = esc(duration(row.duration(self.engine.clock.now())))
             attempt = f"attempt {row.attempt_count}" if row.attempt_count else "not started"
             self._badge.value = badge(row.status)
             paused = ""
