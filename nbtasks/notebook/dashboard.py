@@ -371,7 +371,8 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
     def close(self) -> None:
         """Stop listening and close every part (the feed thread stops with its last listener)."""
         guard = getattr(self, "guard", None)
-        if guard is None:  # __init__ failed early (ipywidgets calls close() from __del__)
+        if guard is None or not hasattr(self, "_feed"):  # __init__ failed early (ipywidgets
+            # calls close() from __del__)
             widgets.VBox.close(self)
             return
         with guard.lock:

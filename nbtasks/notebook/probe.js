@@ -1,6 +1,7 @@
 // The dashboard's eyes in the page: tells the kernel whether the dashboard is on screen (so a
-// hidden dashboard does no work), and scrolls a part into view when the kernel asks (so a run
-// opened below a long table is not left off-screen).
+// hidden dashboard does no work), scrolls a part into view when the kernel asks (so a run
+// opened below a long table is not left off-screen), and with `shortcuts` on, reports Ctrl/Cmd+Enter
+// pressed inside its part (the Test form's "run it").
 function targetOf(el, cls) {
   return (cls && el.closest("." + cls)) || el.parentElement || el;
 }
@@ -38,7 +39,23 @@ function render({ model, el }) {
     requestAnimationFrame(() => part.scrollIntoView({ block: "nearest", behavior: "auto" }));
   };
   model.on("change:scroll_seq", scroll);
+  const onKey = (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey) && model.get("shortcuts")) {
+      event.preventDefault();
+      event.stopPropagation();  // not JupyterLab's "run cell"
+      model.set("submits", model.get("submits") + 1);
+      model.save_changes();
+    }
+  };
+  const listen = () => {
+    const part = target || targetOf(el, model.get("target"));
+    if (!el.isConnected) { requestAnimationFrame(listen); return; }
+    part.addEventListener("keydown", onKey, true);
+  };
+  if (model.get("shortcuts")) listen();
   return () => {
+    const part = target || targetOf(el, model.get("target"));
+    part.removeEventListener("keydown", onKey, true);
     if (observer) observer.disconnect();
     document.removeEventListener("visibilitychange", onVisibility);
     model.off("change:scroll_seq", scroll);

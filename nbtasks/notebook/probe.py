@@ -31,6 +31,9 @@ class Probe(anywidget.AnyWidget):
     target = traitlets.Unicode("").tag(sync=True)
     visible = traitlets.Bool(None, allow_none=True).tag(sync=True)
     scroll_seq = traitlets.Int(0).tag(sync=True)
+    shortcuts = traitlets.Bool(False).tag(sync=True)
+    #: Ctrl/Cmd+Enter presses inside the target, counted by the page (with `shortcuts=True`).
+    submits = traitlets.Int(0).tag(sync=True)
 
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target=target, **kwargs)

@@ -26,6 +26,7 @@ from .._tasks import Task
 from . import queries
 from ._ui import Guard, button, classed, make, message, shared, widgets
 from .display import esc
+from .probe import Probe
 from .redact import Redactor
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
         self.rules = rules or Redactor()
         self._on_triggered = on_triggered
         self._quiet = False
+        self._busy = False
         wide = "520px"
         self.task = make(widgets.Dropdown, "nbt-test-task", width=wide, description="task")
         self.recent = make(widgets.Dropdown, "nbt-test-recent", width=wide,
@@ -148,9 +150,11 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
         self.payload.observe(guard(lambda _c: self._check()), "value")
         self.save.on_click(guard(lambda _b: self._save()))
         self.go.on_click(guard(lambda _b: self._go()))
+        self.shortcut = Probe("nbt-test-form", shortcuts=True)  # Ctrl/Cmd+Enter in the form
+        self.shortcut.observe(guard(lambda _c: self._go()), "submits")
         box = shared(widgets.Layout)
         super().__init__([
-            self.task, self.recent, self.payload, self.check,
+            self.shortcut, self.task, self.recent, self.payload, self.check,
             classed(widgets.HBox([self.template_name, self.save], layout=box), "nbt-test-tpl"),
             self.delay, self.ttl, self.tags, self.machine, self.queue, self.idempotency_key,
             self.max_attempts, self.metadata, self.go, self.message], layout=box)
@@ -164,10 +168,13 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
         self.go.disabled = bool(problem)
 
     def _go(self) -> None:
-        self.go.disabled = True  # no second run from a double click
+        if self._busy:  # a trigger already on its way (a double click, or Ctrl+Enter twice)
+            return
+        self._busy = self.go.disabled = True
         try:
             self.trigger()
         finally:
+            self._busy = False
             self.go.disabled = bool(check_json(self.payload.value))
 
     def set_tasks(self, task_ids: list[str]) -> None:
