@@ -218,7 +218,8 @@ def contrast_failures(page: Any, selector: str, minimum: float = 4.5) -> tuple[i
 
 
 def on_screen(locator: Any) -> bool:
-    """Whether some of the element is inside the window's viewport."""
+    """Whether some of the element is inside the window's viewport (both ways)."""
     return bool(locator.evaluate(
         "e => { const r = e.getBoundingClientRect();"
-        " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0; }"))
+        " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0"
+        " && r.right > 0 && r.left < window.innerWidth && r.width > 0; }"))

@@ -355,7 +355,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             return
         runs = self.engine.runs
         n = runs.resume_interrupted() if resume else runs.cancel_interrupted()
-        self.notice.value = message(f"{'resumed' if resume else 'cancelled'} {n} run(s)", ok=True)
+        self.notice.value = message(f"{'resumed' if resume else 'canceled'} {n} run(s)", ok=True)
         self.refresh()
 
     def _report(self, text: str) -> None:

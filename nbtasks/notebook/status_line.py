@@ -44,7 +44,7 @@ class _FedBox(widgets.HBox):  # type: ignore[misc]
 
 
 class StatusLine(_FedBox):
-    """Badge, id, task, attempt and time, and a Cancel button while the run can be cancelled."""
+    """Badge, id, task, attempt and time, and a Cancel button while the run can be canceled."""
 
     def __init__(self, engine: Engine, run_id: str, task_id: str) -> None:
         self.engine = engine
