@@ -258,3 +258,9 @@ class BatchHandle(Generic[OutT]):
         from .notebook.display import batch_handle_html
 
         return batch_handle_html(self)
+
+    def _ipython_display_(self) -> None:
+        """A cell's last value: live counts while the batch runs (as a RunHandle's line is)."""
+        from .notebook.display import display_batch
+
+        display_batch(self)

@@ -73,6 +73,11 @@ def test_tour_runs_clean_and_shows_live_widgets(executed: nbformat.NotebookNode)
     assert "does not match Resize" in text  # the Test form showed the validation error
     assert "{'approved': True, 'by': 'ops'}" in text  # Complete token button
     assert "40/40 ok" in text and "PAUSED" in text
+    assert "True True" in text  # Replay jumped to the new run and highlighted it
+    assert "True DELAYED" in text  # a delayed run says when it starts
+    assert "Cancel 12 runs?" in text and "canceled 12 of 12 runs" in text  # bulk, confirmed
+    assert "at 09:00, Monday to Friday" in text  # the Schedules tab
+    assert "False True False" in text  # read-only and redacted: no card, no actions
 
 
 @pytest.mark.timeout(300)
@@ -83,14 +88,15 @@ def test_saved_widget_state_is_what_the_user_saw(executed: nbformat.NotebookNode
         for cls in state.get("_dom_classes", ()):
             by_class.setdefault(cls, []).append(state)
     assert by_class["nbt-dashboard"] and by_class["nbt-tabs"][0]["titles"] == [
-        "Runs", "Test", "Queues", "Timeline"]
-    (bar,) = by_class["nbt-progress-bar"]
-    assert bar["value"] == bar["max"] == 40 and bar["bar_style"] == "success"
+        "Runs", "Test", "Schedules", "Queues", "Timeline"]
+    bars = by_class["nbt-progress-bar"]  # `await batch`'s bar, and the batch handle's own
+    assert len(bars) == 2
+    assert all(b["value"] == b["max"] == 40 and b["bar_style"] == "success" for b in bars)
     # the status line; its later, feed-driven updates are saved only if they happen to reach
     # the kernel's iopub while nbclient is running a cell, so only its first state is checked
     assert any("long-report" in s["value"] for s in by_class["nbt-status-text"])
     summary = by_class["nbt-summary"][0]["value"]
-    assert "runs/s" in summary and "COMPLETED" in summary
+    assert "finished in the last minute" in summary and "COMPLETED" in summary
     run_links = [s["description"] for s in by_class["nbt-run-link"] if s["description"]]
     assert len(run_links) >= 5 and all(d.startswith("run_") for d in run_links)
     images = by_class["nbt-timeline-image"]

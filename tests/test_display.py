@@ -101,7 +101,7 @@ def test_status_line_follows_its_run_and_cancels_it(engine: Engine) -> None:
     feed = feed_for(engine)
     try:
         assert line in feed.listeners()
-        assert handle.id in line._text.value and line._cancel in line.children
+        assert line._open.description == handle.id and line._cancel in line.children
         line._cancel.click()
         assert handle.status is RunStatus.CANCELED
         assert "CANCELED" in line._badge.value and line._cancel not in line.children

@@ -25,42 +25,84 @@ from .display import esc
 
 log = logging.getLogger("nbtasks.notebook")
 
-__all__ = ("CSS", "Guard", "button", "classed", "hide", "is_hidden", "make", "message", "shared",
+__all__ = ("CSS", "THEME", "Guard", "button", "classed", "hide", "is_hidden", "make", "message", "shared",
            "style", "widgets")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: The theme's colours, from JupyterLab's CSS variables, then VS Code's, then GitHub's light
+#: palette (Voila's and exported pages' fallback). Every colour below goes through these, so the
+#: dashboard reads the same in JupyterLab Light and Dark, Notebook 7, Voila and VS Code. The
+#: secondary text is mixed from the theme's own text and background rather than taken from
+#: `--jp-ui-font-color2`, whose 54% black is just under WCAG's 4.5:1 on a light grey.
+THEME = """
+  --nbt-bg: var(--jp-layout-color1, var(--vscode-editor-background, #ffffff));
+  --nbt-bg2: var(--jp-layout-color2, var(--vscode-editorWidget-background, #f6f8fa));
+  --nbt-fg: var(--jp-ui-font-color1, var(--vscode-editor-foreground, #1f2328));
+  --nbt-fg2: color-mix(in srgb, var(--nbt-fg) 78%, var(--nbt-bg));
+  --nbt-border: var(--jp-border-color2, var(--vscode-panel-border, #d0d7de));
+  --nbt-accent: var(--jp-brand-color1, var(--vscode-focusBorder, #0969da));
+  --nbt-link: var(--jp-content-link-color, var(--vscode-textLink-foreground, #0969da));
+  --nbt-error: var(--jp-error-color1, var(--vscode-errorForeground, #cf222e));
+  --nbt-ok: var(--jp-success-color1, var(--vscode-testing-iconPassed, #1a7f37));
+  --nbt-warn: var(--jp-warn-color1, var(--vscode-editorWarning-foreground, #bf8700));
+  --nbt-error-text: color-mix(in srgb, var(--nbt-error) 80%, var(--nbt-fg));
+  --nbt-ok-text: color-mix(in srgb, var(--nbt-ok) 70%, var(--nbt-fg));
+  --nbt-warn-text: color-mix(in srgb, var(--nbt-warn) 60%, var(--nbt-fg));
+"""
+
 #: One stylesheet for every dashboard part; class names are also the tests' stable hooks.
 CSS = """<style>
+.nbt-themed {""" + THEME + """  color: var(--nbt-fg); }
+.nbt-themed .nbt-tabs .lm-TabBar-tab, .nbt-themed .nbt-tabs .lm-TabBar-tabLabel {
+  color: var(--nbt-fg2) !important; }
+.nbt-themed .nbt-tabs .lm-TabBar-tab.lm-mod-current .lm-TabBar-tabLabel {
+  color: var(--nbt-fg) !important; }
 .nbt-hidden { display: none !important; }
-.nbt-dashboard { max-width: 1400px; }
+.nbt-dashboard { max-width: 1400px; min-width: 0; }
 .nbt-summary { font-size: 0.95em; }
-.nbt-runs { overflow-x: auto !important; }
-.nbt-row { border-bottom: 1px solid #eaeef2; align-items: center; min-height: 28px;
+.nbt-scroll { overflow-x: auto !important; overflow-y: hidden; max-width: 100%; }
+.nbt-runs { min-width: max-content; }
+.nbt-row { border-bottom: 1px solid var(--nbt-border); align-items: center; min-height: 28px;
   min-width: max-content; }
 .nbt-row > * { flex-shrink: 0 !important; }
-.nbt-row:hover { background: #f6f8fa; }
-.nbt-row.nbt-selected { background: #ddf4ff; }
+.nbt-row:hover { background: var(--nbt-bg2); }
+.nbt-row.nbt-selected { background: color-mix(in srgb, var(--nbt-accent) 22%, var(--nbt-bg));
+  box-shadow: inset 3px 0 0 var(--nbt-accent); }
+.nbt-row.nbt-flash { animation: nbt-flash 1.6s ease-out; }
+@keyframes nbt-flash { from { background: color-mix(in srgb, var(--nbt-accent) 55%, var(--nbt-bg)); } }
+.nbt-row.nbt-blank { visibility: hidden; }
 .nbt-cells { display: flex; font-size: 0.9em; }
 .nbt-cells > span, .nbt-head > span { padding: 0 6px; overflow: hidden; text-overflow: ellipsis;
   white-space: nowrap; flex: none; }
-.nbt-head { display: flex; font-weight: 600; font-size: 0.85em; color: #57606a; }
-.nbt-c-status { width: 140px; } .nbt-c-id { width: 220px; }
+.nbt-head { display: flex; font-weight: 600; font-size: 0.85em; color: var(--nbt-fg2); }
+.nbt-c-pick { width: 28px; } .nbt-c-status { width: 140px; } .nbt-c-id { width: 220px; }
 .nbt-head .nbt-c-status { width: 132px; } .nbt-head .nbt-c-id { width: 212px; }
-.nbt-c-task { width: 140px; } .nbt-c-created { width: 80px; }
-.nbt-c-dur { width: 72px; text-align: right; } .nbt-c-att { width: 36px; text-align: right; }
+.nbt-c-task { width: 140px; } .nbt-c-created { width: 150px; } .nbt-c-waited { width: 70px; }
+.nbt-c-dur { width: 110px; text-align: right; } .nbt-c-att { width: 36px; text-align: right; }
 .nbt-c-machine { width: 76px; } .nbt-c-queue { width: 140px; } .nbt-c-tags { width: 150px; }
-.widget-button.nbt-link { background: none; box-shadow: none; color: #0969da;
+.nbt-ago { color: var(--nbt-fg2); }
+.widget-button.nbt-link { background: none; box-shadow: none; color: var(--nbt-link);
   font-family: var(--jp-code-font-family, monospace); text-align: left; padding: 0 4px; }
 .widget-button.nbt-link:hover { text-decoration: underline; }
-.nbt-detail { border-top: 2px solid #d0d7de; margin-top: 8px; padding-top: 4px; }
-.nbt-detail pre { background: #f6f8fa; padding: 6px; margin: 2px 0 8px 0; white-space: pre-wrap;
-  line-height: 1.35; }
+.nbt-dashboard .widget-button.nbt-fit { width: auto; min-width: max-content; }
+.nbt-detail { border-top: 2px solid var(--nbt-border); margin-top: 8px; padding-top: 4px; }
+.nbt-detail pre, .nbt-themed pre.nbt-box { background: var(--nbt-bg2); color: var(--nbt-fg);
+  padding: 6px; margin: 2px 0 8px 0; white-space: pre-wrap; line-height: 1.35;
+  border: 1px solid var(--nbt-border); }
 .nbt-facts { display: flex; flex-wrap: wrap; gap: 4px 18px; margin: 4px 0; }
-.nbt-fact { color: #57606a; }
+.nbt-fact { color: var(--nbt-fg2); }
 .nbt-detail .nbt-table td, .nbt-detail .nbt-table th { line-height: 1.35; }
-.nbt-message { color: #cf222e; }
-.nbt-ok { color: #1a7f37; }
+.nbt-themed .nbt-table th { color: var(--nbt-fg2); }
+.nbt-message { color: var(--nbt-error-text); }
+.nbt-ok { color: var(--nbt-ok-text); }
+.nbt-warn { color: var(--nbt-warn-text); font-weight: 600; }
+.nbt-banner { border: 1px solid var(--nbt-warn); border-left-width: 4px; padding: 4px 8px;
+  margin: 4px 0; background: color-mix(in srgb, var(--nbt-warn) 12%, var(--nbt-bg)); }
+.nbt-empty { padding: 8px; color: var(--nbt-fg2); }
+.nbt-log-DEBUG { color: var(--nbt-fg2); }
+.nbt-log-WARN, .nbt-log-WARNING { color: var(--nbt-warn-text); }
+.nbt-log-ERROR, .nbt-log-FATAL { color: var(--nbt-error-text); }
 </style>"""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +67,8 @@ def clock_time(ts: float | datetime | None, now: float | None = None) -> str:
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return ""
+    if seconds < 0.0005:  # "0 ms" reads as "did not run"; a 0.26 ms run did
+        return "<1 ms"
     if seconds < 1:
         return f"{seconds * 1000:.0f} ms"
     if seconds < 120:
@@ -74,6 +77,30 @@ def duration(seconds: float | None) -> str:
     if minutes < 120:
         return f"{minutes}m {secs:02d}s"
     return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+def ago(ts: float | None, now: float) -> str:
+    """A relative time: "just now", "42 s ago", "3 min ago", "2 h ago", "in 5 min".
+
+    >>> ago(100.0, 280.0), ago(100.0, 100.4), ago(400.0, 100.0)
+    ('3 min ago', 'just now', 'in 5 min')
+    """
+    if ts is None:
+        return ""
+    delta = now - ts
+    ahead = delta < 0
+    delta = abs(delta)
+    if delta < 1:
+        return "just now" if not ahead else "in <1 s"
+    if delta < 60:
+        text = f"{delta:.0f} s"
+    elif delta < 3600:
+        text = f"{delta // 60:.0f} min"
+    elif delta < 86400:
+        text = f"{delta // 3600:.0f} h"
+    else:
+        text = f"{delta // 86400:.0f} d"
+    return f"in {text}" if ahead else f"{text} ago"
 
 
 _TABLE = ('<table class="nbt-table" style="border-collapse:collapse;font-size:0.9em">'
@@ -126,12 +153,50 @@ def user_traceback(tb: str) -> str:
     return "\n".join(out)
 
 
+def cell_labels() -> dict[str, str]:
+    """This kernel's cell files and their labels: `/tmp/ipykernel_1/ab12.py` -> `In[3]`.
+
+    IPython compiles each cell to a file with a hashed name and keeps the map that lets its own
+    tracebacks say `Cell In[3], line 22`; a run's stored traceback names the file, so the
+    dashboard reads the same map. Empty outside IPython.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return {}
+    shell = get_ipython()
+    names = getattr(getattr(shell, "compile", None), "_filename_map", None)
+    return {name: f"In[{n}]" for name, n in names.items()} if isinstance(names, dict) else {}
+
+
+_FILE_LINE = re.compile(r'^  File "(?P<file>[^"]+)", line (?P<line>\d+)(?P<rest>.*)$')
+
+
+def label_cells(tb: str, labels: dict[str, str] | None = None) -> str:
+    """Name cell files as IPython does.
+
+    >>> cell = "/tmp/ipykernel_7/1f2e.py"
+    >>> label_cells(f'  File "{cell}", line 22, in etl', {cell: "In[1]"})
+    '  Cell In[1], line 22, in etl'
+    """
+    labels = cell_labels() if labels is None else labels
+    if not labels:
+        return tb
+    out = []
+    for line in tb.splitlines():
+        m = _FILE_LINE.match(line)
+        label = labels.get(m.group("file")) if m else None
+        out.append(f"  Cell {label}, line {m.group('line')}{m.group('rest')}" if m and label
+                   else line)
+    return "\n".join(out)
+
+
 def error_html(error: dict[str, Any] | None) -> str:
     """An error record (type, message, traceback) as a heading and a scrollable traceback."""
     if not error:
         return ""
     head = f"<b>{esc(error.get('type', 'Error'))}</b>: {esc(error.get('message', ''))}"
-    tb = user_traceback(error.get("traceback") or "")
+    tb = label_cells(user_traceback(error.get("traceback") or ""))
     pre = (f'<pre class="nbt-traceback" style="max-height:18em;overflow:auto;font-size:0.85em">'
            f"{esc(tb)}</pre>") if tb else ""
     return f'<div class="nbt-error">{head}{pre}</div>'
@@ -142,7 +207,7 @@ def run_html(run: Run) -> str:
         else ""
     return (f"<div><code>{esc(run.id)}</code> {badge(run.status.value)} task <b>"
             f"{esc(run.task_id)}</b>, {run.attempt_count} attempt(s), "
-            f"{duration(None if run.duration_ms is None else run.duration_ms / 1000)}</div>"
+            f"{esc(duration(None if run.duration_ms is None else run.duration_ms / 1000))}</div>"
             f"<div><b>output</b>: {short(run.output)}</div>{err}")
 
 
@@ -158,7 +223,7 @@ def batch_html(batch_id: str, results: list[Result[Any]], limit: int = 50) -> st
              short(r.output if r.ok else str(r.error), 80)] for r in results[:limit]]
     ok = sum(r.ok for r in results)
     more = f"<div>… and {len(results) - limit} more</div>" if len(results) > limit else ""
-    return (f"<div><b>batch</b> <code>{esc(batch_id)}</code>: {ok}/{len(results)} ok</div>"
+    return (f"<div><code>{esc(batch_id)}</code>: {ok}/{len(results)} ok</div>"
             + table(["run", "status", "output / error"], rows) + more)
 
 
@@ -181,18 +246,28 @@ def batch_handle_html(batch: BatchHandle[Any], limit: int = 50) -> str:
         counts[s] = counts.get(s, 0) + 1
     rows = [[f"<code>{esc(i)}</code>", badge(status.get(i, "?"))] for i in ids[:limit]]
     more = f"<div>… and {len(ids) - limit} more</div>" if len(ids) > limit else ""
-    return (f"<div><b>batch</b> <code>{esc(batch.id)}</code>, {len(ids)} runs: "
+    return (f"<div><code>{esc(batch.id)}</code>, {len(ids)} runs: "
             f"{counts_html(counts)}</div>" + table(["run", "status"], rows) + more)
 
 
 def runs_table_html(runs: list[Run]) -> str:
     rows = [[f"<code>{esc(r.id)}</code>", esc(r.task_id), badge(r.status.value),
              clock_time(r.created_at),
-             duration(None if r.duration_ms is None else r.duration_ms / 1000),
+             esc(duration(None if r.duration_ms is None else r.duration_ms / 1000)),
              str(r.attempt_count), esc(", ".join(r.tags))] for r in runs]
     if not rows:
         return "<div>no runs</div>"
     return table(["run", "task", "status", "created", "duration", "attempts", "tags"], rows)
+
+
+def under_voila() -> bool:
+    """True in a kernel Voila started (it sets these variables for the page's kernel).
+
+    A page served by Voila is shared with whoever opens it, so its widgets start read-only.
+    """
+    env = os.environ
+    return env.get("SERVER_SOFTWARE", "").startswith("voila") or any(
+        k in env for k in ("VOILA_REQUEST_URL", "VOILA_BASE_URL", "VOILA_APP_PORT"))
 
 
 def in_widget_kernel() -> bool:
@@ -230,6 +305,16 @@ def display_handle(handle: RunHandle[Any]) -> None:
     from .status_line import StatusLine
 
     show(StatusLine(handle._engine, handle.id, handle.task_id))
+
+
+def display_batch(batch: BatchHandle[Any]) -> None:
+    """A batch handle as a cell's last value: live counts per status where widgets work."""
+    if not in_widget_kernel():
+        _show_text(batch, batch_handle_html(batch))
+        return
+    from .status_line import BatchProgress
+
+    show(BatchProgress(batch._engine, batch.id, [h.id for h in batch.runs], counts=True))
 
 
 def display_run(run: Run) -> None:

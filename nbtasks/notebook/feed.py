@@ -63,6 +63,7 @@ class _Pump:
         self.wake = threading.Event()
         self.stop = threading.Event()
         self.unsubscribe: Callable[[], None] | None = None
+        self.poked: set[int] = set()  # id(listener)s to call at the next wake, events or not
         self.thread = threading.Thread(target=self._run, name="nbtasks-dashboard", daemon=True)
 
     def start(self) -> None:
@@ -98,6 +99,7 @@ class _Pump:
                 return
             with self.lock:
                 events, self.pending = list(self.pending.values()), {}
+                poked, self.poked = self.poked, set()
                 self.wake.clear()
             self.feed.settle()
             now = time.monotonic()
@@ -105,7 +107,7 @@ class _Pump:
                 key = id(listener)
                 ids = listener.run_ids
                 mine = events if ids is None else [e for e in events if e.run_id in ids]
-                if not mine and due.get(key, float("inf")) > now:
+                if not mine and key not in poked and due.get(key, float("inf")) > now:
                     continue
                 due.pop(key, None)
                 again = self._call(listener, mine)
@@ -165,6 +167,15 @@ class LiveFeed:
             return
         with contextlib.suppress(EngineError, RuntimeError):
             eng.runs._fresh()
+
+    def poke(self, listener: Listener) -> None:
+        """Call `listener.update([])` soon, on the feed thread (it became visible, say)."""
+        with self._lock:
+            pump = self._pump
+        if pump is not None:
+            with pump.lock:
+                pump.poked.add(id(listener))
+            pump.wake.set()
 
     @property
     def running(self) -> bool:

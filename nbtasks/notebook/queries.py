@@ -5,8 +5,13 @@ objects (those belong to the loop thread). Each query is shaped for an index of 
 table, so a page of a 100,000-run history costs a few milliseconds:
 
 >>> q = RunQuery(task_id="etl", status="FAILED")                  # doctest: +SKIP
->>> rows = page(engine.store, q, now, limit=25, offset=0)
+>>> rows = page(engine.store, q, now, limit=25)                # the newest 25
+>>> older = page(engine.store, q, now, limit=25, after=Cursor.of(rows[-1]))
 >>> total = count(engine.store, q, now)
+
+Pages are keyset ("cursor") pages on `(created_at, id)`, not offsets: a page anchored at a run
+keeps showing that run while newer runs arrive above it, and opening a page deep in a big
+history costs the same as the first one.
 """
 
 from __future__ import annotations
@@ -24,31 +29,73 @@ ACTIVE = "ACTIVE"
 ACTIVE_STATUSES = tuple(s.value for s in RunStatus if s not in FINAL)
 
 _PAGE_COLUMNS = ("id", "task_id", "status", "created_at", "started_at", "finished_at",
-                 "updated_at", "attempt_count", "machine", "queue", "tags", "is_test")
+                 "updated_at", "attempt_count", "machine", "queue", "tags", "is_test",
+                 "delay_until")
 
 
 @dataclass(frozen=True, slots=True)
 class RunQuery:
-    """What the runs table shows: filters that combine with AND. Empty means "any"."""
+    """What the runs table shows: filters that combine with AND. Empty means "any".
+
+    `tags` match any of them, or all of them with `all_tags=True`; `since` is seconds back
+    from now (the time-range filter); `test` is None (any), True (test runs) or False.
+    """
 
     task_id: str | None = None
     status: str | None = None
     tag: str | None = None
     search: str = ""
+    tags: tuple[str, ...] = ()
+    all_tags: bool = False
+    since: float | None = None
+    queue: str | None = None
+    machine: str | None = None
+    test: bool | None = None
+    batch_id: str | None = None
 
     def where(self, now: float) -> tuple[str, list[Any]]:
         status: Any = ACTIVE_STATUSES if self.status == ACTIVE else self.status
-        where, params = run_filters(now, task_id=self.task_id or None, status=status or None,
-                                    tag=self.tag or None)
+        tags = [*self.tags, *([self.tag] if self.tag else [])]
+        where, params = run_filters(
+            now, task_id=self.task_id or None, status=status or None,
+            tag=None if self.all_tags or not tags else tags,
+            since=None if self.since is None else self.since,
+            is_test=self.test, batch_id=self.batch_id or None)
+        clauses: list[str] = []
+        if self.all_tags:
+            clauses += ["EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?)"] * len(tags)
+            params += tags
+        for column, value in (("queue", self.queue), ("machine", self.machine)):
+            if value:
+                clauses.append(f"runs.{column} = ?")
+                params.append(value)
         text = self.search.strip()
         if text:
             # ids contain "_", a LIKE wildcard: escape it so "run_ab" means what it says
             like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            clause = " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
-                                 ("id", "batch_id", "parent_id", "idempotency_key"))
-            where += (" AND " if where else " WHERE ") + f"({clause})"
+            clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
+                                             ("id", "batch_id", "parent_id", "idempotency_key"))
+                           + ")")
             params += [like] * 4
+        if clauses:
+            where += (" AND " if where else " WHERE ") + " AND ".join(clauses)
         return where, params
+
+    @property
+    def is_empty(self) -> bool:
+        return self == RunQuery()
+
+
+@dataclass(frozen=True, slots=True)
+class Cursor:
+    """A position in the newest-first order: the run at (`created_at`, `id`)."""
+
+    created_at: float
+    id: str
+
+    @classmethod
+    def of(cls, row: RunRow) -> Cursor:
+        return cls(row.created_at, row.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +114,7 @@ class RunRow:
     queue: str
     tags: tuple[str, ...]
     is_test: bool
+    delay_until: float | None = None
 
     @property
     def is_final(self) -> bool:
@@ -80,19 +128,65 @@ class RunRow:
             self.updated_at if self.is_final and self.updated_at is not None else now)
         return max(0.0, end - self.started_at)
 
+    def waited(self, now: float) -> float | None:
+        """Seconds in the queue before the first attempt started (to `now` while still queued);
+        a delayed run's wait counts from its start time, not its creation."""
+        begin = max(self.created_at, self.delay_until or 0.0)
+        if self.started_at is not None:
+            return max(0.0, self.started_at - begin)
+        if self.is_final or self.status == "DELAYED":
+            return None
+        return max(0.0, now - begin)
+
 
 def _row(r: tuple[Any, ...]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0, r[8] or "kernel",
-                  r[9] or "", tuple(loads(r[10]) or ()), bool(r[11]))
+                  r[9] or "", tuple(loads(r[10]) or ()), bool(r[11]), r[12])
 
 
-def page(store: Store, query: RunQuery, now: float, *, limit: int, offset: int) -> list[RunRow]:
-    """Newest first, like `runs.list()`."""
+_NEWER = "(created_at > ? OR (created_at = ? AND id > ?))"
+_OLDER = "(created_at < ? OR (created_at = ? AND id < ?))"
+_AT_OR_OLDER = "(created_at < ? OR (created_at = ? AND id <= ?))"
+
+
+def page(store: Store, query: RunQuery, now: float, *, limit: int, after: Cursor | None = None,
+         at: Cursor | None = None, before: Cursor | None = None,
+         last: bool = False) -> list[RunRow]:
+    """One page, newest first, like `runs.list()`.
+
+    With no cursor: the newest runs. `after`: the runs just older than it; `at`: from it
+    (inclusive) on; `before`: the runs just newer than it; `last`: the oldest page.
+    """
     where, params = query.where(now)
+    ascending = before is not None or last
+    cursor = before or after or at
+    if cursor is not None:
+        clause = _NEWER if before is not None else (_OLDER if after is not None else _AT_OR_OLDER)
+        where += (" AND " if where else " WHERE ") + clause
+        params = [*params, cursor.created_at, cursor.created_at, cursor.id]
+    order = "ASC" if ascending else "DESC"
     _, rows = store.select(
         f"SELECT {', '.join(_PAGE_COLUMNS)} FROM runs{where} "
-        "ORDER BY created_at DESC, seq DESC LIMIT ? OFFSET ?", (*params, limit, offset))
-    return [_row(r) for r in rows]
+        f"ORDER BY created_at {order}, id {order} LIMIT ?", (*params, limit))
+    out = [_row(r) for r in rows]
+    return out[::-1] if ascending else out
+
+
+def newer_than(store: Store, query: RunQuery, now: float, cursor: Cursor) -> int:
+    """How many matching runs come before `cursor` in the newest-first order (its position)."""
+    where, params = query.where(now)
+    where += (" AND " if where else " WHERE ") + _NEWER
+    _, rows = store.select(f"SELECT COUNT(*) FROM runs{where}",
+                           (*params, cursor.created_at, cursor.created_at, cursor.id))
+    return int(rows[0][0])
+
+
+def matches(store: Store, query: RunQuery, now: float, run_id: str) -> bool:
+    """Whether `run_id` passes the filters (a primary-key probe)."""
+    where, params = query.where(now)
+    where += (" AND " if where else " WHERE ") + "id = ?"
+    _, rows = store.select(f"SELECT 1 FROM runs{where}", (*params, run_id))
+    return bool(rows)
 
 
 def row(store: Store, run_id: str) -> RunRow | None:
@@ -141,6 +235,20 @@ def last_payload(store: Store, task_id: str) -> Any:
     _, rows = store.select(
         "SELECT payload FROM runs WHERE task_id = ? ORDER BY created_at DESC LIMIT 1", (task_id,))
     return loads(rows[0][0]) if rows else None
+
+
+def recent_payloads(store: Store, task_id: str, limit: int = 5) -> list[Any]:
+    """The task's newest distinct payloads (decoded), newest first."""
+    _, rows = store.select(
+        "SELECT payload FROM runs WHERE task_id = ? ORDER BY created_at DESC LIMIT ?",
+        (task_id, limit * 4))
+    seen: set[str] = set()
+    out: list[Any] = []
+    for (text,) in rows:
+        if text not in seen and len(out) < limit:
+            seen.add(text)
+            out.append(loads(text))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Queues: running and queued counts, limits, busy concurrency keys, and pause/resume.
+"""Queues: running and queued counts, limits in words, busy concurrency keys, pause/resume of
+one queue or of every queue at once.
 
 The numbers come from the dispatcher's own snapshot (`queues.list()`, taken on the engine loop),
 since queue occupancy is live state that the store does not hold.
@@ -15,19 +16,32 @@ if TYPE_CHECKING:
     from .._engine import Engine
 
 
-def _limit(value: int | None) -> str:
-    return "∞" if value is None else str(value)
+def limit_words(per_key: int | None, total: int | None, keyed: bool) -> str:
+    """A queue's limits in words.
+
+    >>> limit_words(None, None, False), limit_words(2, None, False), limit_words(1, 5, True)
+    ('no limit', 'at most 2 at once', 'at most 1 at once per concurrency key, 5 in all')
+    """
+    parts = []
+    if per_key is not None:
+        parts.append(f"at most {per_key} at once" + (" per concurrency key" if keyed else ""))
+    if total is not None:
+        parts.append(f"{total} in all" if parts else f"at most {total} at once in all")
+    return ", ".join(parts) or "no limit"
 
 
 class QueueRow(widgets.HBox):  # type: ignore[misc]
-    def __init__(self, engine: Engine, guard: Guard, name: str, after: Any) -> None:
+    def __init__(self, engine: Engine, guard: Guard, name: str, after: Any,
+                 read_only: bool = False) -> None:
         self.engine = engine
         self.name = name
+        self.read_only = read_only
         self.paused = False
         self.text = make(widgets.HTML, "nbt-queue-text", width="720px")
         self.toggle = button("Pause", "nbt-queue-toggle", width="90px")
         self.toggle.on_click(guard(lambda _b: self._toggle(after)))
-        super().__init__([self.text, self.toggle], layout=shared(widgets.Layout))
+        super().__init__([self.text] if read_only else [self.text, self.toggle],
+                         layout=shared(widgets.Layout))
         self.add_class("nbt-queue")
 
     def show(self, q: dict[str, Any]) -> None:
@@ -35,17 +49,19 @@ class QueueRow(widgets.HBox):  # type: ignore[misc]
         keys = ", ".join(f"{esc(k)}: {v['running']} running, {v['queued']} queued"
                          for k, v in list(q["keys"].items())[:5])
         more = f" … +{len(q['keys']) - 5} keys" if len(q["keys"]) > 5 else ""
-        state = ' <b style="color:#bf8700">PAUSED</b>' if self.paused else ""
+        state = ' <span class="nbt-warn nbt-paused">PAUSED</span>' if self.paused else ""
         self.text.value = (
             f"<code>{esc(q['name'])}</code>{state}: <b>{q['running']}</b> running, "
-            f"<b>{q['queued']}</b> queued · limit {_limit(q['concurrency_limit'])} per key, "
-            f"total {_limit(q['total'])}"
-            + (f"<br><span style='font-size:0.85em;color:#57606a'>{keys}{more}</span>"
+            f"<b>{q['queued']}</b> queued · "
+            f"{limit_words(q['concurrency_limit'], q['total'], any(q['keys']))}"
+            + (f"<br><span class='nbt-ago' style='font-size:0.85em'>{keys}{more}</span>"
                if keys else ""))
         self.toggle.description = "Resume" if self.paused else "Pause"
         self.toggle.button_style = "success" if self.paused else ""
 
     def _toggle(self, after: Any) -> None:
+        if self.read_only:
+            return
         (self.engine.queues.resume if self.paused else self.engine.queues.pause)(self.name)
         after()
 
@@ -53,14 +69,33 @@ class QueueRow(widgets.HBox):  # type: ignore[misc]
 class QueuesPanel(widgets.VBox):  # type: ignore[misc]
     """One row per queue the engine knows, created as queues appear and refilled in place."""
 
-    def __init__(self, engine: Engine, guard: Guard) -> None:
+    def __init__(self, engine: Engine, guard: Guard, read_only: bool = False) -> None:
         self.engine = engine
+        self.read_only = read_only
         self._guard = guard
         self._rows: dict[str, QueueRow] = {}
         self.empty = make(widgets.HTML,
                           value="<i>no queues yet: a queue appears when its first run does</i>")
-        super().__init__([self.empty], layout=shared(widgets.Layout))
+        self.pause_all = button("Pause all", "nbt-queues-pause-all", "nbt-fit")
+        self.resume_all = button("Resume all", "nbt-queues-resume-all", "nbt-fit",
+                                 button_style="success")
+        self.pause_all.on_click(guard(lambda _b: self._all(pause=True)))
+        self.resume_all.on_click(guard(lambda _b: self._all(pause=False)))
+        self.list = make(widgets.VBox, children=[self.empty])
+        top = [] if read_only else [widgets.HBox([self.pause_all, self.resume_all],
+                                                 layout=shared(widgets.Layout))]
+        super().__init__([*top, self.list], layout=shared(widgets.Layout))
         self.add_class("nbt-queues")
+
+    def _all(self, pause: bool) -> None:
+        """Pause (or resume) every queue the engine knows; running runs finish either way."""
+        if self.read_only:
+            return
+        api = self.engine.queues
+        for q in api.list():
+            if bool(q["paused"]) != pause:
+                (api.pause if pause else api.resume)(q["name"])
+        self.refresh()
 
     def refresh(self) -> None:
         snapshot = sorted(self.engine.queues.list(), key=lambda q: q["name"])
@@ -68,9 +103,9 @@ class QueuesPanel(widgets.VBox):  # type: ignore[misc]
             row = self._rows.get(q["name"])
             if row is None:
                 row = self._rows[q["name"]] = QueueRow(self.engine, self._guard, q["name"],
-                                                       self.refresh)
+                                                       self.refresh, self.read_only)
             row.show(q)
         names = [q["name"] for q in snapshot]
         children = [self._rows[n] for n in names] or [self.empty]
-        if list(self.children) != children:  # type: ignore[has-type]
-            self.children = children
+        if list(self.list.children) != children:
+            self.list.children = children

@@ -1,45 +1,66 @@
-"""The runs table: filters, a fixed pool of row widgets, and a pager over the store.
+"""The runs table: filters, a fixed pool of row widgets, and a keyset pager over the store.
 
 Rows are created once (`page_size` of them) and refilled in place, so a refresh sends only the
-cells that changed and the browser never rebuilds the table. Each page is one indexed query
-(see queries.py), which is what keeps a 100,000-run history as quick as a new one.
+cells that changed and the browser never rebuilds the table. A blank row keeps its height, so a
+filter that leaves one run does not collapse the widget and make the notebook jump. Each page is
+one indexed query anchored at a run (see queries.py): a page deep in the history stays put while
+new runs arrive, and `jump_to(run_id)` puts a run on screen and highlights it.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._models import MACHINES
 from .._status import RunStatus
 from . import queries
-from ._ui import Guard, button, hide, make, shared, widgets
-from .display import badge, clock_time, duration, esc
+from ._ui import Guard, button, classed, hide, make, shared, widgets
+from .display import ago, badge, clock_time, duration, esc
 
 if TYPE_CHECKING:
     from .._engine import Engine
 
-_COLUMNS = (("id", "run"), ("task", "task"), ("created", "created"), ("dur", "duration"),
-            ("att", "att."), ("machine", "machine"), ("queue", "queue"), ("tags", "tags"))
+_COLUMNS = (("id", "run"), ("task", "task"), ("created", "created"), ("waited", "waited"),
+            ("dur", "duration"), ("att", "att."), ("machine", "machine"), ("queue", "queue"),
+            ("tags", "tags"))
 
 ALL = ""
 
+#: The time-range filter: (label, seconds back from now; 0 for all time). A Dropdown shows a
+#: blank box for a None value, so "any" is 0 (and "" below), never None.
+RANGES = (("any time", 0.0), ("last 5 min", 300.0), ("last hour", 3600.0),
+          ("last day", 86400.0), ("last 7 days", 7 * 86400.0))
+TESTS = (("test or not", ""), ("test runs", "test"), ("not test runs", "not-test"))
+
+#: Seconds of quiet typing before a text filter applies.
+DEBOUNCE = 0.3
+
 
 class RowView(widgets.HBox):  # type: ignore[misc]
-    """One table row: status badge, the run id as a button that opens it, then the other cells."""
+    """One table row: a select box, status badge, the run id as a button that opens it, cells."""
 
-    def __init__(self, on_open: Callable[[str], None]) -> None:
+    def __init__(self, on_open: Callable[[str], None], on_pick: Callable[[], None],
+                 pickable: bool = True) -> None:
         self.run_id: str | None = None
+        self.pick = make(widgets.Checkbox, "nbt-row-pick", width="28px", indent=False,
+                         value=False)
         self._status = make(widgets.HTML, "nbt-c-status")
         self._open = button("", "nbt-link", "nbt-run-link", width="220px")
         self._cells = make(widgets.HTML)
         self._open.on_click(lambda _b: self.run_id and on_open(self.run_id))
-        super().__init__([self._status, self._open, self._cells],
+        self.pick.observe(lambda _c: on_pick(), "value")
+        super().__init__([self.pick, self._status, self._open, self._cells] if pickable
+                         else [self._status, self._open, self._cells],
                          layout=shared(widgets.Layout))
         self.add_class("nbt-row")
         self._last_status = ""
-        self._selected = False
+        self._marks: set[str] = set()
+        self._blank = False
 
-    def show(self, row: queries.RunRow, now: float, selected: bool) -> None:
+    def show(self, row: queries.RunRow, now: float, selected: bool, flash: bool,
+             picked: bool) -> None:
         self.run_id = row.id
         if row.status != self._last_status:
             if self._last_status:
@@ -49,107 +70,279 @@ class RowView(widgets.HBox):  # type: ignore[misc]
         self._status.value = badge(row.status) + (" <i>test</i>" if row.is_test else "")
         self._open.description = row.id
         self._open.tooltip = f"open {row.id}"
-        cells = (esc(row.task_id), clock_time(row.created_at, now),
-                 duration(row.duration(now)), str(row.attempt_count), esc(row.machine),
-                 esc(row.queue), esc(", ".join(row.tags)))
+        if row.status == "DELAYED" and row.delay_until is not None:
+            took = f"starts {ago(row.delay_until, now)}"
+        else:
+            took = esc(duration(row.duration(now)))
+        created = (f'{clock_time(row.created_at, now)} '
+                   f'<span class="nbt-ago">{ago(row.created_at, now)}</span>')
+        cells = (esc(row.task_id), created, esc(duration(row.waited(now))), took,
+                 str(row.attempt_count), esc(row.machine), esc(row.queue),
+                 esc(", ".join(row.tags)))
         self._cells.value = '<div class="nbt-cells">' + "".join(
-            f'<span class="nbt-c-{key}" title="{text}">{text}</span>'
+            f'<span class="nbt-c-{key}">{text}</span>'
             for (key, _), text in zip(_COLUMNS[1:], cells, strict=True)) + "</div>"
-        if selected != self._selected:
-            (self.add_class if selected else self.remove_class)("nbt-selected")
-            self._selected = selected
-        hide(self, False)
+        self.pick.value = picked
+        self._mark({"nbt-selected"} if selected else set(), flash)
+
+    def _mark(self, marks: set[str], flash: bool) -> None:
+        # the flash class is taken off on the next refresh, so a later jump can replay it
+        if flash:
+            marks = {*marks, "nbt-flash"}
+        for gone in self._marks - marks:
+            self.remove_class(gone)
+        for new in marks - self._marks:
+            self.add_class(new)
+        self._marks = marks
+        if self._blank:
+            self._blank = False
+            self.remove_class("nbt-blank")
 
     def blank(self) -> None:
+        """Keep the row's height but show nothing (and match no status or run selector)."""
+        if self._blank:
+            return
+        self._mark(set(), False)
+        self._blank = True
         self.run_id = None
-        hide(self)
+        if self._last_status:
+            self.remove_class(f"nbt-row-{self._last_status}")
+            self._last_status = ""
+        self._open.description = ""
+        self.pick.value = False
+        self.add_class("nbt-blank")
 
 
 class RunsTable(widgets.VBox):  # type: ignore[misc]
-    """Filters (task, status, tag, id search), `page_size` rows, and newer/older paging."""
+    """Filters, `page_size` rows, and first/newer/older/last keyset paging."""
 
     def __init__(self, engine: Engine, guard: Guard, on_open: Callable[[str], None],
-                 page_size: int = 20) -> None:
+                 page_size: int = 20, on_pick: Callable[[], None] | None = None,
+                 pickable: bool = True) -> None:
+        """`on_pick` is told when rows are picked for a bulk action; a read-only table has no
+        pick boxes (`pickable=False`)."""
         self.engine = engine
         self.page_size = page_size
-        self.offset = 0
+        self.anchor: queries.Cursor | None = None  # the first row shown; None: the newest
+        self.position = 0  # rows before the first one shown
         self.total = 0
         self.selected: str | None = None
+        self.picked: set[str] = set()
         self.rows_shown: list[queries.RunRow] = []
+        self._flash: str | None = None
         self._quiet = False
-        self.task = make(widgets.Dropdown, "nbt-filter-task", width="180px",
+        self._guard = guard
+        self._timer: threading.Timer | None = None
+        self._on_pick = on_pick or (lambda: None)
+        w = "150px"
+        self.task = make(widgets.Dropdown, "nbt-filter-task", width=w,
                          options=[("all tasks", ALL)], value=ALL)
-        self.status = make(widgets.Dropdown, "nbt-filter-status", width="180px",
+        self.status = make(widgets.Dropdown, "nbt-filter-status", width=w,
                            options=[("all statuses", ALL), ("active (not final)", queries.ACTIVE)]
                            + [(s.value, s.value) for s in RunStatus], value=ALL)
-        self.tag = make(widgets.Text, "nbt-filter-tag", width="140px", placeholder="tag",
-                        continuous_update=False)
-        self.search = make(widgets.Text, "nbt-filter-search", width="260px",
-                           placeholder="search ids (run, batch, parent)", continuous_update=False)
-        for w in (self.task, self.status, self.tag, self.search):
-            w.observe(guard(self._on_filter), "value")
+        self.range = make(widgets.Dropdown, "nbt-filter-range", width="120px", options=RANGES,
+                          value=0.0)
+        self.queue = make(widgets.Dropdown, "nbt-filter-queue", width=w,
+                          options=[("all queues", ALL)], value=ALL)
+        self.machine = make(widgets.Dropdown, "nbt-filter-machine", width="130px",
+                            options=[("all machines", ALL), ("kernel", "kernel"),
+                                     *((m, m) for m in MACHINES)], value=ALL)
+        self.test = make(widgets.Dropdown, "nbt-filter-test", width="120px", options=TESTS,
+                         value="")
+        self.tag = make(widgets.Text, "nbt-filter-tag", width="160px",
+                        placeholder="tags: a, b", continuous_update=True)
+        self.all_tags = make(widgets.Dropdown, "nbt-filter-all-tags", width="70px",
+                             options=[("any", False), ("all", True)], value=False)
+        self.search = make(widgets.Text, "nbt-filter-search", width="230px",
+                           placeholder="search ids (run, batch, parent, key)",
+                           continuous_update=True)
+        for picker in (self.task, self.status, self.range, self.queue, self.machine, self.test,
+                       self.all_tags):
+            picker.observe(guard(self._on_filter), "value")
+        for text in (self.tag, self.search):
+            text.observe(self._on_typing, "value")
+        self.hint = make(widgets.HTML, "nbt-filter-hint",
+                         value='<span class="nbt-ago">filters apply as you type</span>')
         head = "".join(f'<span class="nbt-c-{k}">{t}</span>' for k, t in
-                       (("status", "status"), *_COLUMNS))
-        self.rows = [RowView(guard(on_open)) for _ in range(page_size)]
-        self.newer = button("◀ newer", "nbt-page-newer", width="90px")
-        self.older = button("older ▶", "nbt-page-older", width="90px")
-        self.position = make(widgets.HTML, "nbt-page-position")
-        self.newer.on_click(guard(lambda _b: self._page(-1)))
-        self.older.on_click(guard(lambda _b: self._page(+1)))
+                       ((("pick", ""),) if pickable else ()) + (("status", "status"), *_COLUMNS))
+        self.rows = [RowView(guard(on_open), guard(self._picked), pickable)
+                     for _ in range(page_size)]
+        self.empty = make(widgets.HTML, "nbt-empty", "nbt-hidden", value="no runs match")
+        self.clear = button("clear filters", "nbt-clear-filters", "nbt-fit", "nbt-hidden")
+        self.clear.on_click(guard(lambda _b: self.clear_filters()))
+        self.first = button("« first", "nbt-page-first", "nbt-fit")
+        self.newer = button("◀ newer", "nbt-page-newer", "nbt-fit")
+        self.older = button("older ▶", "nbt-page-older", "nbt-fit")
+        self.last = button("last »", "nbt-page-last", "nbt-fit")
+        self.where = make(widgets.HTML, "nbt-page-position")
+        self.first.on_click(guard(lambda _b: self.go("first")))
+        self.newer.on_click(guard(lambda _b: self.go("newer")))
+        self.older.on_click(guard(lambda _b: self.go("older")))
+        self.last.on_click(guard(lambda _b: self.go("last")))
         box = shared(widgets.Layout)
+        grid = classed(widgets.VBox([
+            make(widgets.HTML, value=f'<div class="nbt-head">{head}</div>'), *self.rows],
+            layout=box), "nbt-runs")
         super().__init__([
-            widgets.HBox([self.task, self.status, self.tag, self.search], layout=box),
-            make(widgets.HTML, value=f'<div class="nbt-head">{head}</div>'),
-            *self.rows,
-            widgets.HBox([self.newer, self.position, self.older], layout=box),
+            classed(widgets.HBox([self.task, self.status, self.range, self.queue, self.machine,
+                                  self.test], layout=box), "nbt-filters"),
+            classed(widgets.HBox([self.tag, self.all_tags, self.search, self.hint], layout=box),
+                    "nbt-filters"),
+            widgets.HBox([self.empty, self.clear], layout=box),
+            classed(widgets.Box([grid], layout=box), "nbt-scroll"),
+            widgets.HBox([self.first, self.newer, self.where, self.older, self.last], layout=box),
         ], layout=box)
-        self.add_class("nbt-runs")
+        self.add_class("nbt-table")
 
     # ------------------------------------------------------------------ reading
 
     def query(self) -> queries.RunQuery:
-        return queries.RunQuery(task_id=self.task.value or None, status=self.status.value or None,
-                                tag=self.tag.value.strip() or None, search=self.search.value)
+        tags = tuple(t.strip() for t in self.tag.value.split(",") if t.strip())
+        return queries.RunQuery(
+            task_id=self.task.value or None, status=self.status.value or None,
+            search=self.search.value, tags=tags, all_tags=bool(self.all_tags.value),
+            since=self.range.value or None, queue=self.queue.value or None,
+            machine=self.machine.value or None,
+            test={"test": True, "not-test": False}.get(self.test.value))
 
     def refresh(self, now: float) -> None:
         """Re-read the current page and the total; the caller holds the dashboard's lock."""
         store = self.engine.store
         q = self.query()
         self.total = queries.count(store, q, now)
-        if self.offset >= self.total and self.offset:
-            self.offset = max(0, (self.total - 1) // self.page_size * self.page_size)
-        self.rows_shown = queries.page(store, q, now, limit=self.page_size, offset=self.offset)
-        for view, row in zip(self.rows, self.rows_shown, strict=False):
-            view.show(row, now, row.id == self.selected)
-        for view in self.rows[len(self.rows_shown):]:
+        rows = queries.page(store, q, now, limit=self.page_size, at=self.anchor)
+        if not rows and self.anchor is not None:  # the anchor run and all older ones are gone
+            self.anchor = None
+            rows = queries.page(store, q, now, limit=self.page_size)
+        self._show(rows, now)
+        self.position = (queries.newer_than(store, q, now, self.anchor)
+                         if self.anchor is not None and rows else 0)
+        first = self.position + 1 if rows else 0
+        self.where.value = (f"&nbsp;{first:,}&ndash;{self.position + len(rows):,} of "
+                            f"{self.total:,}&nbsp;")
+        at_top = self.position == 0
+        at_end = self.position + len(rows) >= self.total
+        self.first.disabled = self.newer.disabled = at_top
+        self.older.disabled = self.last.disabled = at_end
+        hide(self.empty, bool(rows))
+        hide(self.clear, bool(rows) or q.is_empty)
+
+    def _show(self, rows: list[queries.RunRow], now: float) -> None:
+        self.rows_shown = rows
+        flash, self._flash = self._flash, None
+        for view, row in zip(self.rows, rows, strict=False):
+            view.show(row, now, row.id == self.selected, row.id == flash, row.id in self.picked)
+        for view in self.rows[len(rows):]:
             view.blank()
-        first = self.offset + 1 if self.rows_shown else 0
-        self.position.value = (f"&nbsp;{first:,}&ndash;{self.offset + len(self.rows_shown):,} of "
-                               f"{self.total:,}&nbsp;")
-        self.newer.disabled = self.offset == 0
-        self.older.disabled = self.offset + self.page_size >= self.total
 
     def set_tasks(self, task_ids: list[str]) -> None:
         """Offer these task ids in the task filter, keeping the current choice."""
-        options = [("all tasks", ALL), *((t, t) for t in task_ids)]
-        if list(self.task.options) == options:
+        self._set_options(self.task, [("all tasks", ALL), *((t, t) for t in task_ids)])
+
+    def set_queues(self, names: list[str]) -> None:
+        self._set_options(self.queue, [("all queues", ALL), *((n, n) for n in names)])
+
+    def _set_options(self, picker: Any, options: list[tuple[str, str]]) -> None:
+        if list(picker.options) == options:
             return
         self._quiet = True
         try:
-            current = self.task.value
-            self.task.options = options
-            self.task.value = current if current in task_ids else ALL
+            current = picker.value
+            picker.options = options
+            picker.value = current if current in {v for _, v in options} else ALL
+        finally:
+            self._quiet = False
+
+    # ------------------------------------------------------------------ moving
+
+    def go(self, where: str) -> None:
+        """Page to "first", "newer", "older" or "last"."""
+        store, q, now = self.engine.store, self.query(), self.engine.clock.now()
+        shown = self.rows_shown
+        if where == "first" or (where == "newer" and not shown):
+            self.anchor = None
+        elif where == "older" and shown:
+            older = queries.page(store, q, now, limit=1, after=queries.Cursor.of(shown[-1]))
+            if older:
+                self.anchor = queries.Cursor.of(older[0])
+        elif where == "newer":
+            newer = queries.page(store, q, now, limit=self.page_size,
+                                 before=queries.Cursor.of(shown[0]))
+            self.anchor = queries.Cursor.of(newer[0]) if newer else None
+        elif where == "last":
+            oldest = queries.page(store, q, now, limit=self.page_size, last=True)
+            self.anchor = queries.Cursor.of(oldest[0]) if oldest else None
+        if self.anchor is not None and queries.newer_than(store, q, now, self.anchor) == 0:
+            self.anchor = None  # the first page follows new runs as they arrive
+        self.refresh(now)
+
+    def jump_to(self, run_id: str, refresh: bool = True) -> None:
+        """Show `run_id` (clearing filters it does not pass), select it and flash its row.
+
+        The flash lasts one refresh; a caller about to refresh anyway passes `refresh=False`.
+        """
+        store, now = self.engine.store, self.engine.clock.now()
+        self.engine.runs._fresh()
+        target = queries.row(store, run_id)
+        if target is None:
+            return
+        if not queries.matches(store, self.query(), now, run_id):
+            self._reset_filters()
+        self.selected = self._flash = run_id
+        if not any(r.id == run_id for r in self.rows_shown):
+            cursor = queries.Cursor.of(target)
+            self.anchor = (None if queries.newer_than(store, self.query(), now, cursor)
+                           < self.page_size else cursor)
+        if refresh:
+            self.refresh(now)
+
+    def clear_filters(self) -> None:
+        self._reset_filters()
+        self.anchor = None
+        self.refresh(self.engine.clock.now())
+
+    def _reset_filters(self) -> None:
+        self._quiet = True
+        try:
+            for picker, value in ((self.task, ALL), (self.status, ALL), (self.range, 0.0),
+                                  (self.queue, ALL), (self.machine, ALL), (self.test, ""),
+                                  (self.all_tags, False), (self.tag, ""), (self.search, "")):
+                picker.value = value
         finally:
             self._quiet = False
 
     # ------------------------------------------------------------------ callbacks
 
-    def _on_filter(self, _change: Any) -> None:
+    def _on_filter(self, _change: Any = None) -> None:
         if self._quiet:
             return
-        self.offset = 0
+        self.anchor = None
         self.refresh(self.engine.clock.now())
 
-    def _page(self, step: int) -> None:
-        self.offset = max(0, self.offset + step * self.page_size)
-        self.refresh(self.engine.clock.now())
+    def _on_typing(self, _change: Any) -> None:
+        """Kernel thread, per keystroke: apply the filter once typing pauses for DEBOUNCE s."""
+        if self._quiet:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(DEBOUNCE, self._guard(self._on_filter))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def apply_typing_now(self) -> None:
+        """Apply a pending typed filter at once (code that sets `.value` and reads the rows)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:
+            timer.cancel()
+            self._guard(self._on_filter)()
+
+    def _picked(self) -> None:
+        for view in self.rows:
+            if view.run_id is not None:
+                (self.picked.add if view.pick.value else self.picked.discard)(view.run_id)
+        self._on_pick()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().close()

@@ -7,7 +7,12 @@ The status line is what a RunHandle (or a running Run) shows as a cell's last va
 run_8c2…  etl  EXECUTING  attempt 1 · 2.1 s   [Cancel]
 
 It listens to the engine's feed for its one run and stops listening once the run is final, so a
-notebook full of old handles costs nothing. Its text/plain form is the handle's repr.
+notebook full of old handles costs nothing. Its text/plain form is the handle's repr. The run id
+opens the run in the newest open dashboard; a run held by a paused queue says so. Under Voila
+the line has no Cancel button (a shared page is read-only).
+
+The batch bar is the same idea for many runs: done/total, and with `counts=True` (a batch
+handle as a cell's last value) the runs per status, live until every run is final.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from .._status import FINAL, RunStatus
 from . import queries
 from ._ui import button, make, shared, widgets
-from .display import badge, duration, esc
+from .display import badge, counts_html, duration, esc, under_voila
 from .feed import DONE, feed_for
 
 if TYPE_CHECKING:
@@ -39,7 +44,7 @@ class _FedBox(widgets.HBox):  # type: ignore[misc]
 
 
 class StatusLine(_FedBox):
-    """Badge, id, task, attempt and time, and a Cancel button while the run can be cancelled."""
+    """Badge, id, task, attempt and time, and a Cancel button while the run can be canceled."""
 
     def __init__(self, engine: Engine, run_id: str, task_id: str) -> None:
         self.engine = engine
@@ -48,11 +53,17 @@ class StatusLine(_FedBox):
         self.run_ids = (run_id,)
         self.status = "QUEUED"
         self._lock = threading.Lock()
+        self.read_only = under_voila()
         self._badge = make(widgets.HTML)
+        self._open = button(run_id, "nbt-link", "nbt-status-open", width="220px",
+                            tooltip="open in the dashboard")
+        self._open.on_click(self._on_open)
         self._text = make(widgets.HTML, "nbt-status-text")
         self._cancel = button("Cancel", "nbt-status-cancel")
         self._cancel.on_click(self._on_cancel)
-        super().__init__([self._badge, self._text, self._cancel], layout=shared(widgets.Layout))
+        self._parts = [self._badge, self._open, self._text] + (
+            [] if self.read_only else [self._cancel])
+        super().__init__(self._parts, layout=shared(widgets.Layout))
         self.add_class("nbt-status-line")
         self._feed = feed_for(engine)
         self._feed.add(self)  # before the first read, so no change slips between the two
@@ -68,20 +79,34 @@ class StatusLine(_FedBox):
             if row is None:  # triggered but not committed yet: the next event brings it
                 return None
             self.status = row.status
-            took = duration(row.duration(self.engine.clock.now()))
+            took = esc(duration(row.duration(self.engine.clock.now())))
             attempt = f"attempt {row.attempt_count}" if row.attempt_count else "not started"
             self._badge.value = badge(row.status)
-            self._text.value = (f"<code>{esc(row.id)}</code> <b>{esc(row.task_id)}</b> "
-                                f"· {attempt}{' · ' + took if took else ''}"
+            paused = ""
+            if row.status == "QUEUED" and row.queue in paused_queues(self.engine):
+                paused = ' · <span class="nbt-warn nbt-paused">queue paused</span>'
+            self._text.value = (f"<b>{esc(row.task_id)}</b> "
+                                f"· {attempt}{' · ' + took if took else ''}{paused}"
                                 f"{' · ' + esc(note) if note else ''}")
             if row.is_final:
                 self._cancel.disabled = True
-                self.children = [self._badge, self._text]
+                self.children = [self._badge, self._open, self._text]
                 self.add_class("nbt-final")
                 return DONE
             return None
 
+    def _on_open(self, _button: object) -> None:
+        from .dashboard import dashboard_for
+
+        dash = dashboard_for(self.engine)
+        if dash is None:
+            self._render("open nbtasks.dashboard() to see this run in full")
+            return
+        dash.show_run(self.run_id)
+
     def _on_cancel(self, _button: object) -> None:
+        if self.read_only:
+            return
         try:
             self.engine.runs.cancel(self.run_id)
             note = ""
@@ -102,12 +127,15 @@ _FINAL = frozenset(s.value for s in FINAL)
 class BatchProgress(_FedBox):
     """A batch's bar and label, `12/50 done · 2 failed`; danger style once any run failed."""
 
-    def __init__(self, engine: Engine, batch_id: str, run_ids: list[str]) -> None:
+    def __init__(self, engine: Engine, batch_id: str, run_ids: list[str],
+                 counts: bool = False) -> None:
         self.engine = engine
         self.batch_id = batch_id
         self.run_ids = frozenset(run_ids)
+        self.counts = counts
         self._lock = threading.Lock()
         self._done: dict[str, str] = {}
+        self._status: dict[str, str] = {}
         self._bar = make(widgets.IntProgress, "nbt-progress-bar", min=0, max=len(self.run_ids),
                          value=0)
         self._label = make(widgets.HTML, "nbt-progress-label")
@@ -123,10 +151,12 @@ class BatchProgress(_FedBox):
         self.engine.runs._fresh()
         known = queries.statuses(self.engine.store, list(self.run_ids))
         with self._lock:
+            self._status.update(known)
             self._done.update((i, s) for i, s in known.items() if s in _FINAL)
 
     def update(self, events: list[RunEvent]) -> float | None:
         with self._lock:
+            self._status.update((e.run_id, e.status.value) for e in events)
             self._done.update((e.run_id, e.status.value) for e in events if e.status in FINAL)
             self._show()
             return DONE if len(self._done) == len(self.run_ids) else None
@@ -136,8 +166,18 @@ class BatchProgress(_FedBox):
         complete = len(self._done) == len(self.run_ids)
         self._bar.value = len(self._done)
         self._bar.bar_style = "danger" if failed else ("success" if complete else "")
-        self._label.value = (f"batch <code>{esc(self.batch_id)}</code>: {len(self._done)}/"
-                             f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else ""))
+        counts: dict[str, int] = {}
+        for status in self._status.values():
+            counts[status] = counts.get(status, 0) + 1
+        paused = ""
+        if counts.get("QUEUED") and not complete:
+            queues = paused_queues(self.engine)
+            if queues:
+                paused = (' · <span class="nbt-warn nbt-paused">paused: '
+                          f'{esc(", ".join(sorted(queues)))}</span>')
+        self._label.value = (f"<code>{esc(self.batch_id)}</code>: {len(self._done)}/"
+                             f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else "")
+                             + (f" · {counts_html(counts)}" if self.counts else "") + paused)
 
     def finish(self, ok: bool) -> None:
         """The wait ended: stop listening, and show the final count read from the store (the
@@ -153,3 +193,11 @@ class BatchProgress(_FedBox):
 
     def __repr__(self) -> str:
         return f"<batch {self.batch_id}: {len(self._done)}/{len(self.run_ids)} done>"
+
+
+def paused_queues(engine: Engine) -> set[str]:
+    """Paused queue names: the dispatcher's live state, one loop round trip (so it is asked
+    only while something waits in a queue)."""
+    if engine.closed:
+        return set()
+    return {q["name"] for q in engine.queues.list() if q.get("paused")}

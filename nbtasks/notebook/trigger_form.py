@@ -1,8 +1,11 @@
-"""The Test form: pick a task, edit a JSON payload, set a few options, trigger a test run.
+"""The Test form: pick a task, edit a JSON payload, set options, trigger a test run.
 
 The payload starts as an example built from a `schema_task`'s pydantic model, or as the task's
-last payload. Every problem (bad JSON, a payload the schema rejects, an unknown duration) is
-shown in the form, because a traceback in the kernel log is invisible from a widget.
+last payload; the task's recent payloads and the templates saved in this kernel are one pick
+away. The JSON is checked as you type. Options: queue, machine, delay, ttl, idempotency key,
+max attempts, tags and metadata. Every problem (bad JSON, a payload the schema rejects, an
+unknown duration) is shown in the form, because a traceback in the kernel log is invisible
+from a widget.
 """
 
 from __future__ import annotations
@@ -21,13 +24,33 @@ from .._errors import NbtasksError
 from .._models import MACHINES
 from .._tasks import Task
 from . import queries
-from ._ui import Guard, button, make, message, shared, widgets
+from ._ui import Guard, button, classed, make, message, shared, widgets
 from .display import esc
+from .probe import Probe
+from .redact import Redactor
 
 if TYPE_CHECKING:
     from .._engine import Engine
 
 _DEFAULT_MACHINE = ""
+
+#: Payload templates saved from the form, per task id, for this kernel's lifetime.
+TEMPLATES: dict[str, dict[str, Any]] = {}
+
+
+def check_json(text: str) -> str:
+    """"" when `text` is empty or valid JSON, else where and why it is not.
+
+    >>> check_json('{"a": 1}'), check_json('{"a": }')
+    ('', 'line 1, column 7: Expecting value')
+    """
+    if not text.strip():
+        return ""
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as exc:
+        return f"line {exc.lineno}, column {exc.colno}: {exc.msg}"
+    return ""
 
 
 def _blank(annotation: Any) -> Any:
@@ -82,29 +105,77 @@ def example_payload(model: type[BaseModel]) -> dict[str, Any]:
 class TriggerForm(widgets.VBox):  # type: ignore[misc]
     """See the module docstring. `on_triggered(run_id)` runs after a successful trigger."""
 
-    def __init__(self, engine: Engine, guard: Guard, on_triggered: Callable[[str], None]) -> None:
+    def __init__(self, engine: Engine, guard: Guard, on_triggered: Callable[[str], None], *,
+                 rules: Redactor | None = None) -> None:
         self.engine = engine
+        self.rules = rules or Redactor()
         self._on_triggered = on_triggered
         self._quiet = False
+        self._busy = False
         wide = "520px"
         self.task = make(widgets.Dropdown, "nbt-test-task", width=wide, description="task")
+        self.recent = make(widgets.Dropdown, "nbt-test-recent", width=wide,
+                           description="start from", options=[("the example payload", -1)],
+                           value=-1)
         self.payload = make(widgets.Textarea, "nbt-test-payload", width=wide, height="180px",
-                            description="payload")
+                            description="payload", continuous_update=True)
+        self.check = make(widgets.HTML, "nbt-test-check")
+        self.save = button("Save as template", "nbt-test-save", "nbt-fit")
+        self.template_name = make(widgets.Text, "nbt-test-template-name", width="200px",
+                                  placeholder="template name")
         self.delay = make(widgets.Text, "nbt-test-delay", width=wide, description="delay",
                           placeholder="e.g. 30s, 5m")
+        self.ttl = make(widgets.Text, "nbt-test-ttl", width=wide, description="ttl",
+                        placeholder="e.g. 10m: expire if not started by then")
         self.tags = make(widgets.Text, "nbt-test-tags", width=wide, description="tags",
                          placeholder="comma, separated")
         self.machine = make(widgets.Dropdown, "nbt-test-machine", width=wide,
                             description="machine", value=_DEFAULT_MACHINE,
                             options=[("task default", _DEFAULT_MACHINE),
                                      *((m, m) for m in MACHINES)])
-        self.go = button("Trigger test run", "nbt-test-trigger", button_style="primary")
+        self.queue = make(widgets.Text, "nbt-test-queue", width=wide, description="queue",
+                          placeholder="task default")
+        self.idempotency_key = make(widgets.Text, "nbt-test-idempotency-key", width=wide,
+                                    description="idem. key", placeholder="none")
+        self.max_attempts = make(widgets.Text, "nbt-test-max-attempts", width=wide,
+                                 description="attempts", placeholder="task default")
+        self.metadata = make(widgets.Textarea, "nbt-test-metadata", width=wide, height="60px",
+                             description="metadata", placeholder="{}")
+        self.go = button("Trigger test run", "nbt-test-trigger", "nbt-fit",
+                         button_style="primary")
         self.message = make(widgets.HTML, "nbt-test-message")
+        self._payloads: list[Any] = []
         self.task.observe(guard(self._on_task), "value")
-        self.go.on_click(guard(lambda _b: self.trigger()))
-        super().__init__([self.task, self.payload, self.delay, self.tags, self.machine,
-                          self.go, self.message], layout=shared(widgets.Layout))
+        self.recent.observe(guard(self._on_recent), "value")
+        self.payload.observe(guard(lambda _c: self._check()), "value")
+        self.save.on_click(guard(lambda _b: self._save()))
+        self.go.on_click(guard(lambda _b: self._go()))
+        self.shortcut = Probe("nbt-test-form", shortcuts=True)  # Ctrl/Cmd+Enter in the form
+        self.shortcut.observe(guard(lambda _c: self._go()), "submits")
+        box = shared(widgets.Layout)
+        super().__init__([
+            self.shortcut, self.task, self.recent, self.payload, self.check,
+            classed(widgets.HBox([self.template_name, self.save], layout=box), "nbt-test-tpl"),
+            self.delay, self.ttl, self.tags, self.machine, self.queue, self.idempotency_key,
+            self.max_attempts, self.metadata, self.go, self.message], layout=box)
         self.add_class("nbt-test-form")
+
+    def _check(self) -> None:
+        problem = check_json(self.payload.value)
+        self.check.value = (message(f"not valid JSON: {esc(problem)}") if problem else
+                            '<span class="nbt-ago">valid JSON</span>' if self.payload.value.strip()
+                            else "")
+        self.go.disabled = bool(problem)
+
+    def _go(self) -> None:
+        if self._busy:  # a trigger already on its way (a double click, or Ctrl+Enter twice)
+            return
+        self._busy = self.go.disabled = True
+        try:
+            self.trigger()
+        finally:
+            self._busy = False
+            self.go.disabled = bool(check_json(self.payload.value))
 
     def set_tasks(self, task_ids: list[str]) -> None:
         """Offer the tasks this kernel defines; keep the choice (and its edited payload)."""
@@ -132,23 +203,78 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
             self.payload.value = ""
             return
         defn = self.engine.registry.get(task_id)
+        self._payloads = [self.rules.mask("payload", p)
+                          for p in queries.recent_payloads(self.engine.store, task_id)]
+        saved = TEMPLATES.get(task_id, {})
+        options: list[tuple[str, int]] = [("the example payload", -1)]
+        options += [(f"template: {name}", -2 - i) for i, name in enumerate(saved)]
+        options += [(f"recent: {json.dumps(p, default=str)[:60]}", i)
+                    for i, p in enumerate(self._payloads)]
+        self._quiet = True
+        try:
+            self.recent.options = options
+            self.recent.value = -1
+        finally:
+            self._quiet = False
         if defn is not None and defn.schema is not None:
             value: Any = example_payload(defn.schema)
         else:
-            value = queries.last_payload(self.engine.store, task_id)
-            value = {} if value is None else value
+            value = self._payloads[0] if self._payloads else {}
         self.payload.value = json.dumps(value, indent=2, ensure_ascii=False)
 
+    def _on_recent(self, _change: Any) -> None:
+        if self._quiet:
+            return
+        pick = self.recent.value
+        if pick == -1:
+            self._prefill()
+            return
+        if pick <= -2:
+            value = list(TEMPLATES.get(self.task.value, {}).values())[-2 - pick]
+        else:
+            value = self._payloads[pick]
+        self.payload.value = json.dumps(value, indent=2, ensure_ascii=False)
+
+    def _save(self) -> None:
+        name = self.template_name.value.strip()
+        if not name or not self.task.value:
+            self.message.value = message("name the template first")
+            return
+        problem = check_json(self.payload.value)
+        if problem:
+            self.message.value = message(f"payload is not valid JSON: {esc(problem)}")
+            return
+        TEMPLATES.setdefault(self.task.value, {})[name] = json.loads(self.payload.value or "null")
+        current = self.payload.value
+        self._prefill()
+        self.payload.value = current
+        self.message.value = message(f"saved template {esc(name)}", ok=True)
+
     def options(self) -> dict[str, Any]:
+        """The options typed in the form, for `trigger` (a bad one raises NbtasksError there)."""
         opts: dict[str, Any] = {}
-        if self.delay.value.strip():
-            delay = self.delay.value.strip()
-            opts["delay"] = float(delay) if delay.replace(".", "", 1).isdigit() else delay
+        for name, widget in (("delay", self.delay), ("ttl", self.ttl)):
+            text = widget.value.strip()
+            if text:
+                opts[name] = float(text) if text.replace(".", "", 1).isdigit() else text
         tags = [t.strip() for t in self.tags.value.split(",") if t.strip()]
         if tags:
             opts["tags"] = tags
         if self.machine.value:
             opts["machine"] = self.machine.value
+        if self.queue.value.strip():
+            opts["queue"] = self.queue.value.strip()
+        if self.idempotency_key.value.strip():
+            opts["idempotency_key"] = self.idempotency_key.value.strip()
+        attempts = self.max_attempts.value.strip()
+        if attempts:
+            opts["max_attempts"] = int(attempts) if attempts.isdigit() else attempts
+        meta = self.metadata.value.strip()
+        if meta:
+            problem = check_json(meta)
+            if problem:
+                raise _FormError(f"metadata is not valid JSON: {problem}")
+            opts["metadata"] = json.loads(meta)
         return opts
 
     def trigger(self) -> str | None:
@@ -167,9 +293,13 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
             defn = eng.registry.require(task_id)
             body = Task(defn, eng.registry).encode(payload)
             handle = eng.trigger_encoded(defn, body, self.options(), is_test=True)
-        except NbtasksError as exc:
+        except (NbtasksError, _FormError) as exc:
             self.message.value = message(esc(exc))
             return None
         self.message.value = message(f"triggered test run <code>{esc(handle.id)}</code>", ok=True)
         self._on_triggered(handle.id)
         return handle.id
+
+
+class _FormError(ValueError):
+    """A form field that can't be used; its message is shown in the form."""

@@ -1,0 +1,585 @@
+"""The dashboard's second round, in process: a real engine on a real SQLite file, widgets without
+a frontend (the browser tests drive the same features in Chromium).
+
+Keyset paging and jump-to-run, idempotent buttons, delayed runs, restart-interrupted attempts,
+cell tracebacks, the visibility probe and clock tick, read-only and redacted dashboards, the
+store-problem banner, bulk actions, filters, schedules, queues, logs and the Test form.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from test_dashboard import NO_RETRY, define, shown, until
+from test_display import Watcher
+
+import nbtasks
+from nbtasks import Engine, RunStatus
+from nbtasks.notebook._ui import CSS, is_hidden
+from nbtasks.notebook.dashboard import QUEUES, RUNS, SCHEDULES, TEST, Dashboard, rate_text
+from nbtasks.notebook.display import duration, error_html, label_cells
+from nbtasks.notebook.redact import MASK, Redactor
+from nbtasks.notebook.status_line import BatchProgress, StatusLine
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def dash(engine: Engine) -> Iterator[Dashboard]:
+    d = Dashboard(engine, page_size=5, read_only=False)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def finish(*handles: Any) -> None:
+    for h in handles:
+        h.wait(10)
+
+
+# ---------------------------------------------------------------------- paging (bug 3)
+
+def test_a_page_stays_put_while_new_runs_arrive(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(*t["ok"].batch_trigger(list(range(12))))
+    until(dash, lambda: dash.table.total == 12)
+    table = dash.table
+    table.older.click()
+    second = shown(dash)
+    assert "6&ndash;10 of 12" in table.where.value and not table.first.disabled
+    finish(*t["ok"].batch_trigger([100, 101, 102]))
+    until(dash, lambda: table.total == 15)
+    assert shown(dash) == second  # offset paging would have shifted these by three
+    assert "9&ndash;13 of 15" in table.where.value
+    table.last.click()
+    assert "11&ndash;15 of 15" in table.where.value and table.older.disabled
+    table.first.click()
+    assert "1&ndash;5 of 15" in table.where.value and table.newer.disabled
+    newest = shown(dash)
+    finish(t["ok"].trigger(200))
+    until(dash, lambda: table.total == 16)
+    assert shown(dash)[1:] == newest[:4]  # the first page follows new runs
+
+
+def test_replay_jumps_to_the_new_run_and_highlights_it(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    failed = t["boom"].trigger({"x": 1})
+    finish(failed, *t["ok"].batch_trigger(list(range(8))))
+    dash.table.status.value = "FAILED"  # a filter the replay will not pass while it runs
+    until(dash, lambda: shown(dash) == [failed.id])
+    dash.show_run(failed.id)
+    dash.detail.replay.click()
+    dash.detail.replay_delay.value = "1h"  # so it is DELAYED, which the filter hides
+    dash.detail.replay_go.click()
+    new = dash.detail.run_id
+    assert new is not None and new != failed.id
+    assert dash.table.status.value == ""  # the filter it failed was cleared
+    assert shown(dash)[0] == new and dash.table.selected == new
+    row = dash.table.rows[0]
+    assert "nbt-selected" in row._dom_classes and "nbt-flash" in row._dom_classes
+    dash.refresh()
+    assert "nbt-flash" not in row._dom_classes  # the flash plays once
+    assert dash.detail.probe.scroll_seq >= 1  # the page was asked to bring the detail on screen
+    assert engine.runs.retrieve(new).status is RunStatus.DELAYED
+    engine.runs.cancel(new)
+
+
+def test_a_test_run_jumps_to_its_row_from_a_deep_page(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(*t["ok"].batch_trigger(list(range(12))))
+    until(dash, lambda: dash.table.total == 12)
+    dash.table.last.click()
+    dash.tabs.selected_index = TEST
+    dash.form.task.value = "ok"
+    dash.form.payload.value = '{"from": "test tab"}'
+    run_id = dash.form.trigger()
+    assert dash.tabs.selected_index == RUNS
+    assert shown(dash)[0] == run_id and "1&ndash;5 of 13" in dash.table.where.value
+
+
+# ---------------------------------------------------------------------- buttons (bugs 4, 5, 7)
+
+def test_a_second_cancel_click_says_canceled_not_an_error(engine: Engine,
+                                                          dash: Dashboard) -> None:
+    t = define(engine)
+    handle = t["slow"].trigger(None)
+    until(dash, lambda: dash.counts.get("EXECUTING") == 1)
+    dash.show_run(handle.id)
+    dash.detail.cancel.click()
+    dash.detail.cancel.click()  # the browser sent it before the button hid
+    assert handle.status is RunStatus.CANCELED
+    assert "canceled" in dash.detail.message.value and "nbt-ok" in dash.detail.message.value
+    assert "already ended" not in dash.detail.message.value
+    done = t["ok"].trigger(1)
+    done.wait(10)
+    dash.show_run(done.id)
+    dash.detail._cancel()  # a run that really had ended says so
+    assert "already ended (COMPLETED)" in dash.detail.message.value
+
+
+def test_buttons_with_long_labels_size_to_their_text(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(t["ok"].trigger(1))
+    dash.show_run(engine.runs.list()[0].id)
+    assert "nbt-fit" in dash.detail.replay_go._dom_classes  # CSS: width auto, max-content
+    assert ".widget-button.nbt-fit" in CSS
+
+
+def test_a_delayed_run_says_when_it_starts_and_can_be_moved(engine: Engine,
+                                                            dash: Dashboard) -> None:
+    t = define(engine)
+    later = t["ok"].trigger({"n": 1}, delay="1h")
+    until(dash, lambda: dash.counts.get("DELAYED") == 1)
+    assert "starts in 59 min" in dash.table.rows[0]._cells.value \
+        or "starts in 1 h" in dash.table.rows[0]._cells.value
+    dash.show_run(later.id)
+    detail = dash.detail
+    assert "starts" in detail.body.value and "(in " in detail.body.value
+    assert not is_hidden(detail.delayed_box)
+    detail.reschedule.click()
+    assert "type a delay" in detail.message.value
+    detail.delay.value = "2h"
+    detail.reschedule.click()
+    assert "rescheduled to" in detail.message.value
+    run = engine.runs.retrieve(later.id)
+    assert run.delay_until is not None and run.delay_until.timestamp() > time.time() + 7000
+    detail.delay.value = "soon"
+    detail.reschedule.click()
+    assert "delay" in dash.notice.value + detail.message.value  # a clear error, on screen
+    detail.start_now.click()
+    assert later.wait(10).output == {"echo": {"n": 1}}
+    assert "starting now" in detail.message.value
+
+
+# ---------------------------------------------------------------------- attempts (bug 8)
+
+def test_a_restart_interrupted_attempt_ends_at_its_last_sign_of_life(tmp_path: Any) -> None:
+    from nbtasks._runstate import AttemptState, RunState
+    from nbtasks.stores import SQLiteStore, WriteBatch
+
+    path = str(tmp_path / "restart.db")
+    started = time.time() - 26.2  # the kernel died long ago; this kernel starts now
+    orphan = RunState("run_orphan", "later", "1", started - 1)
+    orphan.owner = "eng_gone"
+    orphan.status = RunStatus.EXECUTING
+    orphan.started_at = started
+    orphan.attempt_count = 1
+    attempt = AttemptState(1, started, "kernel", "task/later")
+    store = SQLiteStore(path)
+    store.open()
+    store.write(WriteBatch(runs=[orphan.row()], attempts=[attempt.row("run_orphan")]))
+    store.close()
+    import sqlite3
+
+    with sqlite3.connect(path) as con:  # the attempt's last words, 8 s in
+        con.execute("INSERT INTO logs (run_id, ts, level, message, attributes) VALUES "
+                    "(?, ?, 'INFO', 'still going', NULL)", ("run_orphan", started + 8.0))
+    with Engine(store=path, resume=False) as eng:
+        d = Dashboard(eng, read_only=False)
+        try:
+            d.show_run("run_orphan")
+            attempts = d.detail.attempts.value
+            assert "KernelRestartError" in attempts
+            assert "≥ 8.0 s" in attempts and "26." not in attempts
+        finally:
+            d.close()
+
+
+# ---------------------------------------------------------------------- tracebacks (bug 9)
+
+def test_tracebacks_name_cells_like_ipython_and_sub_ms_is_not_zero(engine: Engine) -> None:
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    try:
+        shell.run_cell("def explode(payload, ctx):\n    raise KeyError('in a cell')\n",
+                       store_history=True)
+        explode = shell.user_ns["explode"]
+        t = engine.task(id="cell-task", run=explode, retry=NO_RETRY)
+        result = t.trigger(None).wait(10)
+        assert result.error is not None
+        run = engine.runs.retrieve(result.id)
+        raw = run.error["traceback"]  # type: ignore[index]
+        assert "ipykernel" in raw or ".py" in raw
+        shown_html = error_html(run.error)
+        assert "Cell In[1], line 2, in explode" in shown_html
+    finally:
+        InteractiveShell.clear_instance()
+    assert label_cells('  File "/x.py", line 1', {}) == '  File "/x.py", line 1'
+    assert duration(0.00026) == "<1 ms" and duration(0.0) == "<1 ms"
+    assert duration(0.004) == "4 ms"
+
+
+# ---------------------------------------------------------------------- clock and visibility
+
+def test_one_run_in_the_last_minute_is_not_zero_runs_per_second() -> None:
+    assert rate_text(1) == "1 finished in the last minute (0.017/s)"
+    assert "0.0/s" not in rate_text(2) and rate_text(0) == "0 finished in the last minute"
+
+
+def test_a_hidden_dashboard_does_no_work_and_a_shown_one_ticks(engine: Engine,
+                                                               dash: Dashboard) -> None:
+    t = define(engine)
+    dash.tick = 0.05
+    dash.probe.visible = False  # as the page reports when the output is scrolled away
+    seen, ticks = dash.refreshes, dash.ticks
+    handles = [t["ok"].trigger(i) for i in range(3)]
+    watcher = Watcher(engine, [h.id for h in handles])  # called after the dashboard
+    assert watcher.done.wait(10)
+    assert dash.refreshes == seen and dash.ticks == ticks and shown(dash) == []
+    dash.probe.visible = True  # shown again: it catches up, then ticks
+    until(dash, lambda: len(shown(dash)) == 3)
+    until(dash, lambda: dash.ticks >= ticks + 3)
+    dash.probe.visible = False
+    stopped = dash.ticks
+    time.sleep(0.2)  # four tick periods: a hidden dashboard must not tick in any of them
+    assert dash.ticks <= stopped + 1
+
+
+def test_without_a_frontend_events_still_refresh_but_nothing_ticks(engine: Engine,
+                                                                   dash: Dashboard) -> None:
+    t = define(engine)
+    assert dash.probe.visible is None
+    finish(t["ok"].trigger(1))
+    until(dash, lambda: len(shown(dash)) == 1)
+    assert dash.ticks == 0
+
+
+# ---------------------------------------------------------------------- read-only, redaction
+
+def test_read_only_shows_everything_and_allows_nothing(engine: Engine) -> None:
+    t = define(engine)
+    slow = t["slow"].trigger(None)
+    finish(t["boom"].trigger({"x": 1}))
+    d = Dashboard(engine, read_only=True)
+    try:
+        until(d, lambda: d.counts.get("EXECUTING") == 1)
+        assert d.bulk is None and "nbt-is-read-only" in d._dom_classes
+        d.show_run(slow.id)
+        detail = d.detail
+        assert detail.actions not in detail.children and detail.replay_box not in detail.children
+        assert detail.token_box not in detail.children
+        detail._busy(detail.cancel, detail._cancel)  # a crafted comm message
+        assert "read-only" in detail.message.value and slow.status is RunStatus.EXECUTING
+        d.tabs.selected_index = TEST
+        assert "read-only" in d._form.part.value
+        d.tabs.selected_index = QUEUES
+        assert all(len(r.children) == 1 for r in d.queues.list.children)
+        d.queues._all(pause=True)
+        assert not any(q["paused"] for q in engine.queues.list())
+        assert engine.runs.count() == 2
+    finally:
+        d.close()
+        engine.runs.cancel(slow.id)
+
+
+def test_voila_pages_are_read_only_unless_the_notebook_opts_in(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = define(engine)
+    slow = t["slow"].trigger(None)
+    monkeypatch.setenv("VOILA_REQUEST_URL", "http://127.0.0.1/voila/render/x.ipynb")
+    shared, opted = Dashboard(engine), Dashboard(engine, read_only=False)
+    line = StatusLine(engine, slow.id, "slow")
+    try:
+        assert shared.read_only and not opted.read_only
+        assert line._cancel not in line.children
+        line._on_cancel(None)
+        assert slow.status is not RunStatus.CANCELED
+    finally:
+        for w in (shared, opted, line):
+            w.close()
+        engine.runs.cancel(slow.id)
+    monkeypatch.delenv("VOILA_REQUEST_URL")
+    d = Dashboard(engine)
+    try:
+        assert not d.read_only  # a notebook of one's own
+    finally:
+        d.close()
+
+
+def test_redact_masks_fields_and_a_replay_keeps_the_stored_values(engine: Engine) -> None:
+    @engine.task(id="charge", retry=NO_RETRY)
+    def charge(payload: Any, ctx: Any) -> Any:
+        nbtasks.metadata.set("secret", "s3cr3t")
+        nbtasks.logger.info("charging", card=payload["card"])
+        return {"token": "tok_123", "ok": True}
+
+    finish(first := charge.trigger({"card": "4242-4242", "amount": 5}))
+    d = Dashboard(engine, read_only=False,
+                  redact=["payload.card", "output.token", "metadata.secret", "logs.card"])
+    try:
+        d.show_run(first.id)
+        detail = d.detail
+        seen = detail.body.value + detail.logs.value
+        for secret in ("4242", "tok_123", "s3cr3t"):
+            assert secret not in seen
+        assert MASK in seen and "amount" in seen
+        detail.replay.click()
+        assert "4242" not in detail.replay_payload.value
+        edited = json.loads(detail.replay_payload.value)
+        edited["amount"] = 7
+        detail.replay_payload.value = json.dumps(edited)
+        detail.replay_go.click()
+        new = engine.runs.retrieve(detail.run_id)  # type: ignore[arg-type]
+        assert new.id != first.id and new.payload == {"card": "4242-4242", "amount": 7}
+    finally:
+        d.close()
+    before = engine.runs.count()
+    with pytest.raises(TypeError, match="list of paths"):
+        Dashboard(engine, redact="payload.card")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="must start with one of"):
+        Dashboard(engine, redact=["card"])
+    assert engine.runs.count() == before
+    assert Redactor(["payload.*.pin"]).mask("payload", [{"pin": 1}, {"pin": 2}]) == \
+        [{"pin": MASK}, {"pin": MASK}]
+
+
+def test_a_store_problem_shows_as_a_banner(engine: Engine, dash: Dashboard) -> None:
+    assert is_hidden(dash.banner)
+    engine.store_problem = "the disk is full: runs are kept in memory until it has room"  # type: ignore[attr-defined]
+    dash.refresh()
+    assert not is_hidden(dash.banner) and "disk is full" in dash.banner.value
+    engine.store_problem = None  # type: ignore[attr-defined]
+    dash.refresh()
+    assert is_hidden(dash.banner)
+
+
+# ---------------------------------------------------------------------- bulk actions
+
+def test_bulk_cancel_confirms_over_ten_and_reports_progress(engine: Engine,
+                                                            dash: Dashboard) -> None:
+    t = define(engine)
+    slow = [t["slow"].trigger(i) for i in range(12)]
+    until(dash, lambda: dash.table.total == 12)
+    bulk = dash.bulk
+    assert bulk is not None and bulk.cancel.disabled
+    dash.table.rows[0].pick.value = True
+    dash.table.rows[1].pick.value = True
+    assert "2 selected" in bulk.count.value and not bulk.cancel.disabled
+    bulk.cancel.click()  # two: no question
+    assert "canceled 2 of 2" in bulk.progress.value and is_hidden(bulk.confirm)
+    bulk.all.value = True
+    assert "all 12 matching" in bulk.count.value
+    bulk.cancel.click()
+    assert not is_hidden(bulk.confirm) and "Cancel 12 runs?" in bulk.question.value
+    bulk.no.click()
+    engine.runs._fresh()
+    assert engine.runs.count(status="CANCELED") == 2
+    bulk.all.value = True
+    bulk.cancel.click()
+    bulk.yes.click()
+    assert "canceled 10 of 12 runs, 2 had already ended" in bulk.progress.value
+    assert all(h.status is RunStatus.CANCELED for h in slow)
+
+
+def test_bulk_replay_opens_the_newest_replay(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(a := t["ok"].trigger(1), b := t["ok"].trigger(2))
+    until(dash, lambda: dash.table.total == 2)
+    for row in dash.table.rows[:2]:
+        row.pick.value = True
+    assert dash.bulk is not None
+    dash.bulk.replay.click()
+    assert "replayed 2 of 2" in dash.bulk.progress.value
+    assert engine.runs.count() == 4 and dash.detail.run_id not in (a.id, b.id)
+
+
+# ---------------------------------------------------------------------- filters
+
+def test_filters_combine_and_an_empty_result_offers_to_clear(engine: Engine,
+                                                             dash: Dashboard) -> None:
+    t = define(engine)
+
+    @engine.task(id="serial", queue={"name": "one-lane", "concurrency_limit": 1},
+                 retry=NO_RETRY)
+    def serial(payload: Any, ctx: Any) -> Any:
+        return payload
+
+    finish(a := t["ok"].trigger(1, tags=["red", "big"]), b := t["ok"].trigger(2, tags=["red"]),
+           c := serial.trigger(3, tags=["big"]))
+    until(dash, lambda: dash.table.total == 3)
+    table = dash.table
+    table.tag.value = "red, big"
+    table.apply_typing_now()
+    assert set(shown(dash)) == {a.id, b.id, c.id}  # any of them
+    table.all_tags.value = True
+    assert shown(dash) == [a.id]  # all of them
+    table.tag.value = ""
+    table.apply_typing_now()
+    dash.tabs.selected_index = QUEUES
+    assert ("one-lane", "one-lane") in table.queue.options
+    table.queue.value = "one-lane"
+    assert shown(dash) == [c.id]
+    table.queue.value = ""
+    table.range.value = 300.0
+    assert len(shown(dash)) == 3
+    table.machine.value = "small-1x"
+    assert shown(dash) == [] and not is_hidden(table.empty) and not is_hidden(table.clear)
+    assert "no runs match" in table.empty.value
+    table.clear.click()
+    assert len(shown(dash)) == 3 and is_hidden(table.empty) and table.machine.value == ""
+    table.test.value = "test"
+    assert shown(dash) == []
+    table.test.value = "not-test"
+    assert len(shown(dash)) == 3
+
+
+def test_typed_filters_apply_once_typing_pauses(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(a := t["ok"].trigger(1, tags=["x"]), t["ok"].trigger(2))
+    until(dash, lambda: dash.table.total == 2)
+    for partial in ("", "x"):  # keystrokes
+        dash.table.tag.value = partial
+    assert len(shown(dash)) == 2  # not yet: still typing
+    until(dash, lambda: shown(dash) == [a.id], timeout=5)  # then, without any other event
+
+
+def test_rows_show_relative_times_and_the_queue_wait(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(t["ok"].trigger(1))
+    until(dash, lambda: dash.table.total == 1)
+    cells = dash.table.rows[0]._cells.value
+    assert "just now" in cells or " s ago" in cells
+    waited = cells.split('nbt-c-waited">')[1].split("<")[0]
+    assert re.fullmatch(r"&lt;1 ms|\d+ ms|\d+\.\d s", waited), waited
+
+
+# ---------------------------------------------------------------------- schedules, queues, logs
+
+def test_schedules_tab_lists_and_acts(engine: Engine, dash: Dashboard) -> None:
+    @engine.task(id="tick", retry=NO_RETRY)
+    def tick(payload: Any, ctx: Any) -> str:
+        return payload["schedule_id"]
+
+    s = engine.schedules.create(task="tick", cron="*/5 * * * *", deduplication_key="every-5")
+    dash.tabs.selected_index = SCHEDULES
+    panel = dash.schedules
+    (row,) = panel.list.children
+    assert "every 5 minutes" in row.text.value and "active" in row.text.value
+    assert "next" in row.text.value and "UTC" in row.text.value
+    row.toggle.click()
+    assert not engine.schedules.retrieve(s.id).active and "inactive" in row.text.value
+    row.toggle.click()
+    assert engine.schedules.retrieve(s.id).active
+    row.now.click()
+    assert dash.tabs.selected_index == RUNS
+    ran = engine.runs.list(task_id="tick")[0]
+    assert engine.wait_result(ran.id, 10).output == s.id
+    dash.tabs.selected_index = SCHEDULES
+    row.delete.click()
+    assert not is_hidden(panel.confirm)
+    panel.no.click()
+    assert engine.schedules.list() != []
+    row.delete.click()
+    panel.yes.click()
+    assert engine.schedules.list() == [] and "no schedules yet" in panel.list.children[0].value
+
+
+def test_queues_tab_words_limits_and_pauses_everything(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(t["ok"].trigger(1), t["boom"].trigger(2))
+    dash.tabs.selected_index = QUEUES
+    rows = {r.name: r for r in dash.queues.list.children}
+    assert "no limit" in rows["task/ok"].text.value and "∞" not in rows["task/ok"].text.value
+    dash.queues.pause_all.click()
+    assert all(q["paused"] for q in engine.queues.list())
+    held = t["ok"].trigger(3)
+    line = StatusLine(engine, held.id, "ok")
+    try:
+        assert "queue paused" in line._text.value
+        dash.show_run(held.id)
+        assert "nbt-paused" in dash.detail.body.value
+    finally:
+        line.close()
+    dash.queues.resume_all.click()
+    assert not any(q["paused"] for q in engine.queues.list())
+    assert held.wait(10).ok
+
+
+def test_logs_are_coloured_filterable_and_show_their_attempt(engine: Engine,
+                                                             dash: Dashboard) -> None:
+    t = define(engine)
+    finish(h := t["boom"].trigger({"x": 1}))
+    dash.show_run(h.id)
+    detail = dash.detail
+    logs = detail.logs.value
+    assert "nbt-log-INFO" in logs and "step=1" in logs and "step=2" in logs
+    assert "{" not in logs.split("step=")[0][-20:]  # key=value, not raw JSON
+    detail.log_text.value = "step=2"
+    assert "step=1" not in detail.logs.value and "step=2" in detail.logs.value
+    detail.log_text.value = ""
+    detail.log_level.value = "ERROR"
+    assert "no log lines match" in detail.logs.value
+    assert "<td" in logs and ">2</td>" in logs  # the attempt column
+
+
+# ---------------------------------------------------------------------- reprs
+
+def test_a_batch_handle_as_a_cells_value_stays_live(engine: Engine) -> None:
+    gate = asyncio.Event()
+
+    @engine.task(id="gated", retry=NO_RETRY)
+    async def gated(payload: Any, ctx: Any) -> Any:
+        await gate.wait()
+        return payload
+
+    batch = gated.batch_trigger([1, 2, 3])
+    bar = BatchProgress(engine, batch.id, [h.id for h in batch], counts=True)
+    try:
+        assert "EXECUTING" in bar._label.value or "QUEUED" in bar._label.value
+        assert not bar._label.value.startswith("batch ")
+        watcher = Watcher(engine, [h.id for h in batch])
+        engine.on_loop(gate.set)
+        assert watcher.done.wait(10)
+        assert "3/3 done" in bar._label.value and "3&nbsp;" in bar._label.value
+        assert "EXECUTING" not in bar._label.value
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------- the Test tab
+
+def test_the_test_form_checks_json_as_you_type_and_passes_every_option(
+        engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    finish(t["ok"].trigger({"old": 1}), t["ok"].trigger({"old": 2}))
+    dash.tabs.selected_index = TEST
+    form = dash.form
+    form.task.value = "ok"
+    labels = [label for label, _ in form.recent.options]
+    assert any('"old": 2' in label for label in labels) and any('"old": 1' in label
+                                                                for label in labels)
+    form.payload.value = '{"a": '
+    assert "not valid JSON" in form.check.value and "line 1" in form.check.value
+    assert form.go.disabled
+    form.payload.value = '{"a": 1}'
+    assert "valid JSON" in form.check.value and not form.go.disabled
+    form.template_name.value = "one"
+    form.save.click()
+    assert any(label == "template: one" for label, _ in form.recent.options)
+    before = engine.runs.count()
+    form.max_attempts.value = "lots"
+    form.go.click()
+    assert "max_attempts" in form.message.value and engine.runs.count() == before
+    form.max_attempts.value = "3"
+    form.metadata.value = "{bad"
+    form.go.click()
+    assert "metadata is not valid JSON" in form.message.value and engine.runs.count() == before
+    form.metadata.value = '{"who": "me"}'
+    form.ttl.value = "10m"
+    form.idempotency_key.value = "k-1"
+    form.delay.value = "1h"
+    run_id = form.trigger()
+    assert run_id is not None
+    run = engine.runs.retrieve(run_id)
+    assert run.metadata == {"who": "me"} and run.idempotency_key and run.is_test
+    assert form.trigger() == run_id  # the same idempotency key: the same run
+    assert run.status is RunStatus.DELAYED
+    engine.runs.cancel(run_id)
