@@ -2,8 +2,8 @@
 
 A task prints a file name holding a lone surrogate (`os.fsdecode(b"report-\\xff.csv")`), or
 returns it, logs it as an attribute, or sets it as metadata. SQLite can't encode such a str.
-Text produced inside a run is escaped where it enters, so printed and logged names simply
-show escaped; an output or metadata value that can't be stored fails its own run. The other
+Text produced inside a run (printed, logged, set as metadata) is escaped where it enters, so
+it simply shows escaped; an output that can't be stored fails its own run. The other
 99 are COMPLETED with their outputs in the file, and no waiter hangs.
 """
 
@@ -85,7 +85,13 @@ def test_one_poisoned_run_in_a_burst(tmp_path: Path, how: str, body: str) -> Non
     if how in ("print", "log_attribute", "log_message"):
         assert poisoned.ok and status == "COMPLETED"
         logs = _rows(db, "SELECT message, attributes FROM logs WHERE run_id = ?", (ids[57],))
-        assert any(ESCAPED in (m + (a or "")) for m, a in logs), logs
+        # Attributes are JSON: read them back as the API does, where the escape shows plainly.
+        assert any(ESCAPED in m or ESCAPED in json.loads(a or "{}").get("path", "")
+                   for m, a in logs), logs
+    elif how == "metadata":  # metadata set inside a run is escaped like its log lines
+        assert poisoned.ok and status == "COMPLETED"
+        (meta,) = _rows(db, "SELECT metadata FROM runs WHERE id = ?", (ids[57],))[0]
+        assert ESCAPED in json.dumps(json.loads(meta), ensure_ascii=False).replace("\\\\", "\\")
     elif how == "error":
         assert not poisoned.ok and status == "FAILED"
         assert ESCAPED in json.loads(error)["message"]
