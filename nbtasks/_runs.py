@@ -143,11 +143,13 @@ _BAD_VALUE = (TypeError, ValueError, OverflowError, OSError)
 
 
 def _frame_filters(filters: dict[str, Any], where: str) -> None:
-    """The DataFrame methods' filters: run_filters checks the values, this the names and limit."""
-    unknown = set(filters) - _FILTERS - {"limit"}
+    """The DataFrame methods' filters: run_filters checks the values, this the names and limit.
+    `columns` (which columns to build) is checked by nbtasks.frames itself."""
+    valid = _FILTERS | {"limit", "columns"}
+    unknown = set(filters) - valid
     if unknown:
         raise ConfigurationError(
-            f"{where}: unknown filter(s) {sorted(unknown)}; valid: {sorted(_FILTERS | {'limit'})}")
+            f"{where}: unknown filter(s) {sorted(unknown)}; valid: {sorted(valid)}")
     if filters.get("limit") is not None:
         _count(filters["limit"], "limit", 1)
 
@@ -296,6 +298,7 @@ class RunsAPI:
         """attempts_dataframe() as a pyarrow Table (the arrow extra; see nbtasks.frames)."""
         from . import frames
 
+        _frame_filters(filters, "runs.attempts_arrow")
         self._fresh()
         return frames.attempts_arrow(self.engine.store, self.engine.clock.now(), **filters)
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from nbtasks import Engine, RunStatus, _arrow
+from nbtasks import Engine, RunStatus, RunWaitTimeoutError, _arrow
 from nbtasks.executors import InlineExecutor
 from nbtasks.testing import ManualClock
 
@@ -72,8 +72,17 @@ def full(db_path: Path) -> Iterator[tuple[Engine, dict[str, str]]]:
         "parent": parent.trigger(0).id,
         "delayed": flaky.trigger(1, delay="1d", tags=["later"]).id,
     }
-    clock.advance(1)
-    eng.wait_results([ids[k] for k in ("tagged", "retried", "failed", "parent")], timeout=10)
+    # A trigger returns once its run is committed; its first attempt starts just after. So the
+    # retry's back-off may be set after a first advance: move time until every run is final.
+    started = [ids[k] for k in ("tagged", "retried", "failed", "parent")]
+    for _ in range(100):
+        clock.advance(1)
+        try:
+            eng.wait_results(started, timeout=0.1)
+            break
+        except RunWaitTimeoutError:
+            continue
+    eng.wait_results(started, timeout=10)
     try:
         yield eng, ids
     finally:
