@@ -93,6 +93,8 @@ class Engine(ResultWaiting):
         self.preset_executor: Executor | None = executor
         self.closed = False
         self._lookups = {}
+        #: Runs a caller committed whose hand-over to the loop is still in the mailbox.
+        self._admitting: dict[str, RunState] = {}
         self.task = TaskFactory(self.registry)
         self.schema_task = self.task.schema_task
         self.runs = RunsAPI(lambda: self)
@@ -312,8 +314,14 @@ class Engine(ResultWaiting):
         except Exception as exc:
             raise StoreError(f"{self.store.path}: the store refused the run's record "
                              f"({type(exc).__name__}: {exc}); nothing was recorded") from exc
+        admitting = self._admitting
         for run in runs:
             run.recorded = True
+            admitting[run.id] = run  # only ever popped by key on the loop: safe from any thread
+
+    def drives(self, run_id: str) -> bool:
+        """True if this engine runs `run_id` now (active, or handed over and not yet taken)."""
+        return run_id in self.scheduler.active or run_id in self._admitting
 
     def _group_commit(self, loop: asyncio.AbstractEventLoop) -> GroupCommit:
         groups = getattr(self, "_groups", None)
@@ -326,7 +334,9 @@ class Engine(ResultWaiting):
 
     def _admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
         """On the loop: arm runs whose rows their caller committed."""
+        admitting = self._admitting
         for run, queue in prepared:
+            admitting.pop(run.id, None)
             if queue is not None:
                 self.scheduler.dispatcher.configure(*queue)
             self.scheduler.submit(run, recorded=True)

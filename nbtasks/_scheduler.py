@@ -375,13 +375,15 @@ class Scheduler:
     def _durable(self, run: RunState) -> None:
         """The final state is on disk: now waiters may hear of it (docs/design.md, durability)."""
         run.durable = True
-        waiters, run.waiters = run.waiters, []
-        for fn in waiters:
-            fn(run)
+        # Out of the active set before anyone hears: a waiter on another thread may look at
+        # the engine the moment it is told.
         self.active.pop(run.id, None)
         if run.idempotency_key is not None:
             self.idempotency.pop((run.task_id, run.idempotency_key), None)
         run.children = []
+        waiters, run.waiters = run.waiters, []
+        for fn in waiters:
+            fn(run)
 
     def stop(self, run: RunState, status: RunStatus, reason: str,
              error: dict[str, Any] | None = None) -> bool:

@@ -168,6 +168,12 @@ def crash_mode(db: str, how: str) -> None:
     for i in range(20):
         say([hang_task.trigger({"i": i}).id, quick_task.trigger({"i": i}).id])
     say([h.id for h in quick_task.batch_trigger([{"i": i} for i in range(100)])])
+
+    async def burst() -> list[str]:  # concurrent trigger_async calls share one commit
+        handles = await asyncio.gather(*(quick_task.trigger_async({"i": i}) for i in range(50)))
+        return [h.id for h in handles]
+
+    say(asyncio.run(burst()))
     if how == "exit":
         os._exit(3)
     elif how == "kill":

@@ -332,6 +332,6 @@ def _engine_of(run_id: str) -> Engine | None:
     from .._engine import OPEN_ENGINES
 
     for eng in list(OPEN_ENGINES):
-        if not eng.closed and run_id in eng.scheduler.active:
+        if not eng.closed and eng.drives(run_id):
             return eng
     return None

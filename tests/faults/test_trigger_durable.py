@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -121,5 +122,46 @@ def test_a_refused_new_row_withdraws_its_run(tmp_path: Path) -> None:
     con = sqlite3.connect(db)
     try:
         assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 5
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(60)
+def test_concurrent_triggers_with_one_key_run_once(tmp_path: Path) -> None:
+    """Keyed triggers are checked on the engine loop, whichever path they come by."""
+    db = tmp_path / "runs.db"
+    ran: list[Any] = []
+    with Engine(store=str(db)) as eng:
+        @eng.task(id="once")
+        def once(p: Any, ctx: Any) -> Any:
+            ran.append(p)
+            return p
+
+        ids: list[str] = []
+        barrier = threading.Barrier(8)
+
+        def from_thread(i: int) -> None:
+            barrier.wait()
+            ids.append(once.trigger(i, idempotency_key="same").id)
+
+        threads = [threading.Thread(target=from_thread, args=(i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+
+        async def gathered() -> list[str]:
+            handles = await asyncio.gather(*(once.trigger_async(i, idempotency_key="same")
+                                             for i in range(8)))
+            return [h.id for h in handles]
+
+        ids += asyncio.run(gathered())
+        ids += [h.id for h in once.batch_trigger([1, 2], idempotency_key="same")]
+        assert len(set(ids)) == 1
+        eng.wait_result(ids[0], timeout=10)
+    assert len(ran) == 1
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
     finally:
         con.close()
