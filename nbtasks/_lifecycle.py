@@ -34,6 +34,7 @@ from ._retry import decide
 from ._status import RunStatus
 from ._tasks import TaskDefinition, _is_async
 from ._text import escape_text
+from ._watchdog import user_code
 
 SyncCaller = Callable[..., Awaitable[Any]]
 
@@ -100,7 +101,7 @@ def is_async(fn: Callable[..., Any]) -> bool:
 async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: SyncCaller) -> Any:
     """Await an async callable, or run a sync one through `call_sync` (a worker thread)."""
     if is_async(fn):
-        return await fn(*args)
+        return await user_code(fn(*args))  # timed: a body that blocks the loop gets named
     result = await call_sync(fn, *args)
     if inspect.isawaitable(result):
         return await result

@@ -2,22 +2,30 @@
 
 An `async def` body that calls blocking code (`time.sleep`, a synchronous HTTP client, heavy CPU)
 holds the engine's loop: no other run progresses, no trigger() returns. That is the most common
-mistake in a notebook, and it looks like a hang. So every step of an attempt on the engine loop
-(the code between two awaits) is timed, and a step past the threshold is logged on its run and
-once on the `nbtasks` logger, with the task's id.
+mistake in a notebook, and it looks like a hang. So every step of user code on the engine loop
+(an async body's or hook's code between two awaits) is timed, and a step past the threshold is
+logged on its run and once on the `nbtasks` logger, with the task's id.
 
-Only time spent inside an attempt counts. A stall of the engine's own (a big burst to dispatch,
-a slow commit callback) is not the user's doing and is never reported as theirs; the throughput
-benchmark measures those with a probe on the loop. Timing costs two clock reads per step and
-no timer at all.
+Only time spent inside user code counts: not the engine's own work (a big burst to dispatch, a
+slow commit callback), and not even the lifecycle code around a body, which on a busy machine
+can lose the GIL or the CPU for a long moment through no fault of the body. The throughput
+benchmark measures the engine's stalls with a probe on the loop. Timing costs two clock reads
+per step and no timer at all.
+
+A residual edge: if the process is starved (of CPU, or of the GIL by its other threads) while
+it is inside a body's step, that step looks long. Bodies are short next to the engine's work
+around them, so this is rare, and it can't be told apart from a body that blocked.
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._context import CURRENT
 
 if TYPE_CHECKING:
     from ._context import AttemptScope
@@ -44,7 +52,7 @@ class LoopWatch:
         """An attempt gets its slot. Nothing to arm: its steps are timed as they run."""
 
     def timed(self, coro: Coroutine[Any, Any, T], scope: AttemptScope) -> Awaitable[T]:
-        """`coro` (an attempt on the engine loop), with every step timed against the threshold."""
+        """`coro` (user code on the engine loop), with every step timed against the threshold."""
         if self.threshold <= 0:
             return coro
         return _TimedSteps(coro, self, scope)
@@ -57,10 +65,22 @@ class LoopWatch:
                    "heavy CPU), which stalls every run; await instead, or make the body a plain "
                    "def (it then runs on a thread)")
         scope.sink.log("warn", message, {"blocked_seconds": round(seconds, 3)})
-        log.warning("%s (run %s)", message, run_id)
+        # Outside the run's context: inside it, the logger's line would be captured into the
+        # run's log a second time.
+        contextvars.Context().run(log.warning, "%s (run %s)", message, run_id)
 
     def close(self) -> None:
         """Nothing to cancel; kept for the scheduler's shutdown."""
+
+
+def user_code(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
+    """`coro`, a user's async body or hook, timed if it runs on an engine's loop."""
+    scope = CURRENT.get()
+    # A worker process's scope holds a proxy with no scheduler: its loop is its own run's alone.
+    sched = None if scope is None else getattr(scope.engine, "scheduler", None)
+    if sched is None:
+        return coro
+    return sched.watch.timed(coro, scope)  # type: ignore[no-any-return]
 
 
 class _TimedSteps:

@@ -136,12 +136,7 @@ class InlineExecutor:
         return None
 
     async def execute(self, plan: AttemptPlan, scope: AttemptScope) -> AttemptOutcome:
-        attempt = run_attempt(plan, scope, self.threads.run)
-        engine = scope.engine
-        if engine is None:
-            return await attempt
-        # On the engine loop: its steps are timed, so a body that blocks the loop is named.
-        return await engine.scheduler.watch.timed(attempt, scope)  # type: ignore[no-any-return]
+        return await run_attempt(plan, scope, self.threads.run)
 
     async def close(self) -> None:
         self.threads.close()
