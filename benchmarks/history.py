@@ -211,7 +211,7 @@ def rss(n: int) -> None:
         eng.close()
     print(f"{n:,} runs finished in {elapsed:.1f} s; still in memory: {active} runs")
     print(f"kernel RSS: baseline {base / 2**20:.0f} MB, after {after / 2**20:.0f} MB, "
-          f"above baseline {(after - base) / 2**20:.1f} MB (target <= 100 MB)")
+          f"above baseline {(after - base) / 2**20:.1f} MB (target <= 30 MB, goal 10 MB)")
     if rest is not None:
         print(f"  of which SQLite's page cache (capped by its cache_size): "
               f"{(after - rest) / 2**20:.1f} MB; the rest: {(rest - base) / 2**20:.1f} MB")
