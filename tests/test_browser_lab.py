@@ -231,6 +231,20 @@ def test_a_narrow_window_scrolls_the_table_sideways(page: Any) -> None:
         page.set_viewport_size({"width": 1400, "height": 1000})
 
 
+def test_a_hidden_dashboard_stops_ticking_and_catches_up_when_shown(page: Any) -> None:
+    expect = _expect()
+    ago = page.locator(".nbt-row:not(.nbt-blank) .nbt-ago").last
+    expect(ago).not_to_have_text(ago.inner_text(), timeout=15_000)  # ticking while shown
+    page.evaluate("() => { window.jupyterapp.commands.execute('launcher:create'); }")
+    expect(page.locator(".jp-Launcher")).to_be_visible()  # the notebook's tab is hidden now
+    page.wait_for_timeout(1500)  # the probe's report reaches the kernel; a tick may land
+    frozen = ago.text_content()
+    page.wait_for_timeout(3000)  # three tick periods, all skipped while hidden
+    assert ago.text_content() == frozen, "a hidden dashboard kept working"
+    page.locator(".lm-DockPanel-tabBar .lm-TabBar-tab", has_text=NOTEBOOK).click()
+    expect(ago).not_to_have_text(frozen, timeout=15_000)  # shown again: it catches up
+
+
 @pytest.mark.parametrize("theme", ["JupyterLab Light", "JupyterLab Dark"])
 def test_every_text_is_readable_in_both_themes(page: Any, theme: str) -> None:
     expect = _expect()
