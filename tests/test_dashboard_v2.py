@@ -585,3 +585,22 @@ def test_the_test_form_checks_json_as_you_type_and_passes_every_option(
     assert form.trigger() == run_id  # the same idempotency key: the same run
     assert run.status is RunStatus.DELAYED
     engine.runs.cancel(run_id)
+
+
+def test_a_status_lines_run_id_opens_the_run_in_the_dashboard(engine: Engine,
+                                                              dash: Dashboard) -> None:
+    t = define(engine)
+    finish(h := t["ok"].trigger({"n": 1}))
+    line = StatusLine(engine, h.id, "ok")
+    try:
+        line._open.click()
+        assert dash.detail.run_id == h.id and dash.tabs.selected_index == RUNS
+    finally:
+        line.close()
+    dash.close()
+    alone = StatusLine(engine, h.id, "ok")
+    try:
+        alone._open.click()  # no dashboard open: the line says how to get one
+        assert "nbtasks.dashboard()" in alone._text.value
+    finally:
+        alone.close()

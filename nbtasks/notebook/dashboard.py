@@ -233,7 +233,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         """A second passed and nothing happened: move the clock-dependent parts only."""
         now = self.engine.clock.now()
         self._summary(now)
-        self.table.refresh(now)
+        self.table.retime(now)
         detail = self._detail.part
         if detail is not None and detail.run is not None and not detail.run.is_completed:
             detail.refresh()
