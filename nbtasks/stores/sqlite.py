@@ -18,7 +18,7 @@ from typing import Any
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from ._base import Store, WriteBatch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FINAL_SQL = (
     "('COMPLETED','CANCELED','FAILED','CRASHED','SYSTEM_FAILURE','INTERRUPTED','EXPIRED','TIMED_OUT')"
 )
@@ -68,6 +68,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE schedules ADD COLUMN updated_at REAL",
         "ALTER TABLE schedules ADD COLUMN claimed_by TEXT",
         "CREATE INDEX IF NOT EXISTS schedules_task ON schedules(task_id)",
+    ],
+    # v3: a replay's origin (Trigger.dev's replayedFromTaskRunFriendlyId), shown as a link back.
+    3: [
+        "ALTER TABLE runs ADD COLUMN replayed_from TEXT",
     ],
 }
 
