@@ -40,8 +40,13 @@ class Timeline(ClickableWidget):
     _css = asset("common.css", "timeline.css")
     data = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, engine: Engine, window: float = 300.0, **kwargs: Any) -> None:
+    def __init__(self, engine: Engine | None = None, window: float = 300.0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        if engine is None:
+            from .._configure import default_engine
+
+            engine = default_engine()
         self.engine = engine
         self.window = float(window)
         self.add_class("nbt-timeline-widget")

@@ -16,9 +16,10 @@ function nbtDuration(seconds) {
   if (seconds === null || seconds === undefined || !isFinite(seconds)) return "";
   if (seconds < 0.001) return "<1 ms";
   if (seconds < 1) return `${Math.round(seconds * 1000)} ms`;
-  if (seconds < 120) return `${seconds.toFixed(1)} s`;
+  if (seconds < 60) return `${Number(seconds.toFixed(1))} s`;
   const minutes = Math.floor(seconds / 60);
-  if (minutes < 120) return `${minutes}m ${String(Math.floor(seconds % 60)).padStart(2, "0")}s`;
+  const secs = Math.floor(seconds % 60);
+  if (minutes < 120) return secs ? `${minutes}m ${String(secs).padStart(2, "0")}s` : `${minutes} min`;
   return `${Math.floor(minutes / 60)}h ${String(minutes % 60).padStart(2, "0")}m`;
 }
 
@@ -92,12 +93,22 @@ function nbtTicking(el, onTick) {
   };
 }
 
+const NBT_STEPS = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30,
+  60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400];
+
 function nbtNiceStep(span, target) {
-  // A round tick step (1, 2, 5 x 10^k seconds) giving about `target` ticks over `span`.
+  // A round tick step in time units (1 s, 15 s, 1 min, 5 min, 1 h ...) giving about `target`
+  // ticks over `span` seconds.
   const raw = span / Math.max(1, target);
-  const base = Math.pow(10, Math.floor(Math.log10(raw)));
-  for (const m of [1, 2, 5, 10]) if (base * m >= raw) return base * m;
-  return base * 10;
+  for (const step of NBT_STEPS) if (step >= raw) return step;
+  return Math.ceil(raw / 86400) * 86400;
+}
+
+function nbtTick(parent, fraction, text) {
+  // An axis tick at `fraction` of the width; near the right end its label sits left of it.
+  const tick = nbtEl("span", fraction > 0.92 ? "nbt-tick nbt-tick-end" : "nbt-tick", text);
+  tick.style.left = `${fraction * 100}%`;
+  parent.appendChild(tick);
 }
 
 function nbtSend(model, name, value) {

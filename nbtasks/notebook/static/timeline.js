@@ -83,10 +83,7 @@ function render({ model, el }) {
     const ticks = nbtEl("div", "nbt-tl-track nbt-tl-axis");
     const step = nbtNiceStep(span, 6);
     for (let t = Math.ceil(lo / step) * step; t <= hi + 1e-9; t += step) {
-      const label = Math.abs(t) < step / 2 ? "now" : `-${nbtDuration(-t)}`;
-      const tick = nbtEl("span", "nbt-tick", label);
-      tick.style.left = `${((t - lo) / span) * 100}%`;
-      ticks.appendChild(tick);
+      nbtTick(ticks, (t - lo) / span, Math.abs(t) < step / 2 ? "now" : `-${nbtDuration(-t)}`);
     }
     axis.appendChild(ticks);
     plot.appendChild(axis);
@@ -112,7 +109,7 @@ function render({ model, el }) {
       const label = nbtEl("div", "nbt-tl-label");
       label.appendChild(nbtEl("div", "nbt-tl-qname", queue.name));
       label.appendChild(nbtEl("div", "nbt-muted nbt-tl-qcount", queue.mode === "summary"
-        ? `${queue.count} runs, summarised` : `${queue.count} runs`));
+        ? `${queue.count} runs, summarised` : `${queue.count} run${queue.count === 1 ? "" : "s"}`));
       row.appendChild(label);
       const lanes = Math.max(1, queue.lanes);
       const summaryHeight = queue.mode === "summary" ? 36 : 0;

@@ -75,11 +75,7 @@ function render({ model, el }) {
     axis.appendChild(nbtEl("div", "nbt-tr-label nbt-muted", nbtTime(t0, true)));
     const ticks = nbtEl("div", "nbt-tr-track nbt-tr-axis");
     const step = nbtNiceStep(span, 6);
-    for (let t = 0; t <= span + 1e-9; t += step) {
-      const tick = nbtEl("span", "nbt-tick", nbtOffset(t));
-      tick.style.left = `${(t / span) * 100}%`;
-      ticks.appendChild(tick);
-    }
+    for (let t = 0; t <= span + 1e-9; t += step) nbtTick(ticks, t / span, nbtOffset(t));
     axis.appendChild(ticks);
     grid.appendChild(axis);
 
@@ -105,8 +101,10 @@ function render({ model, el }) {
       bar.style.left = `${pct(row.start)}%`;
       bar.style.width = `max(2px, ${pct(end) - pct(row.start)}%)`;
       if (row.end === null) bar.classList.add("nbt-live");
-      bar.appendChild(nbtEl("span", "nbt-tr-dur", nbtDuration(end - row.start)));
       track.appendChild(bar);
+      const took = nbtEl("span", "nbt-tr-dur", nbtDuration(end - row.start));
+      took.style.left = `calc(${pct(end)}% + 6px)`;
+      track.appendChild(took);
       for (const mark of marksBy.get(row.key) || []) {
         const m = nbtEl("span", `nbt-mark nbt-level-${mark.level}`);
         m.style.left = `${pct(mark.ts)}%`;
