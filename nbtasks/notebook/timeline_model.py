@@ -8,7 +8,7 @@ The query is by the window: every run whose life overlaps it (created in it, or 
 and still going or ending inside it), not the newest N runs overall, so a burst on one queue
 never hides the others. Queues are drawn run by run, smallest first, while the total stays
 under `max_bars`; a queue that would not fit is summarised: per time bucket, how many runs
-started in it, by status. Two indexed scans of the window, whatever the history's size.
+started in it, by status. One grouped scan of the window, then the rows of the queues drawn run by run.
 """
 
 from __future__ import annotations
@@ -51,37 +51,34 @@ def assign_lanes(spans: list[tuple[float, float]]) -> list[int]:
     return lanes
 
 
-def _overlapping(store: Store, since: float, now: float, queues: list[str] | None,
-                 window: float) -> list[tuple[Any, ...]]:
-    """Rows of runs overlapping [since, now]: created in it, or before it and not over by then.
+#: How far before the window to look for runs still running into it (created_at is indexed,
+#: finished_at is not): a longer run that ended inside the window is left out.
+LOOKBACK = 900.0
 
-    Runs created before the window are looked for one window further back (plus any still
-    active, however old): a run that ran longer than that and ended inside the window is left
-    out rather than scanning the whole history.
-    """
-    qfilter, qparams = "", []
-    if queues is not None:
-        qfilter = f" AND queue IN ({', '.join('?' * len(queues))})"
-        qparams = list(queues)
-    marks = ", ".join("?" * len(_ACTIVE))
-    _, rows = store.select(
-        f"SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at <= ?{qfilter} "
-        f"UNION SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at < ? "
-        f"AND finished_at >= ?{qfilter} "
-        f"UNION SELECT {_COLUMNS} FROM runs WHERE status IN ({marks}) AND created_at < ?{qfilter}",
-        (since, now, *qparams, since - window, since, since, *qparams, *_ACTIVE, since,
-         *qparams))
+
+def _rows(store: Store, sql: str, params: list[Any], queues: list[str]) -> list[tuple[Any, ...]]:
+    marks = ", ".join("?" * len(queues))
+    _, rows = store.select(f"{sql} AND queue IN ({marks})", (*params, *queues))
     return rows
 
 
 def build_timeline(store: Store, now: float, window: float, *, max_bars: int = MAX_BARS,
                    buckets: int = BUCKETS) -> dict[str, Any]:
-    """What the timeline draws for the `window` seconds up to `now`."""
+    """What the timeline draws for the `window` seconds up to `now`.
+
+    One grouped scan of the window counts runs per queue, time bucket and status; then only
+    the queues drawn run by run are read row by row.
+    """
     since = now - window
-    _, counted = store.select(
-        "SELECT COALESCE(queue, ''), COUNT(*) FROM runs WHERE created_at >= ? AND created_at <= ? "
-        "GROUP BY queue", (since, now))
-    counts = {q: n for q, n in counted}
+    width = window / buckets
+    _, grouped = store.select(
+        "SELECT COALESCE(queue, ''), status, "
+        "CAST((COALESCE(started_at, created_at) - ?) / ? AS INTEGER) AS b, COUNT(*) "
+        "FROM runs WHERE created_at >= ? AND created_at <= ? GROUP BY queue, b, status",
+        (since, width, since, now))
+    counts: dict[str, int] = {}
+    for queue, _status, _b, n in grouped:
+        counts[queue] = counts.get(queue, 0) + n
     detailed: list[str] = []
     summarised: list[str] = []
     budget = max_bars
@@ -91,49 +88,40 @@ def build_timeline(store: Store, now: float, window: float, *, max_bars: int = M
             budget -= n
         else:
             summarised.append(queue)
-    rows = _overlapping(store, since, now, None if not summarised else detailed, window)
-    # runs from before the window on a summarised queue still show as bars (a handful)
+    rows = _rows(store, f"SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at <= ?",
+                 [since, now], detailed) if detailed else []
+    # Before the window: runs still going (any age), and recent ones that ended inside it.
+    marks = ", ".join("?" * len(_ACTIVE))
+    _, older = store.select(
+        f"SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at < ? AND "
+        f"finished_at >= ? UNION SELECT {_COLUMNS} FROM runs WHERE status IN ({marks}) AND "
+        "created_at < ?", (since - min(window, LOOKBACK), since, since, *_ACTIVE, since))
     by_queue: dict[str, list[tuple[Any, ...]]] = {}
-    for r in rows:
+    for r in [*rows, *older]:
         by_queue.setdefault(r[2] or "", []).append(r)
-    if summarised:
-        marks = ", ".join("?" * len(_ACTIVE))
-        _, older = store.select(
-            f"SELECT {_COLUMNS} FROM runs WHERE status IN ({marks}) AND created_at < ? AND "
-            f"queue IN ({', '.join('?' * len(summarised))})", (*_ACTIVE, since, *summarised))
-        for r in older:
-            by_queue.setdefault(r[2] or "", []).append(r)
-    width = window / buckets
-    summary: list[dict[str, Any]] = []
-    if summarised:
-        _, grouped = store.select(
-            "SELECT COALESCE(queue, ''), status, "
-            "CAST((COALESCE(started_at, created_at) - ?) / ? AS INTEGER) AS b, COUNT(*) "
-            f"FROM runs WHERE created_at >= ? AND created_at <= ? AND queue IN "
-            f"({', '.join('?' * len(summarised))}) GROUP BY queue, b, status",
-            (since, width, since, now, *summarised))
-        cells: dict[tuple[str, int], dict[str, int]] = {}
-        for queue, status, b, n in grouped:
-            index = min(max(int(b), 0), buckets - 1)
-            cell = cells.setdefault((queue, index), {})
+    cells: dict[tuple[str, int], dict[str, int]] = {}
+    wanted = set(summarised)
+    for queue, status, b, n in grouped:
+        if queue in wanted:
+            cell = cells.setdefault((queue, min(max(int(b), 0), buckets - 1)), {})
             cell[status] = cell.get(status, 0) + n
-        summary = [{"queue": q, "start": since + i * width, "end": since + (i + 1) * width,
-                    "counts": c, "total": sum(c.values())} for (q, i), c in sorted(cells.items())]
+    summary = [{"queue": q, "start": since + i * width, "end": since + (i + 1) * width,
+                "counts": c, "total": sum(c.values())} for (q, i), c in sorted(cells.items())]
     queues: list[dict[str, Any]] = []
     bars: list[dict[str, Any]] = []
-    for name in sorted(set(by_queue) | set(summarised)):
+    for name in sorted(set(by_queue) | wanted):
         members = sorted(by_queue.get(name, []), key=lambda r: r[4])
         lanes = assign_lanes([(r[5] if r[5] is not None else r[4],
                                r[6] if r[6] is not None else now) for r in members])
         bars += [{"id": r[0], "task": r[1], "queue": name, "status": r[3], "created": r[4],
                   "started": r[5], "ended": r[6] if r[3] in FINAL else None, "lane": lane}
                  for r, lane in zip(members, lanes, strict=True)]
-        queues.append({"name": name, "mode": "summary" if name in summarised else "runs",
-                       "count": counts.get(name, 0) if name in summarised else len(members),
+        queues.append({"name": name, "mode": "summary" if name in wanted else "runs",
+                       "count": counts[name] if name in wanted else len(members),
                        "lanes": max(lanes, default=-1) + 1})
     return {"now": now, "window": window, "start": since, "queues": queues, "bars": bars,
             "summary": summary, "bucket": width,
             "summarised": sum(counts[q] for q in summarised)}
 
 
-__all__ = ("BUCKETS", "MAX_BARS", "MAX_LANES", "assign_lanes", "build_timeline")
+__all__ = ("BUCKETS", "LOOKBACK", "MAX_BARS", "MAX_LANES", "assign_lanes", "build_timeline")
