@@ -21,7 +21,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from dashboard import fill_store  # noqa: E402
+from dashboard import fill_store
 
 
 def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
