@@ -90,6 +90,13 @@ trace = trace_for(None, handle.id)
 trace.on_open(record)
 trace
 '''
+REPLAY = '''
+again = handle.replay()
+again.wait(timeout=60)
+replayed = trace_for(None, again.id)
+replayed.on_open(record)
+replayed
+'''
 TIMELINE = '''
 timeline = Timeline(window=300)
 timeline.refresh()
@@ -175,7 +182,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Pa
     """JupyterLab serving the notebook above; yields (base URL, token, its root directory)."""
     _require_browser()
     root = tmp_path_factory.mktemp("trace-lab")
-    nbformat.write(new_notebook(cells=[new_code_cell(SETUP), new_code_cell(TIMELINE)],
+    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in (SETUP, TIMELINE, REPLAY)],
                                 metadata={"kernelspec": KERNELSPEC}), root / "trace.ipynb")
     settings = root / ".jp" / "settings"
     quiet = settings / "@jupyterlab" / "apputils-extension"
@@ -327,11 +334,33 @@ def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Pa
     after = timeline.locator(f".nbt-tl-bar[data-run='{run_id}']").bounding_box()
     assert after is None or after["width"] > before * 1.5  # zoomed in (or panned out of view)
     timeline.locator(".nbt-tl-reset").click()
+    # the wheel zooms in around the pointer, a drag pans, a double-click shows it all again
+    ticks = timeline.locator(".nbt-tick")
+    expect(ticks.first).to_have_text("-5 min")
+    box = timeline.locator(".nbt-tl-row[data-queue] .nbt-tl-track").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + 5)
+    page.mouse.wheel(0, -400)
+    expect(ticks.first).not_to_have_text("-5 min")
+    zoomed = ticks.all_inner_texts()
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 5, steps=5)
+    page.mouse.up()
+    assert ticks.all_inner_texts() != zoomed  # panned: other ticks in view
+    timeline.locator(".nbt-tl-plot").dblclick()
+    expect(ticks.first).to_have_text("-5 min")
     # "now" ticks in the page: a finished run slides left with no message from the kernel
     x0 = timeline.locator(f".nbt-tl-bar[data-run='{run_id}']").bounding_box()["x"]
     page.wait_for_function(
         f"x0 => document.querySelector(\".nbt-tl-bar[data-run='{run_id}']\")"
         ".getBoundingClientRect().x < x0 - 1", arg=x0, timeout=10_000)
+
+    # a replay's trace links back to its origin; the link opens it
+    replay_trace = page.locator(".nbt-trace").nth(1)
+    replay_trace.scroll_into_view_if_needed()
+    origin = replay_trace.locator(".nbt-tr-replayed")
+    expect(origin).to_have_text(f"replay of {run_id}")
+    origin.click()
+    assert _clicks(page, root, 3)[2]["run"] == run_id
 
     DOCS.mkdir(exist_ok=True)
     page.mouse.move(0, 0)

@@ -12,6 +12,7 @@ function render({ model, el }) {
   let received = performance.now();
   // The view, as seconds before now: [-window, 0] unless zoomed or panned.
   let view = null;
+  let dragged = false;
 
   const data = () => model.get("data") || {};
   const now = () => (data().now || 0) + (performance.now() - received) / 1000;
@@ -160,6 +161,7 @@ function render({ model, el }) {
           b.addEventListener("mouseleave", () => tip.hide());
           b.addEventListener("click", (e) => {
             e.stopPropagation();
+            if (dragged) return;  // the end of a pan, not a click
             nbtSend(model, "clicked", { run: bar.id, span: null, kind: "run", key: bar.id });
           });
           track.appendChild(b);
@@ -192,11 +194,20 @@ function render({ model, el }) {
       const width = track.getBoundingClientRect().width;
       const startX = e.clientX;
       const [a, b] = view || fullView();
+      dragged = false;
       const move = (m) => {
         const shift = ((m.clientX - startX) / width) * (b - a);
-        if (Math.abs(m.clientX - startX) > 3) { view = clampView(a - shift, b - shift); draw(); }
+        if (Math.abs(m.clientX - startX) > 3) {
+          dragged = true;
+          view = clampView(a - shift, b - shift);
+          draw();
+        }
       };
-      const up = () => { window.removeEventListener("mousemove", move); window.removeEventListener("mouseup", up); };
+      const up = () => {
+        window.removeEventListener("mousemove", move);
+        window.removeEventListener("mouseup", up);
+        setTimeout(() => { dragged = false; }, 0);  // after the click this mouseup may fire
+      };
       window.addEventListener("mousemove", move);
       window.addEventListener("mouseup", up);
     });
