@@ -38,7 +38,8 @@ def _define(eng: Engine) -> Any:
             raise ValueError("first attempt fails")
         await nbtasks.wait.for_token(payload)
         await nbtasks.wait.for_(seconds=0.05)
-        return (await child.trigger_and_wait(21)).unwrap()
+        async with nbtasks.logger.trace("fetch"):
+            return (await child.trigger_and_wait(21)).unwrap()
 
     return parent
 
@@ -69,7 +70,8 @@ def test_a_retried_run_with_a_token_a_wait_a_child_and_spans(
         ("attempt", "attempt 1", 1), ("span", "prepare", 2), ("span", "inner", 3),
         ("backoff", "retry back-off", 1),
         ("attempt", "attempt 2", 1), ("span", "prepare", 2), ("span", "inner", 3),
-        ("token", "wait for token", 2), ("wait", "wait", 2), ("child", "child", 2),
+        ("token", "wait for token", 2), ("wait", "wait", 2), ("span", "fetch", 2),
+        ("child", "child", 3),  # triggered inside the "fetch" span
     ]
     by = {(r["kind"], r["attempt"]): r for r in rows}
     a1, a2, backoff = by["attempt", 1], by["attempt", 2], by["backoff", 1]

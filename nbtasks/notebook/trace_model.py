@@ -10,7 +10,8 @@ Rows, in the order they are drawn (depth is the indent):
 - `delayed` and `queued` (1): waiting for its delay, then for a slot;
 - `attempt` (1), each with its status and error; under it (2+) the attempt's `span`s (nested by
   parent), its `wait`s (a duration or a date: from the call to the target), the wait `token`s it
-  waited on, and its `child` runs (clicking one opens it);
+  waited on, and its `child` runs (clicking one opens it), each of these under the innermost
+  span open when it began;
 - `backoff` (1): the gap before the next attempt, with "next retry at".
 
 Log lines are `marks` at their time; `errors` holds the traceback of every failed attempt, not
@@ -67,34 +68,63 @@ def _spans(store: Store, run_id: str) -> tuple[list[dict[str, Any]], int]:
     return spans[:MAX_SPANS], max(0, len(spans) - MAX_SPANS)
 
 
-def _span_rows(spans: list[dict[str, Any]], number: int, base: int,
-               run_id: str) -> list[tuple[float, list[dict[str, Any]]]]:
-    """The attempt's spans as rows, each top-level span followed by its nested ones."""
+def _span_rows(spans: list[dict[str, Any]], number: int, run_id: str) -> list[dict[str, Any]]:
+    """The attempt's spans as rows, each knowing its parent span's row key."""
     mine = [s for s in spans if s.get("attempt") == number]
     ids = {s["span_id"] for s in mine}
-    kids: dict[str | None, list[dict[str, Any]]] = {}
+    out = []
     for s in mine:
-        parent = s.get("parent_id") if s.get("parent_id") in ids else None
-        kids.setdefault(parent, []).append(s)
-    groups: list[tuple[float, list[dict[str, Any]]]] = []
-
-    def walk(s: dict[str, Any], depth: int, out: list[dict[str, Any]]) -> None:
         detail: dict[str, Any] = dict(s.get("attributes") or {})
         if s.get("error"):
             detail["error"] = f"{s['error'].get('type')}: {s['error'].get('message')}"
         status = {"ok": "COMPLETED", "error": "FAILED", "canceled": "CANCELED"}.get(
             s.get("status", ""), "EXECUTING")
-        out.append(_row(f"span:{s['span_id']}", "span", s["name"], depth, s["start"],
-                        s.get("end"), status, span=s["span_id"], open=run_id, attempt=number,
-                        detail=detail))
-        for k in kids.get(s["span_id"], []):
-            walk(k, depth + 1, out)
+        row = _row(f"span:{s['span_id']}", "span", s["name"], 0, s["start"], s.get("end"),
+                   status, span=s["span_id"], open=run_id, attempt=number, detail=detail)
+        parent = s.get("parent_id")
+        row["_parent"] = f"span:{parent}" if parent in ids else None
+        out.append(row)
+    return out
 
-    for top in kids.get(None, []):
-        group: list[dict[str, Any]] = []
-        walk(top, base, group)
-        groups.append((top["start"], group))
-    return groups
+
+def _nest(span_rows: list[dict[str, Any]], leaves: list[dict[str, Any]],
+          base: int) -> list[dict[str, Any]]:
+    """One attempt's rows in tree order: spans under their parent span, and each wait, token or
+    child run under the innermost span open when it began (so a child triggered inside
+    `logger.trace("fetch")` shows under "fetch"); siblings by start time."""
+    by_key = {r["key"]: r for r in span_rows}
+    level: dict[str, int] = {}
+    for r in span_rows:
+        chain = [r]
+        while chain[-1]["_parent"] is not None and chain[-1]["_parent"] not in level \
+                and len(chain) <= len(span_rows):
+            chain.append(by_key[chain[-1]["_parent"]])
+        top = chain[-1]["_parent"]
+        known = level[top] + 1 if top is not None and top in level else 0
+        for link in reversed(chain):
+            level[link["key"]] = known
+            known += 1
+    for leaf in leaves:
+        open_then = [r for r in span_rows if r["start"] <= leaf["start"]
+                     and (r["end"] is None or leaf["start"] < r["end"])]
+        leaf["_parent"] = max(open_then, key=lambda r: level[r["key"]])["key"] if open_then \
+            else None
+    kids: dict[str | None, list[dict[str, Any]]] = {}
+    for r in [*span_rows, *leaves]:
+        kids.setdefault(r.pop("_parent"), []).append(r)
+    out: list[dict[str, Any]] = []
+    stack: list[tuple[dict[str, Any], int]] = [
+        (r, base) for r in reversed(sorted(kids.get(None, []), key=_order))]
+    while stack:  # depth-first without recursion: spans may nest deeply
+        row, depth = stack.pop()
+        row["depth"] = depth
+        out.append(row)
+        stack += [(k, depth + 1) for k in reversed(sorted(kids.get(row["key"], []), key=_order))]
+    return out
+
+
+def _order(row: dict[str, Any]) -> tuple[float, bool]:
+    return row["start"], row["kind"] != "span"
 
 
 def build_trace(store: Store, run_id: str, now: float) -> dict[str, Any]:
@@ -151,41 +181,38 @@ def build_trace(store: Store, run_id: str, now: float) -> dict[str, Any]:
             detail["error"] = f"{a['error'].get('type', '')}: {a['error'].get('message', '')}"
         rows.append(_row(f"attempt:{number}", "attempt", f"attempt {number}", 1, a["started_at"],
                          a_end, a["status"], attempt=number, detail=detail))
-        groups = _span_rows(spans, number, 2, run_id)
+        span_rows = _span_rows(spans, number, run_id)
+        leaves: list[dict[str, Any]] = []
         tokens: list[dict[str, Any]] = []
         for wid, kind, wstatus, wcreated, resume, timeout, completed in wrows:
             if kind == "wait":
                 parts = wid.rsplit(":", 2)  # "<run>:<attempt>:<k>": the wait's durable address
                 if len(parts) != 3 or parts[1] != str(number):
                     continue
-                groups.append((wcreated, [_row(f"wait:{wid}", "wait", "wait", 2, wcreated,
-                                               resume, "WAITING", attempt=number,
-                                               detail={"duration": (resume or wcreated) - wcreated,
-                                                       "until": resume})]))
+                leaves.append(_row(f"wait:{wid}", "wait", "wait", 2, wcreated, resume, "WAITING",
+                                   attempt=number, detail={
+                                       "duration": (resume or wcreated) - wcreated,
+                                       "until": resume}))
             elif _attempt_of(completed if completed is not None else now, attempts) == number:
                 done = completed if completed is not None else (
                     timeout if wstatus != "WAITING" else None)
                 tokens.append(_row(f"token:{wid}", "token", "wait for token", 2,
-                                   max(wcreated, a["started_at"] or wcreated), done,
-                                   wstatus if wstatus != "TIMED_OUT" else "TIMED_OUT",
+                                   max(wcreated, a["started_at"] or wcreated), done, wstatus,
                                    attempt=number, detail={"token": wid, "status": wstatus,
                                                            "timeout at": timeout}))
         for cid, ctask, cstatus, ccreated, _cstarted, cfinished in children:
             if _attempt_of(ccreated, attempts) == number:
-                groups.append((ccreated, [_row(
-                    f"child:{cid}", "child", ctask, 2, ccreated,
-                    cfinished if cstatus in _FINAL else None, cstatus, open=cid,
-                    attempt=number, detail={"run": cid})]))
+                leaves.append(_row(f"child:{cid}", "child", ctask, 2, ccreated,
+                                   cfinished if cstatus in _FINAL else None, cstatus, open=cid,
+                                   attempt=number, detail={"run": cid}))
         for tok in tokens:
             # When the run began to wait on a token is not stored: from the end of the last
             # thing this attempt finished before the token was settled (or its creation).
             settled = tok["end"] if tok["end"] is not None else now
-            before = [r["end"] for _, g in groups for r in g
+            before = [r["end"] for r in [*span_rows, *leaves]
                       if r["end"] is not None and r["end"] <= settled]
             tok["start"] = max([tok["start"], *before])
-            groups.append((tok["start"], [tok]))
-        for _, group in sorted(groups, key=lambda g: g[0]):
-            rows += group
+        rows += _nest(span_rows, [*leaves, *tokens], 2)
         if a_end is not None and a["status"] != "COMPLETED":
             nxt = attempts[i + 1]["started_at"] if i + 1 < len(attempts) else None
             planned = delay if status == RunStatus.REATTEMPTING.value and nxt is None else None
