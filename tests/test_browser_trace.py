@@ -328,28 +328,34 @@ def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Pa
     expect(tip).to_contain_text("waited in queue")
     bar.click()
     assert _clicks(page, root, 2)[1]["run"] == run_id
-    before = bar.bounding_box()["width"]
-    timeline.locator(".nbt-tl-zoomin").click()
-    timeline.locator(".nbt-tl-zoomin").click()
-    after = timeline.locator(f".nbt-tl-bar[data-run='{run_id}']").bounding_box()
-    assert after is None or after["width"] > before * 1.5  # zoomed in (or panned out of view)
-    timeline.locator(".nbt-tl-reset").click()
-    # the wheel zooms in around the pointer, a drag pans, a double-click shows it all again
     ticks = timeline.locator(".nbt-tick")
     expect(ticks.first).to_have_text("-5 min")
-    box = timeline.locator(".nbt-tl-row[data-queue] .nbt-tl-track").first.bounding_box()
-    page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + 5)
-    page.mouse.wheel(0, -400)
+    timeline.locator(".nbt-tl-zoomin").click()  # the pointer stays on the widget from here on
     expect(ticks.first).not_to_have_text("-5 min")
+    timeline.locator(".nbt-tl-reset").click()
+    expect(ticks.first).to_have_text("-5 min")
+    # the wheel zooms in around the pointer: the bar under it widens and stays under it
+    before = bar.bounding_box()
+    assert before is not None
+    page.mouse.move(before["x"] + before["width"] / 2, before["y"] + before["height"] / 2)
+    for _ in range(6):
+        page.mouse.wheel(0, -100)
+    expect(ticks.first).not_to_have_text("-5 min")
+    after = bar.bounding_box()
+    assert after is not None and after["width"] > before["width"] * 2, (before, after)
+    # a drag pans, a double-click shows the whole window again
     zoomed = ticks.all_inner_texts()
     page.mouse.down()
-    page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + 5, steps=5)
+    page.mouse.move(after["x"] - 200, after["y"] + 2, steps=5)
     page.mouse.up()
-    assert ticks.all_inner_texts() != zoomed  # panned: other ticks in view
-    timeline.locator(".nbt-tl-plot").dblclick()
+    assert ticks.all_inner_texts() != zoomed
+    timeline.locator(".nbt-tl-plot").dblclick(position={"x": 20, "y": 8})  # off any bar
     expect(ticks.first).to_have_text("-5 min")
-    # "now" ticks in the page: a finished run slides left with no message from the kernel
-    x0 = timeline.locator(f".nbt-tl-bar[data-run='{run_id}']").bounding_box()["x"]
+    # "now" ticks in the page (while the pointer is elsewhere): a finished run slides left
+    # with no message from the kernel
+    page.mouse.move(0, 0)
+    x0 = page.evaluate(f"() => document.querySelector(\".nbt-tl-bar[data-run='{run_id}']\")"
+                       ".getBoundingClientRect().x")
     page.wait_for_function(
         f"x0 => document.querySelector(\".nbt-tl-bar[data-run='{run_id}']\")"
         ".getBoundingClientRect().x < x0 - 1", arg=x0, timeout=10_000)

@@ -72,12 +72,18 @@ class NbtTip {
 
 function nbtTicking(el, onTick) {
   // Calls onTick() once a second while `el` is in view and the page is visible; nothing
-  // otherwise, so a widget in a closed tab or scrolled away costs no work. Returns a stopper.
+  // otherwise, so a widget in a closed tab or scrolled away costs no work. Not while the
+  // pointer is over it either: a redraw would pull the bar being read (or clicked) from under
+  // it. Returns a stopper.
   let visible = false;
   let timer = null;
+  let pointer = false;
+  el.addEventListener("mouseenter", () => { pointer = true; });
+  el.addEventListener("mouseleave", () => { pointer = false; });
+  const tick = () => { if (!pointer) onTick(); };
   const update = () => {
     const want = visible && document.visibilityState !== "hidden";
-    if (want && timer === null) timer = setInterval(onTick, 1000);
+    if (want && timer === null) timer = setInterval(tick, 1000);
     if (!want && timer !== null) { clearInterval(timer); timer = null; }
   };
   const observer = new IntersectionObserver((entries) => {
