@@ -20,11 +20,14 @@ import time
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import ConfigurationError, EngineError, PayloadSerializationError
 from ._models import MAX_TAGS, check_tags
 from ._payload import dumps, escape, escape_tree
+
+if TYPE_CHECKING:
+    from ._spans import Span
 
 
 class CancelSignal:
@@ -89,6 +92,12 @@ class RunInfo:
     root_id: str | None = None
     batch_id: str | None = None
     max_attempts: int | None = None
+    replayed_from: str | None = None
+
+    @property
+    def is_replay(self) -> bool:
+        """True in a run made by `runs.replay()` (or a handle's), as in Trigger.dev."""
+        return self.replayed_from is not None
 
     @property
     def created_at(self) -> datetime:
@@ -209,6 +218,13 @@ class _Logger:
 
     def error(self, message: str, **attributes: Any) -> None:
         self._emit("error", "error", message, attributes)
+
+    def trace(self, name: str, **attributes: Any) -> Span:
+        """A span around a block, nested in the run's trace: `with logger.trace("load", n=3):`
+        or `async with`. Recorded whatever the log level: it is structure, not chatter."""
+        from ._spans import Span
+
+        return Span(name, attributes)
 
 
 logger = _Logger()

@@ -276,6 +276,7 @@ class Run(BaseModel):
     queue: str = ""
     machine: str = "kernel"
     attempts: list[Attempt] = []
+    replayed_from: str | None = None
 
     @property
     def duration_ms(self) -> float | None:

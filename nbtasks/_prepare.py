@@ -66,12 +66,14 @@ def prepare_run(
     *,
     batch_id: str | None = None,
     is_test: bool = False,
+    replayed_from: str | None = None,
 ) -> tuple[RunState, QueueRequest | None]:
     now = engine.clock.now()
     run = RunState(new_id("run_"), defn.id, payload_json, now)
     run.queue = defn.queue_name
     run.machine = defn.machine or engine.config.machine
     run.batch_id = batch_id
+    run.replayed_from = replayed_from
     queue_request: QueueRequest | None = None
     if options:
         o = parse_trigger_options(options, where=f"{defn.id}.trigger")

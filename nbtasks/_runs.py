@@ -302,6 +302,13 @@ class RunsAPI:
         self._fresh()
         return frames.attempts_arrow(self.engine.store, self.engine.clock.now(), **filters)
 
+    def spans_dataframe(self, **filters: Any) -> pd.DataFrame:
+        """One row per `logger.trace` span (see nbtasks.frames.spans_frame)."""
+        from . import frames
+
+        self._fresh()
+        return frames.spans_frame(self.engine.store, self.engine.clock.now(), **filters)
+
     # ------------------------------------------------------------------ changing
 
     def _on_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -344,7 +351,8 @@ class RunsAPI:
             opts["queue"] = row["queue"]
         opts.update(options)
         body = task.encode(loads(row["payload"]) if payload is _UNSET else payload)
-        return eng.trigger_encoded(defn, body, opts, is_test=bool(row["is_test"]))
+        return eng.trigger_encoded(defn, body, opts, is_test=bool(row["is_test"]),
+                                   replayed_from=run_id)
 
     def reschedule(self, run_id: str, delay: Any) -> Run:
         """Move a DELAYED run's start (as Trigger.dev's reschedule). A date in the past is an

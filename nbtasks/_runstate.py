@@ -70,7 +70,7 @@ RUN_COLUMNS = (
     "started_at", "finished_at", "updated_at", "delay_until", "ttl", "queued_at", "tags",
     "metadata", "parent_id", "root_id", "batch_id", "is_test", "idempotency_key",
     "idempotency_expires_at", "concurrency_key", "queue", "machine", "max_attempts",
-    "max_duration", "priority", "owner", "seq", "recovery",
+    "max_duration", "priority", "owner", "seq", "recovery", "replayed_from",
 )
 
 ATTEMPT_COLUMNS = (
@@ -134,6 +134,7 @@ class RunState:
         "queued_at",
         "recorded",
         "replay",
+        "replayed_from",
         "resume",
         "retrying",
         "root_id",
@@ -185,6 +186,7 @@ class RunState:
         self.priority = 0.0
         self.owner = ""
         self.seq = 0
+        self.replayed_from: str | None = None  # the run this one replays, if any
         # runtime only, never stored
         self.attempt: AttemptState | None = None
         self.attempt_task: asyncio.Task[None] | None = None
@@ -229,7 +231,7 @@ class RunState:
             self.batch_id, int(self.is_test), self.idempotency_key,
             self.idempotency_expires_at, self.concurrency_key, self.queue, self.machine,
             self.max_attempts, self.max_duration, self.priority, self.owner, self.seq,
-            self.retrying or None,
+            self.retrying or None, self.replayed_from,
         )
 
     @classmethod
@@ -273,6 +275,7 @@ def run_model(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None)
         parent_id=row["parent_id"], root_id=row["root_id"], batch_id=row["batch_id"],
         is_test=bool(row["is_test"]), idempotency_key=row["idempotency_key"],
         concurrency_key=row["concurrency_key"], queue=row["queue"] or "",
+        replayed_from=row.get("replayed_from"),
         machine=row["machine"] or "kernel",
         attempts=[
             Attempt(

@@ -257,7 +257,7 @@ class Scheduler:
             task=task_info,
             run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
                         run.created_at, run.parent_id, run.root_id, run.batch_id,
-                        run.max_attempts),
+                        run.max_attempts, run.replayed_from),
             attempt=AttemptInfo(number, now),
             queue=queue_info,
             machine=_MACHINE_INFO[run.machine or "kernel"],

@@ -360,3 +360,52 @@ def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:
     remap = np.array([*(position.get(v, -1) for v in values), -1], dtype="int64")
     return pd.Categorical.from_codes(remap[codes], categories=pd.Index(categories, dtype="str"),
                                      validate=False)
+
+
+# --------------------------------------------------------------------------- spans
+
+def _span_col(name: str, path: str, kind: str) -> Col:
+    return Col(name, f"json_extract(l.attributes, '$.{path}')", kind)
+
+
+SPAN_COLUMNS = (
+    Col("run_id", "l.run_id", "str"),
+    Col("task_id", "r.task_id", "code", "SELECT DISTINCT task_id FROM runs"),
+    _span_col("attempt", "attempt", "int"),
+    _span_col("span_id", "span_id", "str"),
+    _span_col("parent_id", "parent_id", "str"),
+    Col("name", "l.message", "category"),
+    _span_col("status", "status", "category"),
+    _span_col("start", "start", "time"),
+    _span_col("end", "end", "time"),
+    Col("duration_ms", "start end", "duration"),
+    _span_col("error_type", "error.type", "category"),
+    _span_col("error_message", "error.message", "str"),
+    Col("attributes", "json_extract(l.attributes, '$.attributes')", "json"),
+)
+
+
+def spans_frame(store: Store, now: float, *, run_id: str | None = None,
+                **filters: Any) -> pd.DataFrame:
+    """One row per `logger.trace` span, in start order: run_id, task_id, attempt, span_id,
+    parent_id, name, status (running, ok, error, canceled), start, end, duration_ms, error_type,
+    error_message, attributes (dicts or None).
+
+    A span is stored as two log lines (opened, closed) with one span_id; the last one wins, so a
+    span whose attempt died with it stays "running" with no end. Filters are those of
+    `runs.list()`, selecting runs; `run_id` picks one run.
+    """
+    from ._spans import SPAN_LEVEL
+
+    where, params = run_filters(now, alias="r", **filters)
+    where = f"{where} AND l.level = ?" if where else " WHERE l.level = ?"
+    params.append(SPAN_LEVEL)
+    if run_id is not None:
+        where += " AND l.run_id = ?"
+        params.append(run_id)
+    frame = _frame(store, SPAN_COLUMNS, "runs r CROSS JOIN logs l ON l.run_id = r.id", where,
+                   params, "r.rowid, l.ts, l.rowid", None)
+    frame = frame.drop_duplicates(subset=["run_id", "span_id"], keep="last")
+    for name in ("start", "end"):  # one unit whether or not there are rows (pandas picks "us" for none)
+        frame[name] = frame[name].astype("datetime64[ns, UTC]")
+    return frame.sort_values("start", kind="stable").reset_index(drop=True)

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 
 import nbtasks
 from nbtasks import Engine, RunStatus
-from nbtasks.notebook import queries
 from nbtasks.notebook._ui import is_hidden
 from nbtasks.notebook.dashboard import QUEUES, RUNS, TEST, TIMELINE, Dashboard
 from nbtasks.notebook.feed import feed_for
@@ -293,18 +292,16 @@ def test_queues_panel_pauses_and_resumes(engine: Engine, dash: Dashboard) -> Non
     assert held.wait(10).output == 1
 
 
-def test_timeline_draws_recent_runs_as_a_png(engine: Engine, dash: Dashboard) -> None:
+def test_the_timeline_tab_reads_its_window(engine: Engine, dash: Dashboard) -> None:
     t = define(engine)
     for h in [t["ok"].trigger(1), t["boom"].trigger(2)]:
         h.wait(10)
     dash.tabs.selected_index = TIMELINE
-    png = dash.timeline.png
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and "data:image/png;base64," in dash.timeline.image.value
-    now = engine.clock.now()
-    spans = queries.spans(engine.store, now - 300)
-    assert {s.queue for s in spans} == {"task/ok", "task/boom"}
+    data = dash.timeline.plot.data
+    assert {q["name"] for q in data["queues"]} == {"task/ok", "task/boom"}
+    assert data["window"] == 300.0 and len(data["bars"]) == 2
     dash.timeline.window.value = 3600.0
-    assert dash.timeline.png != png and dash.timeline.png[:8] == png[:8]
+    assert dash.timeline.plot.data["window"] == 3600.0
 
 
 def test_feed_is_quiet_when_idle_and_throttled_under_load(engine: Engine,

@@ -27,7 +27,7 @@ def test_a_new_file_has_the_current_version(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
     store.open()
     store.close()
-    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 2
+    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 3
 
 
 def _v1_file(db: Path) -> None:
@@ -63,7 +63,7 @@ def test_a_v1_file_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
         # New writes use the new columns.
         eng.task(id="new", run=lambda p, ctx: p).trigger(1).wait(timeout=10)
     columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
-    assert "recovery" in columns
+    assert {"recovery", "replayed_from"} <= columns
 
 
 def test_a_file_from_a_newer_nbtasks_is_refused(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from .._text import escape_row
 from . import _trust
 from ._base import Refused, Store, WriteBatch
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _FINAL_SQL = (
     "('COMPLETED','CANCELED','FAILED','CRASHED','SYSTEM_FAILURE','INTERRUPTED','EXPIRED','TIMED_OUT')"
 )
@@ -72,6 +72,10 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE schedules ADD COLUMN updated_at REAL",
         "ALTER TABLE schedules ADD COLUMN claimed_by TEXT",
         "CREATE INDEX IF NOT EXISTS schedules_task ON schedules(task_id)",
+    ],
+    # v3: a replay's origin (Trigger.dev's replayedFromTaskRunFriendlyId), shown as a link back.
+    3: [
+        "ALTER TABLE runs ADD COLUMN replayed_from TEXT",
     ],
 }
 
