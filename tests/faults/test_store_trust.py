@@ -19,7 +19,6 @@ import sys
 import tempfile
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -264,13 +263,14 @@ _OPEN = textwrap.dedent("""
 
 
 def _open_in_subprocess(db: Path) -> subprocess.CompletedProcess[str]:
-    """Opening `db` in a fresh interpreter, which must also manage to exit afterwards."""
+    """Opening `db` in a fresh interpreter, which must also manage to exit afterwards.
+
+    Before the fix it never exited (the engine thread was left running), so a generous
+    timeout tells a hang from a slow, loaded machine.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    t = time.monotonic()
-    proc = subprocess.run([sys.executable, "-c", _OPEN, str(db)], capture_output=True,
-                          text=True, timeout=60, env=env, cwd=db.parent)
-    assert time.monotonic() - t < 30, "the interpreter took too long to exit"
-    return proc
+    return subprocess.run([sys.executable, "-c", _OPEN, str(db)], capture_output=True,
+                          text=True, timeout=90, env=env, cwd=db.parent)
 
 
 @pytest.mark.timeout(120)
