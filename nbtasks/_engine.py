@@ -250,7 +250,12 @@ class Engine(ResultWaiting):
         return prepare_run(self, defn, payload_json, options, CURRENT.get(), **extra)
 
     def _handle(self, run: RunState, wanted: RunState) -> RunHandle[Any]:
-        return RunHandle(self, run.id, run.task_id, is_cached=run is not wanted)
+        """The handle holds the engine's own state of a new run, so asking a finished run for
+        its result later costs no cross-thread call and no store read (it lets go of the state
+        once it has the result). A cached idempotent run is looked up instead."""
+        if run is not wanted:
+            return RunHandle(self, run.id, run.task_id, is_cached=True)
+        return RunHandle(self, run.id, run.task_id, run=run)
 
     def _submit(self, run: RunState, queue: QueueRequest | None) -> RunState:
         """On the loop: register a run whose row the writer commits; it starts once it has."""

@@ -349,7 +349,7 @@ def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:
             table[i] = tuple(loads(text)) if col.kind == "tags" else loads(text)
         table[-1] = () if col.kind == "tags" else None  # code -1 (NULL) picks the last slot
         return table[codes]
-    if col.name == "status":
+    if col.name == "status" and col.kind == "code":  # a run or attempt status
         categories = _STATUSES
     else:
         counts = np.bincount(codes + 1, minlength=len(values) + 1)[1:]

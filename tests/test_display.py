@@ -8,6 +8,7 @@ import asyncio
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -130,7 +131,8 @@ class Watcher:
         return None
 
 
-def test_status_line_updates_from_engine_events(engine: Engine) -> None:
+def test_status_line_updates_from_engine_events(engine: Engine,
+                                                 wait_status: Callable[..., RunStatus]) -> None:
     gate = asyncio.Event()
 
     @engine.task(id="gated", retry=NO_RETRY)
@@ -139,6 +141,7 @@ def test_status_line_updates_from_engine_events(engine: Engine) -> None:
         return "done"
 
     handle = gated.trigger(None)
+    wait_status(engine, handle.id, RunStatus.EXECUTING)  # started just after its commit
     line = StatusLine(engine, handle.id, "gated")
     try:
         assert "EXECUTING" in line._badge.value and line in feed_for(engine).listeners()

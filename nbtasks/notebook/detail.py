@@ -31,9 +31,18 @@ if TYPE_CHECKING:
     from .._engine import Engine
 
 #: Builds the run trace for the detail panel: `(engine, run) -> widget`, or None for the
-#: attempts table. The trace module registers itself here.
+#: attempts table alone. The widget may offer `refresh()`/`is_live` (re-read while its run is
+#: not final) and `on_open(callback)` (a click on a child run opens that run).
 TraceView = Callable[[Any, Run], Any]
-_trace_view: TraceView | None = None
+
+
+def _run_trace(engine: Any, run: Run) -> Any:
+    from .trace import RunTrace  # the anywidget: only once a run is opened
+
+    return RunTrace(engine, run.id)
+
+
+_trace_view: TraceView | None = _run_trace
 
 
 def set_trace_view(build: TraceView | None) -> None:
@@ -298,15 +307,28 @@ class RunDetail(widgets.VBox):  # type: ignore[misc]
         self._show_logs()
 
     def _trace(self, run: Run, now: float) -> None:
+        """The attempts table, then the run trace under it (one widget per run opened)."""
+        self.attempts.value = attempts_html(run, self._log_lines, now)
         if _trace_view is None:
-            self.attempts.value = attempts_html(run, self._log_lines, now)
             return
-        if self._trace_for != run.id:  # a trace widget follows its run by itself
+        if self._trace_for != run.id:
             self._trace_for = run.id
             for old in self.trace_slot.children:
                 if old is not self.attempts:
                     old.close()
-            self.trace_slot.children = [_trace_view(self.engine, run)]
+            view = _trace_view(self.engine, run)
+            if hasattr(view, "on_open"):
+                view.on_open(self._guard(lambda target: self._open_from_trace(target)))
+            self.trace_slot.children = [self.attempts, view]
+            return
+        for view in self.trace_slot.children:  # the same run changed: a live trace re-reads
+            if view is not self.attempts and getattr(view, "is_live", False):
+                view.refresh()
+
+    def _open_from_trace(self, target: dict[str, Any]) -> None:
+        other = target.get("run")
+        if isinstance(other, str) and other != self.run_id:
+            self._on_open(other)
 
     def _show_logs(self) -> None:
         if self.run is None:

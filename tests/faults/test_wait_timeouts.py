@@ -145,7 +145,8 @@ def test_a_handle_given_the_runs_state_answers_from_it_once_durable(engine: Engi
     gate = threading.Event()
     task = engine.task(id="gated", run=lambda payload, ctx: gate.wait(30) and payload)
     first = task.trigger(9)
-    state = engine.scheduler.active[first.id]
+    state = first._run  # trigger() hands its handle the engine's state of the new run
+    assert state is not None and state.id == first.id
     handle: RunHandle[Any] = RunHandle(engine, first.id, "gated", run=state)
     assert handle.status is RunStatus.EXECUTING or handle.status is RunStatus.QUEUED
     with pytest.raises(Exception, match="not final"):
