@@ -48,3 +48,20 @@ def test_the_widgets_ship_their_module_and_styles_in_the_package(engine: Engine)
         esm, css = str(widget._esm), str(widget._css)
         assert "export default" in esm and "http" not in esm  # no CDN, nothing fetched
         assert "--jp-layout-color1" in css and "--jp-ui-font-color1" in css
+
+
+def test_the_trace_shows_tracebacks_as_the_run_detail_does(engine: Engine) -> None:
+    """Every attempt's traceback without nbtasks' own frames, as the detail panel prints it."""
+
+    @engine.task(id="breaks", retry={"max_attempts": 2, "min_timeout_in_ms": 10,
+                                     "randomize": False})
+    def breaks(payload: Any, ctx: Any) -> int:
+        raise ValueError(f"broken {ctx.attempt.number}")
+
+    handle = breaks.trigger(None)
+    assert not handle.wait(timeout=10).ok
+    errors = trace_for(engine, handle.id).data["errors"]
+    assert [e["message"] for e in errors] == ["broken 1", "broken 2"]
+    for e in errors:
+        assert "nbtasks frame" in e["traceback"] and "_lifecycle.py" not in e["traceback"]
+        assert 'in breaks' in e["traceback"]

@@ -24,9 +24,10 @@ try:
     import anywidget
     import traitlets
 except ImportError as exc:  # pragma: no cover - anywidget comes with the notebook extra
-    raise ImportError("the run trace and the timeline need anywidget: "
-                      "pip install 'nbtasks[notebook]' (or: pip install anywidget)") from exc
+    raise ImportError("the run trace and the timeline need anywidget, a dependency of "
+                      "nbtasks: pip install anywidget") from exc
 
+from .display import label_cells, user_traceback
 from .trace_model import build_trace
 
 if TYPE_CHECKING:
@@ -86,7 +87,10 @@ class RunTrace(ClickableWidget):
         if self.engine is None or self.run_id is None:
             self.data = {"message": "no run selected"}
             return
-        self.data = build_trace(self.engine.store, self.run_id, self.engine.clock.now())
+        data = build_trace(self.engine.store, self.run_id, self.engine.clock.now())
+        for error in data.get("errors", ()):  # as the detail shows them: cells named, no engine frames
+            error["traceback"] = label_cells(user_traceback(error.get("traceback") or ""))
+        self.data = data
 
     @property
     def is_live(self) -> bool:
