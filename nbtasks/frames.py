@@ -16,6 +16,12 @@ from an index or one scan), which pandas turns into categoricals without hashing
 strings; durations are computed from the timestamps afterwards. The rows are then transposed
 into an object matrix in C and every column converted by one vectorised call. No Python code
 runs per row.
+
+With the `arrow` extra installed (adbc-driver-sqlite, pyarrow) the query goes through ADBC
+instead (see _arrow): plain columns, no Python object per value, text factorised by Arrow.
+Both paths end in the same converters, so the frame is the same either way: categories sorted
+(statuses in RunStatus order, all of them; machines by size), times datetime64[ns, UTC].
+`columns=` reads and decodes only the columns asked for.
 """
 
 from __future__ import annotations
