@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sqlite3
 from pathlib import Path
 
 import nbformat
@@ -36,3 +37,11 @@ class Gate:
 
     def open(self) -> None:
         self.loop.call_soon_threadsafe(self.event.set)
+
+
+def rows(eng: Engine, db_path: Path) -> dict[str, int]:
+    """Row counts per table, read from the file once the engine's writer has caught up."""
+    eng.runs.count()  # waits for the writer
+    with sqlite3.connect(db_path) as conn:
+        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
+                for t in ("runs", "attempts", "logs", "waitpoints")}

@@ -4,7 +4,8 @@ A notebook runs a task that fails twice, retries, waits, triggers a child and op
 shows its trace and the timeline. The browser hovers bars (the tooltip gives times), clicks the
 child's row and a timeline bar (the click reaches the kernel, which writes it to a file), zooms
 the timeline, switches JupyterLab to its dark theme and checks the contrast of every piece of
-text against what is behind it. Screenshots of both widgets in both themes go to docs/.
+text against what is behind it. Screenshots of both widgets in both themes go to artifacts/, or
+to docs/ with NBTASKS_SCREENSHOTS=docs.
 
 Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
 is skipped, except under CI=true, where that is a failure.
@@ -17,31 +18,28 @@ import json
 import os
 import re
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
+from _browser import (
+    ARTIFACTS,
+    DOCS,
+    KERNELSPEC,
+    SLOW,
+    chromium,
+    free_port,
+    kernel_ready,
+    lab_server_args,
+    quiet_lab_settings,
+    require_browser,
+    serve,
+)
 from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
-
-ROOT = Path(__file__).parent.parent
-DOCS = ROOT / "docs"
-ARTIFACTS = ROOT / "artifacts"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-LAUNCH_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-               "--disable-background-networking", "--disable-component-update", "--disable-sync",
-               "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"]
-SLOW = 120_000  # ms: two shared cores, a kernel, a server and a browser
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 
 SETUP = '''
 import asyncio, json, pathlib
@@ -138,92 +136,22 @@ CONTRAST_JS = """
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _require_browser() -> Any:
-    missing = None
-    try:
-        from playwright import sync_api
-    except ImportError:
-        missing = "the playwright package"
-    if missing is None and not os.path.exists(CHROMIUM):
-        missing = f"chromium at {CHROMIUM} (apt-get install chromium)"
-    if missing is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"browser tests need {missing}, and CI=true: not skipping")
-        pytest.skip(f"browser tests need {missing}")
-    return sync_api
-
-
-def _wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    gave_up = threading.Event()
-    timer = threading.Timer(timeout, gave_up.set)
-    timer.start()
-    try:
-        while not gave_up.is_set():
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited with {proc.returncode}; see its log")
-            with socket.socket() as s:
-                s.settimeout(1)
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    return
-            gave_up.wait(0.2)  # between connection attempts; no page exists yet
-        raise TimeoutError(f"the server did not listen on port {port} within {timeout}s")
-    finally:
-        timer.cancel()
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """JupyterLab serving the notebook above; yields (base URL, token, its root directory)."""
-    _require_browser()
+    require_browser()
     root = tmp_path_factory.mktemp("trace-lab")
     nbformat.write(new_notebook(cells=[new_code_cell(c) for c in (SETUP, TIMELINE, REPLAY)],
                                 metadata={"kernelspec": KERNELSPEC}), root / "trace.ipynb")
-    settings = root / ".jp" / "settings"
-    quiet = settings / "@jupyterlab" / "apputils-extension"
-    quiet.mkdir(parents=True)
-    (quiet / "notification.jupyterlab-settings").write_text(
-        '{"fetchNews": "false", "checkForUpdates": false}')
-    env = {**os.environ, "JUPYTER_PLATFORM_DIRS": "1", "PYTHONPATH": str(ROOT),
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_DATA_DIR", "data"),
-                     ("JUPYTER_RUNTIME_DIR", "runtime"), ("IPYTHONDIR", "ipython")):
-        env[var] = str(root / ".jp" / sub)
-    port, token = _free_port(), secrets.token_hex(16)
-    log_path = root / "jupyterlab-trace.log"
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([
-            sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
-            f"--port={port}", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-            f"--LabApp.workspaces_dir={root}/.jp/ws", f"--LabApp.user_settings_dir={settings}",
-            "--LabApp.expose_app_in_browser=True"],
-            cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            _wait_for_port(port, proc, timeout=90)
-            yield f"http://127.0.0.1:{port}", token, root
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-            ARTIFACTS.mkdir(exist_ok=True)
-            shutil.copy(log_path, ARTIFACTS / log_path.name)
+    settings = quiet_lab_settings(root)
+    port, token = free_port(), secrets.token_hex(16)
+    with serve("jupyterlab-trace", lab_server_args(root, port, token, settings), root, port):
+        yield f"http://127.0.0.1:{port}", token, root
 
 
 @pytest.fixture
 def page(request: pytest.FixtureRequest) -> Iterator[Any]:
-    sync_api = _require_browser()
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
+    with chromium() as browser:
         pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(SLOW)
         try:
@@ -232,17 +160,6 @@ def page(request: pytest.FixtureRequest) -> Iterator[Any]:
             ARTIFACTS.mkdir(exist_ok=True)
             with contextlib.suppress(Exception):
                 pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-last.png"))
-            browser.close()
-
-
-def _kernel_ready(page: Any, base: str, token: str) -> None:
-    """JupyterLab reports idle before its kernel exists: ask the server."""
-    for _ in range(600):
-        kernels = page.request.get(f"{base}/api/kernels?token={token}").json()
-        if kernels and kernels[0]["execution_state"] == "idle" and kernels[0]["connections"]:
-            return
-        page.wait_for_timeout(200)
-    raise TimeoutError("the notebook's kernel never became idle")
 
 
 def _clicks(page: Any, root: Path, count: int) -> list[dict[str, Any]]:
@@ -273,12 +190,12 @@ def _check_contrast(page: Any, selector: str, dark: bool, at_least: int = 10) ->
 
 def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Path],
                                                          page: Any) -> None:
-    expect = _require_browser().expect
+    expect = require_browser().expect
     expect.set_options(timeout=SLOW)
     base, token, root = lab
     page.goto(f"{base}/lab/tree/trace.ipynb?reset&token={token}", wait_until="domcontentloaded")
     page.wait_for_selector(".jp-Notebook .jp-Cell")
-    _kernel_ready(page, base, token)
+    kernel_ready(page, base, token, "trace.ipynb")
     page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
     expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
         re.compile(r"\[\d+\]"))
@@ -368,11 +285,13 @@ def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Pa
     origin.click()
     assert _clicks(page, root, 3)[2]["run"] == run_id
 
-    DOCS.mkdir(exist_ok=True)
+    # docs/ only when asked (NBTASKS_SCREENSHOTS=docs), so a test run leaves the checkout clean
+    shots = DOCS if os.environ.get("NBTASKS_SCREENSHOTS") == "docs" else ARTIFACTS
+    shots.mkdir(exist_ok=True)
     page.mouse.move(0, 0)
     trace.scroll_into_view_if_needed()
-    trace.screenshot(path=str(DOCS / "trace-light.png"))
-    timeline.screenshot(path=str(DOCS / "timeline-light.png"))
+    trace.screenshot(path=str(shots / "trace-light.png"))
+    timeline.screenshot(path=str(shots / "timeline-light.png"))
     _check_contrast(page, ".nbt-trace", dark=False)
     _check_contrast(page, ".nbt-timeline-w", dark=False)
 
@@ -389,6 +308,6 @@ def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Pa
     _check_contrast(page, ".nbt-trace .nbt-tip", dark=True, at_least=5)
     page.mouse.move(0, 0)
     trace.scroll_into_view_if_needed()
-    trace.screenshot(path=str(DOCS / "trace-dark.png"))
+    trace.screenshot(path=str(shots / "trace-dark.png"))
     timeline.scroll_into_view_if_needed()
-    timeline.screenshot(path=str(DOCS / "timeline-dark.png"))
+    timeline.screenshot(path=str(shots / "timeline-dark.png"))

@@ -7,12 +7,12 @@ counts are unchanged: a run that was refused must leave no trace, and must not r
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import rows
 
 import nbtasks
 from nbtasks import ConfigurationError, Engine, RunStatus
@@ -20,28 +20,6 @@ from nbtasks.testing import ManualClock
 
 INF = float("inf")
 NAN = float("nan")
-
-
-def rows(eng: Engine, db_path: Path) -> dict[str, int]:
-    eng.runs.count()  # waits for the writer
-    with sqlite3.connect(db_path) as conn:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "attempts", "logs", "waitpoints")}
-
-
-@pytest.fixture
-def calls() -> list[Any]:
-    return []
-
-
-@pytest.fixture
-def echo(engine: Engine, calls: list[Any]) -> Any:
-    @engine.task(id="echo", retry=None)
-    async def echo(payload: Any, ctx: Any) -> Any:
-        calls.append(payload)
-        return payload
-
-    return echo
 
 
 FAR = datetime(9999, 1, 1, tzinfo=UTC)

@@ -4,29 +4,13 @@ OverflowError) are ConfigurationError or PayloadSerializationError naming what w
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import rows
 
 from nbtasks import ConfigurationError, Engine, NbtasksError, PayloadSerializationError
-
-
-def rows(eng: Engine, db_path: Path) -> dict[str, int]:
-    eng.runs.count()  # waits for the writer
-    with sqlite3.connect(db_path) as conn:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "attempts", "logs", "waitpoints")}
-
-
-@pytest.fixture
-def echo(engine: Engine) -> Any:
-    @engine.task(id="echo", retry=None)
-    async def echo(payload: Any, ctx: Any) -> Any:
-        return payload
-
-    return echo
 
 
 def nested(depth: int) -> list[Any]:

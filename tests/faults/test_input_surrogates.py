@@ -15,35 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import rows
 
 import nbtasks
 from nbtasks import ConfigurationError, Engine, PayloadSerializationError, RunStatus
 
 BAD = os.fsdecode(b"report-\xff.csv")  # 'report-\udcff.csv'
 SHOWN = "report-\\udcff.csv"  # how it appears in a message (repr) and in stored, escaped text
-
-
-def rows(eng: Engine, db_path: Path) -> dict[str, int]:
-    """Row counts in the file, after the engine's pending writes landed."""
-    eng.runs.count()  # waits for the writer
-    with sqlite3.connect(db_path) as conn:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "attempts", "logs", "waitpoints")}
-
-
-@pytest.fixture
-def calls() -> list[Any]:
-    return []
-
-
-@pytest.fixture
-def echo(engine: Engine, calls: list[Any]) -> Any:
-    @engine.task(id="echo", retry=None)
-    async def echo(payload: Any, ctx: Any) -> Any:
-        calls.append(payload)
-        return payload
-
-    return echo
 
 
 PAYLOADS = [
