@@ -153,6 +153,28 @@ def test_status_line_updates_from_engine_events(engine: Engine,
         line.close()
 
 
+def test_a_status_line_shows_the_live_status_before_it_is_committed(
+        engine: Engine, wait_status: Callable[..., RunStatus]) -> None:
+    """The stored row lags a run by up to one group commit; the line shows the engine's state."""
+    gate = asyncio.Event()
+
+    @engine.task(id="gated", retry=NO_RETRY)
+    async def gated(payload: Any, ctx: Any) -> str:
+        await gate.wait()
+        return "done"
+
+    lock = engine.store._lock  # type: ignore[attr-defined]
+    with lock:  # this thread may still commit its trigger; the writer thread must wait
+        handle = gated.trigger(None)
+        wait_status(engine, handle.id, RunStatus.EXECUTING)
+        line = StatusLine(engine, handle.id, "gated")
+        assert engine.runs.row(handle.id)["status"] == "QUEUED"  # what the file says
+        assert "EXECUTING" in line._badge.value
+    engine.runtime.loop.call_soon_threadsafe(gate.set)
+    assert handle.wait(timeout=10).ok
+    line.close()
+
+
 def test_a_final_run_never_subscribes(engine: Engine) -> None:
     t = tasks(engine)
     handle = t["echo"].trigger(1)

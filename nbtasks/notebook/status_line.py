@@ -78,12 +78,21 @@ class StatusLine(_FedBox):
             row = queries.row(self.engine.store, self.run_id)
             if row is None:  # triggered but not committed yet: the next event brings it
                 return None
-            self.status = row.status
+            status = row.status
+            if not row.is_final:
+                # The stored row lags the run by up to one group commit (a run starts after its
+                # row is committed, and says EXECUTING in the next): the engine's own state is
+                # the live one, as handle.status is.
+                live = getattr(getattr(self.engine, "scheduler", None), "active", {}).get(
+                    self.run_id)
+                if live is not None:
+                    status = live.status.value
+            self.status = status
             took = esc(duration(row.duration(self.engine.clock.now())))
             attempt = f"attempt {row.attempt_count}" if row.attempt_count else "not started"
-            self._badge.value = badge(row.status)
+            self._badge.value = badge(status)
             paused = ""
-            if row.status == "QUEUED" and row.queue in paused_queues(self.engine):
+            if status == "QUEUED" and row.queue in paused_queues(self.engine):
                 paused = ' · <span class="nbt-warn nbt-paused">queue paused</span>'
             self._text.value = (f"<b>{esc(row.task_id)}</b> "
                                 f"· {attempt}{' · ' + took if took else ''}{paused}"
