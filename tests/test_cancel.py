@@ -158,11 +158,20 @@ def test_children_still_running_are_cancelled(engine: Engine, wait_status: WaitS
         child.trigger("slow")
         await middle.trigger_and_wait(None)
 
-    handle = parent.trigger(None)
-    wait_status(engine, handle.id, RunStatus.WAITING)
+    # The parent waits twice (on "quick", then on the middle run), so its own WAITING says
+    # nothing about how far it got: sequence on the middle run reaching WAITING instead.
+    middle_waiting = threading.Event()
+    unsubscribe = engine.subscribe(
+        lambda e: middle_waiting.set()
+        if e.task_id == "grandchild-parent" and e.status is RunStatus.WAITING else None)
+    try:
+        handle = parent.trigger(None)
+        assert middle_waiting.wait(10), engine.runs.list(limit=10)
+    finally:
+        unsubscribe()
     mids = engine.runs.list(task_id="grandchild-parent")
     assert len(mids) == 1
-    wait_status(engine, mids[0].id, RunStatus.WAITING)
+    wait_status(engine, handle.id, RunStatus.WAITING)
     assert handle.cancel() is True
     statuses = {r.payload if r.task_id == "child" else r.task_id: r.status
                 for r in engine.runs.list(limit=10) if r.id != handle.id}
