@@ -224,9 +224,16 @@ def test_a_narrow_window_scrolls_the_table_sideways(page: Any) -> None:
                                " return s.scrollWidth > s.clientWidth; }")
         moved = scroller.evaluate("s => { s.scrollLeft = 400; return s.scrollLeft; }")
         assert moved > 0, "the table is clipped with no way to scroll to its last columns"
-        tags = page.locator(".nbt-row:not(.nbt-blank) .nbt-c-tags", has_text="newsletter").first
-        tags.scroll_into_view_if_needed()
-        assert on_screen(tags)
+        # One step in the page: the table re-renders its rows as their relative times tick, so a
+        # row found by one call can be detached by the next.
+        shown = page.evaluate(
+            "() => { const cell = [...document.querySelectorAll("
+            "'.nbt-row:not(.nbt-blank) .nbt-c-tags')].find(c => c.textContent.includes('newsletter'));"
+            " if (!cell) return false; cell.scrollIntoView({block: 'nearest', inline: 'nearest'});"
+            " const r = cell.getBoundingClientRect();"
+            " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0"
+            " && r.right > 0 && r.left < window.innerWidth && r.width > 0; }")
+        assert shown, "the tags column can't be scrolled into view"
     finally:
         page.set_viewport_size({"width": 1400, "height": 1000})
 
