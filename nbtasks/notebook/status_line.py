@@ -145,6 +145,7 @@ class BatchProgress(_FedBox):
         self._lock = threading.Lock()
         self._done: dict[str, str] = {}
         self._status: dict[str, str] = {}
+        self._queue: dict[str, str] = {}  # run -> its queue, read once per run when it waits
         self._bar = make(widgets.IntProgress, "nbt-progress-bar", min=0, max=len(self.run_ids),
                          value=0)
         self._label = make(widgets.HTML, "nbt-progress-label")
@@ -180,13 +181,26 @@ class BatchProgress(_FedBox):
             counts[status] = counts.get(status, 0) + 1
         paused = ""
         if counts.get("QUEUED") and not complete:
-            queues = paused_queues(self.engine)
+            queues = self._waiting_queues() & paused_queues(self.engine)
             if queues:
-                paused = (' · <span class="nbt-warn nbt-paused">paused: '
+                paused = (' · <span class="nbt-warn nbt-paused">queue paused: '
                           f'{esc(", ".join(sorted(queues)))}</span>')
         self._label.value = (f"<code>{esc(self.batch_id)}</code>: {len(self._done)}/"
                              f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else "")
                              + (f" · {counts_html(counts)}" if self.counts else "") + paused)
+
+    def _waiting_queues(self) -> set[str]:
+        """The queues this batch's QUEUED runs wait in (a paused queue the batch doesn't use is
+        not its problem). A run's queue never changes, so each is read from the store once."""
+        waiting = [i for i, s in self._status.items() if s == "QUEUED"]
+        missing = [i for i in waiting if i not in self._queue]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            _, rows = self.engine.store.select(
+                f"SELECT id, queue FROM runs WHERE id IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk))
+            self._queue.update((r[0], r[1]) for r in rows)
+        return {self._queue[i] for i in waiting if i in self._queue}
 
     def finish(self, ok: bool) -> None:
         """The wait ended: stop listening, and show the final count read from the store (the
