@@ -52,7 +52,7 @@ def parse_limit(text: str) -> int | str | None:
         return text
 
 
-class QueueRow(widgets.VBox):  # type: ignore[misc]
+class QueueRow(widgets.HBox):  # type: ignore[misc]
     def __init__(self, engine: Engine, guard: Guard, name: str, after: Any,
                  read_only: bool = False) -> None:
         self.engine = engine
@@ -71,9 +71,8 @@ class QueueRow(widgets.VBox):  # type: ignore[misc]
         self.note = make(widgets.HTML, "nbt-queue-note")
         self.set.on_click(guard(lambda _b: self._set_limit(after)))
         self.reset.on_click(guard(lambda _b: self._reset_limit(after)))
-        controls = [self.toggle, self.limit, self.set, self.reset]
-        line = [self.text] if read_only else [self.text, *controls]
-        super().__init__([widgets.HBox(line, layout=shared(widgets.Layout)), self.note],
+        controls = [self.toggle, self.limit, self.set, self.reset, self.note]
+        super().__init__([self.text] if read_only else [self.text, *controls],
                          layout=shared(widgets.Layout))
         self.add_class("nbt-queue")
 

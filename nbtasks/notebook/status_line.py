@@ -25,6 +25,7 @@ from . import queries
 from ._ui import button, make, shared, widgets
 from .display import badge, counts_html, duration, esc, under_voila
 from .feed import DONE, feed_for
+from .restart_note import RestartNote, restart_note
 
 if TYPE_CHECKING:
     from .._engine import Engine
@@ -39,7 +40,8 @@ class _FedBox(widgets.HBox):  # type: ignore[misc]
     def close(self) -> None:
         self._feed.remove(self)
         for child in self.children:
-            child.close()
+            if not isinstance(child, RestartNote):  # shared by every widget: not ours to close
+                child.close()
         super().close()
 
 
@@ -61,7 +63,8 @@ class StatusLine(_FedBox):
         self._text = make(widgets.HTML, "nbt-status-text")
         self._cancel = button("Cancel", "nbt-status-cancel")
         self._cancel.on_click(self._on_cancel)
-        self._parts = [self._badge, self._open, self._text] + (
+        self._note = restart_note()
+        self._parts = [self._badge, self._open, self._text, self._note] + (
             [] if self.read_only else [self._cancel])
         super().__init__(self._parts, layout=shared(widgets.Layout))
         self.add_class("nbt-status-line")
@@ -99,7 +102,7 @@ class StatusLine(_FedBox):
                                 f"{' · ' + esc(note) if note else ''}")
             if row.is_final:
                 self._cancel.disabled = True
-                self.children = [self._badge, self._open, self._text]
+                self.children = [self._badge, self._open, self._text, self._note]
                 self.add_class("nbt-final")
                 return DONE
             return None
@@ -149,7 +152,7 @@ class BatchProgress(_FedBox):
         self._bar = make(widgets.IntProgress, "nbt-progress-bar", min=0, max=len(self.run_ids),
                          value=0)
         self._label = make(widgets.HTML, "nbt-progress-label")
-        super().__init__([self._bar, self._label], layout=shared(widgets.Layout))
+        super().__init__([self._bar, self._label, restart_note()], layout=shared(widgets.Layout))
         self.add_class("nbt-progress")
         self._feed = feed_for(engine)
         self._feed.add(self)
