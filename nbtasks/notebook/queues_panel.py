@@ -94,7 +94,6 @@ class QueueRow(widgets.HBox):  # type: ignore[misc]
             + (f"<br><span class='nbt-ago' style='font-size:0.85em'>{keys}{more}</span>"
                if keys else ""))
         self.toggle.description = "Resume" if self.paused else "Pause"
-        self.toggle.button_style = "success" if self.paused else ""
         hide(self.reset, not q.get("overridden"))
 
     def _set_limit(self, after: Any) -> None:
@@ -143,8 +142,8 @@ class QueuesPanel(widgets.VBox):  # type: ignore[misc]
         self.empty = make(widgets.HTML,
                           value="<i>no queues yet: a queue appears when its first run does</i>")
         self.pause_all = button("Pause all", "nbt-queues-pause-all", "nbt-fit")
-        self.resume_all = button("Resume all", "nbt-queues-resume-all", "nbt-fit",
-                                 button_style="success")
+        # neutral, not "success": white on JupyterLab's light green is below AA contrast
+        self.resume_all = button("Resume all", "nbt-queues-resume-all", "nbt-fit")
         self.pause_all.on_click(guard(lambda _b: self._all(pause=True)))
         self.resume_all.on_click(guard(lambda _b: self._all(pause=False)))
         self.list = make(widgets.VBox, children=[self.empty])
