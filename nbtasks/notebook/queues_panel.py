@@ -59,8 +59,8 @@ class QueueRow(widgets.HBox):  # type: ignore[misc]
         self.name = name
         self.read_only = read_only
         self.paused = False
-        self.text = make(widgets.HTML, "nbt-queue-text", width="720px")
-        self.toggle = button("Pause", "nbt-queue-toggle", width="90px")
+        self.text = make(widgets.HTML, "nbt-queue-text", width="620px")
+        self.toggle = button("Pause", "nbt-queue-toggle", "nbt-fit")
         self.toggle.on_click(guard(lambda _b: self._toggle(after)))
         self.limit = make(widgets.Text, "nbt-queue-limit", width="80px",
                           placeholder="limit", continuous_update=False)
@@ -71,8 +71,10 @@ class QueueRow(widgets.HBox):  # type: ignore[misc]
         self.note = make(widgets.HTML, "nbt-queue-note")
         self.set.on_click(guard(lambda _b: self._set_limit(after)))
         self.reset.on_click(guard(lambda _b: self._reset_limit(after)))
-        controls = [self.toggle, self.limit, self.set, self.reset, self.note]
-        super().__init__([self.text] if read_only else [self.text, *controls],
+        # the note goes under the text, so a message never squeezes the buttons
+        left = make(widgets.VBox, children=[self.text, self.note])
+        controls = [self.toggle, self.limit, self.set, self.reset]
+        super().__init__([self.text] if read_only else [left, *controls],
                          layout=shared(widgets.Layout))
         self.add_class("nbt-queue")
 
