@@ -47,6 +47,8 @@ class Queue:
     subs: dict[str | None, SubQueue] = field(default_factory=dict)
     peak: int = 0
     peak_per_key: int = 0
+    defined: int | None = None  # the limit the code gave; `limit` differs while overridden
+    overridden: bool = False
 
     def sub(self, key: str | None) -> SubQueue:
         sq = self.subs.get(key)
@@ -62,6 +64,8 @@ class Queue:
         return {
             "name": self.name,
             "concurrency_limit": self.limit,
+            "defined_limit": self.defined,
+            "overridden": self.overridden,
             "total": self.total,
             "paused": self.paused,
             "running": self.running,
@@ -92,13 +96,25 @@ class Dispatcher:
         return q
 
     def configure(self, name: str, limit: int | None, total: int | None) -> Queue:
-        """Set a queue's limits (the newest definition wins, as a redefined task's does)."""
+        """Set a queue's limits (the newest definition wins, as a redefined task's does, except
+        over a runtime override, which holds until `override(name, None, on=False)`)."""
         q = self.queue(name)
+        q.defined = limit
+        if q.overridden:
+            limit = q.limit
         changed = (q.limit, q.total) != (limit, total)
         q.limit, q.total = limit, total
         if changed:
             self._offer_all(q)
             self.pump()  # a raised limit starts what was waiting (a 0-limit queue resumes)
+        return q
+
+    def override(self, name: str, limit: int | None, on: bool = True) -> Queue:
+        """Set a runtime limit that outranks the defined one (or drop it, back to the defined)."""
+        q = self.queue(name)
+        defined, q.overridden = q.defined, False
+        self.configure(name, limit if on else defined, q.total)
+        q.defined, q.overridden = defined, on
         return q
 
     def push(self, queue: str, key: str | None, sort: SortKey, start: Callable[[], None]) -> None:

@@ -5,6 +5,7 @@
 ... async def sync_user(payload, ctx): ...
 >>> sync_user.trigger({"user": 42}, concurrency_key="user-42")
 >>> nbtasks.queues.pause("per-user"); nbtasks.queues.list()
+>>> nbtasks.queues.set_limit("per-user", 4)     # until reset_limit, or the kernel restarts
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from ._models import QueueOptions, parse_queue
 
 if TYPE_CHECKING:
     from ._engine import Engine
+
+#: The highest per-key limit a queue may have, as a definition's `concurrency_limit`.
+MAX_LIMIT = 1000
 
 
 def queue(name: str, *, concurrency_limit: int | None = None, total: int | None = None) -> QueueOptions:
@@ -55,3 +59,39 @@ class QueuesAPI:
     def resume(self, name: str) -> None:
         eng = self._engine()
         eng.on_loop(eng.scheduler.dispatcher.pause, name, False)
+
+    def set_limit(self, name: str, limit: int | None) -> dict[str, Any]:
+        """Override `name`'s per-key concurrency limit now (None: no limit, 0: hold every run).
+
+        A raised limit starts waiting runs at once; a lowered one lets running runs finish. The
+        override is runtime state, like pause: it outlives a redefinition of the queue's tasks
+        but not the engine (a restarted kernel runs with the limits its code defines), so the
+        code stays the one record of what a queue is meant to allow. Returns the queue's
+        snapshot, as `retrieve` would.
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or not 0 <= limit <= MAX_LIMIT):
+            raise ConfigurationError(
+                f"queues.set_limit({name!r}, {limit!r}): the limit must be an int from 0 to "
+                f"{MAX_LIMIT}, or None for no limit")
+        return self._change(name, "set_limit", limit, True)
+
+    def reset_limit(self, name: str) -> dict[str, Any]:
+        """Drop `set_limit`'s override: back to the limit the queue's definition gives."""
+        return self._change(name, "reset_limit", None, False)
+
+    def _change(self, name: str, verb: str, limit: int | None, on: bool) -> dict[str, Any]:
+        eng = self._engine()
+        dispatcher = eng.scheduler.dispatcher
+
+        def change() -> dict[str, Any] | None:
+            if name not in dispatcher.queues:  # checked on the loop, where queues appear
+                return None
+            return dispatcher.override(name, limit, on).snapshot()
+
+        snapshot: dict[str, Any] | None = eng.on_loop(change)
+        if snapshot is None:
+            raise ConfigurationError(
+                f"queues.{verb}: no queue named {name!r} (a queue appears when a task using it "
+                "is defined or its first run is triggered)")
+        return snapshot

@@ -34,6 +34,7 @@ from ._clock import TimerHandle, to_datetime
 from ._durations import cron_next, parse_timezone, validate_cron
 from ._errors import ConfigurationError
 from ._runstate import new_id
+from ._schedule_list import ScheduleList
 from ._tasks import Task, TaskDefinition
 from .stores._base import WriteBatch
 
@@ -333,8 +334,10 @@ class SchedulesAPI:
         return rows[0]
 
     def list(self, *, task: str | Task[Any, Any] | None = None,
-             active: bool | None = None) -> list[Schedule]:
-        """Every stored schedule, oldest first; optionally one task's, or (in)active ones."""
+             active: bool | None = None) -> ScheduleList:
+        """Every stored schedule, oldest first; optionally one task's, or (in)active ones.
+
+        A list, shown as a table: HTML in a notebook, aligned text in a terminal."""
         where: builtins.list[str] = []
         params: builtins.list[Any] = []
         if task is not None:
@@ -404,7 +407,7 @@ class SchedulesAPI:
             raise ConfigurationError(f"{where}: no task {task!r} is defined in this kernel")
         return task_id
 
-    def _select(self, where: str, params: tuple[Any, ...]) -> builtins.list[Schedule]:
+    def _select(self, where: str, params: tuple[Any, ...]) -> ScheduleList:
         eng = self.engine
         eng.runs._fresh()
         now = eng.clock.now()
@@ -418,7 +421,7 @@ class SchedulesAPI:
                 deduplication_key=None if kind == "DECLARATIVE" else key, active=bool(active),
                 last_timestamp=to_datetime(last), next_run=to_datetime(nxt),
                 created_at=datetime.fromtimestamp(created, UTC), updated_at=to_datetime(updated)))
-        return out
+        return ScheduleList(out, now)
 
 
 def _check_external_id(external_id: Any) -> None:

@@ -45,6 +45,7 @@ from .feed import DONE, feed_for
 from .probe import Probe
 from .queues_panel import QueuesPanel
 from .redact import Redactor
+from .restart_note import RestartNote
 from .runs_table import RunsTable
 from .schedules_panel import SchedulesPanel
 from .timeline import TimelineView
@@ -149,7 +150,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         mode = make(widgets.HTML, "nbt-read-only", value=(
             "<span class='nbt-warn'>read-only</span> <span class='nbt-ago'>this dashboard "
             "shows runs and allows no action</span>") if self.read_only else "")
-        super().__init__([style(), self.probe, self.banner, mode, self.summary, self.held,
+        super().__init__([style(), self.probe, RestartNote.own(), self.banner, mode, self.summary, self.held,
                           self.notice, self.tabs], layout=shared(widgets.Layout))
         self.add_class("nbt-dashboard")
         self.add_class("nbt-themed")

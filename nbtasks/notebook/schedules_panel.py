@@ -11,61 +11,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from .._schedule_list import cron_words as cron_words  # re-exported: the tab's words
 from ._ui import Guard, button, hide, make, message, shared, widgets
 from .display import ago, clock_time, esc
 
 if TYPE_CHECKING:
     from .._engine import Engine
     from .._schedules import Schedule
-
-_DAYS = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
-
-
-def _day(field: str) -> str | None:
-    names = {str(i): d for i, d in enumerate(_DAYS)} | {"7": "Sunday"}
-    if field in names:
-        return names[field]
-    if field == "1-5":
-        return "Monday to Friday"
-    if field in ("0,6", "6,0"):
-        return "Saturday and Sunday"
-    if all(part in names for part in field.split(",")):
-        return ", ".join(names[p] for p in field.split(","))
-    return None
-
-
-def cron_words(cron: str) -> str:
-    """A 5-field cron in plain words; the cron itself when it is too unusual to say simply.
-
-    >>> cron_words("*/5 * * * *"), cron_words("0 9 * * 1-5"), cron_words("30 * * * *")
-    ('every 5 minutes', 'at 09:00, Monday to Friday', 'every hour at minute 30')
-    >>> cron_words("0 0 1 * *"), cron_words("* * * * *"), cron_words("7 3 * 2 *")
-    ('at 00:00 on day 1 of the month', 'every minute', '7 3 * 2 *')
-    """
-    parts = cron.split()
-    if len(parts) != 5:
-        return cron
-    minute, hour, dom, month, dow = parts
-    if month != "*":
-        return cron
-    if (minute, hour, dom, dow) == ("*", "*", "*", "*"):
-        return "every minute"
-    if minute.startswith("*/") and (hour, dom, dow) == ("*", "*", "*"):
-        return f"every {minute[2:]} minutes"
-    if minute.isdigit() and hour == "*" and (dom, dow) == ("*", "*"):
-        return f"every hour at minute {int(minute)}"
-    if minute.isdigit() and hour.startswith("*/") and (dom, dow) == ("*", "*"):
-        return f"every {hour[2:]} hours at minute {int(minute)}"
-    if minute.isdigit() and hour.isdigit():
-        at = f"at {int(hour):02d}:{int(minute):02d}"
-        if (dom, dow) == ("*", "*"):
-            return f"every day {at}"
-        if dom == "*" and (day := _day(dow)) is not None:
-            return f"{at}, {day}"
-        if dow == "*" and dom.isdigit():
-            return f"{at} on day {int(dom)} of the month"
-    return cron
-
 
 def _when(ts: datetime | None, now: float) -> str:
     if ts is None:

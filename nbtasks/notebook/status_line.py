@@ -25,6 +25,7 @@ from . import queries
 from ._ui import button, make, shared, widgets
 from .display import badge, counts_html, duration, esc, under_voila
 from .feed import DONE, feed_for
+from .restart_note import RestartNote, restart_note
 
 if TYPE_CHECKING:
     from .._engine import Engine
@@ -39,7 +40,8 @@ class _FedBox(widgets.HBox):  # type: ignore[misc]
     def close(self) -> None:
         self._feed.remove(self)
         for child in self.children:
-            child.close()
+            if not isinstance(child, RestartNote):  # shared by every widget: not ours to close
+                child.close()
         super().close()
 
 
@@ -61,7 +63,8 @@ class StatusLine(_FedBox):
         self._text = make(widgets.HTML, "nbt-status-text")
         self._cancel = button("Cancel", "nbt-status-cancel")
         self._cancel.on_click(self._on_cancel)
-        self._parts = [self._badge, self._open, self._text] + (
+        self._note = restart_note()
+        self._parts = [self._badge, self._open, self._text, self._note] + (
             [] if self.read_only else [self._cancel])
         super().__init__(self._parts, layout=shared(widgets.Layout))
         self.add_class("nbt-status-line")
@@ -99,7 +102,7 @@ class StatusLine(_FedBox):
                                 f"{' · ' + esc(note) if note else ''}")
             if row.is_final:
                 self._cancel.disabled = True
-                self.children = [self._badge, self._open, self._text]
+                self.children = [self._badge, self._open, self._text, self._note]
                 self.add_class("nbt-final")
                 return DONE
             return None
@@ -145,10 +148,11 @@ class BatchProgress(_FedBox):
         self._lock = threading.Lock()
         self._done: dict[str, str] = {}
         self._status: dict[str, str] = {}
+        self._queue: dict[str, str] = {}  # run -> its queue, read once per run when it waits
         self._bar = make(widgets.IntProgress, "nbt-progress-bar", min=0, max=len(self.run_ids),
                          value=0)
         self._label = make(widgets.HTML, "nbt-progress-label")
-        super().__init__([self._bar, self._label], layout=shared(widgets.Layout))
+        super().__init__([self._bar, self._label, restart_note()], layout=shared(widgets.Layout))
         self.add_class("nbt-progress")
         self._feed = feed_for(engine)
         self._feed.add(self)
@@ -180,13 +184,26 @@ class BatchProgress(_FedBox):
             counts[status] = counts.get(status, 0) + 1
         paused = ""
         if counts.get("QUEUED") and not complete:
-            queues = paused_queues(self.engine)
+            queues = self._waiting_queues() & paused_queues(self.engine)
             if queues:
-                paused = (' · <span class="nbt-warn nbt-paused">paused: '
+                paused = (' · <span class="nbt-warn nbt-paused">queue paused: '
                           f'{esc(", ".join(sorted(queues)))}</span>')
         self._label.value = (f"<code>{esc(self.batch_id)}</code>: {len(self._done)}/"
                              f"{len(self.run_ids)} done" + (f" · {failed} failed" if failed else "")
                              + (f" · {counts_html(counts)}" if self.counts else "") + paused)
+
+    def _waiting_queues(self) -> set[str]:
+        """The queues this batch's QUEUED runs wait in (a paused queue the batch doesn't use is
+        not its problem). A run's queue never changes, so each is read from the store once."""
+        waiting = [i for i, s in self._status.items() if s == "QUEUED"]
+        missing = [i for i in waiting if i not in self._queue]
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            _, rows = self.engine.store.select(
+                f"SELECT id, queue FROM runs WHERE id IN ({', '.join('?' * len(chunk))})",
+                tuple(chunk))
+            self._queue.update((r[0], r[1]) for r in rows)
+        return {self._queue[i] for i in waiting if i in self._queue}
 
     def finish(self, ok: bool) -> None:
         """The wait ended: stop listening, and show the final count read from the store (the

@@ -1,0 +1,229 @@
+"""Schedules, the queue limit override and a kernel restart, in JupyterLab in headless Chromium.
+
+One JupyterLab server and one page serve the module; the tests go on from each other's state, in
+file order: `schedules.list()` as a table, the Schedules tab (cron in words, timezone, next and
+last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
+at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
+restart, after which each cell's widgets read "kernel restarted: run the cell again".
+
+Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
+is skipped, except under CI=true, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import pytest
+from _browser import (
+    ARTIFACTS,
+    KERNELSPEC,
+    SLOW,
+    chromium,
+    contrast_failures,
+    free_port,
+    kernel_ready,
+    lab_server_args,
+    quiet_lab_settings,
+    require_browser,
+    serve,
+)
+from nbformat.v4 import new_code_cell, new_notebook
+
+pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
+
+NOTEBOOK = "sched.ipynb"
+SETUP = '''
+import asyncio
+import nbtasks
+
+nbtasks.configure(store=".nbtasks/sched.db")
+
+@nbtasks.task(id="report", retry={"max_attempts": 1})
+def report(payload, ctx):
+    return payload["schedule_id"]
+
+@nbtasks.task(id="held", queue={"concurrency_limit": 1}, retry={"max_attempts": 1})
+async def held(payload, ctx):
+    await asyncio.sleep(600)
+
+weekday = nbtasks.schedules.create(task="report", cron="0 9 * * 1-5", timezone="Europe/London",
+                                   deduplication_key="weekday", external_id="<b>acme</b>")
+often = nbtasks.schedules.create(task="report", cron="*/5 * * * *",
+                                 deduplication_key="often")
+waiting = [held.trigger(i) for i in range(4)]
+'''
+LIST = "nbtasks.schedules.list()"
+DASHBOARD = "dash = nbtasks.dashboard()\ndash"
+LINE = "waiting[3]"
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
+    require_browser()
+    root = tmp_path_factory.mktemp("sched-lab")
+    cells = [new_code_cell(c) for c in (SETUP, LIST, DASHBOARD, LINE)]
+    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}),
+                   root / NOTEBOOK)
+    settings = quiet_lab_settings(root)
+    port, token = free_port(), secrets.token_hex(16)
+    with serve("jupyterlab-sched", lab_server_args(root, port, token, settings), root, port):
+        yield f"http://127.0.0.1:{port}", token, root
+
+
+def _expect() -> Any:
+    expect = require_browser().expect
+    expect.set_options(timeout=SLOW)
+    return expect
+
+
+def _run_all(page: Any) -> None:
+    expect = _expect()
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
+        re.compile(r"\[\d+\]"))
+
+
+@pytest.fixture(scope="module")
+def page(lab: tuple[str, str, Path]) -> Iterator[Any]:
+    base, token, _root = lab
+    with chromium() as browser:
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.set_default_timeout(SLOW)
+        pg.goto(f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}", wait_until="domcontentloaded")
+        pg.wait_for_selector(".jp-Notebook .jp-Cell")
+        kernel_ready(pg, base, token, NOTEBOOK)
+        _run_all(pg)
+        _expect()(pg.locator(".nbt-dashboard")).to_be_visible()
+        yield pg
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "sched-last.png"))
+
+
+def _tab(page: Any, name: str) -> None:
+    page.locator(".nbt-tabs .lm-TabBar-tab", has_text=name).click()
+
+
+def test_schedules_list_is_a_table_with_escaped_text(page: Any) -> None:
+    expect = _expect()
+    table = page.locator(".nbt-schedule-table")
+    expect(table.locator("tbody tr")).to_have_count(2)
+    expect(table).to_contain_text("at 09:00, Monday to Friday (0 9 * * 1-5)")
+    expect(table).to_contain_text("every 5 minutes")
+    expect(table).to_contain_text("Europe/London")
+    expect(table).to_contain_text("<b>acme</b>")  # shown as text, not made bold
+    expect(table.locator("b")).to_have_count(0)
+
+
+def test_the_schedules_tab_words_the_cron_and_acts(page: Any) -> None:
+    expect = _expect()
+    _tab(page, "Schedules")
+    rows = page.locator(".nbt-schedule")
+    expect(rows).to_have_count(2)
+    first, second = rows.nth(0), rows.nth(1)
+    expect(first).to_contain_text("at 09:00, Monday to Friday")
+    expect(first).to_contain_text("Europe/London")
+    expect(first).to_contain_text(re.compile(r"next \d\d:\d\d:\d\d|next \d{4}-\d\d-\d\d"))
+    expect(second).to_contain_text("every 5 minutes")
+    expect(second).to_contain_text(re.compile(r"next .*\(in \d+ (s|min)\)"))
+    expect(second).to_contain_text("last —")  # never ran yet
+    first.locator(".nbt-schedule-toggle").click()
+    expect(first.locator(".nbt-schedule-text")).to_contain_text("inactive")
+    expect(first.locator(".nbt-schedule-toggle")).to_have_text("Activate")
+    expect(first.locator(".nbt-schedule-text")).to_contain_text("next —")
+    first.locator(".nbt-schedule-toggle").click()
+    expect(first.locator(".nbt-schedule-toggle")).to_have_text("Deactivate")
+    # trigger now: the dashboard opens the new run, which got this schedule's id
+    sid = re.search(r"sched_\w+", second.inner_text())
+    assert sid is not None, second.inner_text()
+    second.locator(".nbt-schedule-trigger").click()
+    expect(page.locator(".nbt-detail-header")).to_contain_text("COMPLETED")
+    body = page.locator(".nbt-detail-body")
+    expect(body).to_contain_text("report")
+    expect(body).to_contain_text(sid.group(0))
+    # delete asks first; No keeps it, Yes removes it
+    _tab(page, "Schedules")
+    first.locator(".nbt-schedule-delete").click()
+    expect(page.locator(".nbt-schedule-delete-yes")).to_be_visible()
+    page.locator(".nbt-schedule-delete-no").click()
+    expect(page.locator(".nbt-schedule-delete-yes")).to_be_hidden()
+    expect(rows).to_have_count(2)
+    first.locator(".nbt-schedule-delete").click()
+    page.locator(".nbt-schedule-delete-yes").click()
+    expect(rows).to_have_count(1)
+    expect(rows.first).to_contain_text("every 5 minutes")
+    expect(page.locator(".nbt-schedules-message")).to_contain_text("deleted")
+
+
+def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
+    expect = _expect()
+    _tab(page, "Queues")
+    row = page.locator(".nbt-queue", has_text="task/held")
+    text = row.locator(".nbt-queue-text")
+    expect(text).to_contain_text("1 running, 3 queued")
+    expect(text).to_contain_text("at most 1 at once")
+    reset = row.locator(".nbt-queue-reset")
+    expect(reset).to_be_hidden()
+    field = row.locator(".nbt-queue-limit input")
+    field.fill("lots")
+    row.locator(".nbt-queue-set").click()
+    note = row.locator(".nbt-queue-note")
+    expect(note).to_contain_text("queues.set_limit('task/held', 'lots')")
+    expect(note).to_contain_text("an int from 0 to 1000")
+    expect(text).to_contain_text("1 running, 3 queued")
+    field.fill("3")
+    row.locator(".nbt-queue-set").click()
+    expect(text).to_contain_text("3 running, 1 queued")  # started at once
+    expect(text).to_contain_text("the code says at most 1 at once")
+    expect(note).to_contain_text("until Reset or a kernel restart")
+    expect(reset).to_be_visible()
+    reset.click()
+    expect(reset).to_be_hidden()
+    expect(text).not_to_contain_text("the code says")
+    expect(text).to_contain_text("at most 1 at once")
+    # pause everything at once, then readable in both themes
+    page.locator(".nbt-queues-pause-all").click()
+    expect(page.locator(".nbt-queue .nbt-paused")).to_have_count(
+        page.locator(".nbt-queue").count())
+    for theme, light in (("JupyterLab Dark", "false"), ("JupyterLab Light", "true")):
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
+                      "{theme: t})", theme)
+        page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+        page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+        checked, bad = contrast_failures(page, ".nbt-queues")
+        assert checked >= 8 and not bad, (theme, bad)
+        if light == "false":
+            page.locator(".nbt-queues").screenshot(path=str(ARTIFACTS / "queues-dark.png"))
+    page.locator(".nbt-queues-resume-all").click()
+    expect(page.locator(".nbt-queue .nbt-paused")).to_have_count(0)
+
+
+def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, str, Path]) -> None:
+    expect = _expect()
+    base, token, _root = lab
+    expect(page.locator(".nbt-status-line")).to_be_visible()
+    expect(page.locator(".nbt-restart-line")).to_have_count(0)
+    # not awaited: the command's promise waits for the dialog this test answers next
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-kernel'); }")
+    page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
+    lines = page.locator(".nbt-restart-line")
+    expect(lines).to_have_count(2)  # the dashboard's cell and the status line's
+    expect(lines.first).to_have_text("kernel restarted: run the cell again")
+    expect(page.locator(".nbt-dashboard")).to_be_hidden()
+    expect(page.locator(".nbt-status-line")).to_be_hidden()
+    expect(page.locator(".nbt-schedule-table")).to_be_visible()  # plain HTML stays true
+    assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
+    checked, bad = contrast_failures(page, ".nbt-kernel-gone")
+    assert checked == 1 and not bad, bad
+    page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted.png"))
+    # running the cells again brings live widgets back, and the lines go
+    kernel_ready(page, base, token, NOTEBOOK)
+    _run_all(page)
+    expect(page.locator(".nbt-dashboard")).to_be_visible()
+    expect(page.locator(".nbt-status-line")).to_be_visible()
+    expect(lines).to_have_count(0)

@@ -1,0 +1,42 @@
+"""After a bulk action the picks are used up: no box stays ticked and the count says so, even
+though the table reads its picks back from the boxes as they change (as a browser sends them)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from test_dashboard import define, until
+
+from nbtasks import Engine, RunStatus
+from nbtasks.notebook.dashboard import Dashboard
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def dash(engine: Engine) -> Iterator[Dashboard]:
+    d = Dashboard(engine, page_size=5, read_only=False)
+    try:
+        yield d
+    finally:
+        d.close()
+
+
+def test_a_bulk_cancel_leaves_nothing_picked(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    slow = [t["slow"].trigger(i) for i in range(4)]
+    until(dash, lambda: dash.table.total == 4)
+    bulk = dash.bulk
+    assert bulk is not None
+    for row in dash.table.rows[:2]:
+        row.pick.value = True
+    assert "2 selected" in bulk.count.value
+    bulk.cancel.click()
+    assert "canceled 2 of 2" in bulk.progress.value
+    assert dash.table.picked == set()
+    assert not any(row.pick.value for row in dash.table.rows)
+    assert "pick rows, or" in bulk.count.value and bulk.cancel.disabled
+    assert sum(h.status is RunStatus.CANCELED for h in slow) == 2
+    for h in slow:
+        engine.runs.cancel(h.id)
