@@ -139,3 +139,33 @@ def test_every_status_badge_reads_at_4_5_to_1() -> None:
     assert len(pills) >= 6
     bad = [c for c in pills if _on_white(c) < 4.5]
     assert not bad, bad
+
+
+# ---------------------------------------------------------------------- lazy widgets
+
+def _models_made(engine: Engine, page_size: int) -> tuple[int, Dashboard]:
+    from ipywidgets.widgets.widget import _instances  # every live model, by comm id
+
+    before = set(_instances)
+    dash = Dashboard(engine, page_size=page_size, read_only=False)
+    return len(set(_instances) - before), dash
+
+
+def test_opening_makes_the_same_few_widget_models_whatever_the_page_size(engine: Engine) -> None:
+    """Each widget model is a comm opened and a state sent: the cost of opening in a kernel.
+    Rows are one model, and the detail, Test form, schedules, queues and timeline are built
+    when first shown."""
+    _, warm = _models_made(engine, 5)  # shared layouts and styles are made once per kernel
+    warm.close()
+    small, a = _models_made(engine, 5)
+    big, b = _models_made(engine, 50)
+    try:
+        assert big == small, (small, big)
+        assert small < 60, small
+        for part in (b._detail, b._form, b._schedules, b._queues, b._timeline):
+            assert part.part is None  # not built until its tab or a run is shown
+        b.tabs.selected_index = 4
+        assert b._timeline.part is not None and b._queues.part is None
+    finally:
+        a.close()
+        b.close()
