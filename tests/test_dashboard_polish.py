@@ -169,3 +169,29 @@ def test_opening_makes_the_same_few_widget_models_whatever_the_page_size(engine:
     finally:
         a.close()
         b.close()
+
+
+def test_the_runs_table_does_no_work_while_another_tab_is_shown(engine: Engine) -> None:
+    from nbtasks.notebook.dashboard import QUEUES, RUNS
+
+    @engine.task(id="quick")
+    def quick(payload: Any, ctx: Any) -> Any:
+        return payload
+
+    quick.trigger(0).wait(10)
+    dash = Dashboard(engine, read_only=False)
+    try:
+        dash.tabs.selected_index = QUEUES
+        drawn = dash.table.rows_view.rows
+        after = dash.refreshes
+        new = quick.trigger(1)
+        new.wait(10)
+        assert dash.wait_refreshed(after, 10)  # the feed delivered the events ...
+        dash.probe.visible = True
+        dash.update([])  # ... and a clock tick came: the hidden table was left alone
+        assert dash.table.rows_view.rows is drawn
+        assert "2 runs" in dash.summary.value  # the summary above the tabs is on screen
+        dash.tabs.selected_index = RUNS  # shown again: it catches up at once
+        assert dash.table.rows_view.rows[0]["id"] == new.id
+    finally:
+        dash.close()

@@ -233,10 +233,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         """A second passed and nothing happened: move the clock-dependent parts only."""
         now = self.engine.clock.now()
         self._summary(now)
-        self.table.retime(now)
-        detail = self._detail.part
-        if detail is not None and detail.run is not None and not detail.run.is_completed:
-            detail.refresh()
+        if self.tabs.selected_index == RUNS:  # another tab hides the table: leave it be
+            self.table.retime(now)
+            detail = self._detail.part
+            if detail is not None and detail.run is not None and not detail.run.is_completed:
+                detail.refresh()
         again = self._timeline_due(None)
         self.ticks += 1
         with self.refreshed:
@@ -267,13 +268,14 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             self._summary(now)
             if events is None or self._tasks_stale or any(e.kind == "created" for e in events):
                 self._tasks()
-            self.table.refresh(now)
-            if self.bulk is not None and self.bulk.all.value:
-                self.bulk.update()
-            selected = self._detail.part.run_id if self._detail.part is not None else None
-            if selected is not None and (events is None or
-                                         any(e.run_id == selected for e in events)):
-                self.detail.refresh()
+            if self.tabs.selected_index == RUNS:  # else caught up when the tab is shown
+                self.table.refresh(now)
+                if self.bulk is not None and self.bulk.all.value:
+                    self.bulk.update()
+                selected = self._detail.part.run_id if self._detail.part is not None else None
+                if selected is not None and (events is None or
+                                             any(e.run_id == selected for e in events)):
+                    self.detail.refresh()
             held = eng.runs.interrupted()
             self.held_text.value = (f"{len(held)} run(s) were interrupted by a kernel restart "
                                     "and are held" + ("" if self.read_only else ":")
