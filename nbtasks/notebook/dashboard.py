@@ -117,14 +117,9 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         self.banner = make(widgets.HTML, "nbt-store-banner", "nbt-hidden")
         self.notice = make(widgets.HTML, "nbt-notice")
         self.summary = make(widgets.HTML, "nbt-summary")
-        self.held_text = make(widgets.HTML)
-        resume = button("Resume them", "nbt-resume-held", "nbt-fit", button_style="success")
-        cancel = button("Cancel them", "nbt-cancel-held", "nbt-fit", button_style="warning")
-        resume.on_click(guard(lambda _b: self._held(resume=True)))
-        cancel.on_click(guard(lambda _b: self._held(resume=False)))
-        self.held = make(widgets.HBox, "nbt-held", "nbt-hidden",
-                         children=[self.held_text] if self.read_only
-                         else [self.held_text, resume, cancel])
+        # runs held after a kernel restart: rare, so its text and buttons are made when needed
+        self.held = make(widgets.HBox, "nbt-held", "nbt-hidden")
+        self.held_text: Any = None
         self.table = RunsTable(engine, guard, guard(self.show_run), page_size,
                                on_pick=lambda: self.bulk.update() if self.bulk else None,
                                pickable=not self.read_only)
@@ -146,10 +141,10 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             make(widgets.VBox, children=runs_tab), self._form, self._schedules, self._queues,
             self._timeline], titles=("Runs", "Test", "Schedules", "Queues", "Timeline"))
         self.tabs.observe(guard(self._on_tab), "selected_index")
-        mode = make(widgets.HTML, "nbt-read-only", value=(
+        mode = [make(widgets.HTML, "nbt-read-only", value=(
             "<span class='nbt-warn'>read-only</span> <span class='nbt-ago'>this dashboard "
-            "shows runs and allows no action</span>") if self.read_only else "")
-        super().__init__([style(), self.probe, self.banner, mode, self.summary, self.held,
+            "shows runs and allows no action</span>"))] if self.read_only else []
+        super().__init__([style(), self.probe, self.banner, *mode, self.summary, self.held,
                           self.notice, self.tabs], layout=shared(widgets.Layout))
         self.add_class("nbt-dashboard")
         self.add_class("nbt-themed")
@@ -277,9 +272,12 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
                                              any(e.run_id == selected for e in events)):
                     self.detail.refresh()
             held = eng.runs.interrupted()
-            self.held_text.value = (f"{len(held)} run(s) were interrupted by a kernel restart "
-                                    "and are held" + ("" if self.read_only else ":")
-                                    if held else "")
+            if held and self.held_text is None:
+                self._make_held()
+            if self.held_text is not None:
+                self.held_text.value = (f"{len(held)} run(s) were interrupted by a kernel "
+                                        "restart and are held" + ("" if self.read_only else ":")
+                                        if held else "")
             hide(self.held, not held)
         tab = self.tabs.selected_index
         if tab == QUEUES:
@@ -293,6 +291,17 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         with self.refreshed:
             self.refreshed.notify_all()
         return again
+
+    def _make_held(self) -> None:
+        self.held_text = make(widgets.HTML)
+        if self.read_only:
+            self.held.children = [self.held_text]
+            return
+        resume = button("Resume them", "nbt-resume-held", "nbt-fit", button_style="success")
+        cancel = button("Cancel them", "nbt-cancel-held", "nbt-fit", button_style="warning")
+        resume.on_click(self.guard(lambda _b: self._held(resume=True)))
+        cancel.on_click(self.guard(lambda _b: self._held(resume=False)))
+        self.held.children = [self.held_text, resume, cancel]
 
     def _tasks(self) -> None:
         self._tasks_stale = False
