@@ -101,7 +101,7 @@ def test_a_v3_file_gets_the_finished_at_index_and_keeps_its_runs(tmp_path: Path)
         assert eng.runs.retrieve("run_00499").status is RunStatus.COMPLETED
     # the timeline's "ended inside the window" scan and the summary's "finished in the last
     # minute" now read a range of the new index, not the whole history
-    assert "USING INDEX runs_finished" in _plan(db, window, 1400.0, 1400.0)
+    assert "INDEX runs_finished (finished_at>?)" in _plan(db, window, 1400.0, 1400.0)
     assert "runs_finished" in _plan(db, "SELECT COUNT(*) FROM runs WHERE created_at >= ? AND "
                                     "finished_at >= ?", 0.0, 1400.0)
     con = sqlite3.connect(db)
