@@ -107,7 +107,9 @@ def recover(engine: Engine) -> int:
         "(owner IS NULL OR owner NOT IN (SELECT owner FROM engines))", (engine.owner,)))
     engine.store.write(batch)
     cols, rows = engine.store.select(
-        f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, a.started_at AS attempt_started "
+        f"SELECT {', '.join('r.' + c for c in RUN_COLUMNS)}, a.started_at AS attempt_started, "
+        "(SELECT MAX(l.ts) FROM logs l WHERE l.run_id = r.id AND l.ts >= a.started_at) "
+        "AS last_log "
         "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt_count "
         f"WHERE r.owner = ? AND r.status NOT IN {_FINAL_SQL} ORDER BY r.seq", (engine.owner,))
     replays = _recorded_waits(engine)
@@ -116,7 +118,8 @@ def recover(engine: Engine) -> int:
         run = RunState.from_row(record)
         if run.status is RunStatus.WAITING or run.retrying == "resume":
             run.replay = replays.get((run.id, run.attempt_count), {})
-        adopt(engine.scheduler, run, record["attempt_started"])
+        adopt(engine.scheduler, run, record["attempt_started"],
+              last_alive=max(record["last_log"] or 0.0, record["updated_at"] or 0.0) or None)
     return len(rows)
 
 
@@ -199,15 +202,18 @@ def existing_runs(engine: Engine, parent: RunState, run_ids: list[str]) -> set[s
     return found
 
 
-def adopt(sched: Scheduler, run: RunState, attempt_started: float | None = None) -> None:
+def adopt(sched: Scheduler, run: RunState, attempt_started: float | None = None,
+          last_alive: float | None = None) -> None:
     """Take over a run left non-final by a dead kernel; its recorded times are kept.
 
     An attempt that was executing died with its kernel: it is recorded as failed with
-    KernelRestartError, and the run's retry is decided under its task's policy once the task
-    is defined (WAITING_FOR_DEPLOY until then). An attempt that was waiting is resumed: it
-    runs again under the same number and its recorded waits return at once or at their
-    recorded times (see this module's docstring). Both marks are stored, so a second restart before
-    they are acted on still knows what is owed.
+    KernelRestartError and ended at its last sign of life (`last_alive`: its last log line or
+    row write; not now, which would count the time the kernel was down as run time). The run's
+    retry is decided under its task's policy once the task is defined (WAITING_FOR_DEPLOY until
+    then). An attempt that was waiting is resumed: it runs again under the same number and its
+    recorded waits return at once or at their recorded times (see this module's docstring).
+    Both marks are stored, so a second restart before they are acted on still knows what is
+    owed.
     """
     sched.active[run.id] = run
     run.owner = sched.owner
@@ -226,7 +232,8 @@ def adopt(sched: Scheduler, run: RunState, attempt_started: float | None = None)
             f"the kernel stopped while attempt {run.attempt_count} was executing"))
         record["traceback"] = ""
         attempt = AttemptState(run.attempt_count, started, machine, run.queue)
-        attempt.finished_at = now
+        attempt.finished_at = (now if started is None else
+                               min(now, max(started, last_alive or started)))
         attempt.status = "FAILED"
         attempt.error = record
         sched.writer.mark_attempt(run, attempt)

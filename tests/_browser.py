@@ -188,7 +188,7 @@ CONTRAST_JS = """
   let checked = 0;
   const all = root.querySelectorAll("*");
   for (const el of all) {
-    if (el.closest(".nbt-badge, .nbt-hidden, button:disabled, option")) continue;
+    if (el.closest(".nbt-hidden, button:disabled, option")) continue;  // badges count too
     const own = [...el.childNodes].filter((n) => n.nodeType === 3 && n.textContent.trim());
     if (!own.length) continue;
     const box = el.getBoundingClientRect();

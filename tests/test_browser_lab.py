@@ -36,6 +36,8 @@ from _browser import (
 )
 from nbformat.v4 import new_code_cell, new_notebook
 
+from nbtasks import RunStatus
+
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
 SETUP = '''
@@ -69,11 +71,20 @@ later = send_email.trigger({"to": "later@example.com"}, delay="1h")
 dash = nbtasks.dashboard(page_size=20)
 dash
 '''
+#: Every status's badge once, as the reprs and the dashboard draw them: the contrast check
+#: reads each, whichever statuses the history happens to hold.
+BADGES = '''
+from IPython.display import HTML
+from nbtasks import RunStatus
+from nbtasks.notebook.display import badge
+HTML('<div class="nbt-all-badges">' + " ".join(badge(s.value) for s in RunStatus) + "</div>")
+'''
 NOTEBOOK = "dash.ipynb"
 
 
 def _write_notebook(path: Path) -> None:
-    cells = [new_code_cell(SETUP.replace("{store}", path.stem)), new_code_cell(HISTORY)]
+    cells = [new_code_cell(SETUP.replace("{store}", path.stem)), new_code_cell(HISTORY),
+             new_code_cell(BADGES)]
     nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
 
 
@@ -264,6 +275,10 @@ def test_every_text_is_readable_in_both_themes(page: Any, theme: str) -> None:
     row.hover()  # a hovered row's cells too
     checked, bad = contrast_failures(page, ".nbt-dashboard")
     assert checked > 100 and not bad, "\n".join(map(str, bad))
+    badges = page.locator(".nbt-all-badges")
+    expect(badges).to_contain_text("REATTEMPTING")
+    checked, bad = contrast_failures(page, ".nbt-all-badges")
+    assert checked == len(RunStatus) and not bad, "\n".join(map(str, bad))
     pre = page.locator(".nbt-detail pre.nbt-payload")
     background = pre.evaluate("e => getComputedStyle(e).backgroundColor")
     assert background != "rgb(246, 248, 250)" or "Light" in theme  # not the hard-coded grey

@@ -97,10 +97,9 @@ def test_table_lists_new_runs_live_and_filters_them(engine: Engine, dash: Dashbo
     dash.table.search.value = "_"
     dash.table.apply_typing_now()
     assert shown(dash) == [bad.id, *reversed([h.id for h in good])]
-    row = dash.table.rows[0]
-    assert "FAILED" in row._status.value and row._open.description == bad.id
-    assert "nbt-blank" not in row._dom_classes
-    assert "nbt-blank" in dash.table.rows[4]._dom_classes  # blank rows keep their height
+    rows = dash.table.rows_view.rows  # what the page draws: one dict per row, no blanks
+    assert rows[0]["status"] == "FAILED" and rows[0]["id"] == bad.id
+    assert len(rows) == 4 and dash.table.rows_view.page_size == 5  # the page keeps 5 rows high
 
 
 def test_pages_through_a_longer_history(engine: Engine, dash: Dashboard) -> None:
@@ -128,7 +127,7 @@ def test_detail_shows_error_traceback_attempts_logs_and_metadata(engine: Engine,
     handle = t["boom"].trigger({"x": 1}, tags=["t1"])
     handle.wait(10)
     until(dash, lambda: handle.id in shown(dash))
-    dash.table.rows[0]._open.click()  # the run id button opens it
+    dash.table.rows_view.click("open", handle.id)  # as the page reports a click on the run id
     detail = dash.detail
     assert detail.run_id == handle.id and not is_hidden(detail)
     assert "FAILED" in detail.header.value and handle.id in detail.header.value
@@ -139,7 +138,7 @@ def test_detail_shows_error_traceback_attempts_logs_and_metadata(engine: Engine,
     assert "progress" in body and "0.5" in body
     assert "&quot;x&quot;: 1" in body  # the payload, escaped
     assert is_hidden(detail.cancel)  # final runs cannot be cancelled
-    assert "nbt-selected" in dash.table.rows[0]._dom_classes
+    assert dash.table.rows_view.rows[0]["selected"]
 
 
 def test_cancel_button_cancels_a_running_run(engine: Engine, dash: Dashboard) -> None:
@@ -152,7 +151,7 @@ def test_cancel_button_cancels_a_running_run(engine: Engine, dash: Dashboard) ->
     assert handle.status is RunStatus.CANCELED
     assert "CANCELED" in dash.detail.header.value and is_hidden(dash.detail.cancel)
     assert "canceled" in dash.detail.message.value
-    until(dash, lambda: "CANCELED" in dash.table.rows[0]._status.value)
+    until(dash, lambda: dash.table.rows_view.rows[0]["status"] == "CANCELED")
 
 
 def test_a_run_missing_from_the_store_is_reported_not_raised(engine: Engine,
@@ -404,7 +403,7 @@ def test_module_level_dashboard_uses_the_default_engine() -> None:
     nbtasks.configure(store=":memory:")
     d = nbtasks.dashboard(page_size=3)
     try:
-        assert isinstance(d, Dashboard) and len(d.table.rows) == 3
+        assert isinstance(d, Dashboard) and d.table.rows_view.page_size == 3
     finally:
         d.close()
 

@@ -97,7 +97,8 @@ def test_saved_widget_state_is_what_the_user_saw(executed: nbformat.NotebookNode
     assert any("long-report" in s["value"] for s in by_class["nbt-status-text"])
     summary = by_class["nbt-summary"][0]["value"]
     assert "finished in the last minute" in summary and "COMPLETED" in summary
-    run_links = [s["description"] for s in by_class["nbt-run-link"] if s["description"]]
+    # each dashboard's page of rows is one widget, its rows plain data
+    run_links = [r["id"] for view in by_class["nbt-runs"] for r in view["rows"]]
     assert len(run_links) >= 5 and all(d.startswith("run_") for d in run_links)
     (plot,) = by_class["nbt-timeline-widget"]
     assert plot["data"]["queues"] and plot["data"]["bars"]  # the timeline read its window

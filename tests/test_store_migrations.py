@@ -27,7 +27,7 @@ def test_a_new_file_has_the_current_version(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
     store.open()
     store.close()
-    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 3
+    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 4
 
 
 def _v1_file(db: Path) -> None:
@@ -64,6 +64,50 @@ def test_a_v1_file_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
         eng.task(id="new", run=lambda p, ctx: p).trigger(1).wait(timeout=10)
     columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
     assert {"recovery", "replayed_from"} <= columns
+
+
+def _v3_file(db: Path, runs: int) -> None:
+    """A store as version 3 wrote it (no index on finished_at), holding `runs` finished runs."""
+    con = sqlite3.connect(db, isolation_level=None)
+    for version in (1, 2, 3):
+        for stmt in MIGRATIONS[version]:
+            con.execute(stmt)
+    con.execute("PRAGMA user_version = 3")
+    con.executemany(
+        "INSERT INTO runs (id, task_id, status, attempt_count, created_at, started_at, "
+        "finished_at, updated_at, queue, machine, owner, seq) VALUES (?, 'old-task', "
+        "'COMPLETED', 1, ?, ?, ?, ?, 'task/old-task', 'kernel', 'eng_gone', ?)",
+        [(f"run_{i:05d}", 1000.0 + i, 1000.5 + i, 1001.0 + i, 1001.0 + i, i)
+         for i in range(runs)])
+    con.close()
+
+
+def _plan(db: Path, sql: str, *params: float) -> str:
+    con = sqlite3.connect(db)
+    try:
+        return " ".join(r[-1] for r in con.execute(f"EXPLAIN QUERY PLAN {sql}", params))
+    finally:
+        con.close()
+
+
+def test_a_v3_file_gets_the_finished_at_index_and_keeps_its_runs(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    _v3_file(db, 500)
+    window = "SELECT COUNT(*) FROM runs WHERE finished_at >= ? AND created_at < ?"
+    assert "runs_finished" not in _plan(db, window, 1400.0, 1400.0)  # v3: no such index
+    with Engine(store=str(db)) as eng:
+        assert _user_version(db) == SCHEMA_VERSION == 4
+        assert eng.runs.count() == 500
+        assert eng.runs.retrieve("run_00499").status is RunStatus.COMPLETED
+    # the timeline's "ended inside the window" scan and the summary's "finished in the last
+    # minute" now read a range of the new index, not the whole history
+    assert "INDEX runs_finished (finished_at>?)" in _plan(db, window, 1400.0, 1400.0)
+    assert "runs_finished" in _plan(db, "SELECT COUNT(*) FROM runs WHERE created_at >= ? AND "
+                                    "finished_at >= ?", 0.0, 1400.0)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT COUNT(*) FROM runs INDEXED BY runs_finished "
+                       "WHERE finished_at >= 1400").fetchone()[0] == 101
+    con.close()
 
 
 def test_a_file_from_a_newer_nbtasks_is_refused(tmp_path: Path) -> None:

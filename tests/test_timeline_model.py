@@ -76,6 +76,28 @@ def test_the_query_is_by_the_window_and_keeps_older_runs_still_going(
     running.wait(timeout=10)
 
 
+def test_a_long_run_that_ended_inside_the_window_is_drawn(
+        clocked: Engine, clock: ManualClock, wait_status: Callable[..., RunStatus]) -> None:
+    """Started two hours before a five-minute window and ended inside it: the window's scan
+    of finished_at finds it, however long ago it started."""
+    gate = Gate(clocked)
+
+    @clocked.task(id="long")
+    async def long(payload: Any, ctx: Any) -> None:
+        await gate.wait()
+
+    run = long.trigger(None)
+    wait_status(clocked, run.id, RunStatus.EXECUTING)
+    clock.advance(2 * 3600)
+    gate.open()
+    run.wait(timeout=10)
+    clocked.runs.retrieve(run.id)
+    data = build_timeline(clocked.store, clock.now() + 60, 300)
+    (bar,) = data["bars"]
+    assert bar["id"] == run.id and bar["status"] == "COMPLETED"
+    assert bar["started"] < data["start"] <= bar["ended"]
+
+
 def test_concurrent_runs_take_lanes(engine: Engine, wait_status: Callable[..., RunStatus]) -> None:
     gate = Gate(engine)
 

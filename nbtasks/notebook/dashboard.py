@@ -118,14 +118,9 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         self.banner = make(widgets.HTML, "nbt-store-banner", "nbt-hidden")
         self.notice = make(widgets.HTML, "nbt-notice")
         self.summary = make(widgets.HTML, "nbt-summary")
-        self.held_text = make(widgets.HTML)
-        resume = button("Resume them", "nbt-resume-held", "nbt-fit", button_style="success")
-        cancel = button("Cancel them", "nbt-cancel-held", "nbt-fit", button_style="warning")
-        resume.on_click(guard(lambda _b: self._held(resume=True)))
-        cancel.on_click(guard(lambda _b: self._held(resume=False)))
-        self.held = make(widgets.HBox, "nbt-held", "nbt-hidden",
-                         children=[self.held_text] if self.read_only
-                         else [self.held_text, resume, cancel])
+        # runs held after a kernel restart: rare, so its text and buttons are made when needed
+        self.held = make(widgets.HBox, "nbt-held", "nbt-hidden")
+        self.held_text: Any = None
         self.table = RunsTable(engine, guard, guard(self.show_run), page_size,
                                on_pick=lambda: self.bulk.update() if self.bulk else None,
                                pickable=not self.read_only)
@@ -147,10 +142,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             make(widgets.VBox, children=runs_tab), self._form, self._schedules, self._queues,
             self._timeline], titles=("Runs", "Test", "Schedules", "Queues", "Timeline"))
         self.tabs.observe(guard(self._on_tab), "selected_index")
-        mode = make(widgets.HTML, "nbt-read-only", value=(
+        mode = [make(widgets.HTML, "nbt-read-only", value=(
             "<span class='nbt-warn'>read-only</span> <span class='nbt-ago'>this dashboard "
-            "shows runs and allows no action</span>") if self.read_only else "")
-        super().__init__([style(), self.probe, RestartNote.own(), self.banner, mode, self.summary, self.held,
+            "shows runs and allows no action</span>"))] if self.read_only else []
+        super().__init__([style(), self.probe, RestartNote.own(), self.banner, *mode, self.summary,
+                          self.held,
                           self.notice, self.tabs], layout=shared(widgets.Layout))
         self.add_class("nbt-dashboard")
         self.add_class("nbt-themed")
@@ -234,10 +230,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         """A second passed and nothing happened: move the clock-dependent parts only."""
         now = self.engine.clock.now()
         self._summary(now)
-        self.table.retime(now)
-        detail = self._detail.part
-        if detail is not None and detail.run is not None and not detail.run.is_completed:
-            detail.refresh()
+        if self.tabs.selected_index == RUNS:  # another tab hides the table: leave it be
+            self.table.retime(now)
+            detail = self._detail.part
+            if detail is not None and detail.run is not None and not detail.run.is_completed:
+                detail.refresh()
         again = self._timeline_due(None)
         self.ticks += 1
         with self.refreshed:
@@ -268,17 +265,21 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
             self._summary(now)
             if events is None or self._tasks_stale or any(e.kind == "created" for e in events):
                 self._tasks()
-            self.table.refresh(now)
-            if self.bulk is not None and self.bulk.all.value:
-                self.bulk.update()
-            selected = self._detail.part.run_id if self._detail.part is not None else None
-            if selected is not None and (events is None or
-                                         any(e.run_id == selected for e in events)):
-                self.detail.refresh()
+            if self.tabs.selected_index == RUNS:  # else caught up when the tab is shown
+                self.table.refresh(now)
+                if self.bulk is not None and self.bulk.all.value:
+                    self.bulk.update()
+                selected = self._detail.part.run_id if self._detail.part is not None else None
+                if selected is not None and (events is None or
+                                             any(e.run_id == selected for e in events)):
+                    self.detail.refresh()
             held = eng.runs.interrupted()
-            self.held_text.value = (f"{len(held)} run(s) were interrupted by a kernel restart "
-                                    "and are held" + ("" if self.read_only else ":")
-                                    if held else "")
+            if held and self.held_text is None:
+                self._make_held()
+            if self.held_text is not None:
+                self.held_text.value = (f"{len(held)} run(s) were interrupted by a kernel "
+                                        "restart and are held" + ("" if self.read_only else ":")
+                                        if held else "")
             hide(self.held, not held)
         tab = self.tabs.selected_index
         if tab == QUEUES:
@@ -292,6 +293,17 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         with self.refreshed:
             self.refreshed.notify_all()
         return again
+
+    def _make_held(self) -> None:
+        self.held_text = make(widgets.HTML)
+        if self.read_only:
+            self.held.children = [self.held_text]
+            return
+        resume = button("Resume them", "nbt-resume-held", "nbt-fit", button_style="success")
+        cancel = button("Cancel them", "nbt-cancel-held", "nbt-fit", button_style="warning")
+        resume.on_click(self.guard(lambda _b: self._held(resume=True)))
+        cancel.on_click(self.guard(lambda _b: self._held(resume=False)))
+        self.held.children = [self.held_text, resume, cancel]
 
     def _tasks(self) -> None:
         self._tasks_stale = False

@@ -61,17 +61,18 @@ def _section(title: str, body: str) -> str:
 def attempt_seconds(attempt: Any, last_alive: float | None) -> tuple[float | None, bool]:
     """An attempt's duration, and whether it is a lower bound.
 
-    An attempt ended by a kernel restart is recorded as finished when the next kernel adopted
-    its run, which counts the time the kernel was down. Its real run time ended at its last sign
-    of life (its last log line, or its start when it logged nothing), so that is what is shown,
-    marked as "at least".
+    An attempt ended by a kernel restart is recorded as finished at its last sign of life (its
+    last log line or row write; see nbtasks/_recovery.py), not when the next kernel adopted it:
+    the time the kernel was down is not run time. It may have run a little longer unseen, so
+    the figure is marked as "at least". Files written before that rule recorded the adoption
+    time; their last log line (`last_alive`) still gives the right figure.
     """
     if attempt.started_at is None or attempt.finished_at is None:
         return None, False
     started = attempt.started_at.timestamp()
     if (attempt.error or {}).get("type") == "KernelRestartError":
-        end = max(started, last_alive if last_alive is not None else started)
-        return end - started, True
+        end = attempt.finished_at.timestamp() if last_alive is None else last_alive
+        return max(0.0, end - started), True
     return attempt.duration_ms / 1000, False
 
 
@@ -80,8 +81,9 @@ def attempts_html(run: Run, logs: list[queries.LogLine], now: float) -> str:
     for a in run.attempts:
         fin = a.finished_at.timestamp() if a.finished_at is not None else None
         start = a.started_at.timestamp() if a.started_at is not None else None
+        # fin is the stored end as a datetime: allow for its rounding to the microsecond
         alive = max((line.ts for line in logs if start is not None and start <= line.ts
-                     and (fin is None or line.ts <= fin)), default=None)
+                     and (fin is None or line.ts <= fin + 1e-3)), default=None)
         took, at_least = attempt_seconds(a, alive)
         rows.append([str(a.number), esc(a.status), esc(a.machine), clock_time(a.started_at, now),
                      ("≥ " if at_least else "") + esc(duration(took)),

@@ -21,6 +21,7 @@ from typing import Any
 
 from .._payload import loads
 from .._runs import run_filters
+from .._spans import SPAN_LEVEL
 from .._status import FINAL, RunStatus
 from ..stores import Store
 
@@ -260,10 +261,10 @@ class LogLine:
 
 
 def logs(store: Store, run_id: str, limit: int = 200) -> list[LogLine]:
-    """The newest `limit` log lines of a run, oldest first."""
+    """The newest `limit` log lines of a run, oldest first; span lines belong to the trace."""
     _, rows = store.select(
-        "SELECT ts, level, message, attributes FROM logs WHERE run_id = ? "
-        "ORDER BY ts DESC LIMIT ?", (run_id, limit))
+        "SELECT ts, level, message, attributes FROM logs WHERE run_id = ? AND level != ? "
+        "ORDER BY ts DESC LIMIT ?", (run_id, SPAN_LEVEL, limit))
     return [LogLine(ts, level, msg, loads(attrs)) for ts, level, msg, attrs in reversed(rows)]
 
 

@@ -1,8 +1,10 @@
-"""The runs table: filters, a fixed pool of row widgets, and a keyset pager over the store.
+"""The runs table: filters, one widget for the page's rows, and a keyset pager over the store.
 
-Rows are created once (`page_size` of them) and refilled in place, so a refresh sends only the
-cells that changed and the browser never rebuilds the table. A blank row keeps its height, so a
-filter that leaves one run does not collapse the widget and make the notebook jump. Each page is
+The rows are one anywidget (rows_view.py) holding the page as data; the page draws
+`page_size` rows once and refills them in place, so a refresh never rebuilds the table, and
+opening a dashboard makes one widget model for the rows, not five a row. A blank row keeps its
+height, so a filter that leaves one run does not collapse the widget and make the notebook
+jump. Each page is
 one indexed query anchored at a run (see queries.py): a page deep in the history stays put while
 new runs arrive, and `jump_to(run_id)` puts a run on screen and highlights it.
 """
@@ -17,14 +19,11 @@ from .._models import MACHINES
 from .._status import RunStatus
 from . import queries
 from ._ui import Guard, button, classed, hide, make, shared, widgets
-from .display import ago, badge, clock_time, duration, esc
+from .display import ago, clock_time, duration
+from .rows_view import RowsView
 
 if TYPE_CHECKING:
     from .._engine import Engine
-
-_COLUMNS = (("id", "run"), ("task", "task"), ("created", "created"), ("waited", "waited"),
-            ("dur", "duration"), ("att", "att."), ("machine", "machine"), ("queue", "queue"),
-            ("tags", "tags"))
 
 ALL = ""
 
@@ -36,81 +35,6 @@ TESTS = (("test or not", ""), ("test runs", "test"), ("not test runs", "not-test
 
 #: Seconds of quiet typing before a text filter applies.
 DEBOUNCE = 0.3
-
-
-class RowView(widgets.HBox):  # type: ignore[misc]
-    """One table row: a select box, status badge, the run id as a button that opens it, cells."""
-
-    def __init__(self, on_open: Callable[[str], None], on_pick: Callable[[], None],
-                 pickable: bool = True) -> None:
-        self.run_id: str | None = None
-        self.pick = make(widgets.Checkbox, "nbt-row-pick", width="28px", indent=False,
-                         value=False)
-        self._status = make(widgets.HTML, "nbt-c-status")
-        self._open = button("", "nbt-link", "nbt-run-link", width="220px")
-        self._cells = make(widgets.HTML)
-        self._open.on_click(lambda _b: self.run_id and on_open(self.run_id))
-        self.pick.observe(lambda _c: on_pick(), "value")
-        super().__init__([self.pick, self._status, self._open, self._cells] if pickable
-                         else [self._status, self._open, self._cells],
-                         layout=shared(widgets.Layout))
-        self.add_class("nbt-row")
-        self._last_status = ""
-        self._marks: set[str] = set()
-        self._blank = False
-
-    def show(self, row: queries.RunRow, now: float, selected: bool, flash: bool,
-             picked: bool) -> None:
-        self.run_id = row.id
-        if row.status != self._last_status:
-            if self._last_status:
-                self.remove_class(f"nbt-row-{self._last_status}")
-            self.add_class(f"nbt-row-{row.status}")
-            self._last_status = row.status
-        self._status.value = badge(row.status) + (" <i>test</i>" if row.is_test else "")
-        self._open.description = row.id
-        self._open.tooltip = f"open {row.id}"
-        if row.status == "DELAYED" and row.delay_until is not None:
-            took = f"starts {ago(row.delay_until, now)}"
-        else:
-            took = esc(duration(row.duration(now)))
-        created = (f'{clock_time(row.created_at, now)} '
-                   f'<span class="nbt-ago">{ago(row.created_at, now)}</span>')
-        cells = (esc(row.task_id), created, esc(duration(row.waited(now))), took,
-                 str(row.attempt_count), esc(row.machine), esc(row.queue),
-                 esc(", ".join(row.tags)))
-        self._cells.value = '<div class="nbt-cells">' + "".join(
-            f'<span class="nbt-c-{key}">{text}</span>'
-            for (key, _), text in zip(_COLUMNS[1:], cells, strict=True)) + "</div>"
-        self.pick.value = picked
-        self._mark({"nbt-selected"} if selected else set(), flash)
-
-    def _mark(self, marks: set[str], flash: bool) -> None:
-        # the flash class is taken off on the next refresh, so a later jump can replay it
-        if flash:
-            marks = {*marks, "nbt-flash"}
-        for gone in self._marks - marks:
-            self.remove_class(gone)
-        for new in marks - self._marks:
-            self.add_class(new)
-        self._marks = marks
-        if self._blank:
-            self._blank = False
-            self.remove_class("nbt-blank")
-
-    def blank(self) -> None:
-        """Keep the row's height but show nothing (and match no status or run selector)."""
-        if self._blank:
-            return
-        self._mark(set(), False)
-        self._blank = True
-        self.run_id = None
-        if self._last_status:
-            self.remove_class(f"nbt-row-{self._last_status}")
-            self._last_status = ""
-        self._open.description = ""
-        self.pick.value = False
-        self.add_class("nbt-blank")
 
 
 class RunsTable(widgets.VBox):  # type: ignore[misc]
@@ -163,10 +87,11 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             text.observe(self._on_typing, "value")
         self.hint = make(widgets.HTML, "nbt-filter-hint",
                          value='<span class="nbt-ago">filters apply as you type</span>')
-        head = "".join(f'<span class="nbt-c-{k}">{t}</span>' for k, t in
-                       ((("pick", ""),) if pickable else ()) + (("status", "status"), *_COLUMNS))
-        self.rows = [RowView(guard(on_open), guard(self._picked), pickable)
-                     for _ in range(page_size)]
+        self._on_open = on_open
+        self._flashing: tuple[str, int] | None = None  # (run id, n): replayed when n changes
+        self._flashes = 0
+        self.rows_view = RowsView(page_size, pickable)  # one widget for all rows: cheap to open
+        self.rows_view.on_click(guard(self._on_row_click))
         self.empty = make(widgets.HTML, "nbt-empty", "nbt-hidden", value="no runs match")
         self.clear = button("clear filters", "nbt-clear-filters", "nbt-fit", "nbt-hidden")
         self.clear.on_click(guard(lambda _b: self.clear_filters()))
@@ -180,16 +105,13 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         self.older.on_click(guard(lambda _b: self.go("older")))
         self.last.on_click(guard(lambda _b: self.go("last")))
         box = shared(widgets.Layout)
-        grid = classed(widgets.VBox([
-            make(widgets.HTML, value=f'<div class="nbt-head">{head}</div>'), *self.rows],
-            layout=box), "nbt-runs")
         super().__init__([
             classed(widgets.HBox([self.task, self.status, self.range, self.queue, self.machine,
                                   self.test], layout=box), "nbt-filters"),
             classed(widgets.HBox([self.tag, self.all_tags, self.search, self.hint], layout=box),
                     "nbt-filters"),
             widgets.HBox([self.empty, self.clear], layout=box),
-            classed(widgets.Box([grid], layout=box), "nbt-scroll"),
+            classed(widgets.Box([self.rows_view], layout=box), "nbt-scroll"),
             widgets.HBox([self.first, self.newer, self.where, self.older, self.last], layout=box),
         ], layout=box)
         self.add_class("nbt-table")
@@ -230,16 +152,31 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
     def _show(self, rows: list[queries.RunRow], now: float) -> None:
         self.rows_shown = rows
         flash, self._flash = self._flash, None
-        for view, row in zip(self.rows, rows, strict=False):
-            view.show(row, now, row.id == self.selected, row.id == flash, row.id in self.picked)
-        for view in self.rows[len(rows):]:
-            view.blank()
+        if flash is not None:  # flashes once, on this refresh; a later jump replays it
+            self._flashes += 1
+            self._flashing = (flash, self._flashes)
+        else:
+            self._flashing = None
+        self.rows_view.rows = [self._cells(row, now) for row in rows]
 
     def retime(self, now: float) -> None:
         """The clock moved and nothing else: redraw the shown rows' times, with no query."""
-        for view, row in zip(self.rows, self.rows_shown, strict=False):
-            view.show(row, now, row.id == self.selected, "nbt-flash" in view._marks,
-                      row.id in self.picked)
+        self.rows_view.rows = [self._cells(row, now) for row in self.rows_shown]
+
+    def _cells(self, row: queries.RunRow, now: float) -> dict[str, Any]:
+        """One row as the page draws it: display strings, not HTML (rows.js sets text)."""
+        if row.status == "DELAYED" and row.delay_until is not None:
+            took = f"starts {ago(row.delay_until, now)}"
+        else:
+            took = duration(row.duration(now))
+        flash = self._flashing[1] if self._flashing and self._flashing[0] == row.id else 0
+        return {"id": row.id, "status": row.status, "test": bool(row.is_test),
+                "task": row.task_id, "created": clock_time(row.created_at, now),
+                "ago": ago(row.created_at, now), "waited": duration(row.waited(now)),
+                "took": took, "att": str(row.attempt_count), "machine": row.machine or "",
+                "queue": row.queue or "", "tags": ", ".join(row.tags),
+                "selected": row.id == self.selected, "flash": flash,
+                "picked": row.id in self.picked}
 
     def set_tasks(self, task_ids: list[str]) -> None:
         """Offer these task ids in the task filter, keeping the current choice."""
@@ -342,11 +279,16 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             timer.cancel()
             self._guard(self._on_filter)()
 
-    def _picked(self) -> None:
-        for view in self.rows:
-            if view.run_id is not None:
-                (self.picked.add if view.pick.value else self.picked.discard)(view.run_id)
-        self._on_pick()
+    def _on_row_click(self, click: dict[str, Any]) -> None:
+        """A run id or a pick box was clicked in the page (rows.js)."""
+        run_id = click.get("run")
+        if not isinstance(run_id, str) or not any(r.id == run_id for r in self.rows_shown):
+            return  # only a run on the page can be opened or picked from it
+        if click.get("kind") == "open":
+            self._on_open(run_id)
+        elif click.get("kind") == "pick":
+            (self.picked.add if click.get("value") else self.picked.discard)(run_id)
+            self._on_pick()
 
     def close(self) -> None:
         if self._timer is not None:

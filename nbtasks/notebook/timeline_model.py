@@ -51,11 +51,6 @@ def assign_lanes(spans: list[tuple[float, float]]) -> list[int]:
     return lanes
 
 
-#: How far before the window to look for runs still running into it (created_at is indexed,
-#: finished_at is not): a longer run that ended inside the window is left out.
-LOOKBACK = 900.0
-
-
 def _rows(store: Store, sql: str, params: list[Any], queues: list[str]) -> list[tuple[Any, ...]]:
     marks = ", ".join("?" * len(queues))
     _, rows = store.select(f"{sql} AND queue IN ({marks})", (*params, *queues))
@@ -90,12 +85,13 @@ def build_timeline(store: Store, now: float, window: float, *, max_bars: int = M
             summarised.append(queue)
     rows = _rows(store, f"SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at <= ?",
                  [since, now], detailed) if detailed else []
-    # Before the window: runs still going (any age), and recent ones that ended inside it.
+    # Before the window: runs still going, and runs that ended inside it, of any age. Both
+    # are index ranges (finished_at, and status), so the history before the window is not read.
     marks = ", ".join("?" * len(_ACTIVE))
     _, older = store.select(
-        f"SELECT {_COLUMNS} FROM runs WHERE created_at >= ? AND created_at < ? AND "
-        f"finished_at >= ? UNION SELECT {_COLUMNS} FROM runs WHERE status IN ({marks}) AND "
-        "created_at < ?", (since - min(window, LOOKBACK), since, since, *_ACTIVE, since))
+        f"SELECT {_COLUMNS} FROM runs WHERE finished_at >= ? AND created_at < ? "
+        f"UNION SELECT {_COLUMNS} FROM runs WHERE status IN ({marks}) AND created_at < ?",
+        (since, since, *_ACTIVE, since))
     by_queue: dict[str, list[tuple[Any, ...]]] = {}
     for r in [*rows, *older]:
         by_queue.setdefault(r[2] or "", []).append(r)
@@ -124,4 +120,4 @@ def build_timeline(store: Store, now: float, window: float, *, max_bars: int = M
             "summarised": sum(counts[q] for q in summarised)}
 
 
-__all__ = ("BUCKETS", "LOOKBACK", "MAX_BARS", "MAX_LANES", "assign_lanes", "build_timeline")
+__all__ = ("BUCKETS", "MAX_BARS", "MAX_LANES", "assign_lanes", "build_timeline")
