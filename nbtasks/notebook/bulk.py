@@ -134,10 +134,9 @@ class BulkBar(widgets.VBox):  # type: ignore[misc]
         tail = f", {skipped:,} had already ended" if action == "cancel" and skipped else (
             f", {skipped:,} could not be replayed" if skipped else "")
         self.progress.value = message(f"{verb} {done:,} of {len(ids):,} runs{tail}", ok=True)
-        # Untick the boxes before forgetting the picks: the table reads its picks back from
-        # the boxes whenever one changes, so a box left ticked would pick its run again.
-        for view in self.table.rows:
-            view.pick.value = False
+        # The picks live in the kernel (the page draws its boxes from each row's "picked"), so
+        # forgetting them here unticks every box at the table's next draw.
         self.table.picked.clear()
         self.all.value = False
+        self.update()
         self._after(newest)
