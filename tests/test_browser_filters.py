@@ -250,6 +250,13 @@ def test_the_filter_bar_reads_well_in_both_themes(page: Any, theme: str) -> None
     page.locator(".nbt-filter-from input").fill("not a time")
     _expect()(page.locator(".nbt-filter-hint")).to_contain_text("cannot read")
     page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+    # every filter is within the table's width (the bar wraps rather than clipping the last)
+    clipped = page.evaluate(
+        "() => { const edge = document.querySelector('div.nbt-table').getBoundingClientRect()"
+        ".right; return [...document.querySelectorAll('.nbt-filters > *')].filter(e =>"
+        " e.offsetParent && e.getBoundingClientRect().right > edge + 1).map(e => e.className);"
+        " }")
+    assert not clipped, clipped
     checked, bad = contrast_failures(page, "div.nbt-table")
     assert checked > 30 and not bad, "\n".join(map(str, bad))
     hint = page.locator(".nbt-filter-hint .nbt-message")
