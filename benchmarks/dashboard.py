@@ -61,6 +61,8 @@ def fill_store(path: str, n: int, seed: int = 1) -> None:
         run.machine = "kernel"
         if i % 7 == 0:
             run.tags = ["nightly"]
+        if i % 1000 < 20:  # a 20-run batch every 1,000 runs, for the batch picker
+            run.batch_id = f"batch_{i // 1000:06d}"
         if run.status is RunStatus.FAILED:
             run.error = {"type": "ValueError", "message": "boom", "traceback": ""}
         attempt = AttemptState(1, run.started_at, "kernel", run.queue)
@@ -122,6 +124,32 @@ def measure(path: str, repeat: int) -> dict[str, float]:
             table.newer.click()
 
         out["next page"] = _median_ms(page, repeat) / 2
+
+        # the sorts (each flip: sort, then back to newest first) and the other pickers
+        for name, value in (("sort: started, latest first", "started:desc"),
+                            ("sort: longest first", "duration:desc"),
+                            ("sort: shortest first", "duration:asc")):
+            out[name] = _median_ms(flip(table.sort, value), repeat) / 2
+
+        def sorted_page() -> None:
+            table.older.click()
+            table.newer.click()
+
+        table.sort.value = "duration:desc"
+        out["next page, longest first"] = _median_ms(sorted_page, repeat) / 2
+        table.sort.value = "created:desc"
+        newest_batch = table.batch.options[1][1]
+        out["filter: batch (picked)"] = _median_ms(flip(table.batch, newest_batch), repeat) / 2
+
+        def custom_range() -> None:
+            table.range.value = -1.0  # "custom…"
+            table.since_at.value, table.until_at.value = "90m", "30m"
+            table.apply_typing_now()
+            table.range.value = 0.0
+            table.since_at.value = table.until_at.value = ""
+            table.apply_typing_now()
+
+        out["filter: custom range 90m..30m ago"] = _median_ms(custom_range, repeat) / 3
         out["live refresh (one throttled update)"] = _median_ms(dash.refresh, repeat)
         out["tick while shown (no events)"] = _median_ms(lambda: dash.update([]), repeat)
         events = _events(eng, 100)

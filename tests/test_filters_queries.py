@@ -77,8 +77,8 @@ def history(rng: random.Random, n: int, t0: float) -> list[RunState]:
 
 
 def expected_key(run: RunState, order: Order) -> float:
-    """The sort key, computed here: a run without one yet sorts after all that have one."""
-    far = 1e300 if order.ascending else -1e300
+    """The sort key, computed here: a run without one yet sorts as if it were infinite."""
+    far = 1e300
     if order.key == "created":
         return run.created_at
     if order.key == "started":

@@ -274,8 +274,11 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
                 bounds.append(None)
         return bounds[0], bounds[1]
 
-    def refresh(self, now: float) -> None:
-        """Re-read the current page and the total; the caller holds the dashboard's lock."""
+    def refresh(self, now: float, rows: list[queries.RunRow] | None = None) -> None:
+        """Re-read the current page and the total; the caller holds the dashboard's lock.
+
+        `rows`: the page at `anchor`, already read by the caller (paging reads it anyway; a
+        sort without an index pays a scan per query, so none is read twice)."""
         store = self.engine.store
         q, order = self.query(), self.order()
         custom = self.range.value == CUSTOM
@@ -284,13 +287,17 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         self.hint.value = (message(esc(self._when_problem)) if self._when_problem
                            else f'<span class="nbt-ago">{_HINT}</span>')
         self.total = queries.count(store, q, now)
-        rows = queries.page(store, q, now, limit=self.page_size, at=self.anchor, order=order)
+        if rows is None:
+            rows = queries.page(store, q, now, limit=self.page_size, at=self.anchor,
+                                order=order)
         if not rows and self.anchor is not None:  # the anchor run and all after it are gone
             self.anchor = None
             rows = queries.page(store, q, now, limit=self.page_size, order=order)
         self._show(rows, now)
         self.position = (queries.newer_than(store, q, now, self.anchor, order)
                          if self.anchor is not None and rows else 0)
+        if self.position == 0:
+            self.anchor = None  # the first page follows new runs as they arrive
         first = self.position + 1 if rows else 0
         self.where.value = (f"&nbsp;{first:,}&ndash;{self.position + len(rows):,} of "
                             f"{self.total:,}&nbsp;")
@@ -353,26 +360,24 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
     def go(self, where: str) -> None:
         """Page to "first", "newer", "older" or "last"."""
         store, q, now = self.engine.store, self.query(), self.engine.clock.now()
-        order = self.order()
+        order, size = self.order(), self.page_size
         shown = self.rows_shown
+        rows: list[queries.RunRow] | None = None
         if where == "first" or (where == "newer" and not shown):
             self.anchor = None
         elif where == "older" and shown:
-            older = queries.page(store, q, now, limit=1, after=queries.Cursor.of(shown[-1]),
-                                 order=order)
-            if older:
-                self.anchor = queries.Cursor.of(older[0])
+            rows = queries.page(store, q, now, limit=size, after=queries.Cursor.of(shown[-1]),
+                                order=order) or None
         elif where == "newer":
-            newer = queries.page(store, q, now, limit=self.page_size,
-                                 before=queries.Cursor.of(shown[0]), order=order)
-            self.anchor = queries.Cursor.of(newer[0]) if newer else None
+            rows = queries.page(store, q, now, limit=size, before=queries.Cursor.of(shown[0]),
+                                order=order)
+            if len(rows) < size:  # fewer than a page above: that is the first page
+                self.anchor, rows = None, None
         elif where == "last":
-            oldest = queries.page(store, q, now, limit=self.page_size, last=True, order=order)
-            self.anchor = queries.Cursor.of(oldest[0]) if oldest else None
-        if self.anchor is not None and queries.newer_than(store, q, now, self.anchor,
-                                                          order) == 0:
-            self.anchor = None  # the first page follows new runs as they arrive
-        self.refresh(now)
+            rows = queries.page(store, q, now, limit=size, last=True, order=order) or None
+        if rows:
+            self.anchor = queries.Cursor.of(rows[0])
+        self.refresh(now, rows)
 
     def jump_to(self, run_id: str, refresh: bool = True) -> None:
         """Show `run_id` (clearing filters it does not pass), select it and flash its row.
