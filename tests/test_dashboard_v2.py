@@ -444,6 +444,18 @@ def test_filters_combine_and_an_empty_result_offers_to_clear(engine: Engine,
     assert len(shown(dash)) == 3
 
 
+def test_a_new_queue_is_offered_without_opening_the_queues_tab(engine: Engine,
+                                                              dash: Dashboard) -> None:
+    @engine.task(id="lane", queue={"name": "side-lane", "concurrency_limit": 1},
+                 retry=NO_RETRY)
+    def lane(payload: Any, ctx: Any) -> Any:
+        return payload
+
+    finish(lane.trigger(1))
+    until(dash, lambda: ("side-lane", "side-lane") in dash.table.queue.options)
+    assert dash.tabs.selected_index == RUNS
+
+
 def test_typed_filters_apply_once_typing_pauses(engine: Engine, dash: Dashboard) -> None:
     t = define(engine)
     finish(a := t["ok"].trigger(1, tags=["x"]), t["ok"].trigger(2))

@@ -330,10 +330,13 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         self._set_options(self.queue, [("all queues", ALL), *((n, n) for n in names)])
 
     def set_choices(self, now: float) -> None:
-        """Re-read the schedules and the recent batches offered in their filters (when runs
-        were created: a batch or a scheduled run is new). A chosen batch that is no longer
+        """Re-read the queues, schedules and recent batches offered in their filters (when runs
+        were created: a queue, a batch or a scheduled run is new). A chosen batch that is no longer
         recent stays offered, so the filter the user set is not dropped under them."""
         store = self.engine.store
+        # the queue picker is filled here too, not only when the Queues tab is opened: a
+        # queue made by a trigger is a choice as soon as its first run exists
+        self.set_queues(sorted(q["name"] for q in self.engine.queues.list()))
         self._set_options(self.schedule, [("all schedules", ALL), *(
             (f"{task} · {cron} · {sid}", sid) for sid, task, cron in
             queries.schedule_choices(store))])
