@@ -12,7 +12,8 @@ median of `--repeat` tries, measured twice:
   messages: that is the kernel time a notebook user waits for.
 
 "sort: ..." and the batch and custom-range filters are the table's other pickers;
-`--sort-indexes` adds the indexes the started/duration sorts would use, to show their worth.
+`--wanted-indexes` adds the indexes those would use (not in the schema yet), to show their
+worth.
 
 "open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
 in the process, with the ipywidgets import). The target is < 200 ms for opening and for each
@@ -210,22 +211,22 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000, help="runs in the store")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the in-kernel figures")
-    parser.add_argument("--sort-indexes", action="store_true",
-                        help="add the indexes the started/duration sorts could use "
-                             "(nbtasks.notebook.queries.SORT_INDEXES) to the filled store")
+    parser.add_argument("--wanted-indexes", action="store_true",
+                        help="add the indexes the started/duration sorts and the batch filter "
+                             "could use (nbtasks.notebook.queries.WANTED_INDEXES)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "runs.db")
         t = time.perf_counter()
         fill_store(path, args.n)
-        if args.sort_indexes:
+        if args.wanted_indexes:
             import sqlite3
 
-            from nbtasks.notebook.queries import SORT_INDEXES
+            from nbtasks.notebook.queries import WANTED_INDEXES
             with sqlite3.connect(path) as conn:
-                for ddl in SORT_INDEXES:
+                for ddl in WANTED_INDEXES:
                     conn.execute(ddl)
-            print("with the sort indexes")
+            print("with the wanted indexes:", *WANTED_INDEXES, sep="\n  ")
         print(f"filled {args.n:,} runs in {time.perf_counter() - t:.1f} s "
               f"({os.path.getsize(path) / 1e6:.0f} MB)")
         columns = {"in process": measure(path, args.repeat)}

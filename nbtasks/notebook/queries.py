@@ -113,7 +113,7 @@ SORTS = {"created": ("newest first", "oldest first"),
 _FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in FINAL) + ")"
 #: The key of a run that has none yet (not started; not finished, for "duration"): later and
 #: longer than any real one. One value for both directions keeps each key a single expression,
-#: which one expression index could serve both ways (see `SORT_INDEXES`).
+#: which one expression index could serve both ways (see `WANTED_INDEXES`).
 _NOT_YET = "1e300"
 #: The expressions of the "started" and "duration" keys, exactly as an index must spell them.
 SORT_KEYS = {
@@ -123,10 +123,15 @@ SORT_KEYS = {
                  f"MAX(0.0, COALESCE(finished_at, updated_at, started_at) - started_at) "
                  f"ELSE {_NOT_YET} END)"),
 }
-#: Indexes that would let the "started" and "duration" sorts read a page without a full scan
-#: (they are not in the schema yet: without them each such page scans the runs once).
-SORT_INDEXES = tuple(f"CREATE INDEX IF NOT EXISTS runs_sort_{key} ON runs({SORT_KEYS[key]}, id)"
-                     for key in ("started", "duration"))
+#: Indexes that would let the "started" and "duration" sorts and the batch filter read a page
+#: without a full scan. They are not in the schema (yet): without them each such query scans
+#: the runs once. The sort keys must be spelled exactly as in SORT_KEYS for SQLite to use them.
+WANTED_INDEXES = (
+    *(f"CREATE INDEX IF NOT EXISTS runs_sort_{key} ON runs({SORT_KEYS[key]}, id)"
+      for key in ("started", "duration")),
+    "CREATE INDEX IF NOT EXISTS runs_batch ON runs(batch_id, created_at, id) "
+    "WHERE batch_id IS NOT NULL",
+)
 
 
 @dataclass(frozen=True, slots=True)
