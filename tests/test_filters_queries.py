@@ -269,3 +269,15 @@ def test_the_wanted_indexes_serve_the_sorts_and_the_batch_filter(
         plan = _plan(store, sql, params)
         assert "runs_sort_" in plan or "runs_batch" in plan, (sql, plan)
         assert "TEMP B-TREE" not in plan, (sql, plan)
+
+
+def test_the_sort_keys_are_spelled_the_same_in_every_process() -> None:
+    """An index made by one kernel must match the queries of the next one."""
+    import os
+    import subprocess
+    import sys
+    code = "from nbtasks.notebook.queries import SORT_KEYS; print(SORT_KEYS['duration'])"
+    spelled = {subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
+        env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3", "4")}
+    assert len(spelled) == 1, spelled

@@ -110,7 +110,9 @@ SORTS = {"created": ("newest first", "oldest first"),
          "started": ("started, latest first", "started, earliest first"),
          "duration": ("longest first", "shortest first")}
 
-_FINAL_SQL = "(" + ", ".join(f"'{s.value}'" for s in FINAL) + ")"
+#: Sorted: FINAL is a set, whose order changes with each process's string hashing, and an
+#: expression index only serves a query that spells the expression the same way.
+_FINAL_SQL = "(" + ", ".join(f"'{v}'" for v in sorted(s.value for s in FINAL)) + ")"
 #: The key of a run that has none yet (not started; not finished, for "duration"): later and
 #: longer than any real one. One value for both directions keeps each key a single expression,
 #: which one expression index could serve both ways (see `WANTED_INDEXES`).
