@@ -11,6 +11,10 @@ median of `--repeat` tries, measured twice:
 - inside a real Jupyter kernel (jupyter_client), where every widget also sends its comm
   messages: that is the kernel time a notebook user waits for.
 
+"sort: ..." and the batch and custom-range filters are the table's other pickers;
+`--wanted-indexes` adds the indexes those would use (not in the schema yet), to show their
+worth.
+
 "open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
 in the process, with the ipywidgets import). The target is < 200 ms for opening and for each
 filter change. "tick" is the once-a-second refresh of a dashboard on screen; "hidden" is the
@@ -61,6 +65,8 @@ def fill_store(path: str, n: int, seed: int = 1) -> None:
         run.machine = "kernel"
         if i % 7 == 0:
             run.tags = ["nightly"]
+        if i % 1000 < 20:  # a 20-run batch every 1,000 runs, for the batch picker
+            run.batch_id = f"batch_{i // 1000:06d}"
         if run.status is RunStatus.FAILED:
             run.error = {"type": "ValueError", "message": "boom", "traceback": ""}
         attempt = AttemptState(1, run.started_at, "kernel", run.queue)
@@ -123,6 +129,32 @@ def measure(path: str, repeat: int) -> dict[str, float]:
             table.newer.click()
 
         out["next page"] = _median_ms(page, repeat) / 2
+
+        # the sorts (each flip: sort, then back to newest first) and the other pickers
+        for name, value in (("sort: started, latest first", "started:desc"),
+                            ("sort: longest first", "duration:desc"),
+                            ("sort: shortest first", "duration:asc")):
+            out[name] = _median_ms(flip(table.sort, value), repeat) / 2
+
+        def sorted_page() -> None:
+            table.older.click()
+            table.newer.click()
+
+        table.sort.value = "duration:desc"
+        out["next page, longest first"] = _median_ms(sorted_page, repeat) / 2
+        table.sort.value = "created:desc"
+        newest_batch = table.batch.options[1][1]
+        out["filter: batch (picked)"] = _median_ms(flip(table.batch, newest_batch), repeat) / 2
+
+        def custom_range() -> None:
+            table.range.value = -1.0  # "custom…"
+            table.since_at.value, table.until_at.value = "90m", "30m"
+            table.apply_typing_now()
+            table.range.value = 0.0
+            table.since_at.value = table.until_at.value = ""
+            table.apply_typing_now()
+
+        out["filter: custom range 90m..30m ago"] = _median_ms(custom_range, repeat) / 3
         out["live refresh (one throttled update)"] = _median_ms(dash.refresh, repeat)
         out["tick while shown (no events)"] = _median_ms(lambda: dash.update([]), repeat)
         events = _events(eng, 100)
@@ -194,11 +226,22 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000, help="runs in the store")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the in-kernel figures")
+    parser.add_argument("--wanted-indexes", action="store_true",
+                        help="add the indexes the started/duration sorts and the batch filter "
+                             "could use (nbtasks.notebook.queries.WANTED_INDEXES)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "runs.db")
         t = time.perf_counter()
         fill_store(path, args.n)
+        if args.wanted_indexes:
+            import sqlite3
+
+            from nbtasks.notebook.queries import WANTED_INDEXES
+            with sqlite3.connect(path) as conn:
+                for ddl in WANTED_INDEXES:
+                    conn.execute(ddl)
+            print("with the wanted indexes:", *WANTED_INDEXES, sep="\n  ")
         print(f"filled {args.n:,} runs in {time.perf_counter() - t:.1f} s "
               f"({os.path.getsize(path) / 1e6:.0f} MB)")
         columns = {"in process": measure(path, args.repeat)}

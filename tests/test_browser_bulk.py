@@ -100,7 +100,7 @@ def test_bulk_cancel_and_replay_with_a_confirmation_over_ten(page: Any,
 
     # two picked rows: canceled with no question
     for i in range(2):
-        executing.nth(i).locator(".nbt-row-pick input").check()
+        executing.nth(i).locator("input.nbt-row-pick").check()
     expect(count).to_contain_text("2 selected")
     expect(cancel).to_be_enabled()
     cancel.click()
@@ -133,7 +133,7 @@ def test_bulk_cancel_and_replay_with_a_confirmation_over_ten(page: Any,
     expect(completed).to_have_count(3)
     original = completed.first.locator(".nbt-run-link").inner_text().strip()
     assert original.startswith("run_"), original
-    completed.first.locator(".nbt-row-pick input").check()
+    completed.first.locator("input.nbt-row-pick").check()
     expect(count).to_contain_text("1 selected")
     replay.click()
     expect(progress).to_contain_text("replayed 1 of 1 runs")

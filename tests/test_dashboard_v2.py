@@ -21,6 +21,7 @@ from test_display import Watcher
 
 import nbtasks
 from nbtasks import Engine, RunStatus
+from nbtasks.notebook import queries
 from nbtasks.notebook._ui import CSS, is_hidden
 from nbtasks.notebook.dashboard import QUEUES, RUNS, SCHEDULES, TEST, Dashboard, rate_text
 from nbtasks.notebook.display import duration, error_html, label_cells
@@ -444,6 +445,18 @@ def test_filters_combine_and_an_empty_result_offers_to_clear(engine: Engine,
     assert len(shown(dash)) == 3
 
 
+def test_a_new_queue_is_offered_without_opening_the_queues_tab(engine: Engine,
+                                                              dash: Dashboard) -> None:
+    @engine.task(id="lane", queue={"name": "side-lane", "concurrency_limit": 1},
+                 retry=NO_RETRY)
+    def lane(payload: Any, ctx: Any) -> Any:
+        return payload
+
+    finish(lane.trigger(1))
+    until(dash, lambda: ("side-lane", "side-lane") in dash.table.queue.options)
+    assert dash.tabs.selected_index == RUNS
+
+
 def test_typed_filters_apply_once_typing_pauses(engine: Engine, dash: Dashboard) -> None:
     t = define(engine)
     finish(a := t["ok"].trigger(1, tags=["x"]), t["ok"].trigger(2))
@@ -461,6 +474,74 @@ def test_rows_show_relative_times_and_the_queue_wait(engine: Engine, dash: Dashb
     cells = dash.table.rows_view.rows[0]
     assert cells["ago"] == "just now" or cells["ago"].endswith(" s ago")
     assert re.fullmatch(r"<1 ms|\d+ ms|\d+\.\d s", cells["waited"]), cells["waited"]
+
+
+def test_sort_orders_the_rows_and_pages_follow_it(engine: Engine, dash: Dashboard) -> None:
+    @engine.task(id="nap", retry=NO_RETRY)
+    def nap(payload: Any, ctx: Any) -> None:
+        time.sleep(payload)
+
+    naps = [0.06, 0.0, 0.03, 0.09, 0.0, 0.045, 0.015]  # seconds
+    handles = [nap.trigger(n) for n in naps]
+    finish(*handles)
+    until(dash, lambda: dash.table.total == len(naps))
+    table = dash.table
+    assert shown(dash) == [h.id for h in reversed(handles)][:5]  # newest first by default
+    table.sort.value = "duration:desc"
+    first = shown(dash)
+    table.older.click()
+    ordered = first + shown(dash)
+    assert sorted(ordered) == sorted(h.id for h in handles)  # each run once
+    took = [r.duration(0.0) for r in (queries.row(engine.store, i) for i in ordered) if r]
+    assert took == sorted(took, reverse=True), took  # longest first, as the store has them
+    assert "6&ndash;7 of 7" in table.where.value and table.older.disabled
+    table.newer.click()
+    assert shown(dash) == first
+    table.sort.value = "created:asc"
+    assert shown(dash) == [h.id for h in handles][:5]
+    table.last.click()
+    assert shown(dash) == [h.id for h in handles][2:]
+    table.clear.click()  # clearing filters keeps the sort (it is not a filter)
+    assert table.sort.value == "created:asc"
+
+
+def test_custom_range_batch_and_schedule_pickers(engine: Engine, dash: Dashboard) -> None:
+    t = define(engine)
+    batch = t["ok"].batch_trigger([1, 2, 3])
+    finish(*batch, loose := t["ok"].trigger(4))
+    sched = engine.schedules.create(task="ok", cron="0 3 * * *", deduplication_key="nightly")
+    dash.refresh()
+    until(dash, lambda: dash.table.total == 4)
+    table = dash.table
+    assert batch.id in {v for _, v in table.batch.options}
+    assert any(sched.id in label and "0 3 * * *" in label and v == sched.id
+               for label, v in table.schedule.options)
+    table.batch.value = batch.id
+    assert set(shown(dash)) == {h.id for h in batch}
+    table.batch.value = ""
+    table.schedule.value = sched.id
+    assert shown(dash) == [] and "no runs match" in table.empty.value
+    table.clear.click()
+    assert table.schedule.value == "" and len(shown(dash)) == 4
+    # the custom range: its boxes appear only when chosen; typed bounds apply after a pause
+    assert is_hidden(table.since_at) and is_hidden(table.until_at)
+    from nbtasks.notebook.runs_table import CUSTOM
+    table.range.value = CUSTOM
+    assert not is_hidden(table.since_at) and not is_hidden(table.until_at)
+    table.since_at.value = "yesterday-ish"
+    table.apply_typing_now()
+    assert "from: cannot read &#x27;yesterday-ish&#x27;" in table.hint.value
+    assert len(shown(dash)) == 4  # a bound it cannot read is left out, the rest still apply
+    table.since_at.value = "1h"
+    table.until_at.value = "1h"  # to an hour ago: nothing yet
+    table.apply_typing_now()
+    assert shown(dash) == [] and not is_hidden(table.clear)
+    assert "filters apply as you type" in table.hint.value
+    table.until_at.value = ""
+    table.apply_typing_now()
+    assert loose.id in shown(dash) and len(shown(dash)) == 4
+    table.clear.click()
+    assert table.range.value == 0.0 and is_hidden(table.since_at) and table.since_at.value == ""
 
 
 # ---------------------------------------------------------------------- schedules, queues, logs

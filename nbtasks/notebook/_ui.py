@@ -62,6 +62,7 @@ CSS = """<style>
 .nbt-dashboard { max-width: 1400px; min-width: 0; }
 .nbt-summary { font-size: 0.95em; }
 .nbt-scroll { overflow-x: auto !important; overflow-y: hidden; max-width: 100%; }
+.nbt-filters { flex-wrap: wrap; row-gap: 2px; }
 .nbt-runs { min-width: max-content; }
 .nbt-row { border-bottom: 1px solid var(--nbt-border); align-items: center; min-height: 28px;
   min-width: max-content; }

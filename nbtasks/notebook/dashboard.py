@@ -311,6 +311,7 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         if isinstance(self._form.part, TriggerForm):
             self._form.part.set_tasks(defined)
         self.table.set_tasks(sorted({*defined, *queries.task_ids(self.engine.store)}))
+        self.table.set_choices(self.engine.clock.now())
 
     # ------------------------------------------------------------------ kernel thread
 

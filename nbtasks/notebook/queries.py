@@ -9,9 +9,12 @@ table, so a page of a 100,000-run history costs a few milliseconds:
 >>> older = page(engine.store, q, now, limit=25, after=Cursor.of(rows[-1]))
 >>> total = count(engine.store, q, now)
 
-Pages are keyset ("cursor") pages on `(created_at, id)`, not offsets: a page anchored at a run
+Pages are keyset ("cursor") pages on `(sort key, id)`, not offsets: a page anchored at a run
 keeps showing that run while newer runs arrive above it, and opening a page deep in a big
-history costs the same as the first one.
+history costs the same as the first one. The sort key is `created_at` by default (served by its
+index); `Order("started")` and `Order("duration")` sort on an expression that is never NULL, so
+the cursor can compare it, and whose value a run only gets once (when it starts, or when it
+ends): until then a run sorts as if its key were infinite (first when descending).
 """
 
 from __future__ import annotations
@@ -53,8 +56,14 @@ class RunQuery:
     machine: str | None = None
     test: bool | None = None
     batch_id: str | None = None
+    schedule_id: str | None = None
+    since_at: float | None = None
+    until_at: float | None = None
 
     def where(self, now: float) -> tuple[str, list[Any]]:
+        """`since_at`/`until_at` are a custom time range (epoch seconds, from inclusive, to
+        exclusive), applied with `since` if both are given; `schedule_id` keeps the runs that
+        schedule created."""
         status: Any = ACTIVE_STATUSES if self.status == ACTIVE else self.status
         tags = [*self.tags, *([self.tag] if self.tag else [])]
         where, params = run_filters(
@@ -63,6 +72,16 @@ class RunQuery:
             since=None if self.since is None else self.since,
             is_test=self.test, batch_id=self.batch_id or None)
         clauses: list[str] = []
+        for op, bound in ((">=", self.since_at), ("<", self.until_at)):
+            if bound is not None:
+                clauses.append(f"runs.created_at {op} ?")
+                params.append(float(bound))
+        if self.schedule_id:
+            # A scheduled run carries its schedule only in its payload (ScheduledPayload), so
+            # the schedule's task bounds the scan to that task's index range first.
+            clauses.append("runs.task_id IN (SELECT task_id FROM schedules WHERE id = ?) "
+                           "AND json_extract(runs.payload, '$.schedule_id') = ?")
+            params += [self.schedule_id, self.schedule_id]
         if self.all_tags:
             clauses += ["EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?)"] * len(tags)
             params += tags
@@ -87,16 +106,78 @@ class RunQuery:
         return self == RunQuery()
 
 
+#: The sorts the table offers: the key's name -> (label when descending, when ascending).
+SORTS = {"created": ("newest first", "oldest first"),
+         "started": ("started, latest first", "started, earliest first"),
+         "duration": ("longest first", "shortest first")}
+
+#: Sorted: FINAL is a set, whose order changes with each process's string hashing, and an
+#: expression index only serves a query that spells the expression the same way.
+_FINAL_SQL = "(" + ", ".join(f"'{v}'" for v in sorted(s.value for s in FINAL)) + ")"
+#: The key of a run that has none yet (not started; not finished, for "duration"): later and
+#: longer than any real one. One value for both directions keeps each key a single expression,
+#: which one expression index could serve both ways (see `WANTED_INDEXES`).
+_NOT_YET = "1e300"
+#: The expressions of the "started" and "duration" keys, exactly as an index must spell them.
+SORT_KEYS = {
+    "created": "created_at",
+    "started": f"COALESCE(started_at, {_NOT_YET})",
+    "duration": (f"(CASE WHEN started_at IS NOT NULL AND status IN {_FINAL_SQL} THEN "
+                 f"MAX(0.0, COALESCE(finished_at, updated_at, started_at) - started_at) "
+                 f"ELSE {_NOT_YET} END)"),
+}
+#: Indexes that would let the "started" and "duration" sorts and the batch filter read a page
+#: without a full scan. They are not in the schema (yet): without them each such query scans
+#: the runs once. The sort keys must be spelled exactly as in SORT_KEYS for SQLite to use them.
+WANTED_INDEXES = (
+    *(f"CREATE INDEX IF NOT EXISTS runs_sort_{key} ON runs({SORT_KEYS[key]}, id)"
+      for key in ("started", "duration")),
+    "CREATE INDEX IF NOT EXISTS runs_batch ON runs(batch_id, created_at, id) "
+    "WHERE batch_id IS NOT NULL",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """A sort: `key` is "created", "started" or "duration"; newest/latest/longest first unless
+    `ascending`."""
+
+    key: str = "created"
+    ascending: bool = False
+
+    def __post_init__(self) -> None:
+        if self.key not in SORTS:
+            raise ValueError(f"sort key: expected one of {', '.join(SORTS)}, got {self.key!r}")
+
+    @property
+    def sql(self) -> str:
+        """The key as a never-NULL SQL expression (so keyset comparisons see every run).
+
+        "created" is the bare column, so its index serves the order. "duration" counts only
+        final runs: a running run's duration grows every second, and a key that moves under a
+        cursor would show a run twice or never. A run without the key yet sorts as if it were
+        infinitely late or long: first when descending, last when ascending."""
+        return SORT_KEYS[self.key]
+
+    @property
+    def label(self) -> str:
+        return SORTS[self.key][self.ascending]
+
+
+NEWEST = Order()
+
+
 @dataclass(frozen=True, slots=True)
 class Cursor:
-    """A position in the newest-first order: the run at (`created_at`, `id`)."""
+    """A position in an order: the run with sort key `key` (its `created_at` in the default
+    order) and `id`. A cursor belongs to the order its row was read in."""
 
-    created_at: float
+    key: float
     id: str
 
     @classmethod
     def of(cls, row: RunRow) -> Cursor:
-        return cls(row.created_at, row.id)
+        return cls(row.created_at if row.key is None else row.key, row.id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +197,8 @@ class RunRow:
     tags: tuple[str, ...]
     is_test: bool
     delay_until: float | None = None
+    #: The sort key's value as SQLite computed it (what a cursor on this row compares).
+    key: float | None = None
 
     @property
     def is_final(self) -> bool:
@@ -142,43 +225,52 @@ class RunRow:
 
 def _row(r: tuple[Any, ...]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0, r[8] or "kernel",
-                  r[9] or "", tuple(loads(r[10]) or ()), bool(r[11]), r[12])
+                  r[9] or "", tuple(loads(r[10]) or ()), bool(r[11]), r[12],
+                  r[13] if len(r) > 13 else None)
 
 
-_NEWER = "(created_at > ? OR (created_at = ? AND id > ?))"
-_OLDER = "(created_at < ? OR (created_at = ? AND id < ?))"
-_AT_OR_OLDER = "(created_at < ? OR (created_at = ? AND id <= ?))"
+def _beyond(order: Order, forward: bool, inclusive: bool = False) -> str:
+    """The runs after a cursor in `order` (`forward`), or before it: `(key, id)` compared as a
+    pair, id breaking ties so runs with equal keys are neither skipped nor repeated."""
+    op = ">" if order.ascending == forward else "<"
+    k = order.sql
+    return f"({k} {op} ? OR ({k} = ? AND id {op}{'=' if inclusive else ''} ?))"
+
+
+def _and(where: str, clause: str) -> str:
+    return where + (" AND " if where else " WHERE ") + clause
 
 
 def page(store: Store, query: RunQuery, now: float, *, limit: int, after: Cursor | None = None,
-         at: Cursor | None = None, before: Cursor | None = None,
-         last: bool = False) -> list[RunRow]:
-    """One page, newest first, like `runs.list()`.
+         at: Cursor | None = None, before: Cursor | None = None, last: bool = False,
+         order: Order = NEWEST) -> list[RunRow]:
+    """One page in `order` (newest first by default, like `runs.list()`).
 
-    With no cursor: the newest runs. `after`: the runs just older than it; `at`: from it
-    (inclusive) on; `before`: the runs just newer than it; `last`: the oldest page.
+    With no cursor: the first page. `after`: the runs just past it; `at`: from it (inclusive)
+    on; `before`: the runs just ahead of it; `last`: the final page.
     """
     where, params = query.where(now)
-    ascending = before is not None or last
+    backward = before is not None or last
     cursor = before or after or at
     if cursor is not None:
-        clause = _NEWER if before is not None else (_OLDER if after is not None else _AT_OR_OLDER)
-        where += (" AND " if where else " WHERE ") + clause
-        params = [*params, cursor.created_at, cursor.created_at, cursor.id]
-    order = "ASC" if ascending else "DESC"
+        where = _and(where, _beyond(order, before is None, inclusive=at is not None
+                                    and after is None and before is None))
+        params = [*params, cursor.key, cursor.key, cursor.id]
+    down = "ASC" if order.ascending != backward else "DESC"
     _, rows = store.select(
-        f"SELECT {', '.join(_PAGE_COLUMNS)} FROM runs{where} "
-        f"ORDER BY created_at {order}, id {order} LIMIT ?", (*params, limit))
+        f"SELECT {', '.join(_PAGE_COLUMNS)}, {order.sql} FROM runs{where} "
+        f"ORDER BY {order.sql} {down}, id {down} LIMIT ?", (*params, limit))
     out = [_row(r) for r in rows]
-    return out[::-1] if ascending else out
+    return out[::-1] if backward else out
 
 
-def newer_than(store: Store, query: RunQuery, now: float, cursor: Cursor) -> int:
-    """How many matching runs come before `cursor` in the newest-first order (its position)."""
+def newer_than(store: Store, query: RunQuery, now: float, cursor: Cursor,
+               order: Order = NEWEST) -> int:
+    """How many matching runs come before `cursor` in `order` (its position)."""
     where, params = query.where(now)
-    where += (" AND " if where else " WHERE ") + _NEWER
+    where = _and(where, _beyond(order, forward=False))
     _, rows = store.select(f"SELECT COUNT(*) FROM runs{where}",
-                           (*params, cursor.created_at, cursor.created_at, cursor.id))
+                           (*params, cursor.key, cursor.key, cursor.id))
     return int(rows[0][0])
 
 
@@ -190,8 +282,10 @@ def matches(store: Store, query: RunQuery, now: float, run_id: str) -> bool:
     return bool(rows)
 
 
-def row(store: Store, run_id: str) -> RunRow | None:
-    _, rows = store.select(f"SELECT {', '.join(_PAGE_COLUMNS)} FROM runs WHERE id = ?", (run_id,))
+def row(store: Store, run_id: str, order: Order = NEWEST) -> RunRow | None:
+    """One run's row, with its key in `order` (so `Cursor.of` can anchor a page at it)."""
+    _, rows = store.select(
+        f"SELECT {', '.join(_PAGE_COLUMNS)}, {order.sql} FROM runs WHERE id = ?", (run_id,))
     return _row(rows[0]) if rows else None
 
 
@@ -229,6 +323,24 @@ def task_ids(store: Store) -> list[str]:
         " WHERE t.task_id IS NOT NULL)"
         " SELECT task_id FROM t WHERE task_id IS NOT NULL")
     return [r[0] for r in rows]
+
+
+def recent_batches(store: Store, limit: int = 20, window: int = 5000) -> list[tuple[str, float]]:
+    """The newest batches as (batch id, newest run's created_at), newest first.
+
+    Only the newest `window` runs are looked at, through the created_at index: there is no
+    index on batch_id, and a batch picker lists what was just run, not the whole history."""
+    _, rows = store.select(
+        "SELECT batch_id, MAX(created_at) AS t FROM (SELECT batch_id, created_at FROM runs "
+        "ORDER BY created_at DESC LIMIT ?) WHERE batch_id IS NOT NULL "
+        "GROUP BY batch_id ORDER BY t DESC LIMIT ?", (window, limit))
+    return [(r[0], float(r[1])) for r in rows]
+
+
+def schedule_choices(store: Store) -> list[tuple[str, str, str]]:
+    """Every schedule as (id, task id, cron), for the schedule filter."""
+    _, rows = store.select("SELECT id, task_id, cron FROM schedules ORDER BY task_id, id")
+    return [(r[0], r[1], r[2]) for r in rows]
 
 
 def last_payload(store: Store, task_id: str) -> Any:
