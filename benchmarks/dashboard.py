@@ -12,8 +12,8 @@ median of `--repeat` tries, measured twice:
   messages: that is the kernel time a notebook user waits for.
 
 "sort: ..." and the batch and custom-range filters are the table's other pickers;
-`--wanted-indexes` adds the indexes those would use (not in the schema yet), to show their
-worth.
+`--wanted-indexes` adds the optional indexes the started and duration sorts would use (left
+out of the schema: they would cost every run's start and end a write), to show their worth.
 
 "open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
 in the process, with the ipywidgets import). The target is < 200 ms for opening and for each

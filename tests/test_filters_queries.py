@@ -245,8 +245,8 @@ def test_filters_are_served_by_indexes(store: SQLiteStore) -> None:
 
 def test_the_wanted_indexes_serve_the_sorts_and_the_batch_filter(
         store: SQLiteStore, db_path: Path) -> None:
-    """The indexes the report asks for (not in the schema yet) match the queries as written:
-    with them, a sorted page and a batch page are index walks, with no sort step."""
+    """The optional sort indexes match the queries as written, and the schema's batch index
+    serves the batch filter: a sorted page and a batch page are index walks, no sort step."""
     write(store, history(random.Random(2), 30, NOW - 100))
     import sqlite3
     with sqlite3.connect(db_path) as conn:
