@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -67,7 +68,8 @@ def test_only_the_body_that_blocks_is_named(engine: Engine) -> None:
 
 
 def test_an_engine_stall_is_not_blamed_on_the_runs_executing(
-        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+        engine: Engine, caplog: pytest.LogCaptureFixture,
+        wait_status: Callable[..., nbtasks.RunStatus]) -> None:
     """The loop held by something that is no task body: no run gets the warning."""
     engine.configure(loop_block_warning=0.2)
     gate = Gate(engine)
@@ -78,8 +80,7 @@ def test_an_engine_stall_is_not_blamed_on_the_runs_executing(
 
     with caplog.at_level(logging.WARNING, logger="nbtasks"):
         handle = innocent.trigger(None)
-        while handle.status is not nbtasks.RunStatus.EXECUTING:
-            time.sleep(0.01)
+        wait_status(engine, handle.id, nbtasks.RunStatus.EXECUTING)
         held = threading.Event()
 
         def engine_work() -> None:  # stands for the engine's own work: not inside any attempt
