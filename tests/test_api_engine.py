@@ -251,8 +251,20 @@ def test_close_releases_callers_blocked_in_wait(db_path: Path, wait_status: Wait
         except Exception as exc:
             outcome.append(type(exc).__name__)
 
+    # Close only once the engine holds the caller's wait: a thread scheduled late on a busy
+    # machine would otherwise call wait() on a closed engine, another case (EngineError).
+    held = threading.Event()
+    on_final = eng.scheduler.on_final
+
+    def noting(run_id: str, callback: Any) -> bool:
+        taken = on_final(run_id, callback)
+        held.set()
+        return taken
+
+    eng.scheduler.on_final = noting  # type: ignore[method-assign]
     waiter = threading.Thread(target=blocked_cell, daemon=True)
     waiter.start()
+    assert held.wait(10)
     eng.close()
     waiter.join(timeout=10)
     assert not waiter.is_alive(), "a caller blocked in handle.wait() hung after close()"

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import rows
 from pydantic import BaseModel
 
 import nbtasks
@@ -22,12 +22,6 @@ from nbtasks import (
     PayloadValidationError,
     UnknownTaskError,
 )
-
-
-def rows_in_file(db_path: Path) -> dict[str, int]:
-    with sqlite3.connect(db_path) as conn:
-        return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("runs", "attempts", "logs", "waitpoints")}
 
 
 @pytest.fixture
@@ -52,14 +46,14 @@ def echo(engine: Engine) -> Any:
 def test_non_json_payload_names_the_path_and_records_nothing(
     engine: Engine, echo: Any, db_path: Path, payload: Any, path: str,
 ) -> None:
-    before = rows_in_file(db_path)
+    before = rows(engine, db_path)
     with pytest.raises(PayloadSerializationError) as info:
         echo.trigger(payload)
     assert path in str(info.value)
     assert isinstance(info.value, TypeError) and isinstance(info.value, NbtasksError)
     with pytest.raises(PayloadSerializationError):
         asyncio.run(echo.trigger_and_wait(payload))
-    assert rows_in_file(db_path) == before
+    assert rows(engine, db_path) == before
 
 
 def test_datetime_hint(echo: Any) -> None:
@@ -70,9 +64,9 @@ def test_datetime_hint(echo: Any) -> None:
 def test_batch_item_path(echo: Any, engine: Engine, db_path: Path) -> None:
     with pytest.raises(PayloadSerializationError, match=r'items\[2\]\["x"\] is a object'):
         echo.batch_trigger([1, 2, {"x": object()}])
-    assert rows_in_file(db_path)["runs"] == 0
+    assert rows(engine, db_path)["runs"] == 0
     echo.trigger(1).wait(timeout=10)
-    assert rows_in_file(db_path)["runs"] == 1  # the counter does see a stored run
+    assert rows(engine, db_path)["runs"] == 1  # the counter does see a stored run
 
 
 BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
@@ -107,7 +101,7 @@ BAD_OPTIONS: list[tuple[dict[str, Any], str]] = [
 def test_bad_trigger_options_raise_in_the_caller_and_record_nothing(
     engine: Engine, echo: Any, db_path: Path, options: dict[str, Any], fragment: str,
 ) -> None:
-    before = rows_in_file(db_path)
+    before = rows(engine, db_path)
     with pytest.raises(NbtasksError, match=fragment) as info:
         echo.trigger(1, **options)
     assert isinstance(info.value, ValueError | TypeError)
@@ -115,14 +109,15 @@ def test_bad_trigger_options_raise_in_the_caller_and_record_nothing(
         echo.batch_trigger([1, 2], **options)
     with pytest.raises(NbtasksError, match=fragment):
         asyncio.run(echo.trigger_and_wait(1, **options))
-    assert rows_in_file(db_path) == before
+    assert rows(engine, db_path) == before
     assert engine.on_loop(lambda: len(engine.scheduler.active)) == 0
 
 
-def test_bad_batch_item_option_rejects_the_whole_batch(echo: Any, db_path: Path) -> None:
+def test_bad_batch_item_option_rejects_the_whole_batch(engine: Engine, echo: Any,
+                                                        db_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="not a machine preset"):
         echo.batch_trigger([1, nbtasks.BatchItem(2, machine="huge"), 3])
-    assert rows_in_file(db_path)["runs"] == 0
+    assert rows(engine, db_path)["runs"] == 0
 
 
 class Point(BaseModel):
@@ -139,7 +134,7 @@ def test_schema_failure_records_nothing(engine: Engine, db_path: Path) -> None:
         point.trigger({"x": 1})
     with pytest.raises(PayloadValidationError, match=r"items\[1\]"):
         point.batch_trigger([{"x": 1, "y": 2}, {"x": "one", "y": 2}])
-    assert rows_in_file(db_path)["runs"] == 0
+    assert rows(engine, db_path)["runs"] == 0
 
 
 def test_unknown_task_id_records_nothing(engine: Engine) -> None:

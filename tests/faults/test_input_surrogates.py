@@ -223,13 +223,13 @@ def _worker_body(payload: Any, ctx: Any) -> str:
     return "done"
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(240)  # the first worker of a session starts its fork server: slow under load
 def test_text_made_in_a_worker_process_is_escaped_the_same_way(process_engine: Any,
                                                                 db_path: Path) -> None:
     eng = process_engine(max_workers=1)
     task = eng.task(id="in-worker", machine="micro", retry=None, run=_worker_body)
     handle = task.trigger(None)
-    assert handle.wait(timeout=45).ok
+    assert handle.wait(timeout=180).ok  # a ceiling: it includes starting the worker
     run = eng.runs.retrieve(handle.id)
     assert run.metadata == {"file": SHOWN} and run.tags == [SHOWN]
     with sqlite3.connect(db_path) as conn:
