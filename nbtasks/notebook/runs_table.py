@@ -391,6 +391,7 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             self._on_open(run_id)
         elif click.get("kind") == "pick":
             (self.picked.add if click.get("value") else self.picked.discard)(run_id)
+            self.retime(self.engine.clock.now())  # echo the pick: the page holds it till then
             self._on_pick()
 
     def close(self) -> None:

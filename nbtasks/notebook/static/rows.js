@@ -53,7 +53,11 @@ function render({ model, el }) {
         box.className = "nbt-row-pick";
         box.title = "pick for a bulk action";
         box.addEventListener("change", () => {
-          if (v.id) report({ kind: "pick", run: v.id, value: box.checked });
+          if (!v.id) return;
+          // Until the kernel's rows say so, a redraw (a tick, an event) still carries the old
+          // pick: remember the click so that redraw doesn't untick the box under the user.
+          v.pending = { id: v.id, value: box.checked };
+          report({ kind: "pick", run: v.id, value: box.checked });
         });
         row.appendChild(box);
         v.box = box;
@@ -91,6 +95,7 @@ function render({ model, el }) {
     if (!r) {  // blank: keeps its height, matches no status or run selector
       if (v.id === null && row.classList.contains("nbt-blank")) return;
       v.id = null;
+      v.pending = null;
       row.className = "nbt-row nbt-blank";
       v.status = "";
       v.link.textContent = "";
@@ -128,7 +133,9 @@ function render({ model, el }) {
       row.classList.remove("nbt-flash");
     }
     v.flash = r.flash || 0;
-    if (v.box && v.box.checked !== !!r.picked) v.box.checked = !!r.picked;
+    if (v.pending && (v.pending.id !== r.id || v.pending.value === !!r.picked)) v.pending = null;
+    const picked = v.pending ? v.pending.value : !!r.picked;
+    if (v.box && v.box.checked !== picked) v.box.checked = picked;
   };
 
   const update = () => {
