@@ -164,7 +164,9 @@ class RunHandle(Generic[OutT]):
         done = self._finished()
         if done is not None:
             return done
-        self._result = yield from self._engine.result_async(self.id).__await__()
+        soon = getattr(self._engine, "result_soon", None)  # not on a worker's proxy
+        waiting = soon(self.id) if soon is not None else self._engine.result_async(self.id)
+        self._result = yield from waiting.__await__()
         return self._result
 
     def cancel(self) -> bool:

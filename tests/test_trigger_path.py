@@ -1,0 +1,117 @@
+"""The cheap trigger and wait paths keep the durability contract, checked in the file itself.
+
+- a `trigger()` / `trigger_async()` returns only once its row is in the file (another
+  connection sees it the moment the call returns);
+- `await asyncio.gather(*handles)` sends the awaits of one loop turn to the engine as one call,
+  and still no waiter hears of a run before its final row is committed: the writer is slowed,
+  so an answer sent early would find the file behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nbtasks import Engine, RunStatus
+from nbtasks.stores._base import WriteBatch
+from nbtasks.stores.sqlite import SQLiteStore
+
+
+class SlowWriter(SQLiteStore):
+    """Each of the engine writer's commits takes 20 ms longer: an early answer would show."""
+
+    def write(self, batch: WriteBatch) -> None:
+        if any(row[2] != "QUEUED" for row in batch.runs):  # not a caller's own new rows
+            time.sleep(0.02)
+        super().write(batch)
+
+
+def _status_in_file(db: Path, run_id: str) -> str | None:
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchall()
+        return str(rows[0][0]) if rows else None
+    finally:
+        con.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_trigger_returns_only_once_its_row_is_in_the_file(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with Engine(store=str(db)) as eng:
+        task = eng.task(id="noop", run=lambda p, ctx: p)
+        for i in range(30):
+            handle = task.trigger(i)
+            assert _status_in_file(db, handle.id) is not None
+
+        async def go() -> list[str]:
+            handles = await asyncio.gather(*(task.trigger_async(i) for i in range(30)))
+            return [h.id for h in handles]
+
+        ids = asyncio.run(go())
+        assert all(_status_in_file(db, run_id) is not None for run_id in ids)
+        assert all(r.ok for r in eng.wait_results(ids, timeout=30))
+
+
+@pytest.mark.timeout(60)
+def test_gathered_awaits_share_one_trip_and_hear_only_committed_results(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with Engine(store=SlowWriter(db)) as eng:
+        async def double(p: int, ctx: Any) -> int:
+            await asyncio.sleep(0.01)  # still running when the awaits arrive
+            return p * 2
+
+        task = eng.task(id="double", run=double)
+        trips: list[int] = []
+        deliver = eng._deliver
+
+        def counted(run_ids: list[str], *rest: Any) -> None:
+            trips.append(len(run_ids))
+            deliver(run_ids, *rest)
+
+        eng._deliver = counted  # type: ignore[method-assign]
+        on_disk: dict[str, str | None] = {}
+
+        async def go() -> list[Any]:
+            handles = [task.trigger(i) for i in range(40)]
+            futures = [asyncio.ensure_future(h) for h in handles]
+            for h, fut in zip(handles, futures, strict=True):
+                # read the file the moment the answer arrives, before anything else runs
+                fut.add_done_callback(lambda _, run_id=h.id: on_disk.__setitem__(
+                    run_id, _status_in_file(db, run_id)))
+            return await asyncio.gather(*futures)
+
+        results = asyncio.run(go())
+    assert [r.output for r in results] == [i * 2 for i in range(40)]
+    assert trips == [40]  # one call to the engine loop for the 40 awaits of one turn
+    assert set(on_disk.values()) == {RunStatus.COMPLETED.value}
+
+
+@pytest.mark.timeout(60)
+def test_gathered_awaits_on_unknown_and_closed_runs_raise_for_each(tmp_path: Path) -> None:
+    from nbtasks import EngineError, RunNotFoundError
+    from nbtasks._handles import RunHandle
+
+    with Engine(store=str(tmp_path / "runs.db")) as eng:
+        task = eng.task(id="echo", run=lambda p, ctx: p)
+        good = task.trigger(1)
+        ghost: RunHandle[Any] = RunHandle(eng, "run_doesnotexist000000000", "echo")
+
+        async def go() -> list[Any]:
+            return await asyncio.gather(good, ghost, return_exceptions=True)
+
+        ok, missing = asyncio.run(go())
+        assert ok.output == 1
+        assert isinstance(missing, RunNotFoundError)
+    late: RunHandle[Any] = RunHandle(eng, "run_doesnotexist000000001", "echo")
+
+    async def after_close() -> Any:
+        return await late
+
+    with pytest.raises(EngineError, match="closed"):
+        asyncio.run(after_close())
