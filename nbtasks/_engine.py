@@ -314,7 +314,7 @@ class Engine(ResultWaiting):
             run.seq = next(seq)
             run.owner = owner
         try:
-            self.store.write(WriteBatch(runs=[run.row() for run in runs]))
+            self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True))
         except StoreError:
             raise
         except RuntimeError as exc:

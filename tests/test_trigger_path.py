@@ -62,8 +62,10 @@ def test_a_trigger_returns_only_once_its_row_is_in_the_file(tmp_path: Path) -> N
 def test_gathered_awaits_share_one_trip_and_hear_only_committed_results(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     with Engine(store=SlowWriter(db)) as eng:
+        gate = asyncio.Event()  # bound to the engine loop, where the bodies wait on it
+
         async def double(p: int, ctx: Any) -> int:
-            await asyncio.sleep(0.01)  # still running when the awaits arrive
+            await gate.wait()  # still running when the awaits are made
             return p * 2
 
         task = eng.task(id="double", run=double)
@@ -84,6 +86,8 @@ def test_gathered_awaits_share_one_trip_and_hear_only_committed_results(tmp_path
                 # read the file the moment the answer arrives, before anything else runs
                 fut.add_done_callback(lambda _, run_id=h.id: on_disk.__setitem__(
                     run_id, _status_in_file(db, run_id)))
+            await asyncio.sleep(0)  # every handle awaited once, none could be final yet
+            eng.runtime.loop.call_soon_threadsafe(gate.set)
             return await asyncio.gather(*futures)
 
         results = asyncio.run(go())
@@ -145,3 +149,40 @@ def test_a_burst_of_triggers_wakes_the_engine_once_and_a_wait_takes_it_along(
         # Nothing wakes the engine for the lingering burst: the wait does, and takes it along.
         results = eng.wait_results([h.id for h in handles], timeout=30)
     assert [r.output for r in results] == list(range(50))
+
+
+def _stored(db: Path) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT * FROM runs ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_a_fresh_row_is_stored_as_the_upsert_stores_it_and_never_overwrites(
+        tmp_path: Path) -> None:
+    """New runs are inserted naming only the columns they set: same row, and a clash with a
+    stored id is refused (nothing changed) where the upsert would have overwritten it."""
+    from nbtasks._runstate import RunState
+
+    runs = []
+    for i, (tags, delay) in enumerate([([], None), (["a"], 5.0), ([], None)]):
+        run = RunState(f"run_{i:021d}", "echo", str(i), 1000.0 + i)
+        run.tags, run.delay_until, run.owner, run.seq = tags, delay, "eng_x", i
+        runs.append(run)
+    stores = []
+    for name, fresh in (("upsert.db", False), ("fresh.db", True)):
+        store = SQLiteStore(tmp_path / name)
+        store.open()
+        store.write(WriteBatch(runs=[runs[0].row()], fresh=fresh))  # one row: its own statement
+        store.write(WriteBatch(runs=[r.row() for r in runs[1:]], fresh=fresh))
+        stores.append(store)
+    assert _stored(tmp_path / "fresh.db") == _stored(tmp_path / "upsert.db")
+    before = _stored(tmp_path / "fresh.db")
+    clash = RunState(runs[1].id, "other", "99", 5.0)
+    for rows in ([clash.row()], [clash.row(), RunState("run_new", "echo", "1", 6.0).row()]):
+        with pytest.raises(sqlite3.IntegrityError):
+            stores[1].write(WriteBatch(runs=rows, fresh=True))
+        assert _stored(tmp_path / "fresh.db") == before
+    for store in stores:
+        store.close()
