@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 OutT = TypeVar("OutT")
 
+#: An enum member read through its class is a descriptor call in Python 3.11: the Result of
+#: every wait reads this one, so it is read once here.
+_COMPLETED = RunStatus.COMPLETED
+
 
 class Result(Generic[OutT]):
     """A final run's outcome: `ok` with `output`, or not with `error`."""
@@ -38,14 +42,14 @@ class Result(Generic[OutT]):
         self._output_json = output_json
         self._output: Any = _UNSET
         self.error: TaskRunError | None = (
-            None if status is RunStatus.COMPLETED
+            None if status is _COMPLETED
             else error_from_record(error or {"type": status.value,
                                              "message": _STATUS_MESSAGES.get(status, status.value)})
         )
 
     @property
     def ok(self) -> bool:
-        return self.status is RunStatus.COMPLETED
+        return self.status is _COMPLETED
 
     @property
     def output(self) -> OutT | None:
