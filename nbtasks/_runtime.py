@@ -24,8 +24,6 @@ T = TypeVar("T")
 
 #: Seconds of loop time one slice of posted calls may take.
 SLICE = 0.004
-#: Seconds a burst of lazy posts (runs a cell hands over) waits to be taken together.
-LINGER = 0.002
 
 
 class Mailbox:
@@ -33,56 +31,26 @@ class Mailbox:
 
     `loop.call_soon_threadsafe` writes to the loop's self-pipe on every call; a burst of
     thousands of triggers or awaits from a cell would wake the engine thousands of times.
-    Everything posted runs in posting order, lazy or not: a wait posted after a hand-over
-    finds its run handed over.
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._lock = threading.Lock()
-        self._woken = False  # a prompt drain is on its way
-        self._lingering = False  # a timed drain (LINGER) is on its way
-        self._lazy = False  # a lazy post is among the items
+        self._armed = False
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
-        """Run `fn(*args)` on the loop soon, waking it unless a wake is already on its way."""
         with self._lock:
             self._items.append((fn, args))
-            if self._woken:
+            if self._armed:
                 return
-            self._woken = True
-        self._wake()
-
-    def post_lazy(self, fn: Callable[..., None], *args: Any) -> None:
-        """As `post`, for work nobody is waiting on (a run a cell committed and hands over):
-        the first post of a burst wakes the loop; those that follow within LINGER of a drain
-        ride with the next timed drain. A cell's `trigger()` loop then writes to no pipe and
-        wakes the engine every LINGER instead of once per run, and the engine takes the runs
-        in bunches; a run in a burst starts up to LINGER later. Anything posted with `post`
-        meanwhile still wakes the loop at once, and takes the lazy posts before it along."""
-        with self._lock:
-            self._items.append((fn, args))
-            self._lazy = True
-            if self._woken or self._lingering:
-                return
-            self._woken = True
-        self._wake()
-
-    def _wake(self) -> None:
+            self._armed = True
         try:
             self.loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # that loop is closed: nobody is left to tell
             with self._lock:
                 self._items.clear()
-                self._woken = False
-
-    def _linger(self) -> None:
-        with self._lock:
-            self._lingering = False
-            if not self._items:
-                return  # the burst is over: the next lazy post wakes the loop again
-        self._drain()
+                self._armed = False
 
     def _drain(self) -> None:
         """Run what was posted, in order, in slices: a burst of 20,000 posts must not hold the
@@ -90,22 +58,16 @@ class Mailbox:
         front of anything posted meanwhile."""
         with self._lock:
             items, self._items = self._items, []
-            self._woken = False
-            linger = self._lazy and not self._lingering
-            self._lazy = False
-            if linger:
-                self._lingering = True
-        if linger:
-            self.loop.call_later(LINGER, self._linger)
+            self._armed = False
         deadline = time.perf_counter() + SLICE
         for i, (fn, args) in enumerate(items):
             fn(*args)
             if i + 1 < len(items) and time.perf_counter() > deadline:
                 with self._lock:
                     self._items[:0] = items[i + 1:]
-                    if self._woken:
+                    if self._armed:
                         return
-                    self._woken = True
+                    self._armed = True
                 self.loop.call_soon(self._drain)
                 return
 

@@ -121,36 +121,6 @@ def test_gathered_awaits_on_unknown_and_closed_runs_raise_for_each(tmp_path: Pat
         asyncio.run(after_close())
 
 
-@pytest.mark.timeout(60)
-def test_a_burst_of_triggers_wakes_the_engine_once_and_a_wait_takes_it_along(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Hand-overs ride together; a wait posted behind them still finds every run handed over."""
-    import nbtasks._runtime
-
-    with Engine(store=str(tmp_path / "runs.db")) as eng:
-        async def echo(p: int, ctx: Any) -> int:
-            return p
-
-        task = eng.task(id="echo", run=echo)
-        assert task.trigger(0).wait(timeout=30).ok  # the engine is idle from here on
-        monkeypatch.setattr(nbtasks._runtime, "LINGER", 3600.0)  # a burst that never lapses
-        loop = eng.runtime.loop
-        wakes: list[object] = []
-        wake = loop.call_soon_threadsafe
-
-        def counted(*args: Any, **kwargs: Any) -> Any:
-            if getattr(args[0], "__func__", None) is nbtasks._runtime.Mailbox._drain:
-                wakes.append(args[0])  # not the writer reporting a commit
-            return wake(*args, **kwargs)
-
-        monkeypatch.setattr(loop, "call_soon_threadsafe", counted)
-        handles = [task.trigger(i) for i in range(50)]
-        assert len(wakes) == 1  # the first hand-over of the burst; the rest ride along
-        # Nothing wakes the engine for the lingering burst: the wait does, and takes it along.
-        results = eng.wait_results([h.id for h in handles], timeout=30)
-    assert [r.output for r in results] == list(range(50))
-
-
 def _stored(db: Path) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(db)
     try:
