@@ -18,6 +18,7 @@ import atexit
 import concurrent.futures
 import sqlite3
 import weakref
+from collections.abc import Awaitable
 from functools import partial
 from typing import Any
 
@@ -26,7 +27,7 @@ from ._clock import Clock, RealClock
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, StoreError
 from ._events import EngineConfig
-from ._group_commit import GroupCommit
+from ._group_commit import AwaitGroup, GroupCommit
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
@@ -59,6 +60,8 @@ class Engine(ResultWaiting):
     writer: GroupWriter
     #: trigger_async's group commit per caller loop (made on first use)
     _groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GroupCommit]
+    #: `await handle`'s group per caller loop (made on first use)
+    _await_groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AwaitGroup]
 
     def __init__(
         self,
@@ -311,7 +314,7 @@ class Engine(ResultWaiting):
             run.seq = next(seq)
             run.owner = owner
         try:
-            self.store.write(WriteBatch(runs=[run.row() for run in runs]))
+            self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True))
         except StoreError:
             raise
         except RuntimeError as exc:
@@ -336,6 +339,24 @@ class Engine(ResultWaiting):
         if group is None:
             group = groups[loop] = GroupCommit(self, loop)
         return group
+
+    def result_soon(self, run_id: str) -> Awaitable[Result[Any]]:
+        """`await handle` for a run not known final: the awaits a coroutine loop makes in one
+        turn (`asyncio.gather(*handles)`) share one trip to the engine loop. Inside a run, or
+        on the engine loop itself, the wait parks its run: the one-by-one path does that."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or loop is self.runtime.loop or CURRENT.get() is not None:
+            return self.result_async(run_id)
+        groups = getattr(self, "_await_groups", None)
+        if groups is None:
+            groups = self._await_groups = weakref.WeakKeyDictionary()
+        group = groups.get(loop)
+        if group is None:
+            group = groups[loop] = AwaitGroup(self, loop)
+        return group.add(run_id)
 
     def _admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
         """On the loop: arm runs whose rows their caller committed."""

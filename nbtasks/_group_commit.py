@@ -1,4 +1,4 @@
-"""`trigger_async` from a coroutine: the calls of one loop turn share one commit.
+"""Coroutines on another loop: the calls of one loop turn share one commit, or one trip.
 
 `await asyncio.gather(*(task.trigger_async(x) for x in items))` starts thousands of calls in
 one turn of the caller's loop. Each adds its prepared run here; at the end of the turn one
@@ -7,14 +7,21 @@ then the engine is handed the recorded runs and every call returns. So concurren
 about what one `batch_trigger` of them costs, and the contract is a cell's `trigger()`'s: the
 run is on disk when the call returns, and a store that can't take it raises `StoreError` with
 nothing recorded and nothing started.
+
+`await asyncio.gather(*handles)` does the same for waiting (`AwaitGroup`): the awaits of one
+turn go to the engine loop as one call, and the answers come back in bunches, one wake-up of
+the caller's loop per engine turn instead of one round trip per handle.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ._errors import EngineError
+from ._handles import Result
 from ._runstate import RunState
+from ._runtime import Mailbox, mailbox
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -62,3 +69,76 @@ class GroupCommit:
         for (run, _), fut in zip(items, futures, strict=True):
             if not fut.done():
                 fut.set_result(run)
+
+
+class AwaitGroup:
+    """One per (engine, caller loop); used only on that loop. Waits for runs that are not known
+    final yet: a waiter hears of a run only once its final state is committed, as with every
+    other wait (the engine's `_deliver`)."""
+
+    def __init__(self, engine: Engine, loop: asyncio.AbstractEventLoop) -> None:
+        self.engine = engine
+        self.loop = loop
+        self._ids: list[str] = []
+        self._futures: list[asyncio.Future[Result[Any]]] = []
+
+    def add(self, run_id: str) -> asyncio.Future[Result[Any]]:
+        fut: asyncio.Future[Result[Any]] = self.loop.create_future()
+        self._ids.append(run_id)
+        self._futures.append(fut)
+        if len(self._ids) == 1:
+            self.loop.call_soon(self._flush)
+        return fut
+
+    def _flush(self) -> None:
+        ids, futures = self._ids, self._futures
+        self._ids, self._futures = [], []
+        engine = self.engine
+        if engine.closed or engine.runtime.closed:
+            for fut in futures:
+                if not fut.done():
+                    fut.set_exception(EngineError("the engine is closed"))
+            return
+        relay = _Relay(engine.runtime.loop, mailbox(self.loop), futures)
+        # The same mailbox as the hand-over of runs a cell triggered: posted after them, so the
+        # engine has taken every run this caller triggered before it looks for these.
+        engine.runtime.inbox.post(engine._deliver, ids, relay.put_run, relay.put)
+
+
+class _Relay:
+    """On the engine loop: answers for one group's futures, sent back once per engine turn."""
+
+    __slots__ = ("_back", "_futures", "_loop", "_pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, back: Mailbox,
+                 futures: list[asyncio.Future[Result[Any]]]) -> None:
+        self._loop = loop
+        self._back = back
+        self._futures = futures
+        self._pending: list[tuple[int, Result[Any] | BaseException]] = []
+
+    def put_run(self, i: int, run: RunState) -> None:
+        self.put(i, run.withdrawn if run.withdrawn is not None else Result(
+            run.id, run.task_id, run.status, run.output_json, run.error))
+
+    def put(self, i: int, answer: Result[Any] | BaseException) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._send)
+        self._pending.append((i, answer))
+
+    def _send(self) -> None:
+        answers, self._pending = self._pending, []
+        self._back.post(_settle, self._futures, answers)
+
+
+def _settle(futures: list[asyncio.Future[Result[Any]]],
+            answers: list[tuple[int, Result[Any] | BaseException]]) -> None:
+    """On the caller's loop."""
+    for i, answer in answers:
+        fut = futures[i]
+        if fut.done():  # the caller stopped waiting (a timeout, a cancel)
+            continue
+        if isinstance(answer, BaseException):
+            fut.set_exception(answer)
+        else:
+            fut.set_result(answer)

@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 OutT = TypeVar("OutT")
 
+#: An enum member read through its class is a descriptor call in Python 3.11: the Result of
+#: every wait reads this one, so it is read once here.
+_COMPLETED = RunStatus.COMPLETED
+
 
 class Result(Generic[OutT]):
     """A final run's outcome: `ok` with `output`, or not with `error`."""
@@ -38,14 +42,14 @@ class Result(Generic[OutT]):
         self._output_json = output_json
         self._output: Any = _UNSET
         self.error: TaskRunError | None = (
-            None if status is RunStatus.COMPLETED
+            None if status is _COMPLETED
             else error_from_record(error or {"type": status.value,
                                              "message": _STATUS_MESSAGES.get(status, status.value)})
         )
 
     @property
     def ok(self) -> bool:
-        return self.status is RunStatus.COMPLETED
+        return self.status is _COMPLETED
 
     @property
     def output(self) -> OutT | None:
@@ -164,7 +168,9 @@ class RunHandle(Generic[OutT]):
         done = self._finished()
         if done is not None:
             return done
-        self._result = yield from self._engine.result_async(self.id).__await__()
+        soon = getattr(self._engine, "result_soon", None)  # not on a worker's proxy
+        waiting = soon(self.id) if soon is not None else self._engine.result_async(self.id)
+        self._result = yield from waiting.__await__()
         return self._result
 
     def cancel(self) -> bool:

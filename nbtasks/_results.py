@@ -78,15 +78,21 @@ class ResultWaiting:
         reads are gathered until the loop next turns, so thousands of `await handle` arriving
         together cost a few queries. One future for the lot, not one per run.
         """
+        collector = _Collector(self.runtime.loop.create_future(), len(run_ids), single)
+        self._deliver(run_ids, collector.put_run, collector.put)
+        return collector.fut
+
+    def _deliver(self, run_ids: list[str], put_run: Callable[[int, RunState], None],
+                 put: Callable[[int, Result[Any] | BaseException], None]) -> None:
+        """For each of `run_ids` (by its index), once it is final and durable: `put_run` with an
+        active run's state, or `put` with the Result (or error) of one read from the store."""
         loop = self.runtime.loop
-        collector = _Collector(loop.create_future(), len(run_ids), single)
         lookups = self._lookups
         for i, run_id in enumerate(run_ids):
-            if not self.scheduler.on_final(run_id, partial(collector.put_run, i)):
+            if not self.scheduler.on_final(run_id, partial(put_run, i)):
                 if not lookups:
                     loop.call_soon(self._look_up)
-                lookups.setdefault(run_id, []).append(partial(collector.put, i))
-        return collector.fut
+                lookups.setdefault(run_id, []).append(partial(put, i))
 
     def _look_up(self) -> None:
         """Answer the gathered store reads, up to 500 ids per query."""

@@ -19,6 +19,9 @@ class WriteBatch:
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     waitpoints: list[tuple[Any, ...]] = field(default_factory=list)
     statements: list[tuple[str, tuple[Any, ...]]] = field(default_factory=list)
+    #: Every row in `runs` is a new run's first: a store may insert it plainly (no upsert),
+    #: and an id already stored is then a refusal rather than an overwrite.
+    fresh: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.runs or self.attempts or self.logs or self.waitpoints or self.statements)
