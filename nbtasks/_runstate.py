@@ -142,6 +142,7 @@ class RunState:
         "signal",
         "start_fn",
         "started_at",
+        "starts",
         "status",
         "tags",
         "task_id",
@@ -211,6 +212,7 @@ class RunState:
         self.wait_depth = 0
         self.waiters: list[Callable[[RunState], None]] = []
         self.start_fn: Callable[[], None] | None = None
+        self.starts = 0  # slots given so far: tells a start deferred to the next turn is stale
 
     @property
     def is_final(self) -> bool:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -48,6 +49,11 @@ S = RunStatus
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
 _MACHINE_INFO = {name: MachineInfo(p.name, p.cpu, p.memory) for name, p in MACHINES.items()}
+
+#: Attempts started (or waits resumed) per turn of the engine loop. Each costs a task and its
+#: first step in the next turn, tens of microseconds for a short body: 64 keep a turn to a
+#: few milliseconds while a burst still starts thousands of runs a second.
+STARTS_PER_TURN = 64
 
 
 class Scheduler:
@@ -92,6 +98,9 @@ class Scheduler:
         #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
         #: a task of its own); stop() cancels them so the body's thread is let go.
         self.blocking: dict[str, set[asyncio.Task[Any]]] = {}
+        #: Starts made this loop turn, and runs holding a slot whose start waits for the next.
+        self._turn_starts = 0
+        self._deferred: deque[tuple[RunState, int]] = deque()
 
     # ------------------------------------------------------------------ events
 
@@ -220,19 +229,47 @@ class Scheduler:
         self.dispatcher.push(run.queue, run.concurrency_key, sort, run.start_fn)
 
     def _start(self, run: RunState) -> None:
-        """The dispatcher gave `run` a slot: resume its wait, or start its next attempt."""
+        """The dispatcher gave `run` a slot: resume its wait, or start its next attempt.
+
+        At once while this loop turn's budget lasts: a run that ends hands its slot to the
+        next in the same step. Past it the start waits for the next turn, so a burst of
+        thousands of runs made ready at once (a big batch admitted, a wide queue raised) is
+        started in slices and every other callback on the loop gets a turn in between.
+        """
         run.holds_slot = True
         run.start_fn = None
-        self.watch.arm(run)
         if run.ttl_timer is not None:
             run.ttl_timer.cancel()
             run.ttl_timer = None
+        run.starts += 1
+        if self._turn_starts >= STARTS_PER_TURN:
+            self._deferred.append((run, run.starts))
+            return
+        if not self._turn_starts:
+            self.loop.call_soon(self._next_turn)
+        self._turn_starts += 1
+        self._go(run)
+
+    def _go(self, run: RunState) -> None:
         if run.resume is not None:
             fut, run.resume = run.resume, None
             if not fut.done():
                 fut.set_result(None)
             return
         run.attempt_task = self.loop.create_task(self._attempt(run))
+
+    def _next_turn(self) -> None:
+        """A new loop turn: the start budget is whole again; deferred starts go first."""
+        self._turn_starts = 0
+        deferred = self._deferred
+        while deferred and self._turn_starts < STARTS_PER_TURN:
+            run, starts = deferred.popleft()
+            if starts != run.starts or not run.holds_slot or run.is_final:
+                continue  # its slot went back while it waited (cancelled, its attempt ended)
+            if not self._turn_starts:
+                self.loop.call_soon(self._next_turn)
+            self._turn_starts += 1
+            self._go(run)
 
     def _release(self, run: RunState) -> None:
         if run.holds_slot:
