@@ -7,6 +7,7 @@ after a burst became ready must run after at most one slice of that burst's work
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from typing import Any
 
@@ -97,3 +98,33 @@ def test_a_run_that_ends_hands_its_slot_over_in_the_same_step(engine: Engine) ->
     assert all(r.ok for r in batch.wait(timeout=30))
     assert order.index("run 1") < order.index("after 0")
     assert order.index("run 2") < order.index("after 1")
+
+
+@pytest.mark.timeout(60)
+def test_waiting_on_a_finished_batch_needs_no_engine_loop(engine: Engine) -> None:
+    """The results of runs already finished are read on the caller's thread: a batch waited
+    for while the engine loop is busy answers at once, and adds nothing to the loop's work."""
+
+    @engine.task(id="quick")
+    async def quick(payload: int, ctx: Any) -> int:
+        return payload * 2
+
+    batch = quick.batch_trigger(list(range(300)))
+    assert all(r.ok for r in batch.wait(timeout=30))
+    deadline = time.monotonic() + 30
+    while any(h.id in engine.scheduler.active for h in batch.runs):  # let go of by the engine
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        held.set()
+        release.wait(30)
+
+    engine.runtime.loop.call_soon_threadsafe(hold_the_loop)
+    try:
+        assert held.wait(10)
+        results = batch.wait(timeout=5)
+        assert [r.output for r in results] == [i * 2 for i in range(300)]
+    finally:
+        release.set()
