@@ -94,6 +94,9 @@ class Scheduler:
         self.watch = LoopWatch(self, config.loop_block_warning)
         # ctx parts that never change for a task or a queue: made once, shared by attempts
         self._task_infos: dict[str, TaskInfo] = {}
+        #: Retry policies with a trigger's max_attempts applied, by (id(policy), max_attempts);
+        #: the policy is kept beside its copy so a reused id can't match.
+        self._retry_copies: dict[tuple[int, int], tuple[RetryOptions, RetryOptions | None]] = {}
         self._queue_infos: dict[str, QueueInfo] = {}
         #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
         #: a task of its own); stop() cancels them so the body's thread is let go.
@@ -279,8 +282,18 @@ class Scheduler:
     # ------------------------------------------------------------------ attempts
 
     def retry_options(self, defn: TaskDefinition, run: RunState) -> RetryOptions | None:
-        base = self.config.retry if defn.retry is NOT_GIVEN else defn.retry
-        return effective_options(base, run.max_attempts)  # type: ignore[arg-type]
+        base: RetryOptions | None = self.config.retry if defn.retry is NOT_GIVEN else defn.retry  # type: ignore[assignment]
+        if base is None or not run.max_attempts:
+            return base
+        # A trigger's max_attempts makes a copy of the policy (a pydantic model): made once
+        # per policy and value, not once per attempt of each of a batch's thousand runs.
+        key = (id(base), run.max_attempts)
+        hit = self._retry_copies.get(key)
+        if hit is None or hit[0] is not base:
+            if len(self._retry_copies) > 256:
+                self._retry_copies.clear()
+            hit = self._retry_copies[key] = (base, effective_options(base, run.max_attempts))
+        return hit[1]
 
     def _context(self, defn: TaskDefinition, run: RunState, number: int, now: float,
                  signal: CancelSignal) -> TaskContext:
@@ -356,6 +369,7 @@ class Scheduler:
         self.writer.mark_attempt(run, attempt)
         run.attempt = None
         run.attempt_task = None
+        run.signal = None  # the attempt is over: nothing left to abort
         if run.status is S.WAITING:
             self._drop_abandoned_waits(run)
         self._release(run)
