@@ -431,10 +431,11 @@ class Scheduler:
         self.active.pop(run.id, None)
         if run.idempotency_key is not None:
             self.idempotency.pop((run.task_id, run.idempotency_key), None)
-        run.children = []
-        waiters, run.waiters = run.waiters, []
-        for fn in waiters:
-            fn(run)
+        run._children = None
+        waiters, run._waiters = run._waiters, None
+        if waiters:
+            for fn in waiters:
+                fn(run)
 
     def stop(self, run: RunState, status: RunStatus, reason: str,
              error: dict[str, Any] | None = None) -> bool:
@@ -446,11 +447,11 @@ class Scheduler:
         if not self._stop_one(run, status, reason, error):
             return False
         if status is S.CANCELED:
-            pending = list(reversed(run.children))
+            pending = list(reversed(run._children or ()))
             while pending:
                 child = pending.pop()
                 if self._stop_one(child, S.CANCELED, reason, None):
-                    pending.extend(reversed(child.children))
+                    pending.extend(reversed(child._children or ()))
         return True
 
     def _stop_one(self, run: RunState, status: RunStatus, reason: str,

@@ -3,6 +3,7 @@ without hooks, and the same outcomes as the full path."""
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
@@ -59,3 +60,23 @@ def test_a_task_without_hooks_fails_and_retries_as_one_with_hooks(engine: Engine
     assert "not JSON-serialisable" in str(bad.error)
     assert engine.runs.retrieve(unstorable.id).attempt_count == 1  # never retried
     assert sorted(calls) == [1, 1, 1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_held_run_gives_the_garbage_collector_little_to_walk(engine: Engine) -> None:
+    """A user holding 20,000 handles holds 20,000 run states: each one's containers are
+    walked by every full collection, which pauses the engine loop too. A run without
+    children or waiters owns no list for them, and a finished attempt leaves nothing behind."""
+
+    @engine.task(id="held")
+    async def held(payload: int, ctx: Any) -> int:
+        return payload
+
+    batch = held.batch_trigger(list(range(20)))
+    states = [h._run for h in batch.runs]
+    assert all(r.ok for r in batch.wait(timeout=30))
+    for state in states:
+        assert state is not None
+        owned = [o for o in gc.get_referents(state)
+                 if gc.is_tracked(o) and not isinstance(o, type | RunStatus)]
+        assert owned == [state.tags], owned
