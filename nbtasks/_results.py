@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import itertools
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -28,8 +29,27 @@ if TYPE_CHECKING:
     from .stores import Store
 
 
+#: Ids per store query when answering waits for runs no longer in memory, one query per turn.
+LOOKUP_SLICE = 100
+
+
 def _result_of(run: RunState) -> Result[Any]:
     return Result(run.id, run.task_id, run.status, run.output_json, run.error)
+
+
+def _stored_answer(run_id: str, task_id: str, status: str, output: str | None,
+                   error: str | None) -> Result[Any] | None:
+    """A stored row's Result if the run is final (so durable), else None."""
+    st = RunStatus(status)
+    return Result(run_id, task_id, st, output, loads(error)) if st in FINAL else None
+
+
+def _fill(done: list[Result[Any] | None], waited: list[Result[Any]]) -> None:
+    """Put the results waited for into the gaps of `done`, in order."""
+    it = iter(waited)
+    for i, r in enumerate(done):
+        if r is None:
+            done[i] = next(it)
 
 
 class _Collector:
@@ -69,6 +89,7 @@ class ResultWaiting:
     scheduler: Scheduler
     store: Store
     runs: RunsAPI
+    _admitting: dict[str, RunState]
     _lookups: dict[str, list[Callable[[Result[Any] | BaseException], None]]]
 
     def _collect(self, run_ids: list[str], single: bool) -> asyncio.Future[Any]:
@@ -95,25 +116,51 @@ class ResultWaiting:
                 lookups.setdefault(run_id, []).append(partial(put, i))
 
     def _look_up(self) -> None:
-        """Answer the gathered store reads, up to 500 ids per query."""
-        stored, self._lookups = self._lookups, {}
-        ids = list(stored)
-        for i in range(0, len(ids), 500):
-            chunk = ids[i:i + 500]
+        """Answer the gathered store reads, one query of up to LOOKUP_SLICE ids per loop turn
+        (500 answered at once held the loop for milliseconds)."""
+        stored = self._lookups
+        chunk = list(itertools.islice(stored, LOOKUP_SLICE))
+        _, rows = self.store.select(
+            "SELECT id, task_id, status, output, error FROM runs WHERE id IN "
+            f"({', '.join('?' * len(chunk))})", tuple(chunk))
+        for run_id, task_id, status, output, error in rows:
+            answer = _stored_answer(run_id, task_id, status, output, error)
+            for put in stored.pop(run_id):
+                put(answer if answer is not None else EngineError(
+                    f"run {run_id} is not final and is owned by another kernel; poll "
+                    "runs.retrieve() to follow it"))
+        for run_id in chunk:
+            for put in stored.pop(run_id, ()):
+                put(RunNotFoundError(f"no run with id {run_id!r}"))
+        if stored:
+            self.runtime.loop.call_soon(self._look_up)
+
+    def finished_results(self, run_ids: list[str]) -> list[Result[Any] | None]:
+        """`finished_result` for many runs, from any thread: the runs this engine no longer
+        holds are read in one query per 500 ids, so waiting on a batch that has already
+        finished costs no trip to the engine thread and no work on its loop."""
+        if self.closed:
+            return [None] * len(run_ids)
+        active, admitting = self.scheduler.active, self._admitting
+        out: list[Result[Any] | None] = []
+        unknown: dict[str, int] = {}
+        for i, run_id in enumerate(run_ids):
+            run = active.get(run_id)
+            if run is not None:
+                out.append(_result_of(run) if run.durable else None)
+            else:
+                out.append(None)
+                if run_id not in admitting:  # handed over, not yet taken: still running
+                    unknown[run_id] = i
+        ids = list(unknown)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
             _, rows = self.store.select(
                 "SELECT id, task_id, status, output, error FROM runs WHERE id IN "
                 f"({', '.join('?' * len(chunk))})", tuple(chunk))
-            for run_id, task_id, status, output, error in rows:
-                st = RunStatus(status)
-                answer: Result[Any] | BaseException = (
-                    Result(run_id, task_id, st, output, loads(error)) if st in FINAL
-                    else EngineError(f"run {run_id} is not final and is owned by another "
-                                     "kernel; poll runs.retrieve() to follow it"))
-                for put in stored.pop(run_id):
-                    put(answer)
-        for run_id, puts in stored.items():
-            for put in puts:
-                put(RunNotFoundError(f"no run with id {run_id!r}"))
+            for row in rows:
+                out[unknown[row[0]]] = _stored_answer(*row)
+        return out
 
     def _parked(self, scope: AttemptScope | None) -> RunState | None:
         if scope is None or scope.engine is not self:
@@ -164,8 +211,12 @@ class ResultWaiting:
         return await self.runtime.run(self._wait_one, run_id, scope)
 
     async def results_async(self, run_ids: list[str]) -> list[Result[Any]]:
-        scope = CURRENT.get()
-        return await self.runtime.run(self._wait_many, run_ids, scope)
+        done = self.finished_results(run_ids)
+        pending = [run_id for run_id, r in zip(run_ids, done, strict=True) if r is None]
+        if pending:
+            scope = CURRENT.get()
+            _fill(done, await self.runtime.run(self._wait_many, pending, scope))
+        return done  # type: ignore[return-value]
 
     def _block(self, fn: Any, *args: Any, timeout: float | None) -> Any:
         if self.runtime.in_loop():
@@ -203,11 +254,14 @@ class ResultWaiting:
         return self._block(self._wait_one, run_id, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
 
     def wait_results(self, run_ids: list[str], timeout: float | None = None) -> list[Result[Any]]:
-        if check_wait_timeout(timeout) == 0:  # no time to wait: the answer is what is final now
-            done = [self.finished_result(run_id) for run_id in run_ids]
-            if all(r is not None for r in done):
-                return done  # type: ignore[return-value]
-        return self._block(self._wait_many, run_ids, CURRENT.get(), timeout=timeout)  # type: ignore[no-any-return]
+        timeout = check_wait_timeout(timeout)
+        done = self.finished_results(run_ids)
+        pending = [run_id for run_id, r in zip(run_ids, done, strict=True) if r is None]
+        if pending:
+            waited: list[Result[Any]] = self._block(self._wait_many, pending, CURRENT.get(),
+                                                    timeout=timeout)
+            _fill(done, waited)
+        return done  # type: ignore[return-value]
 
     def status_of(self, run_id: str) -> RunStatus:
         run = self.scheduler.active.get(run_id)

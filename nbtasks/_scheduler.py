@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
@@ -48,6 +49,11 @@ S = RunStatus
 
 #: ctx.machine is frozen, so one instance per preset serves every attempt.
 _MACHINE_INFO = {name: MachineInfo(p.name, p.cpu, p.memory) for name, p in MACHINES.items()}
+
+#: Attempts started (or waits resumed) per turn of the engine loop. Each costs a task and its
+#: first step in the next turn, tens of microseconds for a short body: 64 keep a turn to a
+#: few milliseconds while a burst still starts thousands of runs a second.
+STARTS_PER_TURN = 64
 
 
 class Scheduler:
@@ -88,10 +94,16 @@ class Scheduler:
         self.watch = LoopWatch(self, config.loop_block_warning)
         # ctx parts that never change for a task or a queue: made once, shared by attempts
         self._task_infos: dict[str, TaskInfo] = {}
+        #: Retry policies with a trigger's max_attempts applied, by (id(policy), max_attempts);
+        #: the policy is kept beside its copy so a reused id can't match.
+        self._retry_copies: dict[tuple[int, int], tuple[RetryOptions, RetryOptions | None]] = {}
         self._queue_infos: dict[str, QueueInfo] = {}
         #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
         #: a task of its own); stop() cancels them so the body's thread is let go.
         self.blocking: dict[str, set[asyncio.Task[Any]]] = {}
+        #: Starts made this loop turn, and runs holding a slot whose start waits for the next.
+        self._turn_starts = 0
+        self._deferred: deque[tuple[RunState, int]] = deque()
 
     # ------------------------------------------------------------------ events
 
@@ -220,19 +232,47 @@ class Scheduler:
         self.dispatcher.push(run.queue, run.concurrency_key, sort, run.start_fn)
 
     def _start(self, run: RunState) -> None:
-        """The dispatcher gave `run` a slot: resume its wait, or start its next attempt."""
+        """The dispatcher gave `run` a slot: resume its wait, or start its next attempt.
+
+        At once while this loop turn's budget lasts: a run that ends hands its slot to the
+        next in the same step. Past it the start waits for the next turn, so a burst of
+        thousands of runs made ready at once (a big batch admitted, a wide queue raised) is
+        started in slices and every other callback on the loop gets a turn in between.
+        """
         run.holds_slot = True
         run.start_fn = None
-        self.watch.arm(run)
         if run.ttl_timer is not None:
             run.ttl_timer.cancel()
             run.ttl_timer = None
+        run.starts += 1
+        if self._turn_starts >= STARTS_PER_TURN:
+            self._deferred.append((run, run.starts))
+            return
+        if not self._turn_starts:
+            self.loop.call_soon(self._next_turn)
+        self._turn_starts += 1
+        self._go(run)
+
+    def _go(self, run: RunState) -> None:
         if run.resume is not None:
             fut, run.resume = run.resume, None
             if not fut.done():
                 fut.set_result(None)
             return
         run.attempt_task = self.loop.create_task(self._attempt(run))
+
+    def _next_turn(self) -> None:
+        """A new loop turn: the start budget is whole again; deferred starts go first."""
+        self._turn_starts = 0
+        deferred = self._deferred
+        while deferred and self._turn_starts < STARTS_PER_TURN:
+            run, starts = deferred.popleft()
+            if starts != run.starts or not run.holds_slot or run.is_final:
+                continue  # its slot went back while it waited (cancelled, its attempt ended)
+            if not self._turn_starts:
+                self.loop.call_soon(self._next_turn)
+            self._turn_starts += 1
+            self._go(run)
 
     def _release(self, run: RunState) -> None:
         if run.holds_slot:
@@ -242,8 +282,18 @@ class Scheduler:
     # ------------------------------------------------------------------ attempts
 
     def retry_options(self, defn: TaskDefinition, run: RunState) -> RetryOptions | None:
-        base = self.config.retry if defn.retry is NOT_GIVEN else defn.retry
-        return effective_options(base, run.max_attempts)  # type: ignore[arg-type]
+        base: RetryOptions | None = self.config.retry if defn.retry is NOT_GIVEN else defn.retry  # type: ignore[assignment]
+        if base is None or not run.max_attempts:
+            return base
+        # A trigger's max_attempts makes a copy of the policy (a pydantic model): made once
+        # per policy and value, not once per attempt of each of a batch's thousand runs.
+        key = (id(base), run.max_attempts)
+        hit = self._retry_copies.get(key)
+        if hit is None or hit[0] is not base:
+            if len(self._retry_copies) > 256:
+                self._retry_copies.clear()
+            hit = self._retry_copies[key] = (base, effective_options(base, run.max_attempts))
+        return hit[1]
 
     def _context(self, defn: TaskDefinition, run: RunState, number: int, now: float,
                  signal: CancelSignal) -> TaskContext:
@@ -319,6 +369,7 @@ class Scheduler:
         self.writer.mark_attempt(run, attempt)
         run.attempt = None
         run.attempt_task = None
+        run.signal = None  # the attempt is over: nothing left to abort
         if run.status is S.WAITING:
             self._drop_abandoned_waits(run)
         self._release(run)
@@ -380,10 +431,11 @@ class Scheduler:
         self.active.pop(run.id, None)
         if run.idempotency_key is not None:
             self.idempotency.pop((run.task_id, run.idempotency_key), None)
-        run.children = []
-        waiters, run.waiters = run.waiters, []
-        for fn in waiters:
-            fn(run)
+        run._children = None
+        waiters, run._waiters = run._waiters, None
+        if waiters:
+            for fn in waiters:
+                fn(run)
 
     def stop(self, run: RunState, status: RunStatus, reason: str,
              error: dict[str, Any] | None = None) -> bool:
@@ -395,11 +447,11 @@ class Scheduler:
         if not self._stop_one(run, status, reason, error):
             return False
         if status is S.CANCELED:
-            pending = list(reversed(run.children))
+            pending = list(reversed(run._children or ()))
             while pending:
                 child = pending.pop()
                 if self._stop_one(child, S.CANCELED, reason, None):
-                    pending.extend(reversed(child.children))
+                    pending.extend(reversed(child._children or ()))
         return True
 
     def _stop_one(self, run: RunState, status: RunStatus, reason: str,

@@ -29,7 +29,6 @@ from ._context import CURRENT
 
 if TYPE_CHECKING:
     from ._context import AttemptScope
-    from ._runstate import RunState
     from ._scheduler import Scheduler
 
 log = logging.getLogger("nbtasks")
@@ -47,9 +46,6 @@ class LoopWatch:
         #: There is no timer any more (steps are timed where they run); kept None for callers
         #: that check the watch is idle.
         self._handle: Any = None
-
-    def arm(self, run: RunState | None = None) -> None:
-        """An attempt gets its slot. Nothing to arm: its steps are timed as they run."""
 
     def timed(self, coro: Coroutine[Any, Any, T], scope: AttemptScope) -> Awaitable[T]:
         """`coro` (user code on the engine loop), with every step timed against the threshold."""

@@ -38,6 +38,8 @@ _log = logging.getLogger("nbtasks")
 
 #: Seconds of loop time one slice of row building or after-commit work may take.
 SLICE = 0.004
+#: Rows built between two looks at the clock (a few microseconds each).
+_ROWS = 64
 #: Longest pause between two tries of a commit the store can't take now.
 MAX_BACKOFF = 1.0
 
@@ -163,13 +165,13 @@ class GroupWriter:
         deadline = time.perf_counter() + SLICE
         out_runs, out_attempts = batch.runs, batch.attempts
         while runs or attempts:
-            for run in runs[-256:]:
+            for run in runs[-_ROWS:]:
                 out_runs.append(run.row())
-            del runs[-256:]
+            del runs[-_ROWS:]
             if not runs:
-                for run_id, attempt in attempts[-256:]:
+                for run_id, attempt in attempts[-_ROWS:]:
                     out_attempts.append(attempt.row(run_id))
-                del attempts[-256:]
+                del attempts[-_ROWS:]
             if (runs or attempts) and time.perf_counter() > deadline:
                 self.loop.call_soon(self._build, batch, runs, attempts, callbacks)
                 return

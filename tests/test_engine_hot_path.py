@@ -1,0 +1,82 @@
+"""The per-attempt path stays lean: no pydantic model per run, no hook look-ups for tasks
+without hooks, and the same outcomes as the full path."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import pytest
+
+from nbtasks import Engine, RunStatus
+from nbtasks._models import RetryOptions
+
+
+@pytest.mark.timeout(60)
+def test_a_triggers_max_attempts_copies_the_policy_once_not_per_run(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[Any] = []
+    real_copy = RetryOptions.model_copy
+
+    def counted(self: RetryOptions, *args: Any, **kwargs: Any) -> RetryOptions:
+        copies.append(kwargs.get("update"))
+        return real_copy(self, *args, **kwargs)
+
+    monkeypatch.setattr(RetryOptions, "model_copy", counted)
+
+    @engine.task(id="flaky", retry={"max_attempts": 5, "min_timeout_in_ms": 0,
+                                    "max_timeout_in_ms": 0, "randomize": False})
+    async def flaky(payload: int, ctx: Any) -> None:
+        raise ValueError(f"no {payload}")
+
+    batch = flaky.batch_trigger(list(range(40)), max_attempts=2)
+    results = batch.wait(timeout=30)
+    assert [r.status for r in results] == [RunStatus.FAILED] * 40
+    assert {engine.runs.retrieve(h.id).attempt_count for h in batch.runs} == {2}  # still applied
+    assert copies == [{"max_attempts": 2}]
+
+
+@pytest.mark.timeout(60)
+def test_a_task_without_hooks_fails_and_retries_as_one_with_hooks(engine: Engine) -> None:
+    """The path without hooks keeps the full path's outcomes: output, error, retry, and an
+    output that can't be stored failing without a retry."""
+    calls: list[int] = []
+
+    @engine.task(id="plain", retry={"max_attempts": 2, "min_timeout_in_ms": 0,
+                                    "max_timeout_in_ms": 0, "randomize": False})
+    async def plain(payload: int, ctx: Any) -> Any:
+        calls.append(ctx.attempt.number)
+        if payload == 1 and ctx.attempt.number == 1:
+            raise RuntimeError("first time")
+        if payload == 2:
+            return float("nan")
+        return payload * 10
+
+    ok, retried, unstorable = (plain.trigger(i) for i in range(3))
+    assert ok.wait(timeout=10).output == 0
+    assert retried.wait(timeout=10).output == 10
+    bad = unstorable.wait(timeout=10)
+    assert bad.status is RunStatus.FAILED and bad.error is not None
+    assert "not JSON-serialisable" in str(bad.error)
+    assert engine.runs.retrieve(unstorable.id).attempt_count == 1  # never retried
+    assert sorted(calls) == [1, 1, 1, 2]
+
+
+@pytest.mark.timeout(60)
+def test_a_held_run_gives_the_garbage_collector_little_to_walk(engine: Engine) -> None:
+    """A user holding 20,000 handles holds 20,000 run states: each one's containers are
+    walked by every full collection, which pauses the engine loop too. A run without
+    children or waiters owns no list for them, and a finished attempt leaves nothing behind."""
+
+    @engine.task(id="held")
+    async def held(payload: int, ctx: Any) -> int:
+        return payload
+
+    batch = held.batch_trigger(list(range(20)))
+    states = [h._run for h in batch.runs]
+    assert all(r.ok for r in batch.wait(timeout=30))
+    for state in states:
+        assert state is not None
+        owned = [o for o in gc.get_referents(state)
+                 if gc.is_tracked(o) and not isinstance(o, type | RunStatus)]
+        assert owned == [state.tags], owned
