@@ -142,14 +142,18 @@ _FILTERS = {"task_id", "status", "tag", "since", "until", "is_test", "batch_id"}
 _BAD_VALUE = (TypeError, ValueError, OverflowError, OSError)
 
 
-def _frame_filters(filters: dict[str, Any], where: str) -> None:
-    """The DataFrame methods' filters: run_filters checks the values, this the names and limit.
-    `columns` (which columns to build) is checked by nbtasks.frames itself."""
-    valid = _FILTERS | {"limit", "columns"}
+def _known_filters(filters: dict[str, Any], where: str, valid: set[str] = _FILTERS) -> None:
+    """ConfigurationError naming any filter not in `valid` (run_filters checks the values)."""
     unknown = set(filters) - valid
     if unknown:
         raise ConfigurationError(
             f"{where}: unknown filter(s) {sorted(unknown)}; valid: {sorted(valid)}")
+
+
+def _frame_filters(filters: dict[str, Any], where: str) -> None:
+    """The DataFrame methods' filters: run_filters checks the values, this the names and limit.
+    `columns` (which columns to build) is checked by nbtasks.frames itself."""
+    _known_filters(filters, where, _FILTERS | {"limit", "columns"})
     if filters.get("limit") is not None:
         _count(filters["limit"], "limit", 1)
 
@@ -262,11 +266,8 @@ class RunsAPI:
         return RunList(_decoded(dict(zip(cols, r, strict=True))) for r in rows)
 
     def count(self, **filters: Any) -> int:
+        _known_filters(filters, "runs.count")
         self._fresh()
-        unknown = set(filters) - _FILTERS
-        if unknown:
-            raise ConfigurationError(
-                f"runs.count: unknown filter(s) {sorted(unknown)}; valid: {sorted(_FILTERS)}")
         where, params = run_filters(self.engine.clock.now(), **filters)
         return int(self.engine.store.select(f"SELECT COUNT(*) FROM runs{where}",
                                             tuple(params))[1][0][0])

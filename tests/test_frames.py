@@ -203,6 +203,24 @@ def test_bad_filters_raise(engine: Engine, bad: dict[str, Any]) -> None:
             frame(**bad)
 
 
+def test_unknown_filters_are_named_and_listed(engine: Engine) -> None:
+    """runs.count() takes the run filters; the frames also limit and columns. A misspelt one
+    raises naming itself and the valid ones, before anything is read."""
+    calls: list[tuple[Any, str, list[str]]] = [
+        (engine.runs.count, "runs.count", ["batch_id", "is_test", "since", "status", "tag"]),
+        (engine.runs.to_dataframe, "runs.to_dataframe", ["columns", "limit", "task_id"]),
+        (engine.runs.attempts_dataframe, "runs.attempts_dataframe", ["columns", "limit"]),
+    ]
+    for call, where, listed in calls:
+        with pytest.raises(ConfigurationError) as err:
+            call(taskid="etl")
+        message = str(err.value)
+        assert message.startswith(f"{where}: unknown filter(s) ['taskid']; valid: ")
+        assert all(f"'{name}'" in message for name in listed), message
+    with pytest.raises(ConfigurationError, match="'limit'"):
+        engine.runs.count(limit=3)  # a count has no limit
+
+
 def test_finished_runs_leave_kernel_memory(engine: Engine) -> None:
     import gc
 
