@@ -177,7 +177,10 @@ def frames(n: int, stdlib: bool) -> None:
             assert len(eng.runs.to_dataframe()) == n // 2
         (wall, cpu), (ref_wall, ref_cpu) = _best(ours), _best(base)
         runs_wall, runs_cpu = _best(runs_times)
-        print("best of 3; wall and CPU seconds (CPU is what a busy shared machine distorts least)")
+        print("best of 3; wall and CPU seconds (CPU is what a busy shared machine distorts least; "
+              "CPU counts every thread, wall is what a user waits)")
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"load average {load} on {os.cpu_count()} cores")
         print(f"attempts_dataframe(), {n:,} rows ({path_name}): {wall:6.2f} s  cpu {cpu:6.2f} s")
         print(f"baseline: the same join via ADBC -> Arrow -> pandas: {ref_wall:6.2f} s  "
               f"cpu {ref_cpu:6.2f} s")
