@@ -181,3 +181,32 @@ def test_the_kernels_size_limits_hold_in_a_worker(process_engine: MakeEngine) ->
     finally:
         reset_limits()
     assert big.trigger(2000).wait(timeout=30).ok  # and back to the defaults
+
+
+def test_a_worker_whose_memory_stays_high_retires_and_what_it_queued_runs_elsewhere(
+        process_engine: MakeEngine, tmp_path: Path) -> None:
+    eng = process_engine(max_workers=1)
+    go, ran = tmp_path / "go", tmp_path / "ran"
+
+    @eng.task(id="leaky", machine="micro", retry=None)
+    def leaky(payload: None, ctx: Any) -> int:
+        import builtins
+
+        nbtasks.metadata.set("pid", os.getpid())
+        deadline = time.monotonic() + 30
+        while not go.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # 160 MB kept past the run: over half of micro's 250 MB, under all of it
+        builtins._kept = [bytearray(8 * 1024**2) for _ in range(20)]  # type: ignore[attr-defined]
+        return os.getpid()
+
+    first = leaky.trigger(None)
+    pid = wait_until(lambda: eng.runs.retrieve(first.id).metadata.get("pid"))
+    queued = _counted(eng, ran).trigger(None)
+    wait_until(lambda: _queued_behind(eng))
+    go.touch()
+    assert first.wait(timeout=30).output == pid
+    result = queued.wait(timeout=30)
+    assert result.ok and result.output != pid  # not on the worker that kept 160 MB
+    assert ran.read_text().splitlines() == [str(result.output)]
+    assert [a.status for a in eng.runs.retrieve(queued.id).attempts] == ["COMPLETED"]
