@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import ctypes
 import itertools
 import json
@@ -33,15 +32,14 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .._tasks import TaskDefinition
 from ._dask_wire import dumps_args
 from ._remote import RemoteEngine, install_worker_mode
 from ._wire import run_job
-from .inline import DaemonThreads
+from .inline import DaemonThreads, InlineSync
 
 #: Thread-count variables of the usual native pools (OpenMP, OpenBLAS, MKL, Accelerate, numexpr).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -156,35 +154,6 @@ class PipeChannel:
             if self.stopping or not self._recv(None):
                 return None
         return self.queue.popleft()
-
-
-class InlineSync:
-    """Sync task code on the worker's main thread: no thread hop per call.
-
-    One attempt owns the process, so blocking the loop costs nothing, and a request made from
-    here reads its own reply (`PipeChannel.wait`). The running loop is hidden meanwhile, so the
-    code behaves as in a thread: `asyncio.run()` works, and blocking waits are allowed. A sync
-    middleware is the exception: its `next()` needs the loop, so it runs on a thread.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, threads: DaemonThreads) -> None:
-        self.loop = loop
-        self.threads = threads
-        self.middleware: Any = None
-
-    def bind(self, defn: TaskDefinition) -> InlineSync:
-        """For one attempt of `defn` (the next one replaces it: one attempt at a time)."""
-        self.middleware = defn.hooks.get("middleware")
-        return self
-
-    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if fn is self.middleware:
-            return await self.threads.run(fn, *args)
-        asyncio.events._set_running_loop(None)
-        try:
-            return contextvars.copy_context().run(fn, *args)
-        finally:
-            asyncio.events._set_running_loop(self.loop)
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
