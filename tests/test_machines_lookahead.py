@@ -107,7 +107,10 @@ def test_a_queued_run_cancelled_never_runs_and_the_run_ahead_finishes(
     go.touch()  # the worker reads the skip once the blocker is done, and answers it first
     ahead = blocked.wait(timeout=30)
     assert ahead.ok and ahead.output == pid  # its worker was not killed for the cancel
-    wait_until(lambda: not _queued_behind(eng))
+    executor = eng.preset_executor
+    assert isinstance(executor, ProcessExecutor)
+    pool = executor.pools["micro"]
+    wait_until(lambda: [w.claims for w in pool.workers] == [0])  # both gave the worker back
     again = eng.task(id="again", machine="micro", run=lambda p, ctx: os.getpid())
     assert again.trigger(None).wait(timeout=30).output == pid  # still warm, still the one
     assert not ran.exists()

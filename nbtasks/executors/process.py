@@ -273,7 +273,7 @@ class ProcessExecutor:
 
         lane = Lane(key, loop, on_message, resend)
         snapshot = self._snapshot()
-        reuse = False
+        reuse = later = False
         worker.lanes[key] = lane
         try:
             # The function's bytes only the first time this worker sees them (see _wire.Job).
@@ -298,13 +298,13 @@ class ProcessExecutor:
                 # Not started: ask for it back; should it start first, the worker is killed then.
                 lane.abandoned = True
                 worker.skip(lane)
+                later = True  # released when the worker answers, not now
                 lane.ended.add_done_callback(lambda _f: self._after(worker, pool, lane, True))
-                lane = None  # type: ignore[assignment]
             raise
         finally:
             for task in calls.values():
                 task.cancel()
-            if lane is not None:
+            if not later:
                 self._after(worker, pool, lane, reuse)
 
     def _after(self, worker: Worker, pool: Pool, lane: Lane, reuse: bool) -> None:
