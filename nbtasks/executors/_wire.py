@@ -11,8 +11,10 @@ task per run. Payload and output stay JSON strings. Everything else in a `Job` i
 message). The context's CancelSignal is a threading.Event that can't be pickled: the worker
 builds a fresh context around the same frozen snapshots.
 
-Pickles only ever go to our own workers over a pipe (or to the user's Dask cluster, which
-pickles everything anyway); nothing read from the store is unpickled.
+Pickles only ever go down, to our own workers over a pipe (or to the user's Dask cluster, which
+pickles everything anyway); nothing read from the store, a worker's pipe or a Dask topic is
+unpickled: what comes back up (logs, requests, the outcome) is JSON. The kernel's size limits
+(`configure(limits=...)`) travel with each job, so a worker holds an output to the same limit.
 """
 
 from __future__ import annotations
