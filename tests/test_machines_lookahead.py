@@ -213,3 +213,22 @@ def test_a_worker_whose_memory_stays_high_retires_and_what_it_queued_runs_elsewh
     assert result.ok and result.output != pid  # not on the worker that kept 160 MB
     assert ran.read_text().splitlines() == [str(result.output)]
     assert [a.status for a in eng.runs.retrieve(queued.id).attempts] == ["COMPLETED"]
+
+
+def test_a_request_a_worker_cant_say_in_json_raises_in_the_run(
+        process_engine: MakeEngine) -> None:
+    eng = process_engine(max_workers=1)
+    other = eng.task(id="other", run=lambda p, ctx: p)
+
+    @eng.task(id="asker", machine="micro", retry=None)
+    def asker(payload: None, ctx: Any) -> str:
+        try:
+            other.trigger(None, metadata={"lock": object()})
+        except TypeError as exc:
+            return str(exc)
+        return "sent"
+
+    result = asker.trigger(None).wait(timeout=30)
+    assert result.ok and result.output is not None
+    assert "object can't be sent to the kernel from a worker" in result.output
+    assert len(eng.runs.list(task_id="other")) == 0  # refused in the run: nothing recorded
