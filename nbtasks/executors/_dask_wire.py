@@ -13,7 +13,8 @@ what the kernel reads from its topic is treated as hostile until proven otherwis
 Messages are batched: everything an attempt sends while the worker's event loop is busy goes up
 as one event (see `Outbox`), so a chatty run costs one event per loop turn, not one per line.
 Requests' arguments use `dumps_args`, a JSON with a few tagged types (datetimes and durations are
-what trigger options carry); anything else raises in the caller, on the worker.
+what trigger options carry); anything else raises in the caller, on the worker. A pool worker's
+requests use the same encoding over its pipe.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _strict(value: Any) -> Any:
     dump = getattr(value, "model_dump", None)  # pydantic options (QueueOptions, RetryOptions)
     if callable(dump):
         return dump(exclude_none=True)
-    raise TypeError(f"{type(value).__name__} can't be sent to the kernel from a Dask worker "
+    raise TypeError(f"{type(value).__name__} can't be sent to the kernel from a worker "
                     "(only JSON values, datetimes and timedeltas can)")
 
 

@@ -1,9 +1,10 @@
 """The Dask worker's side of `DaskExecutor` (imported only through `nbtasks.executors.dask`).
 
-`run_on_dask` is the Dask task. Sync task code (the run, hooks) runs on that task's own
-thread, where Dask's APIs expect it (`get_worker().get_current_task()`, `secede`,
-`worker_client`); the attempt's lifecycle runs on an event loop in a helper thread and hands
-sync calls back to the task thread. While a request that waits on other runs is open, the task
+`run_on_dask` is the Dask task. The attempt's lifecycle runs on an event loop of the task's own
+thread (one per Dask thread, kept), and its sync code (the run, hooks) runs inline on that
+thread as on a pool worker (`inline.InlineSync`): where Dask's APIs expect it
+(`get_worker().get_current_task()`, `secede`, `worker_client`), and with no thread hop per
+call. While a request that waits on other runs is open, the task
 thread secedes from the worker's thread pool, so a parent waiting on a child can't hold the
 last thread the child needs (the Dask form of docs/design.md, decision 4); it rejoins when the waits end.
 """
@@ -13,11 +14,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import itertools
 import os
 import pickle
-import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -28,13 +27,13 @@ from .._context import CancelSignal
 from ._dask_wire import Outbox, dumps_args, dumps_message
 from ._remote import PARKING, RemoteEngine, install_worker_mode
 from ._wire import Job, run_job
-from .inline import DaemonThreads
+from .inline import DaemonThreads, InlineSync
 
 _IDS = itertools.count(1)
 _ACTIVE: dict[str, _Running] = {}
 _INSTALLED: list[bool] = []
 _THREADS: list[DaemonThreads] = []
-_LOOPS: list[asyncio.AbstractEventLoop] = []
+_LOCAL = threading.local()  # each Dask thread's event loop
 _OUTBOXES: dict[str, Outbox] = {}  # topic (one per kernel) -> its batches from this process
 _LOCK = threading.Lock()
 
@@ -56,14 +55,11 @@ def _threads() -> DaemonThreads:
 
 
 def _loop() -> asyncio.AbstractEventLoop:
-    """This worker process's event loop for attempt lifecycles, on its own daemon thread."""
-    with _LOCK:
-        if not _LOOPS:
-            loop = asyncio.new_event_loop()
-            threading.Thread(target=loop.run_forever, name="nbtasks-dask-loop",
-                             daemon=True).start()
-            _LOOPS.append(loop)
-        return _LOOPS[0]
+    """This Dask thread's event loop for attempt lifecycles (made once, kept for the next)."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_LOCAL, "loop", None)
+    if loop is None or loop.is_closed():
+        loop = _LOCAL.loop = asyncio.new_event_loop()
+    return loop
 
 
 class DaskChannel:
@@ -102,68 +98,34 @@ class DaskChannel:
 
 
 class _Running:
-    """One attempt on this worker: the task thread serves sync calls until the loop is done."""
+    """One attempt on this worker, its lifecycle on the task thread's own loop."""
 
     def __init__(self) -> None:
         self.signal = CancelSignal()
-        self.calls: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self.loop: asyncio.AbstractEventLoop | None = None
         self.task: asyncio.Task[Any] | None = None
         self.task_thread = threading.get_ident()
-        self.busy = False  # the task thread is inside a sync call
         self.open_waits = 0
         self.seceded = False
         self.lock = threading.Lock()
         self.channel: DaskChannel | None = None
 
     def execute(self, job: Job, remote: RemoteEngine) -> dict[str, Any]:
-        """On the Dask task thread: run the lifecycle, serving its sync calls here."""
-        outcome: concurrent.futures.Future[dict[str, Any]] = concurrent.futures.Future()
-        # Dask finds its worker through a context variable: the lifecycle must see it too.
-        context = contextvars.copy_context()
+        """On the Dask task thread: run the lifecycle to its end, sync code inline."""
         loop = self.loop = _loop()
+        inline = InlineSync(loop, _threads())
+        self.task = loop.create_task(run_job(job, remote, inline.bind, self.signal))
+        try:
+            return loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            return {"cancelled": True}
 
-        def finished(task: asyncio.Task[dict[str, Any]]) -> None:
-            if task.cancelled():
-                outcome.set_result({"cancelled": True})
-            elif (exc := task.exception()) is not None:
-                outcome.set_exception(exc)
-            else:
-                outcome.set_result(task.result())
-            self.calls.put(None)
-
-        def start() -> None:
-            self.task = loop.create_task(
-                run_job(job, remote, lambda _defn: self.call_sync, self.signal), context=context)
-            self.task.add_done_callback(finished)
-
-        loop.call_soon_threadsafe(start)
-        while (call := self.calls.get()) is not None:
-            call()
-        return outcome.result()
-
-    async def call_sync(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """The lifecycle's way to run sync code: on the task thread (nested ones elsewhere)."""
-        if self.busy:  # e.g. a sync middleware's next(): the task thread is in the middleware
-            return await _threads().run(fn, *args)
-        reply: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        context = contextvars.copy_context()
-
-        def call() -> None:
-            self.busy = True
-            try:
-                value = context.run(fn, *args)
-            except BaseException as exc:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    reply.set_exception(exc)
-            else:
-                with contextlib.suppress(concurrent.futures.InvalidStateError):
-                    reply.set_result(value)
-            finally:
-                self.busy = False
-
-        self.calls.put(call)
-        return await asyncio.wrap_future(reply)
+    def _on_task_thread(self, fn: Callable[[], None]) -> None:
+        if threading.get_ident() == self.task_thread:
+            fn()
+        elif self.loop is not None:
+            with contextlib.suppress(RuntimeError):  # the attempt is over, its loop idle
+                self.loop.call_soon_threadsafe(fn)
 
     def waits(self, delta: int) -> None:
         """A request that waits on other runs opened (+1) or closed (-1)."""
@@ -171,12 +133,9 @@ class _Running:
             self.open_waits += delta
             first, last = delta > 0 and self.open_waits == 1, self.open_waits == 0
         if first:
-            if threading.get_ident() == self.task_thread:
-                self._secede()  # a sync body about to block on its own request
-            else:
-                self.calls.put(self._secede)
+            self._on_task_thread(self._secede)  # a sync body about to block: at once
         elif last:
-            self.calls.put(self._rejoin)
+            self._on_task_thread(self._rejoin)
 
     def _secede(self) -> None:
         if not self.seceded:

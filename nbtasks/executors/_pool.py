@@ -17,12 +17,27 @@ The check runs outside the worker, so a run stuck in C code holding the GIL is s
 Between two samples (20 ms) a run can overshoot; the worker also reports its peak RSS
 (ru_maxrss) with each result, so a run that went over and finished between samples fails
 too.
+
+What a worker says travels as JSON (one frame per message, multiprocessing's 4-byte length
+then the UTF-8 text): nothing read from a worker's pipe is unpickled in the kernel, so even a
+run that took over its worker can't run code here. What the kernel sends down is pickled (the
+task's functions have to be).
+
+Look-ahead: while runs wait for a worker, each busy worker gets one more attempt queued behind
+the one it runs, so it starts the next as soon as it finishes instead of idling through the
+kernel's round trip. An attempt queued ahead has not started until the worker says so, and the
+worker's messages keep their order, so the kernel always knows which: it started once the
+attempt before it is done (the worker reads the "skip" the kernel may have sent first, and
+answers "skipped", before it says "done"). So a queued attempt is never lost and never runs
+twice: if the worker dies, or retires, before starting it, it goes back to the pool; if its
+run is cancelled while it waits, it is skipped, or the worker is killed should it have started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import pickle
@@ -44,6 +59,31 @@ Message = tuple[Any, ...]
 log = logging.getLogger("nbtasks.machines")
 
 
+#: Attempts a busy worker holds queued behind its running one while runs wait for workers.
+LOOKAHEAD = 1
+
+
+class Lane:
+    """One attempt sent to a worker. `ended` resolves with the worker's outcome message, or
+    with None when the attempt never started there (skipped, or the worker retired or died
+    first) and must go back to the pool."""
+
+    __slots__ = ("abandoned", "asked", "ended", "key", "on_message", "resend")
+
+    def __init__(self, key: str, loop: asyncio.AbstractEventLoop,
+                 on_message: Callable[[Message], None], resend: Callable[[], None]) -> None:
+        self.key = key
+        self.on_message = on_message
+        self.resend = resend  # the worker lost the code it was sent the hash of: send it all
+        self.ended: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        self.abandoned = False  # its run was cancelled while it was queued
+        self.asked = False  # a "skip" for it was sent
+
+    def end(self, message: dict[str, Any] | None) -> None:
+        if not self.ended.done():
+            self.ended.set_result(message)
+
+
 class Worker:
     """One worker process. `exited` resolves with its exit code when it dies, whatever killed it."""
 
@@ -55,15 +95,19 @@ class Worker:
         self.pid: int = process.pid or 0
         self.loop = loop
         self.ps = psutil.Process(self.pid)
-        self.on_message: Callable[[Message], None] | None = None
+        self.on_message: Callable[[Message], None] | None = None  # before any lane: "ready"
         self.exited: asyncio.Future[int | None] = loop.create_future()
         self.env: Any = None  # the (cwd, sys.path, environ) snapshot it last applied
         self.code = CodeCache()  # the hashes of the task code it holds (see _wire.Job)
         self.parked = 0  # open requests that wait on other runs
+        self.claims = 0  # attempts the pool gave it that haven't released it yet
+        self.lanes: dict[str, Lane] = {}  # attempts sent, in order: the first one runs
+        self.retiring = False  # it said it starts nothing more (its memory stayed high)
         self.oom_rss: int | None = None  # set by the MemoryWatcher when it kills
         self._reading = True
         self._fd = conn.fileno()
         self._buffer = bytearray()
+        self._out = bytearray()
         loop.add_reader(self._fd, self.read)
         loop.add_reader(process.sentinel, self._on_exit)
 
@@ -75,7 +119,7 @@ class Worker:
         """Deliver every complete message that arrived (the pipe is readable).
 
         One read takes all that is there and the frames (multiprocessing's: a 4-byte length,
-        then a pickle) are cut here: each system call lets go of the GIL, and on a busy kernel
+        then JSON) are cut here: each system call lets go of the GIL, and on a busy kernel
         getting it back is what a message costs, not the copy.
         """
         try:
@@ -95,10 +139,65 @@ class Worker:
                 size, start = int.from_bytes(self._buffer[4:12], "big"), 12
             if len(self._buffer) < start + size:
                 return
-            message = pickle.loads(self._buffer[start:start + size])
+            try:
+                message = json.loads(self._buffer[start:start + size])
+            except ValueError:
+                message = None
             del self._buffer[:start + size]
+            try:
+                if not (isinstance(message, list) and len(message) >= 2
+                        and isinstance(message[0], str)):
+                    raise ValueError("not a [kind, key, ...] list")
+                self._deliver(message)
+            except (ValueError, TypeError, IndexError, KeyError) as exc:
+                log.warning("dropped a malformed message from %r: %s", self, exc)
+
+    def _deliver(self, message: list[Any]) -> None:
+        lane = self.lanes.get(message[1]) if isinstance(message[1], str) else None
+        if lane is None:
             if self.on_message is not None:
-                self.on_message(message)
+                self.on_message(tuple(message))
+            return  # otherwise a leftover of an attempt that is over
+        kind = message[0]
+        if kind == "done" and isinstance(message[2], dict):
+            if message[2].get("missing_code"):  # it doesn't hold what we thought: resend
+                del self.lanes[lane.key]
+                self.lanes[lane.key] = lane  # behind what it has queued now
+                lane.resend()
+                return
+            del self.lanes[lane.key]
+            lane.end(message[2])
+            if message[2].get("retire"):  # it starts nothing more: what it queued goes back
+                self.retiring = True
+                self._bounce(list(self.lanes.values()))
+            elif (head := next(iter(self.lanes.values()), None)) is not None and head.abandoned:
+                self.kill()  # it started a run that was cancelled while queued
+        elif kind == "skipped":
+            del self.lanes[lane.key]
+            lane.end(None)
+        else:
+            lane.on_message(tuple(message))
+
+    def _bounce(self, lanes: list[Lane]) -> None:
+        for lane in lanes:
+            self.lanes.pop(lane.key, None)
+            lane.end(None)
+
+    def queued(self, lane: Lane) -> bool:
+        """`lane` was sent but hasn't started: another attempt is ahead of it."""
+        return lane.key in self.lanes and next(iter(self.lanes)) != lane.key
+
+    def skip_queued(self) -> None:
+        """Ask for every attempt queued behind the running one back (its run waits on others,
+        or another worker went idle): each comes back "skipped", to go elsewhere, unless the
+        worker started it first."""
+        for lane in list(self.lanes.values())[1:]:
+            self.skip(lane)
+
+    def skip(self, lane: Lane) -> None:
+        if not lane.asked:
+            lane.asked = True
+            self.send(("skip", lane.key))
 
     def drain(self) -> None:
         """Read what is left without blocking (a child of the worker may hold the pipe open)."""
@@ -120,6 +219,8 @@ class Worker:
             os.killpg(self.pid, signal.SIGKILL)
         self.drain()  # what it sent before dying (a last log line, or its result)
         self._stop_reading()
+        # Messages keep their order: what is still queued behind the first lane never started.
+        self._bounce(list(self.lanes.values())[1:])
         self.process.join(0)
         if not self.exited.done():
             self.exited.set_result(self.process.exitcode)
@@ -128,7 +229,29 @@ class Worker:
             self.process.close()
 
     def send(self, message: Message) -> None:
-        self.conn.send(message)
+        """Queue `message` (pickled now, so an error is the caller's) for one write per turn of
+        the loop: a worker sent several attempts and replies pays one system call for all."""
+        frame = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
+        size = len(frame)
+        first = not self._out
+        if size > 0x7FFFFFFF:
+            self._out += b"\xff\xff\xff\xff" + size.to_bytes(8, "big")
+        else:
+            self._out += size.to_bytes(4, "big")
+        self._out += frame
+        if first:
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        data, self._out = self._out, bytearray()
+        if self.exited.done():
+            return  # its pipe is closed (and the descriptor's number may be another file's)
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            pass  # it died: its sentinel says so, and its attempts end there
 
     def rss(self) -> int:
         try:
@@ -267,13 +390,20 @@ class Pool:
         return self.size + self.parked() - len(self.workers) - self.starting
 
     async def acquire(self) -> Worker:
-        """A warm idle worker, a new one, or the next one released."""
+        """A warm idle worker, a new one, a busy one to queue behind (see `LOOKAHEAD`), or the
+        next one released. The caller holds a claim on it until `release`."""
         if self.closed:
             raise EngineError("the process executor is closed")
         while self.idle:
             worker = self.idle.pop()
-            if worker.alive:
+            if worker.alive and not worker.retiring:
+                worker.claims += 1
                 return worker
+        if not self.waiters and self._room() <= 0:
+            for worker in self.workers:
+                if self._takes(worker):
+                    worker.claims += 1
+                    return worker
         fut: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self.waiters.append(fut)
         self.grow()
@@ -281,10 +411,21 @@ class Pool:
             return await fut
         except asyncio.CancelledError:
             if fut.done() and not fut.cancelled() and fut.exception() is None:
-                self._hand(fut.result())
+                self.release(fut.result(), reuse=True)
             elif fut in self.waiters:
                 self.waiters.remove(fut)
             raise
+
+    def _takes(self, worker: Worker) -> bool:
+        """Whether `worker` can take one more attempt now: idle, or busy with room to queue one
+        behind its run when no worker can start (a run waiting on others can't: what it waits
+        for might be the one queued behind it)."""
+        if not worker.alive or worker.retiring:
+            return False
+        if worker.claims == 0:
+            return True
+        return (worker.claims <= LOOKAHEAD and not worker.parked and self._room() <= 0
+                and not self.starting)
 
     def grow(self, at_least: int = 0) -> list[asyncio.Task[None]]:
         """Start workers for waiting runs (or up to `at_least` warm ones) while there is room."""
@@ -320,19 +461,26 @@ class Pool:
         self._hand(worker)
 
     def _hand(self, worker: Worker) -> None:
-        while self.waiters:
+        while self.waiters and self._takes(worker):
             fut = self.waiters.popleft()
             if not fut.done():
+                worker.claims += 1
                 fut.set_result(worker)
-                return
+        if worker.claims:
+            return
+        for other in self.workers:  # it is idle: what waits queued behind another run comes here
+            other.skip_queued()
         if len(self.workers) > self.size + self.parked():
             self.discard(worker, replace=False)  # a borrowed worker, no longer needed
-        else:
+        elif worker.alive and not worker.retiring and worker not in self.idle:
             self.idle.append(worker)
 
     def release(self, worker: Worker, *, reuse: bool) -> None:
-        """The attempt on `worker` is over: keep it warm, or kill and replace it."""
-        if reuse and worker.alive and worker in self.workers and not self.closed:
+        """An attempt on `worker` is over (or went elsewhere): keep it warm, or kill and
+        replace it (and what is queued on it goes back to the pool)."""
+        worker.claims = max(0, worker.claims - 1)
+        if (reuse and worker.alive and not worker.retiring and worker in self.workers
+                and not self.closed):
             self._hand(worker)
         else:
             self.discard(worker)

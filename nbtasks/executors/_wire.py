@@ -11,8 +11,10 @@ task per run. Payload and output stay JSON strings. Everything else in a `Job` i
 message). The context's CancelSignal is a threading.Event that can't be pickled: the worker
 builds a fresh context around the same frozen snapshots.
 
-Pickles only ever go to our own workers over a pipe (or to the user's Dask cluster, which
-pickles everything anyway); nothing read from the store is unpickled.
+Pickles only ever go down, to our own workers over a pipe (or to the user's Dask cluster, which
+pickles everything anyway); nothing read from the store, a worker's pipe or a Dask topic is
+unpickled: what comes back up (logs, requests, the outcome) is JSON. The kernel's size limits
+(`configure(limits=...)`) travel with each job, so a worker holds an output to the same limit.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from .._context import (
 from .._errors import OutOfMemoryError, TaskRunError, WorkerCrashedError
 from .._lifecycle import AttemptOutcome, AttemptPlan, GlobalHooks, SyncCaller, error_record
 from .._models import RetryOptions
+from .._payload import LIMITS, Limits
 from .._retry import decide
 from .._runs import RunsAPI
 from .._status import RunStatus
@@ -62,8 +65,11 @@ class Job(NamedTuple):
     ctx: tuple[tuple[Any, ...], ...]  # TaskContext's frozen parts, each as its fields' values
     metadata: dict[str, Any]
     tags: list[str]
+    limits: tuple[int, ...]  # the kernel's configure(limits=...), in `Limits` field order
 
 
+#: The size limits' names, in the order `Job.limits` carries them.
+_LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
 #: TaskContext's frozen parts, in the order `Job.ctx` carries them.
 _CTX_PARTS = (TaskInfo, RunInfo, AttemptInfo, QueueInfo, MachineInfo)
 _CTX_FIELDS = tuple(tuple(f.name for f in fields(cls)) for cls in _CTX_PARTS)
@@ -168,8 +174,17 @@ def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
     ctx = tuple(tuple(getattr(part, name) for name in names)
                 for part, names in zip(parts, _CTX_FIELDS, strict=True))
     retry = None if plan.retry is None else plan.retry.model_dump()
+    limits = tuple(getattr(LIMITS, name) for name in _LIMIT_FIELDS)
     return Job(code, code_hash, defn.id, retry, plan.payload_json, ctx, scope.metadata,
-               scope.tags)
+               scope.tags, limits)
+
+
+def _take_limits(limits: tuple[int, ...]) -> None:
+    """The kernel's size limits, in this worker: an output or metadata is held to what
+    `configure(limits=...)` set there, not to the defaults the worker started with."""
+    for name, value in zip(_LIMIT_FIELDS, limits, strict=True):
+        if getattr(LIMITS, name) != value:
+            setattr(LIMITS, name, value)
 
 
 class MissingCode(Exception):
@@ -222,6 +237,7 @@ async def run_job(job: Job, remote: _remote.RemoteEngine,
     """
     from .._lifecycle import run_attempt
 
+    _take_limits(job.limits)
     task, run, attempt, queue, machine = (cls(*values)
                                           for cls, values in zip(_CTX_PARTS, job.ctx, strict=True))
     ctx = TaskContext(task, run, attempt, queue, machine, signal=signal or CancelSignal())

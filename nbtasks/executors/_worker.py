@@ -6,6 +6,12 @@ run's requests; sync bodies and hooks run on daemon threads as in the kernel, so
 stays free to read. When code on the loop thread itself blocks on a request (an async body
 calling `trigger()`), it reads the pipe itself until its reply comes.
 
+Everything it says goes up as JSON (the kernel never unpickles what a worker sends). The
+kernel may queue one attempt behind the running one (`_pool.LOOKAHEAD`): it waits here in
+`PipeChannel.queue`, and a "skip" for it is answered "skipped" at once. After each attempt the
+worker reads what arrived, answers those skips, and only then says "done": so the kernel knows
+that an attempt not skipped before the one ahead of it was done has started.
+
 The worker leads its own process group (so an interrupt sent to the kernel's group doesn't
 reach it, and a kill takes whatever it started), dies with the kernel, and holds itself to
 its preset's cores before any library reads the thread-count variables.
@@ -16,23 +22,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import ctypes
 import itertools
+import json
 import os
 import resource
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections import deque
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
-from .._tasks import TaskDefinition
+from ._dask_wire import dumps_args
 from ._remote import RemoteEngine, install_worker_mode
 from ._wire import run_job
-from .inline import DaemonThreads
+from .inline import DaemonThreads, InlineSync
 
 #: Thread-count variables of the usual native pools (OpenMP, OpenBLAS, MKL, Accelerate, numexpr).
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -53,13 +60,19 @@ class PipeChannel:
         self.pending: dict[int, concurrent.futures.Future[Any]] = {}
         self.ids = itertools.count(1)
         self.watching = False
+        self.queue: deque[tuple[Any, ...]] = deque()  # attempts sent ahead, not started
+        self.stopping = False
 
     def send(self, message: tuple[Any, ...]) -> None:
+        """One JSON frame up. A value JSON can't hold (a log attribute) goes as its str(), as log
+        attributes do in the kernel: a log line must never fail the run."""
+        data = json.dumps(message, default=str, separators=(",", ":")).encode()
         with self.lock:
-            self.conn.send(message)
+            self.conn.send_bytes(data)
 
     def request(self, key: str, method: str, args: tuple[Any, ...]
                 ) -> tuple[int, concurrent.futures.Future[Any]]:
+        encoded = dumps_args(args)  # raises here, in the caller, for what JSON can't carry
         rid = next(self.ids)
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self.pending[rid] = fut
@@ -67,7 +80,7 @@ class PipeChannel:
             self.watching = True
             self.loop.call_soon_threadsafe(self.loop.add_reader, self.conn.fileno(),
                                            self._readable)
-        self.send(("call", key, rid, method, args))
+        self.send(("call", key, rid, method, encoded))
         return rid, fut
 
     def cancel(self, key: str, request_id: int) -> None:
@@ -92,7 +105,12 @@ class PipeChannel:
             message = self.conn.recv()
         except (EOFError, OSError):
             os._exit(0)  # the kernel is gone: nobody is left to report to
-        if message[0] == "reply":
+        self._handle(message)
+        return True
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "reply":
             _, rid, ok, value = message
             fut = self.pending.pop(rid, None)
             if fut is not None and not fut.done():
@@ -100,7 +118,22 @@ class PipeChannel:
                     fut.set_result(value)
                 else:
                     fut.set_exception(value)
-        return True
+        elif kind == "run":
+            self.queue.append(tuple(message[1:]))
+        elif kind == "skip":
+            for job in self.queue:
+                if job[0] == message[1]:
+                    self.queue.remove(job)
+                    self.send(("skipped", message[1]))
+                    break
+        elif kind == "stop":
+            self.stopping = True
+        # anything else is a late reply to a request its run gave up on
+
+    def catch_up(self) -> None:
+        """Take in what the kernel sent meanwhile (attempts, skips) without waiting."""
+        while self._recv(0):
+            pass
 
     def _readable(self) -> None:
         while self._recv(0):
@@ -116,46 +149,11 @@ class PipeChannel:
                 self.loop.remove_reader(self.conn.fileno())
 
     def next_job(self) -> tuple[Any, ...] | None:
-        """Block (idle) until the kernel sends the next attempt; None when told to stop."""
-        while True:
-            try:
-                message = self.conn.recv()
-            except (EOFError, OSError):
-                os._exit(0)
-            if message[0] == "run":
-                return tuple(message[1:])
-            if message[0] == "stop":
+        """The next attempt, blocking while idle; None when told to stop."""
+        while not self.queue:
+            if self.stopping or not self._recv(None):
                 return None
-            # anything else is a late reply to a request its run gave up on
-
-
-class InlineSync:
-    """Sync task code on the worker's main thread: no thread hop per call.
-
-    One attempt owns the process, so blocking the loop costs nothing, and a request made from
-    here reads its own reply (`PipeChannel.wait`). The running loop is hidden meanwhile, so the
-    code behaves as in a thread: `asyncio.run()` works, and blocking waits are allowed. A sync
-    middleware is the exception: its `next()` needs the loop, so it runs on a thread.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, threads: DaemonThreads) -> None:
-        self.loop = loop
-        self.threads = threads
-        self.middleware: Any = None
-
-    def bind(self, defn: TaskDefinition) -> InlineSync:
-        """For one attempt of `defn` (the next one replaces it: one attempt at a time)."""
-        self.middleware = defn.hooks.get("middleware")
-        return self
-
-    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if fn is self.middleware:
-            return await self.threads.run(fn, *args)
-        asyncio.events._set_running_loop(None)
-        try:
-            return contextvars.copy_context().run(fn, *args)
-        finally:
-            asyncio.events._set_running_loop(self.loop)
+        return self.queue.popleft()
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
@@ -215,15 +213,34 @@ def _apply(snapshot: Snapshot, cores: list[int]) -> None:
         os.environ[name] = str(len(cores))
 
 
-def main(conn: Connection, cores: list[int], kernel: int) -> None:
+def main(conn: Connection, cores: list[int], kernel: int, limit: int = 0,
+         recycle_share: float = 1.0) -> None:
     """Entry point of a worker process (called by multiprocessing in the child)."""
     try:
-        _serve(conn, cores, kernel)
+        _serve(conn, cores, kernel, limit, recycle_share)
     except OSError:  # the pipe broke: the kernel closed the pool or went away
         os._exit(0)
 
 
-def _serve(conn: Connection, cores: list[int], kernel: int) -> None:
+def retires(limit: int, share: float) -> bool:
+    """Should this worker start nothing more? Its peak went past its machine's memory (the
+    kernel fails the attempt), or its memory stayed over `share` of it after the run, and the
+    next run must not start with someone else's memory. ru_maxrss is the peak: below the share,
+    the memory now is too, and it costs no sampling."""
+    if not limit:
+        return False
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if peak < limit * share:
+        return False
+    if peak > limit:
+        return True
+    import psutil
+
+    return bool(psutil.Process().memory_info().rss >= limit * share)
+
+
+def _serve(conn: Connection, cores: list[int], kernel: int, limit: int,
+           recycle_share: float) -> None:
     with contextlib.suppress(OSError):
         os.setsid()
     _die_with_kernel()
@@ -242,4 +259,11 @@ def _serve(conn: Connection, cores: list[int], kernel: int) -> None:
             _follow_cwd(kernel)
         message = channel.attempt(run_job(attempt, RemoteEngine(channel, key), inline.bind))
         message["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        retire = retires(limit, recycle_share)
+        if retire:
+            message["retire"] = True
+        else:
+            channel.catch_up()  # skips first: what isn't skipped before "done" has started
         channel.send(("done", key, message))
+        if retire:
+            os._exit(0)

@@ -18,6 +18,7 @@ from typing import Any
 from .. import _parking
 from .._context import CURRENT, AttemptScope
 from .._lifecycle import AttemptOutcome, AttemptPlan, run_attempt
+from .._tasks import TaskDefinition
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...],
              contextvars.Context]
@@ -140,3 +141,32 @@ class InlineExecutor:
 
     async def close(self) -> None:
         self.threads.close()
+
+
+class InlineSync:
+    """Sync task code on the worker's main thread: no thread hop per call.
+
+    One attempt owns the process, so blocking the loop costs nothing, and a request made from
+    here reads its own reply (`PipeChannel.wait`). The running loop is hidden meanwhile, so the
+    code behaves as in a thread: `asyncio.run()` works, and blocking waits are allowed. A sync
+    middleware is the exception: its `next()` needs the loop, so it runs on a thread.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: DaemonThreads) -> None:
+        self.loop = loop
+        self.threads = threads
+        self.middleware: Any = None
+
+    def bind(self, defn: TaskDefinition) -> InlineSync:
+        """For one attempt of `defn` (the next one replaces it: one attempt at a time)."""
+        self.middleware = defn.hooks.get("middleware")
+        return self
+
+    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if fn is self.middleware:
+            return await self.threads.run(fn, *args)
+        asyncio.events._set_running_loop(None)
+        try:
+            return contextvars.copy_context().run(fn, *args)
+        finally:
+            asyncio.events._set_running_loop(self.loop)

@@ -18,6 +18,10 @@ Trigger.dev does), its logs, metadata, tags and waits forwarded to the kernel li
 - **Crashes.** A worker that dies mid-attempt (a signal, a segfault, `os._exit`) fails that
   attempt with WorkerCrashedError naming the signal or exit code; the retry policy applies and
   the pool starts a replacement. Other runs are untouched: each has its own process.
+- **Look-ahead.** While runs wait for a worker, a busy worker holds one more attempt queued
+  behind its run, so it never idles through the kernel's round trip; that attempt hasn't
+  started until the one ahead is done, so a crash, a cancel or a retiring worker sends it back
+  to the pool, never lost and never run twice (see `_pool`).
 - **Cancel and max_duration** kill the worker (and its process group), so a run stuck in C code
   stops too. Its on_cancel and cleanup hooks don't run: the process is gone.
 """
@@ -48,7 +52,8 @@ from .._errors import OutOfMemoryError, TaskRunError, WorkerCrashedError
 from .._lifecycle import AttemptOutcome, AttemptPlan
 from .._models import MACHINES, MachinePreset, check_machine
 from . import _worker
-from ._pool import MemoryWatcher, Message, Pool, Worker, describe_exit
+from ._dask_wire import loads_args
+from ._pool import Lane, MemoryWatcher, Message, Pool, Worker, describe_exit
 from ._serve import PARKING, serve
 from ._wire import Job, dump_job, failed_outcome, outcome_from
 from ._worker import Snapshot
@@ -197,14 +202,16 @@ class ProcessExecutor:
         cores = _worker.cores_for(preset.cpu, _available_cores(), self._next_core)
         self._next_core += len(cores)
         # Starting a process blocks (the first one starts the fork server): not on the loop.
-        process, conn = await asyncio.to_thread(self._start_process, cores)
+        process, conn = await asyncio.to_thread(self._start_process, cores, preset.memory_bytes)
         worker = Worker(process, conn, preset.name, asyncio.get_running_loop())
+        worker.exited.add_done_callback(lambda _f: self.watcher.unwatch(worker))
         await worker.wait_ready(within=self.start_timeout)
         return worker
 
-    def _start_process(self, cores: list[int]) -> tuple[Any, Any]:
+    def _start_process(self, cores: list[int], limit: int) -> tuple[Any, Any]:
         parent, child = self._ctx.Pipe(duplex=True)
-        process = _WorkerProcess(target=_worker.main, args=(child, cores, os.getpid()),
+        process = _WorkerProcess(target=_worker.main,
+                                 args=(child, cores, os.getpid(), limit, RECYCLE_SHARE),
                                  name="nbtasks-worker")
         process.start()
         child.close()
@@ -231,43 +238,47 @@ class ProcessExecutor:
                 f"{type(exc).__name__}: {exc}. What a task's functions refer to must be "
                 "picklable; open clients and connections inside the run instead")
             return failed_outcome(plan, err, retry=False)
-        worker = await pool.acquire()
-        return await self._run_on(worker, pool, preset, plan, scope, job)
+        while True:
+            worker = await pool.acquire()
+            outcome = await self._run_on(worker, pool, preset, plan, scope, job)
+            if outcome is not None:
+                return outcome
+            # It never started there (see _pool.LOOKAHEAD): no attempt was spent, try again.
 
     async def _run_on(self, worker: Worker, pool: Pool, preset: MachinePreset,
-                      plan: AttemptPlan, scope: AttemptScope, job: Job) -> AttemptOutcome:
+                      plan: AttemptPlan, scope: AttemptScope, job: Job) -> AttemptOutcome | None:
+        """The attempt on `worker`; None when it never started there."""
         loop = asyncio.get_running_loop()
         key = f"{plan.ctx.run.id}/{plan.ctx.attempt.number}"
-        done: asyncio.Future[dict[str, Any]] = loop.create_future()
         calls: dict[int, asyncio.Task[None]] = {}
 
         def on_message(message: Message) -> None:
             kind = message[0]
-            if message[1] != key:
-                return  # from an earlier attempt's leftover thread
             if kind == "log":
-                scope.sink.log(*message[2:])
-            elif kind == "metadata":
+                _, _, level, text, attributes = message
+                scope.sink.log(str(level), str(text),
+                               attributes if isinstance(attributes, dict) else None)
+            elif kind == "metadata" and isinstance(message[2], dict):
                 scope.metadata = message[2]
                 scope.sink.metadata_changed(message[2])
-            elif kind == "tags":
-                scope.tags = message[2]
-                scope.sink.tags_changed(message[2])
+            elif kind == "tags" and isinstance(message[2], list):
+                scope.tags = [str(t) for t in message[2]]
+                scope.sink.tags_changed(scope.tags)
             elif kind == "call":
                 _, _, rid, method, args = message
-                calls[rid] = loop.create_task(self._answer(worker, pool, scope, rid, method, args))
+                calls[rid] = loop.create_task(
+                    self._answer(worker, pool, scope, rid, str(method), loads_args(args)))
             elif kind == "cancel" and (task := calls.pop(message[2], None)) is not None:
                 task.cancel()
-            elif kind == "done" and not done.done():
-                if message[2].get("missing_code"):  # it doesn't hold what we thought: resend
-                    worker.send(("run", key, None, job))
-                    worker.code.add(job.code_hash, True)
-                else:
-                    done.set_result(message[2])
 
+        def resend() -> None:
+            worker.send(("run", key, None, job))
+            worker.code.add(job.code_hash, True)
+
+        lane = Lane(key, loop, on_message, resend)
         snapshot = self._snapshot()
-        worker.on_message = on_message
-        reuse = False
+        reuse = later = False
+        worker.lanes[key] = lane
         try:
             # The function's bytes only the first time this worker sees them (see _wire.Job).
             known = job.code_hash in worker.code
@@ -277,24 +288,40 @@ class ProcessExecutor:
             if not known:
                 worker.code.add(job.code_hash, True)
             self.watcher.watch(worker, preset.memory_bytes)
-            either: set[asyncio.Future[Any]] = {done, worker.exited}
+            either: set[asyncio.Future[Any]] = {lane.ended, worker.exited}
             await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not done.done():
+            if not lane.ended.done():
                 worker.drain()
-            outcome, reuse = self._conclude(worker, preset, plan, done, job.code_hash)
+            if lane.ended.done() and lane.ended.result() is None:
+                reuse = True
+                return None
+            outcome, reuse = self._conclude(worker, preset, plan, lane, job.code_hash)
             return outcome
+        except asyncio.CancelledError:
+            if worker.alive and worker.queued(lane):
+                # Not started: ask for it back; should it start first, the worker is killed then.
+                lane.abandoned = True
+                worker.skip(lane)
+                later = True  # released when the worker answers, not now
+                lane.ended.add_done_callback(lambda _f: self._after(worker, pool, lane, True))
+            raise
         finally:
-            self.watcher.unwatch(worker)
-            worker.on_message = None
             for task in calls.values():
                 task.cancel()
-            pool.release(worker, reuse=reuse)  # not reused (cancel, death, memory): killed
+            if not later:
+                self._after(worker, pool, lane, reuse)
+
+    def _after(self, worker: Worker, pool: Pool, lane: Lane, reuse: bool) -> None:
+        """The attempt is off `worker`: release it (not reused: killed, see Pool.release)."""
+        worker.lanes.pop(lane.key, None)
+        if not worker.lanes:
+            self.watcher.unwatch(worker)
+        pool.release(worker, reuse=reuse)
 
     def _conclude(self, worker: Worker, preset: MachinePreset, plan: AttemptPlan,
-                  done: asyncio.Future[dict[str, Any]], job_hash: bytes
-                  ) -> tuple[AttemptOutcome, bool]:
+                  lane: Lane, job_hash: bytes) -> tuple[AttemptOutcome, bool]:
         limit = preset.memory_bytes
-        message = done.result() if done.done() else None
+        message = lane.ended.result() if lane.ended.done() else None
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
         if peak > limit:
             # Rounded up: a run just past the limit must not read "used 256 MB, over 256 MB".
@@ -312,9 +339,9 @@ class ProcessExecutor:
             worker.code.discard(job_hash)  # it didn't keep what it couldn't load
             record = message["load_error"]
             return failed_outcome(plan, TaskRunError(record["message"])), True
-        # ru_maxrss is the worker's peak: below the share, its RSS now is too (no sampling).
-        keep = message["maxrss"] < limit * RECYCLE_SHARE or worker.rss() < limit * RECYCLE_SHARE
-        return outcome_from(message, plan), keep
+        # The worker itself says whether its memory stayed high after the run (`retire`):
+        # it then starts nothing more, and is replaced.
+        return outcome_from(message, plan), not message.get("retire")
 
     def _snapshot(self) -> Snapshot:
         """The kernel's sys.path and environment (and cwd where workers can't read it from
@@ -332,6 +359,7 @@ class ProcessExecutor:
         parks = method in PARKING
         if parks:
             worker.parked += 1
+            worker.skip_queued()  # what is queued behind it may be what it waits for
             pool.grow()  # a run waiting for a worker may take this one's place meanwhile
         try:
             reply: Message = ("reply", rid, True, await serve(scope, method, args))
