@@ -193,12 +193,7 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
                                  not is_async(middleware))
                 await call_hook(middleware, (payload, ctx, nxt), call_sync)
                 output = box[0] if box else None
-            try:
-                output_json = "null" if output is None else dumps(output, what="output")
-            except (TypeError, ValueError) as exc:  # ValueError: NaN, text SQLite can't hold
-                raise OutputSerializationError(
-                    f"task {defn.id!r} returned an output that is not JSON-serialisable: {exc}"
-                ) from None
+            output_json = _output_json(defn.id, output)
         except Exception as err:
             outcome = await _failed(plan, scope, call_sync, payload, err)
         else:
@@ -231,15 +226,23 @@ async def _run_bare(plan: AttemptPlan, scope: AttemptScope,
     payload: Any = loads(plan.payload_json)
     try:
         output = await call_hook(defn.run, (payload, plan.ctx), call_sync)
-        try:
-            output_json = "null" if output is None else dumps(output, what="output")
-        except (TypeError, ValueError) as exc:  # ValueError: NaN, text SQLite can't hold
-            raise OutputSerializationError(
-                f"task {defn.id!r} returned an output that is not JSON-serialisable: {exc}"
-            ) from None
+        output_json = _output_json(defn.id, output)
     except Exception as err:
         return await _failed(plan, scope, call_sync, payload, err)
     return AttemptOutcome(True, output_json=output_json)
+
+
+def _output_json(task_id: str, output: Any) -> str:
+    """The output as stored; one the store can't hold fails the attempt (a user error, retried
+    like any other), never the writer's batch."""
+    if output is None:
+        return "null"
+    try:
+        return dumps(output, what="output")
+    except (TypeError, ValueError) as exc:  # ValueError: NaN, text SQLite can't hold
+        raise OutputSerializationError(
+            f"task {task_id!r} returned an output that is not JSON-serialisable: {exc}"
+        ) from None
 
 
 async def _cleanup(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller,
