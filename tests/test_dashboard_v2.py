@@ -12,7 +12,6 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -29,15 +28,6 @@ from nbtasks.notebook.redact import MASK, Redactor
 from nbtasks.notebook.status_line import BatchProgress, StatusLine
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def dash(engine: Engine) -> Iterator[Dashboard]:
-    d = Dashboard(engine, page_size=5, read_only=False)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def finish(*handles: Any) -> None:
