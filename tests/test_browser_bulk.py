@@ -1,9 +1,7 @@
 """Bulk actions on the runs table, in JupyterLab in headless Chromium: pick rows or every run
 that matches the filters, Cancel or Replay them, a confirmation first when more than ten runs
 would be affected, and a progress line that reports what was done.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations

@@ -2,9 +2,7 @@
 Chromium: the same notebook as test_browser_trace.py, opened at /notebooks/. The widgets render,
 hover shows times, a click on the child's row and on a timeline bar reaches the kernel, the zoom
 buttons work, and every text is readable in the dark theme.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations

@@ -5,9 +5,7 @@ file order: `schedules.list()` as a table, the Schedules tab (cron in words, tim
 last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
 at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
 restart, after which each cell's widgets read "kernel restarted: run the cell again".
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations

@@ -6,9 +6,7 @@ child's row and a timeline bar (the click reaches the kernel, which writes it to
 the timeline, switches JupyterLab to its dark theme and checks the contrast of every piece of
 text against what is behind it. Screenshots of both widgets in both themes go to artifacts/, or
 to docs/ with NBTASKS_SCREENSHOTS=docs.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations
