@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +136,74 @@ def chromium() -> Iterator[Any]:
             yield b
         finally:
             b.close()
+
+
+def expect_slow() -> Any:
+    """Playwright's `expect`, waiting as long as everything else here does."""
+    exp = require_browser().expect
+    exp.set_options(timeout=SLOW)
+    return exp
+
+
+def write_notebook(path: Path, cells: Sequence[str]) -> None:
+    """A notebook of these code cells, for the python3 kernel."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in cells],
+                                metadata={"kernelspec": KERNELSPEC}), path)
+
+
+@contextlib.contextmanager
+def jupyterlab(root: Path, name: str) -> Iterator[tuple[str, str, Path]]:
+    """JupyterLab (which also serves Notebook 7's pages) on `root`, its log named `name`;
+    yields (base URL, token, root). Skips first when the browser stack is missing."""
+    require_browser()
+    settings = quiet_lab_settings(root)
+    port, token = free_port(), secrets.token_hex(16)
+    with serve(name, lab_server_args(root, port, token, settings), root, port):
+        yield f"http://127.0.0.1:{port}", token, root
+
+
+def new_page(browser: Any, height: int = 1000) -> Any:
+    pg = browser.new_page(viewport={"width": 1400, "height": height})
+    pg.set_default_timeout(SLOW)
+    return pg
+
+
+def save_last(page: Any, name: str, full_page: bool = False) -> None:
+    """The page's last state to artifacts/, whatever the outcome (a dead page saves nothing)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    with contextlib.suppress(Exception):
+        page.screenshot(path=str(ARTIFACTS / f"{name}-last.png"), full_page=full_page)
+
+
+@contextlib.contextmanager
+def page_in_chromium(name: str) -> Iterator[Any]:
+    """A page in its own headless Chromium; its last state is saved as `name`."""
+    with chromium() as browser:
+        pg = new_page(browser)
+        try:
+            yield pg
+        finally:
+            save_last(pg, name)
+
+
+def run_notebook(page: Any, base: str, token: str, path: str, lab: bool = True) -> None:
+    """Open the notebook (in JupyterLab with a fresh workspace, or in Notebook 7), wait for its
+    kernel, run every cell and wait until the last one has run."""
+    url = (f"{base}/lab/tree/{path}?reset&token={token}" if lab
+           else f"{base}/notebooks/{path}?token={token}")
+    page.goto(url, wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    kernel_ready(page, base, token, path)
+    run_all(page)
+
+
+def run_all(page: Any) -> None:
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    expect_slow()(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
+        re.compile(r"\[\d+\]"))
 
 
 def kernel_ready(page: Any, base: str, token: str, path: str) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 import nbtasks
 from nbtasks import Engine, RunEvent, RunStatus
 from nbtasks.testing import ManualClock
+
+if TYPE_CHECKING:  # the dashboard loads ipywidgets, which `import nbtasks` must not
+    from nbtasks.notebook.dashboard import Dashboard
 
 
 @pytest.fixture
@@ -26,6 +30,19 @@ def engine(db_path: Path) -> Iterator[Engine]:
         yield eng
     finally:
         eng.close()
+
+
+@pytest.fixture
+def dash(engine: Engine) -> Iterator[Dashboard]:
+    """A dashboard on `engine` whose buttons act (five rows a page), closed after the test.
+    test_dashboard.py overrides it with the default (read-only where served) one."""
+    from nbtasks.notebook.dashboard import Dashboard
+
+    d = Dashboard(engine, page_size=5, read_only=False)
+    try:
+        yield d
+    finally:
+        d.close()
 
 
 @pytest.fixture

@@ -1,34 +1,25 @@
 """Bulk actions on the runs table, in JupyterLab in headless Chromium: pick rows or every run
 that matches the filters, Cancel or Replay them, a confirmation first when more than ten runs
 would be affected, and a progress line that reports what was done.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
-    KERNELSPEC,
-    SLOW,
-    chromium,
-    free_port,
-    kernel_ready,
-    lab_server_args,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    expect_slow,
+    jupyterlab,
+    page_in_chromium,
+    run_notebook,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -57,37 +48,23 @@ dash
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    require_browser()
     root = tmp_path_factory.mktemp("bulk-lab")
-    nbformat.write(new_notebook(cells=[new_code_cell(SETUP)],
-                                metadata={"kernelspec": KERNELSPEC}), root / NOTEBOOK)
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("jupyterlab-bulk", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
+    write_notebook(root / NOTEBOOK, (SETUP,))
+    with jupyterlab(root, "jupyterlab-bulk") as served:
+        yield served
 
 
 @pytest.fixture
 def page(lab: tuple[str, str, Path]) -> Iterator[Any]:
-    with chromium() as browser:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(SLOW)
-        try:
-            yield pg
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            pg.screenshot(path=str(ARTIFACTS / "bulk-last.png"))
+    with page_in_chromium("bulk") as pg:
+        yield pg
 
 
 def test_bulk_cancel_and_replay_with_a_confirmation_over_ten(page: Any,
                                                              lab: tuple[str, str, Path]) -> None:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
+    expect = expect_slow()
     base, token, _root = lab
-    page.goto(f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}", wait_until="domcontentloaded")
-    page.wait_for_selector(".jp-Notebook .jp-Cell")
-    kernel_ready(page, base, token, NOTEBOOK)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    run_notebook(page, base, token, NOTEBOOK)
     dash = page.locator(".nbt-dashboard")
     expect(dash).to_be_visible()
     executing = page.locator(".nbt-row-EXECUTING")

@@ -12,25 +12,25 @@ messages, Voila's websocket, the widget manager in the page.
 
 from __future__ import annotations
 
-import contextlib
 import re
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
-    KERNELSPEC,
     SLOW,
     chromium,
     contrast_failures,
+    expect_slow,
     free_port,
+    new_page,
     require_browser,
+    save_last,
     serve,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -89,9 +89,7 @@ def voila(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Voila server on a free port, rendering the notebook above; yields the page URL."""
     require_browser()
     root = tmp_path_factory.mktemp("voila")
-    cells = [new_code_cell(c) for c in (NOTEBOOK, OPTED_IN, STATUS_LINE, PROGRESS)]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}),
-                   root / "dashboard.ipynb")
+    write_notebook(root / "dashboard.ipynb", (NOTEBOOK, OPTED_IN, STATUS_LINE, PROGRESS))
     port, token = free_port(), secrets.token_hex(16)
     with serve("voila", ["voila", "--no-browser", "--Voila.ip=127.0.0.1", f"--port={port}",
                           f"--token={token}", "--show_tracebacks=True", "dashboard.ipynb"],
@@ -109,13 +107,10 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, voila: str) -> Iterator[Any]:
     """One Voila page for the module (each page load runs the notebook in a new kernel); its
     last state is saved to artifacts/ whatever the outcome."""
-    pg = browser.new_page(viewport={"width": 1400, "height": 1400})
-    pg.set_default_timeout(SLOW)
+    pg = new_page(browser, height=1400)
     pg.goto(voila, wait_until="domcontentloaded")
     yield pg
-    ARTIFACTS.mkdir(exist_ok=True)
-    with contextlib.suppress(Exception):
-        pg.screenshot(path=str(ARTIFACTS / "voila-last.png"), full_page=True)
+    save_last(pg, "voila", full_page=True)
     pg.close()
 
 
@@ -137,8 +132,7 @@ def _trigger_test_run(page: Any, expect: Any, task: str, payload: str) -> None:
 
 
 def test_a_voila_page_is_read_only_unless_the_notebook_opts_in(voila: str, page: Any) -> None:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
+    expect = expect_slow()
     shared = page.locator(".nbt-shared")
     expect(shared).to_be_visible(timeout=SLOW * 2)
     expect(shared.locator(".nbt-read-only")).to_contain_text("read-only")
@@ -161,8 +155,7 @@ def test_a_voila_page_is_read_only_unless_the_notebook_opts_in(voila: str, page:
 
 
 def test_fail_replay_and_cancel_in_a_real_browser(voila: str, page: Any) -> None:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
+    expect = expect_slow()
     dashboard = page.locator(".nbt-mine")
     expect(dashboard).to_be_visible(timeout=SLOW * 2)
     root, page = page, dashboard  # every lookup below is inside the opted-in dashboard

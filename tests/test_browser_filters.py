@@ -12,29 +12,22 @@ from __future__ import annotations
 
 import json
 import re
-import secrets
 import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
-    KERNELSPEC,
-    SLOW,
-    chromium,
     contrast_failures,
-    free_port,
-    kernel_ready,
-    lab_server_args,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    expect_slow,
+    jupyterlab,
+    page_in_chromium,
+    run_notebook,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(300)]
 
@@ -76,37 +69,20 @@ dash
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    require_browser()
     root = tmp_path_factory.mktemp("filters")
-    nbformat.write(new_notebook(cells=[new_code_cell(SETUP), new_code_cell(HISTORY)],
-                                metadata={"kernelspec": KERNELSPEC}), root / NOTEBOOK)
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("jupyterlab-filters", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
+    write_notebook(root / NOTEBOOK, (SETUP, HISTORY))
+    with jupyterlab(root, "jupyterlab-filters") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def page(lab: tuple[str, str, Path]) -> Iterator[Any]:
     """The notebook run once; the tests go on from each other's state, in file order."""
-    expect = _expect()
     base, token, _root = lab
-    with chromium() as browser:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(SLOW)
-        pg.goto(f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}", wait_until="domcontentloaded")
-        pg.wait_for_selector(".jp-Notebook .jp-Cell")
-        kernel_ready(pg, base, token, NOTEBOOK)
-        pg.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-        expect(pg.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
-            re.compile(r"\[\d+\]"))
-        expect(pg.locator(".nbt-page-position")).to_contain_text("of 7")
-        try:
-            yield pg
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            pg.screenshot(path=str(ARTIFACTS / "filters-last.png"))
-            pg.close()
+    with page_in_chromium("filters") as pg:
+        run_notebook(pg, base, token, NOTEBOOK)
+        expect_slow()(pg.locator(".nbt-page-position")).to_contain_text("of 7")
+        yield pg
 
 
 @pytest.fixture(scope="module")
@@ -115,12 +91,6 @@ def facts(page: Any, lab: tuple[str, str, Path]) -> dict[str, Any]:
     out: dict[str, Any] = json.loads((root / "facts.json").read_text())
     out["db"] = root / ".nbtasks" / "filters.db"
     return out
-
-
-def _expect() -> Any:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
-    return expect
 
 
 def _sql(facts: dict[str, Any], sql: str, *params: Any) -> list[Any]:
@@ -148,7 +118,7 @@ def _pick(page: Any, picker: str, containing: str) -> None:
 
 
 def test_a_sort_orders_the_rows_and_paging_follows_it(page: Any, facts: dict[str, Any]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     longest = _sql(facts, "SELECT id FROM runs ORDER BY finished_at - started_at DESC, id DESC")
     _pick(page, "sort", "longest first")
     _shows(page, longest[:5])
@@ -170,7 +140,7 @@ def test_a_sort_orders_the_rows_and_paging_follows_it(page: Any, facts: dict[str
 
 
 def test_a_custom_range_reads_what_is_typed_and_clears(page: Any, facts: dict[str, Any]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     since, until = page.locator(".nbt-filter-from input"), page.locator(".nbt-filter-to input")
     expect(since).to_be_hidden()
     _pick(page, "range", "custom")
@@ -197,7 +167,7 @@ def test_a_custom_range_reads_what_is_typed_and_clears(page: Any, facts: dict[st
 
 
 def test_batch_and_schedule_pickers(page: Any, facts: dict[str, Any]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     batch = _sql(facts, "SELECT id FROM runs WHERE batch_id = ? ORDER BY created_at DESC, "
                         "id DESC", facts["batch"])
     _pick(page, "batch", facts["batch"])
@@ -222,7 +192,7 @@ def test_batch_and_schedule_pickers(page: Any, facts: dict[str, Any]) -> None:
 
 
 def test_tags_any_or_all_apply_as_you_type(page: Any, facts: dict[str, Any]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     tagged = _sql(facts, "SELECT id FROM runs WHERE EXISTS (SELECT 1 FROM json_each(runs.tags) "
                          "WHERE value IN ('a', 'b')) ORDER BY created_at DESC, id DESC")
     both = _sql(facts, "SELECT id FROM runs WHERE tags LIKE '%\"b\"%'")
@@ -248,7 +218,7 @@ def test_the_filter_bar_reads_well_in_both_themes(page: Any, theme: str) -> None
     page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
     _pick(page, "range", "custom")
     page.locator(".nbt-filter-from input").fill("not a time")
-    _expect()(page.locator(".nbt-filter-hint")).to_contain_text("cannot read")
+    expect_slow()(page.locator(".nbt-filter-hint")).to_contain_text("cannot read")
     page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
     # every filter is within the table's width (the bar wraps rather than clipping the last)
     clipped = page.evaluate(
@@ -266,4 +236,4 @@ def test_the_filter_bar_reads_well_in_both_themes(page: Any, theme: str) -> None
     page.locator("div.nbt-table").screenshot(
         path=str(ARTIFACTS / f"filters-{'light' if light == 'true' else 'dark'}.png"))
     _pick(page, "range", "any time")
-    _expect()(page.locator(".nbt-filter-from input")).to_be_hidden()
+    expect_slow()(page.locator(".nbt-filter-from input")).to_be_hidden()

@@ -12,29 +12,24 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
     DOCS,
-    KERNELSPEC,
-    SLOW,
     chromium,
     contrast_failures,
-    free_port,
-    kernel_ready,
-    lab_server_args,
+    expect_slow,
+    jupyterlab,
+    new_page,
     on_screen,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    run_notebook,
+    save_last,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 from nbtasks import RunStatus
 
@@ -83,22 +78,17 @@ NOTEBOOK = "dash.ipynb"
 
 
 def _write_notebook(path: Path) -> None:
-    cells = [new_code_cell(SETUP.replace("{store}", path.stem)), new_code_cell(HISTORY),
-             new_code_cell(BADGES)]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}), path)
+    write_notebook(path, (SETUP.replace("{store}", path.stem), HISTORY, BADGES))
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """JupyterLab (which also serves Notebook 7's pages); yields (base URL, token, root)."""
-    require_browser()
     root = tmp_path_factory.mktemp("lab")
     _write_notebook(root / NOTEBOOK)
     _write_notebook(root / "nb7.ipynb")
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("jupyterlab", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
+    with jupyterlab(root, "jupyterlab") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
@@ -111,28 +101,13 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, lab: tuple[str, str, Path]) -> Iterator[Any]:
     """One JupyterLab page for the module's tests, the notebook run once; the tests go on from
     each other's state, in file order."""
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
     base, token, _root = lab
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(SLOW)
-    pg.goto(f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}", wait_until="domcontentloaded")
-    pg.wait_for_selector(".jp-Notebook .jp-Cell")
-    kernel_ready(pg, base, token, NOTEBOOK)
-    pg.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    expect(pg.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
-        re.compile(r"\[\d+\]"))
-    expect(pg.locator(".nbt-dashboard")).to_be_visible()
+    pg = new_page(browser)
+    run_notebook(pg, base, token, NOTEBOOK)
+    expect_slow()(pg.locator(".nbt-dashboard")).to_be_visible()
     yield pg
-    ARTIFACTS.mkdir(exist_ok=True)
-    pg.screenshot(path=str(ARTIFACTS / "lab-last.png"))
+    save_last(pg, "lab")
     pg.close()
-
-
-def _expect() -> Any:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
-    return expect
 
 
 def _rows(page: Any) -> Any:
@@ -148,7 +123,7 @@ def _theme(page: Any, name: str) -> None:
 
 
 def test_table_filters_without_collapsing_and_ticks_while_visible(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     dash = page.locator(".nbt-dashboard")
     expect(page.locator(".nbt-page-position")).to_contain_text("of 26")
     expect(_rows(page)).to_have_count(20)
@@ -173,7 +148,7 @@ def test_table_filters_without_collapsing_and_ticks_while_visible(page: Any) -> 
 
 
 def test_opening_a_run_brings_it_on_screen_with_a_cell_traceback(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     page.locator(".nbt-filter-status select").select_option("FAILED")
     expect(_rows(page)).to_have_count(1)
     page.locator(".nbt-filter-status select").select_option(label="all statuses")
@@ -195,7 +170,7 @@ def test_opening_a_run_brings_it_on_screen_with_a_cell_traceback(page: Any) -> N
 
 
 def test_replay_fits_its_label_jumps_to_the_new_run_and_highlights_it(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     page.locator(".nbt-replay").click()
     go = page.locator(".nbt-replay-go")
     expect(go).to_be_visible()
@@ -210,7 +185,7 @@ def test_replay_fits_its_label_jumps_to_the_new_run_and_highlights_it(page: Any)
 
 
 def test_a_double_click_on_cancel_is_not_an_error(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     page.locator(".nbt-tabs .lm-TabBar-tab", has_text="Test").click()
     form = page.locator(".nbt-test-form")
     form.locator(".nbt-test-task select").select_option("slow-task")
@@ -250,7 +225,7 @@ def test_a_narrow_window_scrolls_the_table_sideways(page: Any) -> None:
 
 
 def test_a_hidden_dashboard_stops_ticking_and_catches_up_when_shown(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     ago = page.locator(".nbt-row:not(.nbt-blank) .nbt-ago").last
     expect(ago).not_to_have_text(ago.inner_text(), timeout=15_000)  # ticking while shown
     page.evaluate("() => { window.jupyterapp.commands.execute('launcher:create'); }")
@@ -265,7 +240,7 @@ def test_a_hidden_dashboard_stops_ticking_and_catches_up_when_shown(page: Any) -
 
 @pytest.mark.parametrize("theme", ["JupyterLab Light", "JupyterLab Dark"])
 def test_every_text_is_readable_in_both_themes(page: Any, theme: str) -> None:
-    expect = _expect()
+    expect = expect_slow()
     _theme(page, theme)
     page.locator(".nbt-tabs .lm-TabBar-tab", has_text="Runs").click()
     failed = page.locator(".nbt-row-FAILED .nbt-run-link").first
@@ -300,15 +275,11 @@ def test_every_text_is_readable_in_both_themes(page: Any, theme: str) -> None:
 
 def test_notebook_7_renders_and_drives_the_dashboard(browser: Any,
                                                      lab: tuple[str, str, Path]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     base, token, _root = lab
-    pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-    pg.set_default_timeout(SLOW)
+    pg = new_page(browser)
     try:
-        pg.goto(f"{base}/notebooks/nb7.ipynb?token={token}", wait_until="domcontentloaded")
-        pg.wait_for_selector(".jp-Notebook .jp-Cell")
-        kernel_ready(pg, base, token, "nb7.ipynb")
-        pg.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+        run_notebook(pg, base, token, "nb7.ipynb", lab=False)
         dash = pg.locator(".nbt-dashboard")
         expect(dash).to_have_count(1)
         expect(dash.locator(".nbt-page-position")).to_contain_text("of 26")  # its own store

@@ -2,34 +2,25 @@
 Chromium: the same notebook as test_browser_trace.py, opened at /notebooks/. The widgets render,
 hover shows times, a click on the child's row and on a timeline bar reaches the kernel, the zoom
 buttons work, and every text is readable in the dark theme.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
-    KERNELSPEC,
-    SLOW,
-    chromium,
-    free_port,
-    kernel_ready,
-    lab_server_args,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    expect_slow,
+    jupyterlab,
+    page_in_chromium,
+    run_notebook,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 from test_browser_trace import SETUP, TIMELINE, _check_contrast, _clicks
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
@@ -39,39 +30,23 @@ NOTEBOOK = "trace7.ipynb"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    require_browser()
     root = tmp_path_factory.mktemp("nb7-trace")
-    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in (SETUP, TIMELINE)],
-                                metadata={"kernelspec": KERNELSPEC}), root / NOTEBOOK)
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("notebook7-trace", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
+    write_notebook(root / NOTEBOOK, (SETUP, TIMELINE))
+    with jupyterlab(root, "notebook7-trace") as served:
+        yield served
 
 
 @pytest.fixture
 def page(request: pytest.FixtureRequest) -> Iterator[Any]:
-    with chromium() as browser:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(SLOW)
-        try:
-            yield pg
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-last.png"))
+    with page_in_chromium(request.node.name) as pg:
+        yield pg
 
 
 def test_trace_and_timeline_in_notebook_7(server: tuple[str, str, Path], page: Any) -> None:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
+    expect = expect_slow()
     base, token, root = server
-    page.goto(f"{base}/notebooks/{NOTEBOOK}?token={token}", wait_until="domcontentloaded")
-    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    run_notebook(page, base, token, NOTEBOOK, lab=False)
     assert "/lab" not in page.url  # Notebook 7's own page, not JupyterLab
-    kernel_ready(page, base, token, NOTEBOOK)
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
-        re.compile(r"\[\d+\]"))
 
     trace = page.locator(".nbt-trace").first
     expect(trace).to_be_visible()

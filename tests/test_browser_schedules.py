@@ -5,35 +5,28 @@ file order: `schedules.list()` as a table, the Schedules tab (cron in words, tim
 last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
 at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
 restart, after which each cell's widgets read "kernel restarted: run the cell again".
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations
 
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
-    KERNELSPEC,
-    SLOW,
-    chromium,
     contrast_failures,
-    free_port,
+    expect_slow,
+    jupyterlab,
     kernel_ready,
-    lab_server_args,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    page_in_chromium,
+    run_all,
+    run_notebook,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(600)]
 
@@ -65,44 +58,19 @@ LINE = "waiting[3]"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
-    require_browser()
     root = tmp_path_factory.mktemp("sched-lab")
-    cells = [new_code_cell(c) for c in (SETUP, LIST, DASHBOARD, LINE)]
-    nbformat.write(new_notebook(cells=cells, metadata={"kernelspec": KERNELSPEC}),
-                   root / NOTEBOOK)
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("jupyterlab-sched", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
-
-
-def _expect() -> Any:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
-    return expect
-
-
-def _run_all(page: Any) -> None:
-    expect = _expect()
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
-        re.compile(r"\[\d+\]"))
+    write_notebook(root / NOTEBOOK, (SETUP, LIST, DASHBOARD, LINE))
+    with jupyterlab(root, "jupyterlab-sched") as served:
+        yield served
 
 
 @pytest.fixture(scope="module")
 def page(lab: tuple[str, str, Path]) -> Iterator[Any]:
     base, token, _root = lab
-    with chromium() as browser:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(SLOW)
-        pg.goto(f"{base}/lab/tree/{NOTEBOOK}?reset&token={token}", wait_until="domcontentloaded")
-        pg.wait_for_selector(".jp-Notebook .jp-Cell")
-        kernel_ready(pg, base, token, NOTEBOOK)
-        _run_all(pg)
-        _expect()(pg.locator(".nbt-dashboard")).to_be_visible()
+    with page_in_chromium("sched") as pg:
+        run_notebook(pg, base, token, NOTEBOOK)
+        expect_slow()(pg.locator(".nbt-dashboard")).to_be_visible()
         yield pg
-        ARTIFACTS.mkdir(exist_ok=True)
-        pg.screenshot(path=str(ARTIFACTS / "sched-last.png"))
 
 
 def _tab(page: Any, name: str) -> None:
@@ -110,7 +78,7 @@ def _tab(page: Any, name: str) -> None:
 
 
 def test_schedules_list_is_a_table_with_escaped_text(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     table = page.locator(".nbt-schedule-table")
     expect(table.locator("tbody tr")).to_have_count(2)
     expect(table).to_contain_text("at 09:00, Monday to Friday (0 9 * * 1-5)")
@@ -121,7 +89,7 @@ def test_schedules_list_is_a_table_with_escaped_text(page: Any) -> None:
 
 
 def test_the_schedules_tab_words_the_cron_and_acts(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     _tab(page, "Schedules")
     rows = page.locator(".nbt-schedule")
     expect(rows).to_have_count(2)
@@ -161,7 +129,7 @@ def test_the_schedules_tab_words_the_cron_and_acts(page: Any) -> None:
 
 
 def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
-    expect = _expect()
+    expect = expect_slow()
     _tab(page, "Queues")
     row = page.locator(".nbt-queue", has_text="task/held")
     text = row.locator(".nbt-queue-text")
@@ -204,7 +172,7 @@ def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
 
 
 def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, str, Path]) -> None:
-    expect = _expect()
+    expect = expect_slow()
     base, token, _root = lab
     expect(page.locator(".nbt-status-line")).to_be_visible()
     expect(page.locator(".nbt-restart-line")).to_have_count(0)
@@ -223,7 +191,7 @@ def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, st
     page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted.png"))
     # running the cells again brings live widgets back, and the lines go
     kernel_ready(page, base, token, NOTEBOOK)
-    _run_all(page)
+    run_all(page)
     expect(page.locator(".nbt-dashboard")).to_be_visible()
     expect(page.locator(".nbt-status-line")).to_be_visible()
     expect(lines).to_have_count(0)

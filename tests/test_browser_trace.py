@@ -6,38 +6,28 @@ child's row and a timeline bar (the click reaches the kernel, which writes it to
 the timeline, switches JupyterLab to its dark theme and checks the contrast of every piece of
 text against what is behind it. Screenshots of both widgets in both themes go to artifacts/, or
 to docs/ with NBTASKS_SCREENSHOTS=docs.
-
-Debian's chromium and Playwright from PyPI; no browser is downloaded. Without chromium the test
-is skipped, except under CI=true, where that is a failure.
+The browser stack and when a missing one skips: tests/_browser.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
 from _browser import (
     ARTIFACTS,
     DOCS,
-    KERNELSPEC,
-    SLOW,
-    chromium,
-    free_port,
-    kernel_ready,
-    lab_server_args,
-    quiet_lab_settings,
-    require_browser,
-    serve,
+    expect_slow,
+    jupyterlab,
+    page_in_chromium,
+    run_notebook,
+    write_notebook,
 )
-from nbformat.v4 import new_code_cell, new_notebook
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -139,27 +129,16 @@ CONTRAST_JS = """
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     """JupyterLab serving the notebook above; yields (base URL, token, its root directory)."""
-    require_browser()
     root = tmp_path_factory.mktemp("trace-lab")
-    nbformat.write(new_notebook(cells=[new_code_cell(c) for c in (SETUP, TIMELINE, REPLAY)],
-                                metadata={"kernelspec": KERNELSPEC}), root / "trace.ipynb")
-    settings = quiet_lab_settings(root)
-    port, token = free_port(), secrets.token_hex(16)
-    with serve("jupyterlab-trace", lab_server_args(root, port, token, settings), root, port):
-        yield f"http://127.0.0.1:{port}", token, root
+    write_notebook(root / "trace.ipynb", (SETUP, TIMELINE, REPLAY))
+    with jupyterlab(root, "jupyterlab-trace") as served:
+        yield served
 
 
 @pytest.fixture
 def page(request: pytest.FixtureRequest) -> Iterator[Any]:
-    with chromium() as browser:
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.set_default_timeout(SLOW)
-        try:
-            yield pg
-        finally:
-            ARTIFACTS.mkdir(exist_ok=True)
-            with contextlib.suppress(Exception):
-                pg.screenshot(path=str(ARTIFACTS / f"{request.node.name}-last.png"))
+    with page_in_chromium(request.node.name) as pg:
+        yield pg
 
 
 def _clicks(page: Any, root: Path, count: int) -> list[dict[str, Any]]:
@@ -190,15 +169,9 @@ def _check_contrast(page: Any, selector: str, dark: bool, at_least: int = 10) ->
 
 def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Path],
                                                          page: Any) -> None:
-    expect = require_browser().expect
-    expect.set_options(timeout=SLOW)
+    expect = expect_slow()
     base, token, root = lab
-    page.goto(f"{base}/lab/tree/trace.ipynb?reset&token={token}", wait_until="domcontentloaded")
-    page.wait_for_selector(".jp-Notebook .jp-Cell")
-    kernel_ready(page, base, token, "trace.ipynb")
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
-    expect(page.locator(".jp-Cell").last.locator(".jp-InputPrompt")).to_have_text(
-        re.compile(r"\[\d+\]"))
+    run_notebook(page, base, token, "trace.ipynb")
     errors = page.locator(".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']")
     assert errors.count() == 0, errors.all_inner_texts()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from test_dashboard import define, until
 
@@ -11,15 +9,6 @@ from nbtasks import Engine, RunStatus
 from nbtasks.notebook.dashboard import Dashboard
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def dash(engine: Engine) -> Iterator[Dashboard]:
-    d = Dashboard(engine, page_size=5, read_only=False)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def test_a_bulk_cancel_leaves_nothing_picked(engine: Engine, dash: Dashboard) -> None:

@@ -12,11 +12,11 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from test_dashboard import NO_RETRY, define, shown, until
+from test_dashboard_polish import _orphan
 from test_display import Watcher
 
 import nbtasks
@@ -29,15 +29,6 @@ from nbtasks.notebook.redact import MASK, Redactor
 from nbtasks.notebook.status_line import BatchProgress, StatusLine
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture
-def dash(engine: Engine) -> Iterator[Dashboard]:
-    d = Dashboard(engine, page_size=5, read_only=False)
-    try:
-        yield d
-    finally:
-        d.close()
 
 
 def finish(*handles: Any) -> None:
@@ -163,26 +154,9 @@ def test_a_delayed_run_says_when_it_starts_and_can_be_moved(engine: Engine,
 # ---------------------------------------------------------------------- attempts (bug 8)
 
 def test_a_restart_interrupted_attempt_ends_at_its_last_sign_of_life(tmp_path: Any) -> None:
-    from nbtasks._runstate import AttemptState, RunState
-    from nbtasks.stores import SQLiteStore, WriteBatch
-
     path = str(tmp_path / "restart.db")
     started = time.time() - 26.2  # the kernel died long ago; this kernel starts now
-    orphan = RunState("run_orphan", "later", "1", started - 1)
-    orphan.owner = "eng_gone"
-    orphan.status = RunStatus.EXECUTING
-    orphan.started_at = started
-    orphan.attempt_count = 1
-    attempt = AttemptState(1, started, "kernel", "task/later")
-    store = SQLiteStore(path)
-    store.open()
-    store.write(WriteBatch(runs=[orphan.row()], attempts=[attempt.row("run_orphan")]))
-    store.close()
-    import sqlite3
-
-    with sqlite3.connect(path) as con:  # the attempt's last words, 8 s in
-        con.execute("INSERT INTO logs (run_id, ts, level, message, attributes) VALUES "
-                    "(?, ?, 'INFO', 'still going', NULL)", ("run_orphan", started + 8.0))
+    _orphan(path, started, last_words=started + 8.0)  # the attempt's last words, 8 s in
     with Engine(store=path, resume=False) as eng:
         d = Dashboard(eng, read_only=False)
         try:

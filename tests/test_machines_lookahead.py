@@ -10,10 +10,12 @@ import pickle
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from test_machines import wait_until as poll_until
 
 import nbtasks
 from nbtasks import Engine, RunStatus
@@ -25,13 +27,7 @@ pytestmark = pytest.mark.timeout(90)
 MakeEngine = Callable[..., Engine]
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true after {timeout}s: {check}")
-        time.sleep(0.01)
-    return value
+wait_until = partial(poll_until, timeout=30.0)  # these wait behind a busy worker
 
 
 def _blocker(eng: Engine, go: Path) -> Any:
