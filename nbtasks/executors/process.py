@@ -205,7 +205,14 @@ class ProcessExecutor:
         process, conn = await asyncio.to_thread(self._start_process, cores, preset.memory_bytes)
         worker = Worker(process, conn, preset.name, asyncio.get_running_loop())
         worker.exited.add_done_callback(lambda _f: self.watcher.unwatch(worker))
-        await worker.wait_ready(within=self.start_timeout)
+        try:
+            await worker.wait_ready(within=self.start_timeout)
+        except asyncio.CancelledError:
+            # The pool closed while it started: it is in no pool yet, so nothing else would
+            # kill it, and multiprocessing's exit hook would wait for it forever (the loop's
+            # reader keeps its pipe open, so it never reads the end of it and exits).
+            worker.kill()
+            raise
         return worker
 
     def _start_process(self, cores: list[int], limit: int) -> tuple[Any, Any]:
@@ -385,12 +392,20 @@ class ProcessExecutor:
 
 
 def _kill_all() -> None:
-    """At interpreter exit: multiprocessing would otherwise wait for our workers forever."""
+    """At interpreter exit: multiprocessing would otherwise wait for our workers forever.
+
+    Its list of children is asked too: a worker still starting when its pool closed is in no
+    pool, and the exit must not hang on it either.
+    """
     for executor in list(_EXECUTORS):
         for pool in executor.pools.values():
             for worker in list(pool.workers):
                 with contextlib.suppress(Exception):
                     worker.kill()
+    for process in multiprocessing.active_children():
+        if isinstance(process, _WorkerProcess) and process.pid:
+            with contextlib.suppress(OSError):
+                process.kill()  # one still starting has run nothing: no group to end
 
 
 atexit.register(_kill_all)  # after multiprocessing's own exit hook, so it runs before it
