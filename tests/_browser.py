@@ -287,9 +287,12 @@ def contrast_failures(page: Any, selector: str, minimum: float = 4.5) -> tuple[i
     return int(out["checked"]), list(out["bad"])
 
 
+#: `e => bool`: whether some of the element is inside the window's viewport (both ways).
+ON_SCREEN_JS = ("e => { const r = e.getBoundingClientRect();"
+                " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0"
+                " && r.right > 0 && r.left < window.innerWidth && r.width > 0; }")
+
+
 def on_screen(locator: Any) -> bool:
     """Whether some of the element is inside the window's viewport (both ways)."""
-    return bool(locator.evaluate(
-        "e => { const r = e.getBoundingClientRect();"
-        " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0"
-        " && r.right > 0 && r.left < window.innerWidth && r.width > 0; }"))
+    return bool(locator.evaluate(ON_SCREEN_JS))

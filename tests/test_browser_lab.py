@@ -20,6 +20,7 @@ import pytest
 from _browser import (
     ARTIFACTS,
     DOCS,
+    ON_SCREEN_JS,
     chromium,
     contrast_failures,
     expect_slow,
@@ -213,12 +214,11 @@ def test_a_narrow_window_scrolls_the_table_sideways(page: Any) -> None:
         # One step in the page: the table re-renders its rows as their relative times tick, so a
         # row found by one call can be detached by the next.
         shown = page.evaluate(
-            "() => { const cell = [...document.querySelectorAll("
-            "'.nbt-row:not(.nbt-blank) .nbt-c-tags')].find(c => c.textContent.includes('newsletter'));"
-            " if (!cell) return false; cell.scrollIntoView({block: 'nearest', inline: 'nearest'});"
-            " const r = cell.getBoundingClientRect();"
-            " return r.bottom > 0 && r.top < window.innerHeight && r.height > 0"
-            " && r.right > 0 && r.left < window.innerWidth && r.width > 0; }")
+            f"() => {{ const cell = [...document.querySelectorAll("
+            f"'.nbt-row:not(.nbt-blank) .nbt-c-tags')]"
+            f".find(c => c.textContent.includes('newsletter'));"
+            f" if (!cell) return false; cell.scrollIntoView({{block: 'nearest', inline: 'nearest'}});"
+            f" return ({ON_SCREEN_JS})(cell); }}")
         assert shown, "the tags column can't be scrolled into view"
     finally:
         page.set_viewport_size({"width": 1400, "height": 1000})
