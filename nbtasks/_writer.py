@@ -163,10 +163,11 @@ class GroupWriter:
         made. A run changed between two slices is written with its newer state, which is
         fine: what the callbacks of this batch announce was set before the batch was cut."""
         deadline = time.perf_counter() + SLICE
-        out_runs, out_attempts = batch.runs, batch.attempts
+        out_runs, out_updates, out_attempts = batch.runs, batch.updates, batch.attempts
         while runs or attempts:
             for run in runs[-_ROWS:]:
-                out_runs.append(run.row())
+                # A run whose row is committed needs only an update of what changed.
+                (out_updates if run.recorded else out_runs).append(run.row())
             del runs[-_ROWS:]
             if not runs:
                 for run_id, attempt in attempts[-_ROWS:]:
@@ -175,7 +176,7 @@ class GroupWriter:
             if (runs or attempts) and time.perf_counter() > deadline:
                 self.loop.call_soon(self._build, batch, runs, attempts, callbacks)
                 return
-        rows = len(out_runs) + len(out_attempts) + len(batch.logs)
+        rows = len(out_runs) + len(out_updates) + len(out_attempts) + len(batch.logs)
         self._queue.put((batch, callbacks, rows))
 
     def _work(self) -> None:

@@ -15,6 +15,9 @@ class WriteBatch:
     """Everything one transaction writes. Rows are tuples in the store's column order."""
 
     runs: list[tuple[Any, ...]] = field(default_factory=list)
+    #: Whole rows of runs already stored (committed before): a store may write only the
+    #: columns a run's life changes. A row it finds missing is written whole all the same.
+    updates: list[tuple[Any, ...]] = field(default_factory=list)
     attempts: list[tuple[Any, ...]] = field(default_factory=list)
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     waitpoints: list[tuple[Any, ...]] = field(default_factory=list)
@@ -24,7 +27,8 @@ class WriteBatch:
     fresh: bool = False
 
     def __bool__(self) -> bool:
-        return bool(self.runs or self.attempts or self.logs or self.waitpoints or self.statements)
+        return bool(self.runs or self.updates or self.attempts or self.logs or self.waitpoints
+                    or self.statements)
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,18 @@ _RUN_UPSERT = (
     "ON CONFLICT(id) DO UPDATE SET "
     + ", ".join(f"{c}=excluded.{c}" for c in RUN_COLUMNS[1:])
 )
+#: What a run's life never changes once its row is stored. An update leaves these out, and
+#: with them every index over them (created, task, parent, batch, idempotency key): SQLite
+#: rewrites an index entry for each indexed column named in a SET, changed or not, and the
+#: whole-row upsert named them all. Stored runs are updated for half the upsert's cost.
+_FIXED = frozenset({"id", "task_id", "payload", "created_at", "parent_id", "root_id",
+                    "batch_id", "is_test", "idempotency_key", "replayed_from"})
+_UPDATED = tuple(i for i, c in enumerate(RUN_COLUMNS) if c not in _FIXED)
+_RUN_UPDATE = (
+    "UPDATE runs SET "
+    + ", ".join(f"{RUN_COLUMNS[i]} = v.column{k + 2}" for k, i in enumerate(_UPDATED))
+    + " FROM (VALUES {values}) AS v WHERE runs.id = v.column1"
+)
 _ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
 _LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES {values}"
 #: Rows per statement. A few fixed sizes keep the statements in sqlite3's cache: a statement
@@ -178,11 +190,23 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
 
 
+def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Runs already stored: only the columns their life changes. A row that isn't there (the
+    file was edited behind the engine's back) is caught by the count of changed rows, and the
+    rows are then written whole: an upsert of a row already written is harmless."""
+    before = conn.total_changes
+    _insert_many(conn, _RUN_UPDATE, [(r[0], *[r[i] for i in _UPDATED]) for r in rows])
+    if conn.total_changes - before != len(rows):
+        _insert_many(conn, _RUN_UPSERT, rows)
+
+
 def _apply(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     if batch.fresh:
         _insert_fresh(conn, batch.runs)
     else:
         _insert_many(conn, _RUN_UPSERT, batch.runs)
+    if batch.updates:
+        _update_stored(conn, batch.updates)
     _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
     _insert_many(conn, _LOG_INSERT, batch.logs)
     if batch.waitpoints:
@@ -215,7 +239,7 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     run_sql = _multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1)
     attempt_sql = _multi_sql(_ATTEMPT_UPSERT, len(ATTEMPT_COLUMNS), 1)
     log_sql = _multi_sql(_LOG_INSERT, 5, 1)
-    for row in batch.runs:
+    for row in (*batch.runs, *batch.updates):
         one("run", str(row[0]), run_sql, row, False)
     for row in batch.attempts:
         one("attempt", str(row[0]), attempt_sql, row, True)
@@ -368,7 +392,7 @@ class SQLiteStore:
                              f"process held it for {self.busy_timeout:g}s)")
         try:
             if not each and len(batch.runs) == 1 and not (
-                    batch.attempts or batch.logs or batch.waitpoints or batch.statements):
+                    batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
                 # One new run from a cell: one statement is its own transaction. Two calls
                 # fewer, and each call lets the GIL go to the busy engine thread for a while.
                 if batch.fresh:
