@@ -38,16 +38,21 @@ def _check(options: dict[str, Any]) -> None:
         parse_retry(options["retry"], where="configure: retry")
     if "machine" in options:
         check_machine(options["machine"], where="configure: machine")
-    warn = options.get("loop_block_warning", 0)
-    if isinstance(warn, bool) or not isinstance(warn, int | float) or not 0 <= warn <= HORIZON:
-        raise ConfigurationError(  # `not 0 <= x` is also true for NaN
-            f"configure: loop_block_warning must be finite seconds >= 0 (0 turns it off), "
-            f"got {warn!r}")
+    check_loop_block_warning(options.get("loop_block_warning", 0), where="configure")
     if "limits" in options:
         check_limits(options["limits"], where="configure: limits")
     if "log_level" in options and options["log_level"] not in ("none", "error", "warn", "info",
                                                                 "debug"):
         raise ConfigurationError("configure: log_level must be none|error|warn|info|debug")
+
+
+def check_loop_block_warning(warn: Any, *, where: str) -> float:
+    """Finite seconds >= 0 (0 turns the warning off): the threshold of the loop watch."""
+    if isinstance(warn, bool) or not isinstance(warn, int | float) or not 0 <= warn <= HORIZON:
+        raise ConfigurationError(  # `not 0 <= x` is also true for NaN
+            f"{where}: loop_block_warning must be finite seconds >= 0 (0 turns it off), "
+            f"got {warn!r}")
+    return float(warn)
 
 
 def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import _capture
 from ._clock import Clock, RealClock
+from ._configure import check_loop_block_warning
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, StoreError
 from ._events import EngineConfig
@@ -82,7 +83,8 @@ class Engine(ResultWaiting):
         self.config = EngineConfig(concurrency_limit=_check_limit(concurrency_limit),
                                    resume=resume,
                                    hooks=GlobalHooks(on_start, on_success, on_failure),
-                                   loop_block_warning=loop_block_warning)
+                                   loop_block_warning=check_loop_block_warning(
+                                       loop_block_warning, where="Engine"))
         if retry is not NOT_GIVEN:
             self.config.retry = parse_retry(retry, where="configure: retry")
         self.config.machine = check_machine(machine, where="configure: machine")

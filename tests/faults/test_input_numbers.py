@@ -157,6 +157,16 @@ def test_loop_block_warning_is_checked(engine: Engine, value: Any) -> None:
     assert engine.config.loop_block_warning == 1.0
 
 
+@pytest.mark.parametrize("value", [NAN, INF, True, "1", -1])
+def test_an_engine_made_with_a_bad_loop_block_warning_is_refused_before_its_store(
+        tmp_path: Path, value: Any) -> None:
+    db = tmp_path / "never" / "runs.db"
+    with pytest.raises(ConfigurationError, match=r"Engine: loop_block_warning .*got") as info:
+        Engine(store=db, loop_block_warning=value)
+    assert repr(value) in str(info.value)
+    assert not db.parent.exists()
+
+
 def test_reschedule_to_a_past_date_is_an_invalid_delay(clocked: Engine, clock: ManualClock,
                                                        calls: list[Any]) -> None:
     @clocked.task(id="later")
