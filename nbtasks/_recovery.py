@@ -29,6 +29,7 @@ deduplicated unless they pass an idempotency key.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import socket
 from functools import partial
@@ -38,6 +39,7 @@ import psutil
 
 from ._errors import KernelRestartError
 from ._lifecycle import error_record
+from ._payload import dumps
 from ._runstate import _ALPHABET, RUN_COLUMNS, AttemptState, RunState
 from ._status import RunStatus, transition
 from .stores._base import WriteBatch
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
 S = RunStatus
+_log = logging.getLogger("nbtasks")
 
 
 def _alive(pid: int, started: float | None) -> bool:
@@ -113,14 +116,36 @@ def recover(engine: Engine) -> int:
         "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id AND a.number = r.attempt_count "
         f"WHERE r.owner = ? AND r.status NOT IN {_FINAL_SQL} ORDER BY r.seq", (engine.owner,))
     replays = _recorded_waits(engine)
+    unreadable: list[tuple[str, str]] = []
     for row in rows:
         record = dict(zip(cols, row, strict=True))
-        run = RunState.from_row(record)
+        try:
+            run = RunState.from_row(record)
+        except (ValueError, TypeError) as exc:  # one odd row must not keep the engine down
+            unreadable.append((str(record["id"]), f"{type(exc).__name__}: {exc}"))
+            continue
         if run.status is RunStatus.WAITING or run.retrying == "resume":
             run.replay = replays.get((run.id, run.attempt_count), {})
         adopt(engine.scheduler, run, record["attempt_started"],
               last_alive=max(record["last_log"] or 0.0, record["updated_at"] or 0.0) or None)
-    return len(rows)
+    if unreadable:
+        _give_up(engine, unreadable)
+    return len(rows) - len(unreadable)
+
+
+def _give_up(engine: Engine, unreadable: list[tuple[str, str]]) -> None:
+    """Runs whose rows can't be read back (edited by hand, or written by a bug) can't be
+    resumed: each ends as SYSTEM_FAILURE with the reason, so it is not owed again at the next
+    start, and a warning names them."""
+    now = engine.clock.now()
+    engine.store.write(WriteBatch(statements=[(
+        "UPDATE runs SET status = 'SYSTEM_FAILURE', error = ?, finished_at = ?, updated_at = ?, "
+        "recovery = NULL WHERE id = ?",
+        (dumps({"type": "UndecodableRow", "message": "recovery could not read this run's row: "
+                + reason, "traceback": ""}), now, now, run_id)) for run_id, reason in unreadable]))
+    _log.warning("nbtasks could not resume %d run(s) whose rows can't be read; they are marked "
+                 "SYSTEM_FAILURE: %s", len(unreadable),
+                 "; ".join(f"{run_id} ({reason})" for run_id, reason in unreadable[:5]))
 
 
 def _recorded_waits(engine: Engine) -> dict[tuple[str, int], dict[int, float]]:
@@ -131,8 +156,11 @@ def _recorded_waits(engine: Engine) -> dict[tuple[str, int], dict[int, float]]:
         "AND (r.status = 'WAITING' OR r.recovery = 'resume')", (engine.owner,))
     out: dict[tuple[str, int], dict[int, float]] = {}
     for wp_id, resume_at in rows:
-        run_id, attempt, seq = wp_id.rsplit(":", 2)
-        out.setdefault((run_id, int(attempt)), {})[int(seq)] = resume_at
+        try:
+            run_id, attempt, seq = str(wp_id).rsplit(":", 2)
+            out.setdefault((run_id, int(attempt)), {})[int(seq)] = float(resume_at)
+        except (ValueError, TypeError):  # not a wait this version made: nothing to replay
+            continue
     return out
 
 

@@ -263,22 +263,39 @@ class RunState:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RunState:
-        """Rebuild from a stored row (recovery after a kernel restart)."""
-        run = cls(row["id"], row["task_id"], row["payload"], row["created_at"])
+        """Rebuild from a stored row (recovery after a kernel restart).
+
+        Raises ValueError naming the column when the row can't be a run's (an unknown status,
+        JSON that doesn't parse or has the wrong shape, text where a number belongs): such a
+        run would fail later, on the engine loop, far from its cause.
+        """
+        for name in ("id", "task_id", "payload"):
+            if not isinstance(row[name], str):
+                raise ValueError(f"{name} is {row[name]!r}, not text")
+        run = cls(row["id"], row["task_id"], row["payload"], _number(row, "created_at"))
         run.recorded = True
         for name in RUN_COLUMNS:
             if name in ("id", "task_id", "payload"):
                 continue
             value = row[name]
-            if name == "status":
+            if name in _NUMBERS:
+                value = _number(row, name)
+            elif name == "status":
                 value = RunStatus(value)
             elif name == "output":
                 run.output_json = value
                 continue
             elif name == "error":
                 value = loads(value)
+                if value is not None and not isinstance(value, dict):
+                    raise ValueError(f"error is {_short(value)}, not an object")
             elif name in ("tags", "metadata"):
                 value = loads(value) or ([] if name == "tags" else {})
+                if name == "tags" and not (isinstance(value, list)
+                                           and all(isinstance(t, str) for t in value)):
+                    raise ValueError(f"tags is {_short(value)}, not a list of strings")
+                if name == "metadata" and not isinstance(value, dict):
+                    raise ValueError(f"metadata is {_short(value)}, not an object")
             elif name == "is_test":
                 value = bool(value)
             elif name == "recovery":
@@ -286,6 +303,32 @@ class RunState:
                 continue
             setattr(run, name, value)
         return run
+
+
+#: Columns holding a number. Only the first two may not be NULL; NULL priority and seq (rows
+#: of an older version) read as 0.
+_NUMBERS = {"attempt_count": int, "created_at": float, "started_at": float, "finished_at": float,
+            "updated_at": float, "delay_until": float, "ttl": float, "queued_at": float,
+            "idempotency_expires_at": float, "max_attempts": int, "max_duration": float,
+            "priority": float, "seq": int}
+_REQUIRED = {"attempt_count", "created_at"}
+_DEFAULTS = {"priority": 0.0, "seq": 0}
+
+
+def _number(row: dict[str, Any], name: str) -> Any:
+    value = row[name]
+    if value is None and name not in _REQUIRED:
+        return _DEFAULTS.get(name)
+    kind = _NUMBERS[name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or (
+            kind is int and not isinstance(value, int)) or value != value:
+        raise ValueError(f"{name} is {_short(value)}, not a number")
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def run_model(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> Run:

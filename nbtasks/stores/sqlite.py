@@ -252,6 +252,29 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     return refused
 
 
+def _query(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]
+           ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    try:
+        cur = conn.execute(sql, params)
+        return [d[0] for d in cur.description or ()], cur.fetchall()
+    except sqlite3.OperationalError as exc:
+        if "decode" not in str(exc):
+            raise
+    # A TEXT value that isn't UTF-8 (written into the file by something else) would fail the
+    # whole read, every run with it. Read again with such bytes shown as U+FFFD; the fast
+    # decoder stays for every read that doesn't meet one.
+    conn.text_factory = _lenient_text
+    try:
+        cur = conn.execute(sql, params)
+        return [d[0] for d in cur.description or ()], cur.fetchall()
+    finally:
+        conn.text_factory = str
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "replace")
+
+
 class SQLiteStore:
     """The default store. Thread-safe: one writer connection, one reader per thread."""
 
@@ -430,10 +453,8 @@ class SQLiteStore:
             raise RuntimeError("store is closed")
         if self.memory:
             with self._lock:
-                cur = self._reader().execute(sql, params)
-                return [d[0] for d in cur.description or ()], cur.fetchall()
-        cur = self._reader().execute(sql, params)
-        return [d[0] for d in cur.description or ()], cur.fetchall()
+                return _query(self._reader(), sql, params)
+        return _query(self._reader(), sql, params)
 
     def select_dicts(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
         cols, rows = self.select(sql, params)

@@ -129,3 +129,68 @@ def test_list_tokens_shows_odd_rows_instead_of_failing(db_path: Path) -> None:
         assert tokens["waitpoint_far"]["note"].startswith("undecodable row: timeout_at=")
         assert tokens["waitpoint_badtags"]["tags"] == []
         assert tokens["waitpoint_badtags"]["note"].startswith("undecodable row: tags: ")
+
+
+def _orphan(db_path: Path, run_id: str, **changes: Any) -> None:
+    """A non-final run of an engine that is gone, written straight into the file."""
+    row = {"id": run_id, "task_id": "echo", "status": "QUEUED", "payload": "1",
+           "attempt_count": 0, "created_at": time.time(), "updated_at": time.time(),
+           "queued_at": time.time(), "tags": "[]", "metadata": "{}", "queue": "task/echo",
+           "owner": "eng_gone", "seq": 1, "is_test": 0, "priority": 0.0}
+    row.update(changes)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
+                     list(row.values()))
+
+
+UNREADABLE: dict[str, dict[str, Any]] = {
+    "run_unknown_status": {"status": "BOGUS"},
+    "run_tags_not_json": {"tags": "not json"},
+    "run_seq_is_text": {"status": "EXECUTING", "attempt_count": 1, "seq": "x"},
+    "run_count_is_real": {"attempt_count": 1.5},
+    "run_metadata_is_a_list": {"metadata": "[1]"},
+}
+
+
+@pytest.mark.timeout(60)
+def test_a_restart_ends_runs_it_cannot_read_and_resumes_the_rest(
+        db_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    Engine(store=str(db_path)).close()
+    for run_id, changes in UNREADABLE.items():
+        _orphan(db_path, run_id, **changes)
+    _orphan(db_path, "run_fine", seq=9)
+    with caplog.at_level("WARNING", logger="nbtasks"), Engine(store=str(db_path)) as eng:
+        @eng.task(id="echo")
+        async def echo(payload: Any, ctx: Any) -> Any:
+            return payload
+
+        assert eng.wait_results(["run_fine"], timeout=10)[0].ok
+    warned = [r.getMessage() for r in caplog.records if "could not resume" in r.getMessage()]
+    assert len(warned) == 1 and "run_unknown_status" in warned[0]
+    with sqlite3.connect(db_path) as conn:
+        found = dict(conn.execute("SELECT id, status FROM runs").fetchall())
+        errors = dict(conn.execute("SELECT id, error FROM runs WHERE error IS NOT NULL"))
+    assert found == {"run_fine": "COMPLETED", **dict.fromkeys(UNREADABLE, "SYSTEM_FAILURE")}
+    assert "'BOGUS' is not a valid RunStatus" in errors["run_unknown_status"]
+    assert "seq is 'x', not a number" in errors["run_seq_is_text"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="nbtasks"), Engine(store=str(db_path)) as eng:
+        assert eng.runs.retrieve("run_count_is_real").status is RunStatus.SYSTEM_FAILURE
+    assert not [r for r in caplog.records if "could not resume" in r.getMessage()]
+
+
+@pytest.mark.timeout(60)
+def test_text_that_is_not_utf8_reads_as_replacement_characters(db_path: Path) -> None:
+    with Engine(store=str(db_path)) as eng:
+        @eng.task(id="echo")
+        async def echo(payload: Any, ctx: Any) -> Any:
+            return payload
+
+        bad, good = echo.trigger("a").id, echo.trigger("b").id
+        eng.wait_results([bad, good], timeout=10)
+        with sqlite3.connect(db_path) as conn:
+            conn.execute("UPDATE runs SET output = CAST(X'22ff22' AS TEXT) WHERE id = ?", (bad,))
+        listed = {r.id: r.output for r in eng.runs.list()}
+        assert listed == {bad: "\ufffd", good: "b"}
+        assert eng.runs.retrieve(bad).output == "\ufffd"
+        assert eng.runs.retrieve(good).output == "b"
