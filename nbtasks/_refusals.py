@@ -29,9 +29,7 @@ def withdraw(sched: Scheduler, run: RunState, error: StoreError) -> None:
     """The run's first commit was refused: it was never recorded and never starts. Its
     waiters (and the trigger call, if it still waits) get `error`."""
     run.withdrawn = error
-    sched.withdrawn[run.id] = run
-    while len(sched.withdrawn) > 1000:  # only the last few: a waiter that comes late
-        del sched.withdrawn[next(iter(sched.withdrawn))]
+    remember(sched, run)
     for t in (run.timer, run.ttl_timer):
         if t is not None:
             t.cancel()
@@ -46,6 +44,14 @@ def withdraw(sched: Scheduler, run: RunState, error: StoreError) -> None:
     waiters, run.waiters = run.waiters, []
     for fn in waiters:
         fn(run)
+
+
+def remember(sched: Scheduler, run: RunState) -> None:
+    """Keep a withdrawn run findable: a waiter that comes late gets its error, not "not found"
+    (or an old row read back from a lost file)."""
+    sched.withdrawn[run.id] = run
+    while len(sched.withdrawn) > 1000:  # only the last few
+        del sched.withdrawn[next(iter(sched.withdrawn))]
 
 
 def store_refused(sched: Scheduler, refused: list[Refused]) -> None:
@@ -87,3 +93,25 @@ def _fail_unstorable(sched: Scheduler, run: RunState, r: Refused, path: str) -> 
         "WHERE run_id = ? AND number = ?",
         (record["type"], record["message"], dumps(record), run.id, run.attempt_count))
     sched.emit("status", run)
+
+
+def store_lost(sched: Scheduler, error: StoreError) -> None:
+    """The store's file was deleted or replaced: no state can be made durable any more.
+
+    Nothing more starts (a run's start could never be recorded). A run never recorded is
+    withdrawn; every other active run's waiters get `error` now, and any that come later get it
+    too, instead of waiting for a commit that can't happen. Runs already executing go on, and
+    their ends are not written: a new engine starts a new history.
+    """
+    sched.dispatcher.limit = 0
+    for run in list(sched.active.values()):
+        if not run.recorded:
+            withdraw(sched, run, error)
+            continue
+        if run.withdrawn is None:
+            run.withdrawn = error
+        waiters, run.waiters = run.waiters, []
+        for fn in waiters:
+            fn(run)
+    _log.error("nbtasks: %s. Runs in flight can't be recorded; their waiters get a StoreError.",
+               error)

@@ -33,7 +33,7 @@ from ._events import EngineConfig, RunEvent, RunSink, attributes_json
 from ._lifecycle import AttemptOutcome, AttemptPlan, error_record
 from ._models import MACHINES, RetryOptions
 from ._queues import Dispatcher
-from ._refusals import store_refused
+from ._refusals import remember, store_lost, store_refused
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
 from ._status import RunStatus, transition
@@ -76,6 +76,7 @@ class Scheduler:
         self.clock = clock
         self.writer = writer
         writer.on_refused = partial(store_refused, self)
+        writer.on_lost = partial(store_lost, self)
         self.registry = registry
         self.config = config
         self.executor_for = executor_for
@@ -424,8 +425,12 @@ class Scheduler:
         self.writer.after_commit(partial(self._durable, run))
 
     def _durable(self, run: RunState) -> None:
-        """The final state is on disk: now waiters may hear of it (docs/design.md, durability)."""
-        run.durable = True
+        """The final state is on disk: now waiters may hear of it (docs/design.md, durability).
+
+        Unless the store was lost (withdrawn): then nothing is on disk, and they hear that."""
+        run.durable = run.withdrawn is None
+        if not run.durable:
+            remember(self, run)
         # Out of the active set before anyone hears: a waiter on another thread may look at
         # the engine the moment it is told.
         self.active.pop(run.id, None)
@@ -559,6 +564,9 @@ class Scheduler:
             return True
         if run.durable:
             return False
+        if run.withdrawn is not None:  # its store was lost: it can never be final and durable
+            callback(run)
+            return True
         run.waiters.append(callback)
         return True
 

@@ -21,6 +21,7 @@ What the writer promises (docs/design.md, decision 10):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -56,6 +57,11 @@ class GroupWriter:
         self.on_refused: Callable[[list[Refused]], None] | None = None
         #: Why the store can't be written right now (SQLite's message and the path), or None.
         self.problem: str | None = None
+        #: Called on the loop, once, when the store is lost for good (its file deleted or
+        #: replaced): nothing marked from then on can be written (set by the engine).
+        self.on_lost: Callable[[StoreError], None] | None = None
+        #: Why nothing can be written any more, once the store is lost; else None.
+        self.lost: StoreError | None = None
         self._runs: dict[str, RunState] = {}
         self._attempts: dict[tuple[str, int], tuple[str, AttemptState]] = {}
         self._logs: list[tuple[Any, ...]] = []
@@ -114,8 +120,16 @@ class GroupWriter:
     def barrier(self) -> asyncio.Future[None]:
         """Resolved once everything marked so far is committed."""
         fut: asyncio.Future[None] = self.loop.create_future()
-        self.after_commit(partial(_resolve, fut))
+        self.after_commit(partial(self._settle, fut))
         return fut
+
+    def _settle(self, fut: asyncio.Future[None]) -> None:
+        if fut.done():
+            return
+        if self.lost is not None:  # what it waited for was never written, and never will be
+            fut.set_exception(StoreError(str(self.lost)))
+        else:
+            fut.set_result(None)
 
     # ---------------------------------------------------------------- flushing
 
@@ -154,6 +168,14 @@ class GroupWriter:
         if not (runs or attempts or batch):
             self._run_later(callbacks)
             return
+        if self.lost is not None:
+            # Nothing can be written. A run never recorded never starts (its waiters get the
+            # error); what the callbacks would announce reaches waiters as that error too.
+            for run in runs:
+                if not run.recorded and run.withdrawn is None:
+                    run.withdrawn = self.lost
+            self._run_later(callbacks)
+            return
         self._busy = True
         self._build(batch, runs, attempts, callbacks)
 
@@ -189,14 +211,19 @@ class GroupWriter:
             if refused is None:  # abandoned at close: nobody is left to tell
                 return
             try:
-                self.loop.call_soon_threadsafe(self._done, callbacks, refused, rows)
+                if isinstance(refused, StoreError):
+                    self.loop.call_soon_threadsafe(self._lose, callbacks, refused)
+                else:
+                    self.loop.call_soon_threadsafe(self._done, callbacks, refused, rows)
             except RuntimeError:  # loop already closed at interpreter exit
                 return
             # Blocked in get() these would keep the last batch's finished runs alive.
             del item, batch, callbacks
 
-    def _commit(self, batch: WriteBatch) -> list[Refused] | None:
-        """Write `batch`, however long it takes; None only if the engine gave up at close."""
+    def _commit(self, batch: WriteBatch) -> list[Refused] | StoreError | None:
+        """Write `batch`, however long it takes; None only if the engine gave up at close, and
+        the store's error if it is lost for good (its file deleted or replaced: no retry can
+        ever succeed)."""
         delay = 0.01
         while True:
             try:
@@ -210,6 +237,9 @@ class GroupWriter:
                 self._healthy()
                 return refused
             except StoreError as exc:
+                lost = getattr(self.store, "lost", None)
+                if isinstance(lost, StoreError):
+                    return lost  # no retry can succeed: not "written as soon as it can"
                 self._trouble(str(exc))
             except Exception as exc:
                 if self._abandoned.is_set():
@@ -247,6 +277,17 @@ class GroupWriter:
         if self._dirty():
             self._kick()
 
+    def _lose(self, callbacks: list[Callable[[], None]], error: StoreError) -> None:
+        """The store is gone for good: stop writing, and let the engine end what waits on it."""
+        self._busy = False
+        self.lost = error
+        self.problem = str(error)
+        if self.on_lost is not None:
+            self.on_lost(error)
+        self._run_later(callbacks)
+        if self._dirty():
+            self._kick()
+
     def _run_later(self, callbacks: list[Callable[[], None]]) -> None:
         self._pending.extend(callbacks)
         if not self._draining:
@@ -276,7 +317,8 @@ class GroupWriter:
         """Commit what is pending, then stop the writer thread."""
         if self._closed:
             return
-        await self.barrier()
+        with contextlib.suppress(StoreError):  # lost: nothing more to commit before stopping
+            await self.barrier()
         self._closed = True
         self._queue.put(None)
 
@@ -285,8 +327,3 @@ class GroupWriter:
         not hang on a store that can't be written; what was not written is not promised)."""
         self._abandoned.set()
         self._queue.put(None)
-
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -316,3 +317,49 @@ def test_a_store_that_cannot_be_opened_is_named(tmp_path: Path) -> None:
     db.mkdir()  # a folder where the file should be
     with pytest.raises(StoreError, match=rf"{db}.*not a regular file"):
         Engine(store=str(db))
+
+
+@pytest.mark.timeout(60)
+def test_waiters_on_runs_in_flight_hear_that_a_deleted_store_lost_them(tmp_path: Path) -> None:
+    """A run that executes while its file is deleted can't end durably: whoever waits for it,
+    or for a run queued behind it, gets the StoreError instead of waiting for ever, and the
+    engine closes at once."""
+    db = tmp_path / ".nbtasks" / "runs.db"
+    eng = Engine(store=str(db))
+    gate = threading.Event()
+    try:
+        @eng.task(id="slow", queue={"concurrency_limit": 1})
+        def slow(payload: int, ctx: object) -> int:
+            gate.wait(30)
+            return payload
+
+        first, behind = slow.trigger(1), slow.trigger(2)
+        assert eng.runs.retrieve(first.id) is not None
+        answers: dict[str, BaseException | object] = {}
+        waiters = [threading.Thread(target=lambda h=h: answers.__setitem__(
+            h.id, _outcome(lambda: h.wait(timeout=30)))) for h in (first, behind)]
+        for w in waiters:
+            w.start()
+        for p in (db, db.with_name("runs.db-wal"), db.with_name("runs.db-shm")):
+            p.unlink(missing_ok=True)
+        gate.set()  # the first run ends; its end can't be written
+        for w in waiters:
+            w.join(30)
+        assert set(answers) == {first.id, behind.id}
+        for answer in answers.values():
+            assert isinstance(answer, StoreError) and "deleted" in str(answer), answer
+        assert eng.store_problem is not None and "deleted" in eng.store_problem
+        late = _outcome(lambda: behind.wait(timeout=30))  # a late waiter hears it too
+        assert isinstance(late, StoreError) and "deleted" in str(late), late
+    finally:
+        started = time.monotonic()
+        eng.close()
+    assert time.monotonic() - started < 5
+    assert not db.exists()
+
+
+def _outcome(fn: object) -> object:
+    try:
+        return fn()  # type: ignore[operator]
+    except BaseException as exc:
+        return exc
