@@ -61,12 +61,14 @@ log = logging.getLogger("nbtasks.machines")
 
 #: Attempts a busy worker holds queued behind its running one while runs wait for workers.
 LOOKAHEAD = 1
+#: What the running attempt's `Lane.ended` resolves with when its worker died first.
+DIED: dict[str, Any] = {"died": True}
 
 
 class Lane:
-    """One attempt sent to a worker. `ended` resolves with the worker's outcome message, or
-    with None when the attempt never started there (skipped, or the worker retired or died
-    first) and must go back to the pool."""
+    """One attempt sent to a worker. `ended` resolves with the worker's outcome message, with
+    DIED when the worker died running it, or with None when the attempt never started there
+    (skipped, or the worker retired or died first) and must go back to the pool."""
 
     __slots__ = ("abandoned", "asked", "ended", "key", "on_message", "resend")
 
@@ -224,6 +226,8 @@ class Worker:
         self.process.join(0)
         if not self.exited.done():
             self.exited.set_result(self.process.exitcode)
+        for lane in self.lanes.values():  # the one it was running, if its outcome didn't come
+            lane.end(DIED)
         self.conn.close()
         with contextlib.suppress(ValueError):
             self.process.close()
@@ -323,6 +327,8 @@ class MemoryWatcher:
         self._idle = True
 
     def watch(self, worker: Worker, limit: int) -> None:
+        if self._busy.get(worker) == limit:
+            return  # watched since its last attempt: no lock per run
         with self._cv:
             self._busy[worker] = limit
             if self._thread is None:
