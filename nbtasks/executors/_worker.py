@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import itertools
 import json
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -175,9 +176,27 @@ class PipeChannel:
             pass
 
     def attempt(self, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-        """Run one attempt's coroutine (the loop reads replies once it makes a request)."""
+        """Run one attempt's coroutine (the loop reads replies once it makes a request).
+
+        Its first step runs here, directly, with the loop set as the running one: a sync body
+        (run on this thread, see `InlineSync`) finishes in it without awaiting anything, and
+        then the attempt costs no task and no turn of the loop. Should it await something, a
+        task on the loop drives the rest (`_Rest`), in the same context.
+        """
+        context = contextvars.copy_context()
         try:
-            return self.loop.run_until_complete(coro)
+            asyncio.events._set_running_loop(self.loop)
+            try:
+                first = context.run(coro.send, None)
+            except StopIteration as stop:
+                asyncio.events._set_running_loop(None)
+                if self.watching:  # it asked the kernel something: let the loop take its reader
+                    self.loop.run_until_complete(asyncio.sleep(0))
+                return stop.value  # type: ignore[no-any-return]
+            finally:
+                asyncio.events._set_running_loop(None)
+            task = self.loop.create_task(_rest(coro, first), context=context)
+            return self.loop.run_until_complete(task)
         finally:
             if self.watching:
                 self.watching = False
@@ -189,6 +208,38 @@ class PipeChannel:
             if self.stopping or not self._recv(None):
                 return None
         return self.queue.popleft()
+
+
+class _Rest:
+    """Awaits the rest of a coroutine that was stepped once by hand and yielded `first`: what
+    it yields goes to the task driving this, and what the task sends or throws (a result, a
+    CancelledError) goes back into it, as if the task had driven it from the start."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, out = self.coro, self.first
+        while True:
+            error: BaseException | None = None
+            try:
+                value = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancel): pass it on
+                error = exc
+            try:
+                out = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Rest(coro, first)
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
