@@ -61,6 +61,9 @@ log = logging.getLogger("nbtasks.machines")
 
 #: Attempts a busy worker holds queued behind its running one while runs wait for workers.
 LOOKAHEAD = 1
+#: Where a process's resident pages can be read (Linux), and their size.
+_STATM = os.path.exists(f"/proc/{os.getpid()}/statm")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 #: What the running attempt's `Lane.ended` resolves with when its worker died first.
 DIED: dict[str, Any] = {"died": True}
 
@@ -325,6 +328,7 @@ class MemoryWatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._idle = True
+        self._statm: dict[Worker, int] = {}  # the watcher thread's open statm files
 
     def watch(self, worker: Worker, limit: int) -> None:
         if self._busy.get(worker) == limit:
@@ -348,6 +352,12 @@ class MemoryWatcher:
             self._cv.notify()
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        finally:
+            self._forget([])
+
+    def _sample(self) -> None:
         while True:
             with self._cv:
                 while not self._busy and not self._closed:
@@ -360,14 +370,37 @@ class MemoryWatcher:
                 if self._closed:
                     return
                 busy = list(self._busy.items())
+            self._forget(busy)
             for worker, limit in busy:
-                rss = worker.rss()
+                rss = self._rss(worker)
                 if rss > limit:
                     worker.oom_rss = rss
                     worker.kill()
                     self.unwatch(worker)
             with self._cv:
                 self._cv.wait(self.interval)
+
+    def _rss(self, worker: Worker) -> int:
+        """`worker`'s resident set. On Linux from its /proc statm, kept open while it is busy:
+        one read per sample, where psutil opens, reads and closes the file each time. The open
+        file is that process's (not its pid's), so one that died reads as an error, never as a
+        stranger's memory."""
+        if not _STATM:
+            return worker.rss()
+        fd = self._statm.get(worker)
+        try:
+            if fd is None:
+                fd = self._statm[worker] = os.open(f"/proc/{worker.pid}/statm", os.O_RDONLY)
+            return int(os.pread(fd, 256, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _forget(self, busy: list[tuple[Worker, int]]) -> None:
+        """Close the statm files of workers no longer busy (only this thread uses them)."""
+        keep = {worker for worker, _ in busy}
+        for worker in [w for w in self._statm if w not in keep]:
+            with contextlib.suppress(OSError):
+                os.close(self._statm.pop(worker))
 
 
 class Pool:
