@@ -61,6 +61,22 @@ log = logging.getLogger("nbtasks.machines")
 
 #: Attempts a busy worker holds queued behind its running one while runs wait for workers.
 LOOKAHEAD = 1
+#: The C scanner json.loads ends in, without the three Python calls on the way to it.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _parse(frame: bytes | bytearray) -> Any:
+    """One JSON value making up all of `frame` (ValueError otherwise), as json.loads would."""
+    text = frame.decode()
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
 #: Where a process's resident pages can be read (Linux), and their size.
 _STATM = os.path.exists(f"/proc/{os.getpid()}/statm")
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -145,7 +161,7 @@ class Worker:
             if len(self._buffer) < start + size:
                 return
             try:
-                message = json.loads(self._buffer[start:start + size])
+                message = _parse(self._buffer[start:start + size])
             except ValueError:
                 message = None
             del self._buffer[:start + size]
@@ -331,20 +347,20 @@ class MemoryWatcher:
         self._statm: dict[Worker, int] = {}  # the watcher thread's open statm files
 
     def watch(self, worker: Worker, limit: int) -> None:
-        if self._busy.get(worker) == limit:
-            return  # watched since its last attempt: no lock per run
-        with self._cv:
-            self._busy[worker] = limit
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
-                                                daemon=True)
-                self._thread.start()
-            if self._idle:  # otherwise it samples at its next tick anyway: no wake-up per run
+        # No lock per run: a dict's set and pop are atomic, and the thread is only woken when
+        # it sleeps for want of busy workers. It says so (`_idle`) before it looks, so a
+        # worker added after its look always finds it idle, and wakes it.
+        self._busy[worker] = limit
+        if self._idle or self._thread is None:
+            with self._cv:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
+                                                    daemon=True)
+                    self._thread.start()
                 self._cv.notify()
 
     def unwatch(self, worker: Worker) -> None:
-        with self._cv:
-            self._busy.pop(worker, None)
+        self._busy.pop(worker, None)
 
     def close(self) -> None:
         with self._cv:
@@ -360,13 +376,15 @@ class MemoryWatcher:
     def _sample(self) -> None:
         while True:
             with self._cv:
+                self._idle = True
                 while not self._busy and not self._closed:
-                    self._idle = True
                     self._cv.wait()
                     self._idle = False
                     # the first sample waits one interval: most runs are over by then, and
                     # their peak comes back with the result (see the module docstring)
                     self._cv.wait(self.interval)
+                    self._idle = True  # before it looks again
+                self._idle = False
                 if self._closed:
                     return
                 busy = list(self._busy.items())
@@ -468,9 +486,12 @@ class Pool:
 
     def grow(self, at_least: int = 0) -> list[asyncio.Task[None]]:
         """Start workers for waiting runs (or up to `at_least` warm ones) while there is room."""
+        room = self._room()
+        if room <= 0:
+            return []  # the usual case once the pool is full: every run waits here
         want = max(len(self.waiters) - self.starting, at_least - len(self.workers) - self.starting)
         started = []
-        for _ in range(max(0, min(want, self._room()))):
+        for _ in range(max(0, min(want, room))):
             self.starting += 1
             task = asyncio.get_running_loop().create_task(self._start_one())
             self._tasks.add(task)
