@@ -83,3 +83,18 @@ def test_a_cancel_reaches_the_rest_of_the_attempt(channel: PipeChannel) -> None:
     channel.loop.call_later(0.02, cancel_it)
     assert channel.attempt(coro) == "cleaned up"
     assert started == ["yes"]
+
+
+async def _starts_a_task(steps: list[str]) -> str:
+    async def background() -> None:
+        steps.append("background ran")
+
+    asyncio.get_running_loop().create_task(background())
+    return "done"
+
+
+def test_a_task_started_by_an_attempt_that_never_awaits_gets_its_turn(
+        channel: PipeChannel) -> None:
+    steps: list[str] = []
+    assert channel.attempt(_starts_a_task(steps)) == "done"
+    assert steps == ["background ran"]

@@ -6,8 +6,8 @@ imported nbtasks, so a new worker is ready in milliseconds instead of a fresh in
 second. Messages and deaths are watched with the engine loop's readers (the pipe, and the
 process sentinel): no thread per worker, no polling.
 
-Memory is held by `MemoryWatcher`. We measure each busy worker's resident set with psutil from
-a kernel thread, and kill the worker as soon as it passes its preset's RAM, which is what a
+Memory is held by `MemoryWatcher`. We measure each busy worker's resident set from a kernel
+thread (one read of its /proc statm on Linux, psutil elsewhere), and kill the worker as soon as it passes its preset's RAM, which is what a
 cgroup's OOM killer would do. We chose this over the alternatives:
 - RLIMIT_AS caps address space, not memory: Python, BLAS and thread stacks reserve far more
   than they touch, so a 256 MB cap breaks `import numpy`, and a hit is a MemoryError that

@@ -190,7 +190,9 @@ class PipeChannel:
                 first = context.run(coro.send, None)
             except StopIteration as stop:
                 asyncio.events._set_running_loop(None)
-                if self.watching:  # it asked the kernel something: let the loop take its reader
+                if self.watching or getattr(self.loop, "_ready", None):
+                    # It left work for the loop (a reader for its request's reply, a task it
+                    # started): one turn, as the turn that ended its task used to give them.
                     self.loop.run_until_complete(asyncio.sleep(0))
                 return stop.value  # type: ignore[no-any-return]
             finally:
