@@ -8,7 +8,8 @@ process sentinel): no thread per worker, no polling.
 
 Memory is held by `MemoryWatcher`. We measure each busy worker's resident set from a kernel
 thread (one read of its /proc statm on Linux, psutil elsewhere), and kill the worker as soon
-as it passes its preset's RAM, which is what a cgroup's OOM killer would do. We chose this over the alternatives:
+as it passes its preset's RAM, which is what a cgroup's OOM killer would do. We chose this
+over the alternatives:
 - RLIMIT_AS caps address space, not memory: Python, BLAS and thread stacks reserve far more
   than they touch, so a 256 MB cap breaks `import numpy`, and a hit is a MemoryError that
   user code may swallow;
