@@ -169,10 +169,10 @@ def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
     defn, hooks, c = plan.defn, plan.hooks, plan.ctx
     functions = (defn.run, defn.schema, defn.hooks,
                  (hooks.on_start, hooks.on_success, hooks.on_failure))
-    fingerprint: Fingerprint | None = (walk := Fingerprint(_STUB_TYPES))
+    walk = Fingerprint(_STUB_TYPES)
+    fingerprint: Fingerprint | None = walk
     try:
-        walk.add_parts((defn.run, defn.schema, tuple(defn.hooks.items()) or None,
-                               *functions[3]))
+        walk.add_parts((defn.run, defn.schema, tuple(defn.hooks.items()) or None, *functions[3]))
     except Uncacheable:
         fingerprint = None
     cached = None if fingerprint is None else _PICKLES.get(fingerprint)

@@ -226,7 +226,7 @@ class _Rest:
     def __await__(self) -> Generator[Any, Any, Any]:
         coro, out = self.coro, self.first
         while True:
-            error: BaseException | None = None
+            value, error = None, None
             try:
                 value = yield out
             except GeneratorExit:
