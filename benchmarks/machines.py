@@ -1,6 +1,7 @@
 """Machine benchmarks, each printed next to its baseline from the same run.
 
     .venv/bin/python benchmarks/machines.py [--runs 300] [--in-flight 3000] [--no-dask]
+                                            [--only 1,1b,2,3]
 
 1. Warm preset pool, throughput: 3,000 no-op runs on `micro` in flight at once on two
    workers, against a bare concurrent.futures.ProcessPoolExecutor (forkserver, two workers)
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import multiprocessing
 import os
 import resource
@@ -34,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 import cloudpickle
+import psutil
 
 import nbtasks
 from nbtasks.executors import ProcessExecutor
@@ -90,17 +93,29 @@ def bare_process_pool(runs: int) -> float:
                        runs)
 
 
-def bare_process_pool_batch(runs: int, workers: int) -> tuple[float, float]:
-    """(seconds, CPU seconds of this process) per run with `runs` no-ops in flight at once on
-    `workers` processes."""
+def workers_cpu(pids: list[int]) -> float:
+    """CPU seconds the worker processes `pids` spent so far (user and system)."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            times = psutil.Process(pid).cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def bare_process_pool_batch(runs: int, workers: int) -> tuple[float, float, float]:
+    """(seconds, CPU seconds of this process, CPU seconds of the workers) per run with `runs`
+    no-ops in flight at once on `workers` processes."""
     ctx = multiprocessing.get_context("forkserver")
     with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
         list(pool.map(_call_pickled, [cloudpickle.dumps(noop)] * workers * 4, range(workers * 4)))
-        t, cpu = time.perf_counter(), cpu_seconds()
+        pids = list(pool._processes)  # type: ignore[attr-defined]
+        t, cpu, wcpu = time.perf_counter(), cpu_seconds(), workers_cpu(pids)
         futures = [pool.submit(_call_pickled, cloudpickle.dumps(noop), i) for i in range(runs)]
         for f in futures:
             f.result()
-        return (time.perf_counter() - t) / runs, (cpu_seconds() - cpu) / runs
+        return ((time.perf_counter() - t) / runs, (cpu_seconds() - cpu) / runs,
+                (workers_cpu(pids) - wcpu) / runs)
 
 
 def nbtasks_on(store: str, runs: int, machine: str = "micro", executor: Any = None) -> float:
@@ -110,18 +125,21 @@ def nbtasks_on(store: str, runs: int, machine: str = "micro", executor: Any = No
 
 
 def nbtasks_batch(store: str, runs: int, workers: int, machine: str = "micro"
-                  ) -> tuple[float, float]:
-    """(seconds, kernel CPU seconds) per run with `runs` no-op runs in flight at once on a pool
-    of `workers`."""
-    with nbtasks.Engine(store=store, executor=ProcessExecutor(max_workers=workers)) as eng:
+                  ) -> tuple[float, float, float]:
+    """(seconds, kernel CPU seconds, workers' CPU seconds) per run with `runs` no-op runs in
+    flight at once on a pool of `workers`."""
+    executor = ProcessExecutor(max_workers=workers)
+    with nbtasks.Engine(store=store, executor=executor) as eng:
         task = eng.task(id="noop", machine=machine, run=noop, retry=None)
         task.batch_trigger(list(range(workers * 4))).wait(timeout=60)
-        t, cpu = time.perf_counter(), cpu_seconds()
+        pids = [w.pid for pool in executor.pools.values() for w in pool.workers]
+        t, cpu, wcpu = time.perf_counter(), cpu_seconds(), workers_cpu(pids)
         batches = [task.batch_trigger(list(range(i, min(i + 500, runs))))
                    for i in range(0, runs, 500)]
         for batch in batches:
             assert all(r.ok for r in batch.wait(timeout=600))
-        return (time.perf_counter() - t) / runs, (cpu_seconds() - cpu) / runs
+        return ((time.perf_counter() - t) / runs, (cpu_seconds() - cpu) / runs,
+                (workers_cpu(pids) - wcpu) / runs)
 
 
 def dask_pair(runs: int) -> tuple[float, float]:
@@ -162,39 +180,35 @@ def cold_start() -> tuple[float, float]:
     return float(first), float(second)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=300, help="sequential runs per figure")
-    parser.add_argument("--in-flight", type=int, default=3000, help="runs in flight in 1.")
-    parser.add_argument("--no-dask", action="store_true")
-    args = parser.parse_args()
+def batch_section(workers: int, batch: int) -> None:
     us = 1e6
-    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start\n")
-
-    workers, batch = 2, args.in_flight
-    bare_batch, bare_cpu = bare_process_pool_batch(batch, workers)
+    bare_batch, bare_cpu, bare_wcpu = bare_process_pool_batch(batch, workers)
     with tempfile.TemporaryDirectory() as tmp:
-        ours_batch, ours_cpu = nbtasks_batch(os.path.join(tmp, "micro.db"), batch, workers)
-        kernel_batch, kernel_cpu = nbtasks_batch(os.path.join(tmp, "kernel.db"), batch,
-                                                 workers, "kernel")
+        ours_batch, ours_cpu, ours_wcpu = nbtasks_batch(os.path.join(tmp, "micro.db"), batch,
+                                                        workers)
+        kernel_batch, kernel_cpu, _ = nbtasks_batch(os.path.join(tmp, "kernel.db"), batch,
+                                                    workers, "kernel")
     print(f"1. {batch} no-op runs in flight at once, {workers} workers (throughput; and the "
-          "CPU the kernel spent per run)")
+          "CPU the kernel, and the workers, spent per run)")
     print(f"   bare ProcessPoolExecutor            {bare_batch * us:8.0f} us/run   "
-          f"         cpu {bare_cpu * us:5.0f} us")
+          f"         cpu {bare_cpu * us:5.0f} us  workers {bare_wcpu * us:5.0f} us")
     print(f"   nbtasks micro, SQLite store         {ours_batch * us:8.0f} us/run   "
           f"{ours_batch / bare_batch:4.2f}x  cpu {ours_cpu * us:5.0f} us  "
-          "(target <= 2x, goal 1.3x)")
+          f"workers {ours_wcpu * us:5.0f} us  (target <= 2x, goal 1.3x)")
     print(f"   nbtasks kernel machine, SQLite      {kernel_batch * us:8.0f} us/run   "
           f"{kernel_batch / bare_batch:4.2f}x  cpu {kernel_cpu * us:5.0f} us  "
           "(the engine alone, no process)")
     print(f"   the pool's own kernel CPU (micro - kernel)  {(ours_cpu - kernel_cpu) * us:5.0f} "
           "us/run\n")
 
-    bare = bare_process_pool(args.runs)
+
+def sequential_section(runs: int) -> None:
+    us = 1e6
+    bare = bare_process_pool(runs)
     with tempfile.TemporaryDirectory() as tmp:
-        ours = nbtasks_on(os.path.join(tmp, "micro.db"), args.runs)
-        kernel = nbtasks_on(os.path.join(tmp, "kernel.db"), args.runs, machine="kernel")
-    print(f"1b. one run at a time, {args.runs} sequential no-op runs (median)")
+        ours = nbtasks_on(os.path.join(tmp, "micro.db"), runs)
+        kernel = nbtasks_on(os.path.join(tmp, "kernel.db"), runs, machine="kernel")
+    print(f"1b. one run at a time, {runs} sequential no-op runs (median)")
     print(f"   bare ProcessPoolExecutor            {bare * us:8.0f} us/run")
     print(f"   nbtasks micro, SQLite store         {ours * us:8.0f} us/run   "
           f"{ours / bare:4.2f}x")
@@ -202,18 +216,44 @@ def main() -> None:
     print(f"   the pool's own share (micro - kernel) {(ours - kernel) * us:6.0f} us/run   "
           f"{(ours - kernel) / bare:4.2f}x\n")
 
-    if not args.no_dask:
-        dask_bare, dask_ours = dask_pair(args.runs)
-        print(f"2. Dask LocalCluster (2 worker processes), {args.runs} sequential runs "
-              "(median; bare and nbtasks calls alternate)")
-        print(f"   bare client.submit().result()       {dask_bare * us:8.0f} us/run")
-        print(f"   nbtasks DaskExecutor, SQLite store  {dask_ours * us:8.0f} us/run   "
-              f"{dask_ours / dask_bare:4.2f}x  (target <= 1.2x, goal 1.05x)\n")
 
+def dask_section(runs: int) -> None:
+    us = 1e6
+    dask_bare, dask_ours = dask_pair(runs)
+    print(f"2. Dask LocalCluster (2 worker processes), {runs} sequential runs "
+          "(median; bare and nbtasks calls alternate)")
+    print(f"   bare client.submit().result()       {dask_bare * us:8.0f} us/run")
+    print(f"   nbtasks DaskExecutor, SQLite store  {dask_ours * us:8.0f} us/run   "
+          f"{dask_ours / dask_bare:4.2f}x  (target <= 1.2x, goal 1.05x)\n")
+
+
+def cold_section() -> None:
     first, second = cold_start()
     print("3. time to first run on a cold preset")
     print(f"   fresh interpreter (fork server starts too)  {first * 1000:7.0f} ms")
     print(f"   another preset, fork server up              {second * 1000:7.0f} ms")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=300, help="sequential runs per figure")
+    parser.add_argument("--in-flight", type=int, default=3000, help="runs in flight in 1.")
+    parser.add_argument("--no-dask", action="store_true")
+    parser.add_argument("--only", default="1,1b,2,3",
+                        help="the sections to run, e.g. --only 1 (default: all)")
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start\n")
+
+    workers, batch = 2, args.in_flight
+    if "1" in only:
+        batch_section(workers, batch)
+    if "1b" in only:
+        sequential_section(args.runs)
+    if "2" in only and not args.no_dask:
+        dask_section(args.runs)
+    if "3" in only:
+        cold_section()
     print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -82,3 +82,64 @@ def test_a_memory_error_raised_by_the_run_counts_as_out_of_memory(
     first = eng.runs.retrieve(result.id).attempts[0].error
     assert first is not None and first["type"] == "OutOfMemoryError"
     assert "micro machine" in first["message"]
+
+
+def hold(megabytes: int, ctx: Any) -> None:
+    """Touch `megabytes` and keep them far longer than the test waits: only a kill ends it."""
+    chunks = [bytearray(8 * MB) for _ in range(megabytes // 8)]
+    time.sleep(300)
+    del chunks
+
+
+def test_a_run_holding_memory_past_its_ram_is_killed_while_it_runs(
+        process_engine: Callable[..., Engine]) -> None:
+    """The kernel's sampling stops it: its result (with its peak) would never come."""
+    eng = process_engine(max_workers=1)
+    task = eng.task(id="hold", machine="micro", run=hold, retry=None)
+    started = time.monotonic()
+    result = task.trigger(320).wait(timeout=60)
+    assert time.monotonic() - started < 60
+    assert result.status is RunStatus.CRASHED
+    assert isinstance(result.error, OutOfMemoryError)
+    assert "micro machine's 250 MB" in str(result.error)
+
+
+class _Sampled:
+    """What the watcher reads of a worker: its pid (and psutil's figure, off Linux)."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def rss(self) -> int:
+        import psutil
+
+        return int(psutil.Process(self.pid).memory_info().rss)
+
+
+def test_the_watcher_reads_a_process_resident_memory_and_nothing_once_it_died() -> None:
+    import subprocess
+    import sys
+
+    import psutil
+
+    from nbtasks.executors._pool import MemoryWatcher
+
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import sys; b = bytearray(64 * 2**20); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    watcher = MemoryWatcher()
+    sampled = _Sampled(child.pid)
+    try:
+        deadline = time.monotonic() + 30
+        while psutil.Process(child.pid).memory_info().rss < 64 * MB:  # still importing
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ours, psutils = watcher._rss(sampled), psutil.Process(child.pid).memory_info().rss
+        assert abs(ours - psutils) < 4 * MB and ours >= 64 * MB
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert watcher._rss(sampled) == 0  # the file it holds is that process's, now gone
+    watcher._forget([])
+    assert not watcher._statm

@@ -25,6 +25,8 @@ from typing import Any
 #: Values that can't change in place.
 _ATOMS = (int, float, complex, str, bytes, bool, type(None), range, types.ModuleType,
           types.BuiltinFunctionType, types.CodeType)
+_ATOM_TYPES = frozenset(_ATOMS)
+_NOT_TUPLES = _ATOM_TYPES | {types.FunctionType}
 #: How many fingerprints (and their pickles) the kernel keeps.
 SIZE = 256
 
@@ -53,21 +55,35 @@ class Fingerprint:
         self.ids: list[int] = []
         self._seen: set[int] = set()
 
+    def add_parts(self, parts: tuple[Any, ...]) -> None:
+        """`add` each of `parts` in order; an absent one (None, the usual hook) costs a marker."""
+        for part in parts:
+            if part is None:
+                self.ids.append(0)  # no object's id
+            else:
+                self.add(part)
+
     def add(self, obj: Any) -> None:
-        if isinstance(obj, tuple | frozenset):  # by content: a tuple may be built per call
-            self.ids.append(-len(obj))
+        # Every attempt of a pool run walks this: the exact-type tests come first, as they
+        # are what most objects are (a tuple, None, a str, a function).
+        kind = type(obj)
+        if kind is tuple or kind is frozenset or (
+                kind not in _NOT_TUPLES and isinstance(obj, tuple | frozenset)):
+            self.ids.append(-len(obj))  # by content: a tuple may be built per call
             for item in obj:
                 self.add(item)
             return
-        if id(obj) in self._seen:
-            self.ids.append(id(obj))
+        key = id(obj)
+        self.ids.append(key)
+        if key in self._seen:
             return
-        self._seen.add(id(obj))
+        self._seen.add(key)
+        if obj is None:
+            return  # immortal: nothing to keep
         self.keep.append(obj)
-        self.ids.append(id(obj))
-        if isinstance(obj, _ATOMS):
+        if kind in _ATOM_TYPES or isinstance(obj, _ATOMS):
             return
-        if isinstance(obj, types.FunctionType):
+        if kind is types.FunctionType:
             if not _by_reference(obj):
                 self._function(obj)
         elif isinstance(obj, types.MethodType):

@@ -6,9 +6,10 @@ imported nbtasks, so a new worker is ready in milliseconds instead of a fresh in
 second. Messages and deaths are watched with the engine loop's readers (the pipe, and the
 process sentinel): no thread per worker, no polling.
 
-Memory is held by `MemoryWatcher`. We measure each busy worker's resident set with psutil from
-a kernel thread, and kill the worker as soon as it passes its preset's RAM, which is what a
-cgroup's OOM killer would do. We chose this over the alternatives:
+Memory is held by `MemoryWatcher`. We measure each busy worker's resident set from a kernel
+thread (one read of its /proc statm on Linux, psutil elsewhere), and kill the worker as soon
+as it passes its preset's RAM, which is what a cgroup's OOM killer would do. We chose this
+over the alternatives:
 - RLIMIT_AS caps address space, not memory: Python, BLAS and thread stacks reserve far more
   than they touch, so a 256 MB cap breaks `import numpy`, and a hit is a MemoryError that
   user code may swallow;
@@ -61,12 +62,33 @@ log = logging.getLogger("nbtasks.machines")
 
 #: Attempts a busy worker holds queued behind its running one while runs wait for workers.
 LOOKAHEAD = 1
+#: The C scanner json.loads ends in, without the three Python calls on the way to it.
+_SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
+
+
+def _parse(frame: bytes | bytearray) -> Any:
+    """One JSON value making up all of `frame` (ValueError otherwise), as json.loads would."""
+    text = frame.decode()
+    try:
+        value, end = _SCAN(text, 0)
+    except StopIteration:
+        raise ValueError("not JSON") from None
+    if end != len(text):
+        raise ValueError("extra data after the JSON value")
+    return value
+
+
+#: Where a process's resident pages can be read (Linux), and their size.
+_STATM = os.path.exists(f"/proc/{os.getpid()}/statm")
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+#: What the running attempt's `Lane.ended` resolves with when its worker died first.
+DIED: dict[str, Any] = {"died": True}
 
 
 class Lane:
-    """One attempt sent to a worker. `ended` resolves with the worker's outcome message, or
-    with None when the attempt never started there (skipped, or the worker retired or died
-    first) and must go back to the pool."""
+    """One attempt sent to a worker. `ended` resolves with the worker's outcome message, with
+    DIED when the worker died running it, or with None when the attempt never started there
+    (skipped, or the worker retired or died first) and must go back to the pool."""
 
     __slots__ = ("abandoned", "asked", "ended", "key", "on_message", "resend")
 
@@ -140,7 +162,7 @@ class Worker:
             if len(self._buffer) < start + size:
                 return
             try:
-                message = json.loads(self._buffer[start:start + size])
+                message = _parse(self._buffer[start:start + size])
             except ValueError:
                 message = None
             del self._buffer[:start + size]
@@ -224,6 +246,8 @@ class Worker:
         self.process.join(0)
         if not self.exited.done():
             self.exited.set_result(self.process.exitcode)
+        for lane in self.lanes.values():  # the one it was running, if its outcome didn't come
+            lane.end(DIED)
         self.conn.close()
         with contextlib.suppress(ValueError):
             self.process.close()
@@ -321,20 +345,23 @@ class MemoryWatcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self._idle = True
+        self._statm: dict[Worker, int] = {}  # the watcher thread's open statm files
 
     def watch(self, worker: Worker, limit: int) -> None:
-        with self._cv:
-            self._busy[worker] = limit
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
-                                                daemon=True)
-                self._thread.start()
-            if self._idle:  # otherwise it samples at its next tick anyway: no wake-up per run
+        # No lock per run: a dict's set and pop are atomic, and the thread is only woken when
+        # it sleeps for want of busy workers. It says so (`_idle`) before it looks, so a
+        # worker added after its look always finds it idle, and wakes it.
+        self._busy[worker] = limit
+        if self._idle or self._thread is None:
+            with self._cv:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="nbtasks-memory",
+                                                    daemon=True)
+                    self._thread.start()
                 self._cv.notify()
 
     def unwatch(self, worker: Worker) -> None:
-        with self._cv:
-            self._busy.pop(worker, None)
+        self._busy.pop(worker, None)
 
     def close(self) -> None:
         with self._cv:
@@ -342,26 +369,57 @@ class MemoryWatcher:
             self._cv.notify()
 
     def _run(self) -> None:
+        try:
+            self._sample()
+        finally:
+            self._forget([])
+
+    def _sample(self) -> None:
         while True:
             with self._cv:
+                self._idle = True
                 while not self._busy and not self._closed:
-                    self._idle = True
                     self._cv.wait()
                     self._idle = False
                     # the first sample waits one interval: most runs are over by then, and
                     # their peak comes back with the result (see the module docstring)
                     self._cv.wait(self.interval)
+                    self._idle = True  # before it looks again
+                self._idle = False
                 if self._closed:
                     return
                 busy = list(self._busy.items())
+            self._forget(busy)
             for worker, limit in busy:
-                rss = worker.rss()
+                rss = self._rss(worker)
                 if rss > limit:
                     worker.oom_rss = rss
                     worker.kill()
                     self.unwatch(worker)
             with self._cv:
                 self._cv.wait(self.interval)
+
+    def _rss(self, worker: Worker) -> int:
+        """`worker`'s resident set. On Linux from its /proc statm, kept open while it is busy:
+        one read per sample, where psutil opens, reads and closes the file each time. The open
+        file is that process's (not its pid's), so one that died reads as an error, never as a
+        stranger's memory."""
+        if not _STATM:
+            return worker.rss()
+        fd = self._statm.get(worker)
+        try:
+            if fd is None:
+                fd = self._statm[worker] = os.open(f"/proc/{worker.pid}/statm", os.O_RDONLY)
+            return int(os.pread(fd, 256, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _forget(self, busy: list[tuple[Worker, int]]) -> None:
+        """Close the statm files of workers no longer busy (only this thread uses them)."""
+        keep = {worker for worker, _ in busy}
+        for worker in [w for w in self._statm if w not in keep]:
+            with contextlib.suppress(OSError):
+                os.close(self._statm.pop(worker))
 
 
 class Pool:
@@ -429,9 +487,12 @@ class Pool:
 
     def grow(self, at_least: int = 0) -> list[asyncio.Task[None]]:
         """Start workers for waiting runs (or up to `at_least` warm ones) while there is room."""
+        room = self._room()
+        if room <= 0:
+            return []  # the usual case once the pool is full: every run waits here
         want = max(len(self.waiters) - self.starting, at_least - len(self.workers) - self.starting)
         started = []
-        for _ in range(max(0, min(want, self._room()))):
+        for _ in range(max(0, min(want, room))):
             self.starting += 1
             task = asyncio.get_running_loop().create_task(self._start_one())
             self._tasks.add(task)

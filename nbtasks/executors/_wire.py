@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import operator
 import pickle
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import fields
 from typing import Any, NamedTuple
 
 import cloudpickle
@@ -60,7 +61,7 @@ class Job(NamedTuple):
     code: bytes | None  # cloudpickled (run, schema, task hooks, global hooks); None: see hash
     code_hash: bytes  # of those bytes: what a worker caches the loaded functions under
     task_id: str
-    retry: dict[str, Any] | None  # RetryOptions, dumped
+    retry: str | None  # RetryOptions as JSON (a worker validates each distinct text once)
     payload_json: str
     ctx: tuple[tuple[Any, ...], ...]  # TaskContext's frozen parts, each as its fields' values
     metadata: dict[str, Any]
@@ -68,11 +69,21 @@ class Job(NamedTuple):
     limits: tuple[int, ...]  # the kernel's configure(limits=...), in `Limits` field order
 
 
+def _getter(names: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """The values of `names` as a tuple, read in C (attrgetter); always a tuple, even of one."""
+    get = operator.attrgetter(*names)
+    if len(names) == 1:
+        return lambda obj: (get(obj),)
+    return get
+
+
 #: The size limits' names, in the order `Job.limits` carries them.
 _LIMIT_FIELDS = tuple(f.name for f in fields(Limits))
+_LIMITS_OF = _getter(_LIMIT_FIELDS)
 #: TaskContext's frozen parts, in the order `Job.ctx` carries them.
 _CTX_PARTS = (TaskInfo, RunInfo, AttemptInfo, QueueInfo, MachineInfo)
 _CTX_FIELDS = tuple(tuple(f.name for f in fields(cls)) for cls in _CTX_PARTS)
+_TASK_OF, _RUN_OF, _ATTEMPT_OF, _QUEUE_OF, _MACHINE_OF = (_getter(n) for n in _CTX_FIELDS)
 #: How many tasks' loaded functions a worker keeps (and the kernel believes it keeps).
 CODE_CACHE = 64
 
@@ -133,6 +144,7 @@ def _stubs() -> dict[type, Callable[[Any], tuple[Any, ...]]]:
 
 
 _STUBS: dict[type, Callable[[Any], tuple[Any, ...]]] = {}
+_STUB_TYPES: tuple[type, ...] = ()
 _PICKLES = PickleCache()  # the kernel's: unchanged task code is pickled once
 
 
@@ -150,15 +162,17 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
 
 def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
     """An attempt for a worker; raises (pickle.PicklingError, TypeError...) if its code can't go."""
+    global _STUB_TYPES
     if not _STUBS:
         _STUBS.update(_stubs())
+        _STUB_TYPES = tuple(_STUBS)
     defn, hooks, c = plan.defn, plan.hooks, plan.ctx
     functions = (defn.run, defn.schema, defn.hooks,
                  (hooks.on_start, hooks.on_success, hooks.on_failure))
-    fingerprint: Fingerprint | None = Fingerprint(tuple(_STUBS))
+    walk = Fingerprint(_STUB_TYPES)
+    fingerprint: Fingerprint | None = walk
     try:
-        for part in (*functions[:2], tuple(defn.hooks.items()), functions[3]):
-            fingerprint.add(part)  # type: ignore[union-attr]
+        walk.add_parts((defn.run, defn.schema, tuple(defn.hooks.items()) or None, *functions[3]))
     except Uncacheable:
         fingerprint = None
     cached = None if fingerprint is None else _PICKLES.get(fingerprint)
@@ -170,18 +184,48 @@ def dump_job(plan: AttemptPlan, scope: AttemptScope) -> Job:
         if fingerprint is not None:
             _PICKLES.put(fingerprint, *cached)
     code, code_hash = cached
-    parts = (c.task, c.run, c.attempt, c.queue, c.machine)
-    ctx = tuple(tuple(getattr(part, name) for name in names)
-                for part, names in zip(parts, _CTX_FIELDS, strict=True))
-    retry = None if plan.retry is None else plan.retry.model_dump()
-    limits = tuple(getattr(LIMITS, name) for name in _LIMIT_FIELDS)
-    return Job(code, code_hash, defn.id, retry, plan.payload_json, ctx, scope.metadata,
-               scope.tags, limits)
+    ctx = (_TASK_OF(c.task), _RUN_OF(c.run), _ATTEMPT_OF(c.attempt), _QUEUE_OF(c.queue),
+           _MACHINE_OF(c.machine))
+    return Job(code, code_hash, defn.id, _retry_json(plan.retry), plan.payload_json, ctx,
+               scope.metadata, scope.tags, _LIMITS_OF(LIMITS))
+
+
+#: RetryOptions (frozen) -> its JSON, by identity: a task's options are one object attempt
+#: after attempt. The object is kept with its text, so its id can't name another meanwhile.
+_RETRY_TEXT: dict[int, tuple[RetryOptions, str]] = {}
+
+
+def _retry_json(retry: RetryOptions | None) -> str | None:
+    if retry is None:
+        return None
+    hit = _RETRY_TEXT.get(id(retry))
+    if hit is None:
+        if len(_RETRY_TEXT) >= CODE_CACHE:
+            _RETRY_TEXT.clear()
+        hit = _RETRY_TEXT[id(retry)] = (retry, retry.model_dump_json())
+    return hit[1]
+
+
+#: In a worker: each distinct retry text, validated once.
+_RETRY_OPTIONS: dict[str, RetryOptions] = {}
+
+
+def _retry_options(text: str | None) -> RetryOptions | None:
+    if text is None:
+        return None
+    options = _RETRY_OPTIONS.get(text)
+    if options is None:
+        if len(_RETRY_OPTIONS) >= CODE_CACHE:
+            _RETRY_OPTIONS.clear()
+        options = _RETRY_OPTIONS[text] = RetryOptions.model_validate_json(text)
+    return options
 
 
 def _take_limits(limits: tuple[int, ...]) -> None:
     """The kernel's size limits, in this worker: an output or metadata is held to what
     `configure(limits=...)` set there, not to the defaults the worker started with."""
+    if _LIMITS_OF(LIMITS) == limits:
+        return
     for name, value in zip(_LIMIT_FIELDS, limits, strict=True):
         if getattr(LIMITS, name) != value:
             setattr(LIMITS, name, value)
@@ -191,41 +235,63 @@ class MissingCode(Exception):
     """The worker was sent a hash for code it doesn't hold (the caches disagreed)."""
 
 
-def load_code(job: Job) -> tuple[Any, ...]:
+class _Loaded:
+    """A job's functions as loaded in a worker, and the definition built from them per task id
+    (the same code may serve two tasks): made once, then reused attempt after attempt."""
+
+    __slots__ = ("defns", "global_hooks", "parts")
+
+    def __init__(self, parts: tuple[Any, ...]) -> None:
+        self.parts = parts  # run, schema, task hooks, (on_start, on_success, on_failure)
+        self.global_hooks = GlobalHooks(*parts[3])
+        self.defns: dict[str, TaskDefinition] = {}
+
+    def definition(self, task_id: str) -> TaskDefinition:
+        defn = self.defns.get(task_id)
+        if defn is None:
+            run, schema, hooks, _ = self.parts
+            defn = self.defns[task_id] = TaskDefinition(task_id, _memory_errors_as_oom(run),
+                                                        schema=schema, hooks=hooks)
+        return defn
+
+
+def load_code(job: Job) -> _Loaded:
     """The job's functions: loaded once per worker, then found by hash."""
     loaded = LOADED.get(job.code_hash)
     if loaded is None:
         if job.code is None:
             raise MissingCode(job.code_hash.hex())
-        loaded = pickle.loads(job.code)
+        loaded = _Loaded(pickle.loads(job.code))
         LOADED.add(job.code_hash, loaded)
     return loaded  # type: ignore[no-any-return]
 
 
-def _memory_errors_as_oom(defn: TaskDefinition, machine: MachineInfo) -> TaskDefinition:
-    """A MemoryError raised by the run is the machine running out: report it as such."""
-    run = defn.run
+def _oom(exc: MemoryError, ctx: Any) -> OutOfMemoryError:
+    machine = getattr(ctx, "machine", None)
+    where = (f"the {machine.name} machine ({machine.memory:g} GB)"
+             if isinstance(machine, MachineInfo) else "its machine")
+    return OutOfMemoryError(f"the run ran out of memory on {where}: {exc or 'MemoryError'}")
 
-    def oom(exc: MemoryError) -> OutOfMemoryError:
-        return OutOfMemoryError(f"the run ran out of memory on the {machine.name} machine "
-                                f"({machine.memory:g} GB): {exc or 'MemoryError'}")
 
+def _memory_errors_as_oom(run: Callable[..., Any]) -> Callable[..., Any]:
+    """A MemoryError raised by the run is the machine running out: report it as such (the
+    machine is read from the attempt's ctx, so one wrapper serves every attempt)."""
     if _is_async(run):
         async def run_async(payload: Any, ctx: Any) -> Any:
             try:
                 return await run(payload, ctx)
             except MemoryError as exc:
-                raise oom(exc) from exc
+                raise _oom(exc, ctx) from exc
 
-        return replace(defn, run=run_async)
+        return run_async
 
     def run_sync(payload: Any, ctx: Any) -> Any:
         try:
             return run(payload, ctx)
         except MemoryError as exc:
-            raise oom(exc) from exc
+            raise _oom(exc, ctx) from exc
 
-    return replace(defn, run=run_sync)
+    return run_sync
 
 
 async def run_job(job: Job, remote: _remote.RemoteEngine,
@@ -243,17 +309,15 @@ async def run_job(job: Job, remote: _remote.RemoteEngine,
     ctx = TaskContext(task, run, attempt, queue, machine, signal=signal or CancelSignal())
     scope = AttemptScope(ctx, remote, dict(job.metadata), list(job.tags), remote)
     try:
-        fn, schema, hooks, global_hooks = load_code(job)
+        loaded = load_code(job)
     except MissingCode:
         return {"missing_code": True}
     except Exception as exc:  # e.g. a module the kernel imports by reference is missing here
         return {"load_error": error_record(TaskRunError(
             f"the worker could not load task {job.task_id!r}: {type(exc).__name__}: {exc}"))}
-    defn = TaskDefinition(job.task_id, fn, schema=schema, hooks=hooks)
-    retry = None if job.retry is None else RetryOptions.model_validate(job.retry)
-    plan = AttemptPlan(_memory_errors_as_oom(defn, ctx.machine), job.payload_json, ctx,
-                       retry, GlobalHooks(*global_hooks), time.time)
-    outcome = await run_attempt(plan, scope, caller(defn))
+    plan = AttemptPlan(loaded.definition(job.task_id), job.payload_json, ctx,
+                       _retry_options(job.retry), loaded.global_hooks, time.time)
+    outcome = await run_attempt(plan, scope, caller(plan.defn))
     return {"ok": outcome.ok, "output_json": outcome.output_json, "error": outcome.error,
             "retry_at": outcome.retry_at, "status": outcome.status.value,
             "machine": outcome.machine, "now": time.time()}

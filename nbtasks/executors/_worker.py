@@ -22,23 +22,27 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import ctypes
 import itertools
 import json
+import math
 import os
+import pickle
 import resource
+import select
 import signal
 import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ._dask_wire import dumps_args
 from ._remote import RemoteEngine, install_worker_mode
-from ._wire import run_job
+from ._wire import Job, run_job
 from .inline import DaemonThreads, InlineSync
 
 #: Thread-count variables of the usual native pools (OpenMP, OpenBLAS, MKL, Accelerate, numexpr).
@@ -47,6 +51,8 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 #: (cwd, or None where the worker reads it from /proc; sys.path; environment)
 Snapshot = tuple[str | None, list[str], dict[str, str]]
+#: One encoder for every message (json.dumps with options builds one per call).
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
 class PipeChannel:
@@ -54,6 +60,10 @@ class PipeChannel:
 
     def __init__(self, conn: Connection, loop: asyncio.AbstractEventLoop) -> None:
         self.conn = conn
+        self.fd = conn.fileno()
+        # One poll object for the worker's life: Connection.poll builds a selector per call.
+        self.poller = select.poll()
+        self.poller.register(self.fd, select.POLLIN)
         self.loop = loop
         self.reader = threading.get_ident()
         self.lock = threading.Lock()
@@ -66,9 +76,15 @@ class PipeChannel:
     def send(self, message: tuple[Any, ...]) -> None:
         """One JSON frame up. A value JSON can't hold (a log attribute) goes as its str(), as log
         attributes do in the kernel: a log line must never fail the run."""
-        data = json.dumps(message, default=str, separators=(",", ":")).encode()
+        data = _ENCODER.encode(message).encode()
+        frame = len(data).to_bytes(4, "big") + data if len(data) < 0x7FFFFFFF else None
         with self.lock:
-            self.conn.send_bytes(data)
+            if frame is None:
+                self.conn.send_bytes(data)  # over 2 GB: multiprocessing's long header
+                return
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self.fd, view):]
 
     def request(self, key: str, method: str, args: tuple[Any, ...]
                 ) -> tuple[int, concurrent.futures.Future[Any]]:
@@ -98,15 +114,35 @@ class PipeChannel:
         return fut.result()
 
     def _recv(self, timeout: float | None) -> bool:
-        """Take one message off the pipe and deliver it; False if none came in time."""
+        """Take one message off the pipe and deliver it; False if none came in time.
+
+        Exactly one frame is read (its 4-byte length, then its pickle), never more: what is
+        left stays in the pipe, where the loop's reader and `poll` still see it."""
         try:
-            if not self.conn.poll(timeout):
+            if timeout is not None and not self.poller.poll(max(0, math.ceil(timeout * 1000))):
                 return False
-            message = self.conn.recv()
+            header = self._read(4)
+            size = int.from_bytes(header, "big", signed=True)
+            if size == -1:  # over 2 GB: an 8-byte length follows
+                size = int.from_bytes(self._read(8), "big")
+            message = pickle.loads(self._read(size))
         except (EOFError, OSError):
             os._exit(0)  # the kernel is gone: nobody is left to report to
         self._handle(message)
         return True
+
+    def _read(self, size: int) -> bytes:
+        data = os.read(self.fd, size)
+        if len(data) == size:
+            return data
+        parts, got = [data], len(data)
+        while got < size:
+            if not data:
+                raise EOFError
+            data = os.read(self.fd, size - got)
+            parts.append(data)
+            got += len(data)
+        return b"".join(parts)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
@@ -140,9 +176,29 @@ class PipeChannel:
             pass
 
     def attempt(self, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-        """Run one attempt's coroutine (the loop reads replies once it makes a request)."""
+        """Run one attempt's coroutine (the loop reads replies once it makes a request).
+
+        Its first step runs here, directly, with the loop set as the running one: a sync body
+        (run on this thread, see `InlineSync`) finishes in it without awaiting anything, and
+        then the attempt costs no task and no turn of the loop. Should it await something, a
+        task on the loop drives the rest (`_Rest`), in the same context.
+        """
+        context = contextvars.copy_context()
         try:
-            return self.loop.run_until_complete(coro)
+            asyncio.events._set_running_loop(self.loop)
+            try:
+                first = context.run(coro.send, None)
+            except StopIteration as stop:
+                asyncio.events._set_running_loop(None)
+                if self.watching or getattr(self.loop, "_ready", None):
+                    # It left work for the loop (a reader for its request's reply, a task it
+                    # started): one turn, as the turn that ended its task used to give them.
+                    self.loop.run_until_complete(asyncio.sleep(0))
+                return stop.value  # type: ignore[no-any-return]
+            finally:
+                asyncio.events._set_running_loop(None)
+            task = self.loop.create_task(_rest(coro, first), context=context)
+            return self.loop.run_until_complete(task)
         finally:
             if self.watching:
                 self.watching = False
@@ -154,6 +210,38 @@ class PipeChannel:
             if self.stopping or not self._recv(None):
                 return None
         return self.queue.popleft()
+
+
+class _Rest:
+    """Awaits the rest of a coroutine that was stepped once by hand and yielded `first`: what
+    it yields goes to the task driving this, and what the task sends or throws (a result, a
+    CancelledError) goes back into it, as if the task had driven it from the start."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
+        self.coro = coro
+        self.first = first
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, out = self.coro, self.first
+        while True:
+            value, error = None, None
+            try:
+                value = yield out
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # thrown in by the task (a cancel): pass it on
+                error = exc
+            try:
+                out = coro.send(value) if error is None else coro.throw(error)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _rest(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
+    return await _Rest(coro, first)
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
@@ -222,14 +310,15 @@ def main(conn: Connection, cores: list[int], kernel: int, limit: int = 0,
         os._exit(0)
 
 
-def retires(limit: int, share: float) -> bool:
+def retires(limit: int, share: float, peak: int | None = None) -> bool:
     """Should this worker start nothing more? Its peak went past its machine's memory (the
     kernel fails the attempt), or its memory stayed over `share` of it after the run, and the
     next run must not start with someone else's memory. ru_maxrss is the peak: below the share,
     the memory now is too, and it costs no sampling."""
     if not limit:
         return False
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if peak is None:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if peak < limit * share:
         return False
     if peak > limit:
@@ -252,14 +341,15 @@ def _serve(conn: Connection, cores: list[int], kernel: int, limit: int,
     inline = InlineSync(loop, DaemonThreads(32, "nbtasks-worker-sync"))
     channel.send(("ready", os.getpid()))
     while (job := channel.next_job()) is not None:
-        key, snapshot, attempt = job
+        key, snapshot, fields = job
+        attempt = Job(*fields)
         if snapshot is not None:
             _apply(snapshot, cores)
         if snapshot is None or snapshot[0] is None:
             _follow_cwd(kernel)
         message = channel.attempt(run_job(attempt, RemoteEngine(channel, key), inline.bind))
-        message["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        retire = retires(limit, recycle_share)
+        message["maxrss"] = peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        retire = retires(limit, recycle_share, peak)
         if retire:
             message["retire"] = True
         else:

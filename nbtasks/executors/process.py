@@ -53,7 +53,7 @@ from .._lifecycle import AttemptOutcome, AttemptPlan
 from .._models import MACHINES, MachinePreset, check_machine
 from . import _worker
 from ._dask_wire import loads_args
-from ._pool import Lane, MemoryWatcher, Message, Pool, Worker, describe_exit
+from ._pool import DIED, Lane, MemoryWatcher, Message, Pool, Worker, describe_exit
 from ._serve import PARKING, serve
 from ._wire import Job, dump_job, failed_outcome, outcome_from
 from ._worker import Snapshot
@@ -279,7 +279,7 @@ class ProcessExecutor:
                 task.cancel()
 
         def resend() -> None:
-            worker.send(("run", key, None, job))
+            worker.send(("run", key, None, tuple(job)))
             worker.code.add(job.code_hash, True)
 
         lane = Lane(key, loop, on_message, resend)
@@ -288,18 +288,16 @@ class ProcessExecutor:
         worker.lanes[key] = lane
         try:
             # The function's bytes only the first time this worker sees them (see _wire.Job).
+            # A plain tuple: pickling the NamedTuple cost three times as much.
             known = job.code_hash in worker.code
             worker.send(("run", key, None if snapshot is worker.env else snapshot,
-                         job._replace(code=None) if known else job))
+                         (None, *job[1:]) if known else tuple(job)))
             worker.env = snapshot
             if not known:
                 worker.code.add(job.code_hash, True)
             self.watcher.watch(worker, preset.memory_bytes)
-            either: set[asyncio.Future[Any]] = {lane.ended, worker.exited}
-            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-            if not lane.ended.done():
-                worker.drain()
-            if lane.ended.done() and lane.ended.result() is None:
+            # One future: the worker's death ends it too (with DIED, see Worker._on_exit).
+            if await lane.ended is None:
                 reuse = True
                 return None
             outcome, reuse = self._conclude(worker, preset, plan, lane, job.code_hash)
@@ -329,6 +327,8 @@ class ProcessExecutor:
                   lane: Lane, job_hash: bytes) -> tuple[AttemptOutcome, bool]:
         limit = preset.memory_bytes
         message = lane.ended.result() if lane.ended.done() else None
+        if message is DIED:
+            message = None
         peak = max(worker.oom_rss or 0, message.get("maxrss", 0) if message else 0)
         if peak > limit:
             # Rounded up: a run just past the limit must not read "used 256 MB, over 256 MB".
@@ -338,7 +338,7 @@ class ProcessExecutor:
                 f"{cap:.0f} MB; give it a bigger machine, or retry on one with "
                 "retry={'out_of_memory': {'machine': ...}}")), False
         if message is None:
-            code = worker.exited.result()
+            code = worker.exited.result() if worker.exited.done() else None
             return failed_outcome(plan, WorkerCrashedError(
                 f"the {preset.name} worker running this attempt (pid {worker.pid}) died: "
                 f"{describe_exit(code)}")), False
@@ -355,9 +355,10 @@ class ProcessExecutor:
         /proc); the same object while none changed, so a warm worker is sent nothing."""
         environ = getattr(os.environ, "_data", None)  # bytes view: compared without decoding
         cwd = None if _PROC_CWD else os.getcwd()
-        key = (cwd, tuple(sys.path), dict(environ) if environ is not None else None)
-        if self._env_key is None or key != self._env_key or environ is None:
-            self._env_key = key
+        last = self._env_key  # compared in place: copying the environment cost more
+        if (last is None or environ is None or cwd != last[0] or sys.path != last[1]
+                or environ != last[2]):
+            self._env_key = (cwd, list(sys.path), dict(environ) if environ is not None else None)
             self._env = (cwd, list(sys.path), dict(os.environ))
         return self._env
 
