@@ -297,7 +297,7 @@ class Engine(ResultWaiting):
         if got.recorded:
             out.set_result(got)
         else:
-            self.writer.after_commit(partial(_settle_trigger, out, got))
+            self.writer.after_commit(partial(_settle_trigger, out, got), urgent=True)
         return out
 
     def _commit_new(self, runs: list[RunState]) -> None:

@@ -182,7 +182,7 @@ class Scheduler:
             self._arm(run)
         else:
             self.writer.mark(run)
-            self.writer.after_commit(partial(self._on_recorded, run))
+            self.writer.after_commit(partial(self._on_recorded, run), urgent=True)
         return run
 
     def _on_recorded(self, run: RunState) -> None:
@@ -422,7 +422,7 @@ class Scheduler:
         waiting = self.undeployed.get(run.task_id)
         if waiting and run in waiting:
             waiting.remove(run)
-        self.writer.after_commit(partial(self._durable, run))
+        self.writer.after_commit(partial(self._durable, run), urgent=run._waiters is not None)
 
     def _durable(self, run: RunState) -> None:
         """The final state is on disk: now waiters may hear of it (docs/design.md, durability).
@@ -568,6 +568,8 @@ class Scheduler:
             callback(run)
             return True
         run.waiters.append(callback)
+        if run.is_final:  # its end is marked, not yet committed: somebody waits for it now
+            self.writer.hurry()
         return True
 
     # ------------------------------------------------------------------ restart recovery

@@ -43,6 +43,12 @@ SLICE = 0.004
 _ROWS = 64
 #: Longest pause between two tries of a commit the store can't take now.
 MAX_BACKOFF = 1.0
+#: Least loop time between the end of one commit and the cut of the next, unless somebody
+#: waits for the next one (`after_commit(..., urgent=True)`: a waiter on a run's end, a
+#: barrier). Under steady load (runs ending one by one, as pool workers do) the writer would
+#: otherwise commit every few runs and write each run twice, started and then final; waiting
+#: this long lets a batch gather, and a quick run's start and end go in one row.
+GAP = 0.002
 
 _Item = tuple[WriteBatch, list[Callable[[], None]], int]
 
@@ -76,6 +82,9 @@ class GroupWriter:
         self._abandoned = threading.Event()
         self.commits = 0
         self.rows_written = 0
+        self._last_done = float("-inf")  # loop time the last commit was reported done
+        self._urgent = False  # a callback marked since the last cut has somebody waiting
+        self._later: asyncio.TimerHandle | None = None  # a cut put off by GAP
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="nbtasks-writer", daemon=True)
         self._thread.start()
@@ -107,20 +116,30 @@ class GroupWriter:
         if not self._scheduled:
             self._kick()
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
+    def after_commit(self, callback: Callable[[], None], urgent: bool = False) -> None:
         """Call `callback` on the loop once everything marked so far is committed.
 
         Cheaper than a barrier future per run: the callbacks ride along with their batch, and
-        run in the order they were given.
+        run in the order they were given. `urgent`: somebody is waiting for it, so the next
+        batch is cut without the GAP.
         """
         self._callbacks.append(callback)
-        if not self._scheduled:
+        if urgent and not self._urgent:
+            self._urgent = True
+            self._kick()
+        elif not self._scheduled:
+            self._kick()
+
+    def hurry(self) -> None:
+        """Somebody now waits for what is marked: cut the next batch without the GAP."""
+        if not self._urgent:
+            self._urgent = True
             self._kick()
 
     def barrier(self) -> asyncio.Future[None]:
         """Resolved once everything marked so far is committed."""
         fut: asyncio.Future[None] = self.loop.create_future()
-        self.after_commit(partial(self._settle, fut))
+        self.after_commit(partial(self._settle, fut), urgent=True)
         return fut
 
     def _settle(self, fut: asyncio.Future[None]) -> None:
@@ -138,20 +157,32 @@ class GroupWriter:
                     or self._statements or self._callbacks)
 
     def _kick(self) -> None:
-        if self._busy or self._scheduled:
+        if self._busy:
+            return
+        if self._scheduled:
+            if self._urgent and self._later is not None:  # somebody waits now: cut at once
+                self._later.cancel()
+                self._later = None
+                self.loop.call_soon(self._flush_soon)
             return
         self._scheduled = True
-        self.loop.call_soon(self._flush_soon)
+        wait = 0.0 if self._urgent else self._last_done + GAP - self.loop.time()
+        if wait > 0:
+            self._later = self.loop.call_later(wait, self._flush_soon)
+        else:
+            self.loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
+        self._later = None
         # One more turn of the loop before the batch is cut: attempts started by what was just
         # marked take their first step in that turn, and a run that finishes there (a quick
         # one) is written once, final, instead of once queued and again completed. Nobody
-        # waits longer for durability than one loop turn.
+        # who waits for durability waits longer than one loop turn for the cut.
         self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._scheduled = False
+        self._urgent = False
         if self._busy:
             return
         runs = list(self._runs.values())
@@ -265,6 +296,7 @@ class GroupWriter:
     def _done(self, callbacks: list[Callable[[], None]], refused: list[Refused],
               rows: int) -> None:
         self._busy = False
+        self._last_done = self.loop.time()
         self.commits += 1
         self.rows_written += rows
         if refused and self.on_refused is not None:
