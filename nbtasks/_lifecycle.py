@@ -193,9 +193,9 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
                                  not is_async(middleware))
                 await call_hook(middleware, (payload, ctx, nxt), call_sync)
                 output = box[0] if box else None
-            output_json = _output_json(defn.id, output)
+            output_json = output_json_of(defn.id, output)
         except Exception as err:
-            outcome = await _failed(plan, scope, call_sync, payload, err)
+            outcome = await failed(plan, scope, call_sync, payload, err)
         else:
             fns = (hook("on_success"), plan.hooks.on_success)
             if fns != (None, None):
@@ -226,13 +226,13 @@ async def _run_bare(plan: AttemptPlan, scope: AttemptScope,
     payload: Any = loads(plan.payload_json)
     try:
         output = await call_hook(defn.run, (payload, plan.ctx), call_sync)
-        output_json = _output_json(defn.id, output)
+        output_json = output_json_of(defn.id, output)
     except Exception as err:
-        return await _failed(plan, scope, call_sync, payload, err)
+        return await failed(plan, scope, call_sync, payload, err)
     return AttemptOutcome(True, output_json=output_json)
 
 
-def _output_json(task_id: str, output: Any) -> str:
+def output_json_of(task_id: str, output: Any) -> str:
     """The output as stored; one the store can't hold fails the attempt (a user error, retried
     like any other), never the writer's batch."""
     if output is None:
@@ -251,7 +251,7 @@ async def _cleanup(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller
         await call_hook(cleanup, (payload, plan.ctx), call_sync)
 
 
-async def _failed(
+async def failed(
     plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller, payload: Any, err: Exception
 ) -> AttemptOutcome:
     ctx = plan.ctx

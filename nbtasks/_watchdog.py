@@ -51,7 +51,7 @@ class LoopWatch:
         """`coro` (user code on the engine loop), with every step timed against the threshold."""
         if self.threshold <= 0:
             return coro
-        return _TimedSteps(coro, self, scope)
+        return TimedSteps(coro, self, scope)
 
     def report(self, seconds: float, scope: AttemptScope) -> None:
         self.stalls += 1
@@ -79,7 +79,7 @@ def user_code(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
     return sched.watch.timed(coro, scope)  # type: ignore[no-any-return]
 
 
-class _TimedSteps:
+class TimedSteps:
     """Drives a coroutine as a Task would, timing each `send`/`throw`: one step of user code.
 
     Futures the coroutine yields pass through to the Task untouched, and what the Task sends
