@@ -80,3 +80,43 @@ def test_a_held_run_gives_the_garbage_collector_little_to_walk(engine: Engine) -
         owned = [o for o in gc.get_referents(state)
                  if gc.is_tracked(o) and not isinstance(o, type | RunStatus)]
         assert owned == [state.tags], owned
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An async task with no hooks is driven by its own Task, with no executor or lifecycle
+    coroutine between: a task with a hook still goes through them. The body still runs as an
+    asyncio task of its own, so TaskGroup and asyncio.timeout work in it, and its logs land
+    on its run."""
+    import asyncio
+
+    import nbtasks
+    from nbtasks.executors.inline import InlineExecutor
+
+    executed: list[str] = []
+    real = InlineExecutor.execute
+
+    async def counted(self: InlineExecutor, plan: Any, scope: Any) -> Any:
+        executed.append(plan.defn.id)
+        return await real(self, plan, scope)
+
+    monkeypatch.setattr(InlineExecutor, "execute", counted)
+
+    @engine.task(id="bare")
+    async def bare(payload: int, ctx: Any) -> int:
+        async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+            child = group.create_task(asyncio.sleep(0, payload + 1))
+        nbtasks.logger.info("done", value=child.result())
+        return child.result()
+
+    @engine.task(id="hooked", cleanup=lambda payload, ctx: None)
+    async def hooked(payload: int, ctx: Any) -> int:
+        return payload
+
+    assert bare.trigger(1).wait(timeout=10).output == 2
+    assert hooked.trigger(3).wait(timeout=10).output == 3
+    assert executed == ["hooked"]
+    (run,) = engine.runs.list(task_id="bare")
+    logs = engine.runs.logs(run.id)
+    assert logs.message.tolist() == ["done"] and logs.attributes.tolist() == [{"value": 2}]
