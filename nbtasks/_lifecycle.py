@@ -16,7 +16,6 @@ This module runs wherever the attempt runs: on the engine loop, or inside a work
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import traceback
 import weakref
@@ -89,18 +88,24 @@ class AttemptOutcome:
     logs: list[tuple[str, str]] = field(default_factory=list)
 
 
-_IS_ASYNC: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+#: is_async's answers by id(fn): (a weak reference to fn, the answer). A WeakKeyDictionary
+#: lookup makes a weak reference and runs Python code on every call; this is one dict read.
+_IS_ASYNC: dict[int, tuple[Callable[[], Any], bool]] = {}
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """inspect.iscoroutinefunction, remembered per function (it is on every attempt's path)."""
+    hit = _IS_ASYNC.get(id(fn))
+    if hit is not None and hit[0]() is fn:
+        return hit[1]
+    result = _is_async(fn)
+    key = id(fn)
     try:
-        return _IS_ASYNC[fn]
-    except (KeyError, TypeError):
-        result = _is_async(fn)
-        with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
-            _IS_ASYNC[fn] = result
+        ref = weakref.ref(fn, lambda _: _IS_ASYNC.pop(key, None))
+    except TypeError:  # not weak-referenceable: just don't cache
         return result
+    _IS_ASYNC[key] = (ref, result)
+    return result
 
 
 async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: SyncCaller) -> Any:

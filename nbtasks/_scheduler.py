@@ -46,10 +46,10 @@ from ._queues import Dispatcher
 from ._refusals import store_refused
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
-from ._status import RunStatus, transition
+from ._status import FINAL, RunStatus, transition
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition
 from ._text import escape_text
-from ._watchdog import LoopWatch, TimedSteps
+from ._watchdog import LoopWatch, timed_steps
 from ._writer import GroupWriter
 from .executors._base import Executor
 
@@ -203,7 +203,7 @@ class Scheduler:
         if run.recorded or run.withdrawn is not None:
             return
         run.recorded = True
-        if not run.is_final:  # cancelled before its commit: the row says so, nothing to start
+        if run.status not in FINAL:  # cancelled before its commit: the row says so, nothing to start
             self._arm(run)
 
     def _arm(self, run: RunState) -> None:
@@ -214,7 +214,7 @@ class Scheduler:
             self.enqueue(run)
 
     def enqueue(self, run: RunState, front: bool = False) -> None:
-        if run.is_final:
+        if run.status in FINAL:
             return
         run.timer = None
         if run.status is S.DELAYED:
@@ -278,7 +278,7 @@ class Scheduler:
         if defn is not None:
             # A generator, not a coroutine: the Task drives it directly, one frame fewer on
             # every step of the body.
-            run.attempt_task = self.loop.create_task(self._plain_attempt(run, defn))
+            run.attempt_task = asyncio.Task(self._plain_attempt(run, defn), loop=self.loop)
         else:
             run.attempt_task = self.loop.create_task(self._attempt(run))
 
@@ -426,7 +426,7 @@ class Scheduler:
                 body = defn.run(payload, scope.ctx)
                 watch = self.watch
                 if watch.threshold > 0:
-                    output = yield from TimedSteps(body, watch, scope).__await__()
+                    output = yield from timed_steps(body, watch, scope)
                 else:
                     output = yield from body.__await__()
                 output_json = "null" if output is None else output_json_of(defn.id, output)
@@ -437,7 +437,7 @@ class Scheduler:
                 outcome = yield from failed(plan, scope, self._call_sync, payload,
                                             err).__await__()
         except asyncio.CancelledError:
-            if run.is_final:
+            if run.status in FINAL:
                 return  # cancelled or timed out: the run already ended
             raise
         except Exception as exc:  # the engine's own part failed: a system failure, retried
@@ -447,7 +447,7 @@ class Scheduler:
             flush_partial_lines(scope)
             if timer is not None:
                 timer.cancel()
-        if run.is_final:
+        if run.status in FINAL:
             self._late(run)
             return
         if outcome is None:
