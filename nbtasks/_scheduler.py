@@ -21,12 +21,11 @@ from ._capture import flush_partial_lines
 from ._clock import Clock, TimerHandle
 from ._context import (
     CURRENT,
-    AttemptInfo,
     AttemptScope,
     CancelSignal,
     MachineInfo,
     QueueInfo,
-    RunInfo,
+    StartedContext,
     TaskContext,
     TaskInfo,
 )
@@ -344,16 +343,8 @@ class Scheduler:
         queue_info = self._queue_infos.get(run.queue)
         if queue_info is None:
             queue_info = self._queue_infos[run.queue] = QueueInfo(run.queue)
-        return TaskContext(
-            task=task_info,
-            run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
-                        run.created_at, run.parent_id, run.root_id, run.batch_id,
-                        run.max_attempts, run.replayed_from),
-            attempt=AttemptInfo(number, now),
-            queue=queue_info,
-            machine=_MACHINE_INFO[run.machine or "kernel"],
-            signal=signal,
-        )
+        return StartedContext(task_info, run, number, now, queue_info,
+                              _MACHINE_INFO[run.machine or "kernel"], signal)
 
     def _begin(self, run: RunState, defn: TaskDefinition
                ) -> tuple[AttemptState, AttemptScope, TimerHandle | None]:
