@@ -73,11 +73,14 @@ class LoopWatch:
 def user_code(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
     """`coro`, a user's async body or hook, timed if it runs on an engine's loop."""
     scope = CURRENT.get()
+    if scope is None:
+        return coro
     # A worker process's scope holds a proxy with no scheduler: its loop is its own run's alone.
-    sched = None if scope is None else getattr(scope.engine, "scheduler", None)
+    sched = getattr(scope.engine, "scheduler", None)
     if sched is None:
         return coro
-    return sched.watch.timed(coro, scope)  # type: ignore[no-any-return]
+    watch: LoopWatch = sched.watch
+    return coro if watch.threshold <= 0 else timed_steps(coro, watch, scope)
 
 
 @types.coroutine
