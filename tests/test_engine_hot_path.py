@@ -120,3 +120,28 @@ def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
     (run,) = engine.runs.list(task_id="bare")
     logs = engine.runs.logs(run.id)
     assert logs.message.tolist() == ["done"] and logs.attributes.tolist() == [{"value": 2}]
+
+
+@pytest.mark.timeout(60)
+def test_waiting_on_a_finished_batch_reads_nothing_from_the_store(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's handles hold their runs' states: once the runs are final and durable, the
+    batch's wait answers from them, with no store query (500 ids per batch, on every wait)."""
+
+    @engine.task(id="quick")
+    async def quick(payload: int, ctx: Any) -> int:
+        return payload + 1
+
+    batch = quick.batch_trigger(list(range(50)))
+    for handle in batch.runs:
+        handle.wait(timeout=10)  # each one final and durable
+    queries: list[str] = []
+    real = engine.store.select
+
+    def counted(sql: str, params: Any = ()) -> Any:
+        queries.append(sql)
+        return real(sql, params)
+
+    monkeypatch.setattr(engine.store, "select", counted)
+    assert [r.output for r in batch.wait(timeout=10)] == list(range(1, 51))
+    assert queries == []
