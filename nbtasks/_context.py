@@ -27,6 +27,7 @@ from ._models import MAX_TAGS, check_tags
 from ._payload import dumps, escape, escape_tree
 
 if TYPE_CHECKING:
+    from ._runstate import RunState
     from ._spans import Span
 
 
@@ -139,6 +140,60 @@ class TaskContext:
     machine: MachineInfo
     signal: CancelSignal = field(default_factory=CancelSignal)
     init: Any = None
+
+
+_RUN_SLOT: Any = TaskContext.__dict__["run"]
+_ATTEMPT_SLOT: Any = TaskContext.__dict__["attempt"]
+
+
+class StartedContext(TaskContext):
+    """`ctx` as the kernel's scheduler makes it, at the start of every attempt: `run` and
+    `attempt` are made on first read, from the run's state and the tags it had when the
+    attempt started (a tags change replaces that list, never edits it). Most bodies never
+    read them, and `run` alone (ten frozen fields) cost more than the rest of the ctx."""
+
+    __slots__ = ("_source",)
+
+    def __init__(self, task: TaskInfo, state: RunState, number: int, started_ts: float,
+                 queue: QueueInfo, machine: MachineInfo, signal: CancelSignal) -> None:
+        self.task = task
+        self.queue = queue
+        self.machine = machine
+        self.signal = signal
+        self.init = None
+        self._source = (state, state.tags, number, started_ts)
+
+    @property
+    def run(self) -> RunInfo:
+        try:
+            info: RunInfo = _RUN_SLOT.__get__(self, TaskContext)
+        except AttributeError:
+            state, tags = self._source[0], self._source[1]
+            info = RunInfo(state.id, tuple(tags), state.is_test, state.idempotency_key,
+                           state.created_at, state.parent_id, state.root_id, state.batch_id,
+                           state.max_attempts, state.replayed_from)
+            _RUN_SLOT.__set__(self, info)
+        return info
+
+    @run.setter
+    def run(self, value: RunInfo) -> None:
+        _RUN_SLOT.__set__(self, value)
+
+    @property
+    def attempt(self) -> AttemptInfo:
+        try:
+            info: AttemptInfo = _ATTEMPT_SLOT.__get__(self, TaskContext)
+        except AttributeError:
+            info = AttemptInfo(self._source[2], self._source[3])
+            _ATTEMPT_SLOT.__set__(self, info)
+        return info
+
+    @attempt.setter
+    def attempt(self, value: AttemptInfo) -> None:
+        _ATTEMPT_SLOT.__set__(self, value)
+
+    def __repr__(self) -> str:
+        return "TaskContext" + TaskContext.__repr__(self)[len("StartedContext"):]
 
 
 class AttemptSink(Protocol):

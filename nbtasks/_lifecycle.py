@@ -16,7 +16,6 @@ This module runs wherever the attempt runs: on the engine loop, or inside a work
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import traceback
 import weakref
@@ -89,18 +88,24 @@ class AttemptOutcome:
     logs: list[tuple[str, str]] = field(default_factory=list)
 
 
-_IS_ASYNC: weakref.WeakKeyDictionary[Callable[..., Any], bool] = weakref.WeakKeyDictionary()
+#: is_async's answers by id(fn): (a weak reference to fn, the answer). A WeakKeyDictionary
+#: lookup makes a weak reference and runs Python code on every call; this is one dict read.
+_IS_ASYNC: dict[int, tuple[Callable[[], Any], bool]] = {}
 
 
 def is_async(fn: Callable[..., Any]) -> bool:
     """inspect.iscoroutinefunction, remembered per function (it is on every attempt's path)."""
+    hit = _IS_ASYNC.get(id(fn))
+    if hit is not None and hit[0]() is fn:
+        return hit[1]
+    result = _is_async(fn)
+    key = id(fn)
     try:
-        return _IS_ASYNC[fn]
-    except (KeyError, TypeError):
-        result = _is_async(fn)
-        with contextlib.suppress(TypeError):  # not weak-referenceable: just don't cache
-            _IS_ASYNC[fn] = result
+        ref = weakref.ref(fn, lambda _: _IS_ASYNC.pop(key, None))
+    except TypeError:  # not weak-referenceable: just don't cache
         return result
+    _IS_ASYNC[key] = (ref, result)
+    return result
 
 
 async def call_hook(fn: Callable[..., Any], args: tuple[Any, ...], call_sync: SyncCaller) -> Any:
@@ -193,9 +198,9 @@ async def _run(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller) ->
                                  not is_async(middleware))
                 await call_hook(middleware, (payload, ctx, nxt), call_sync)
                 output = box[0] if box else None
-            output_json = _output_json(defn.id, output)
+            output_json = output_json_of(defn.id, output)
         except Exception as err:
-            outcome = await _failed(plan, scope, call_sync, payload, err)
+            outcome = await failed(plan, scope, call_sync, payload, err)
         else:
             fns = (hook("on_success"), plan.hooks.on_success)
             if fns != (None, None):
@@ -226,13 +231,13 @@ async def _run_bare(plan: AttemptPlan, scope: AttemptScope,
     payload: Any = loads(plan.payload_json)
     try:
         output = await call_hook(defn.run, (payload, plan.ctx), call_sync)
-        output_json = _output_json(defn.id, output)
+        output_json = output_json_of(defn.id, output)
     except Exception as err:
-        return await _failed(plan, scope, call_sync, payload, err)
+        return await failed(plan, scope, call_sync, payload, err)
     return AttemptOutcome(True, output_json=output_json)
 
 
-def _output_json(task_id: str, output: Any) -> str:
+def output_json_of(task_id: str, output: Any) -> str:
     """The output as stored; one the store can't hold fails the attempt (a user error, retried
     like any other), never the writer's batch."""
     if output is None:
@@ -251,7 +256,7 @@ async def _cleanup(plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller
         await call_hook(cleanup, (payload, plan.ctx), call_sync)
 
 
-async def _failed(
+async def failed(
     plan: AttemptPlan, scope: AttemptScope, call_sync: SyncCaller, payload: Any, err: Exception
 ) -> AttemptOutcome:
     ctx = plan.ctx

@@ -119,7 +119,8 @@ class Dispatcher:
 
     def push(self, queue: str, key: str | None, sort: SortKey, start: Callable[[], None]) -> None:
         """Queue `start`, called with a slot held once this item's turn comes."""
-        sq = self.queue(queue).sub(key)
+        q = self.queues.get(queue) or self.queue(queue)
+        sq = q.subs.get(key) or q.sub(key)
         if not sq.heap and self.running < self.limit and sq.eligible():
             # Nothing eligible is waiting (pump leaves only blocked entries while slots are
             # free), so this item is next anyway: skip both heaps.

@@ -13,33 +13,42 @@ import asyncio
 import itertools
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from functools import partial
 from typing import Any, TypeVar
 
-from ._clock import Clock
+from ._capture import flush_partial_lines
+from ._clock import Clock, TimerHandle
 from ._context import (
-    AttemptInfo,
+    CURRENT,
     AttemptScope,
     CancelSignal,
     MachineInfo,
     QueueInfo,
-    RunInfo,
+    StartedContext,
     TaskContext,
     TaskInfo,
 )
 from ._errors import KernelRestartError, MaxDurationExceededError
 from ._events import EngineConfig, RunEvent, RunSink, attributes_json
-from ._lifecycle import AttemptOutcome, AttemptPlan, error_record
+from ._lifecycle import (
+    AttemptOutcome,
+    AttemptPlan,
+    error_record,
+    failed,
+    is_async,
+    output_json_of,
+)
 from ._models import MACHINES, RetryOptions
+from ._payload import loads
 from ._queues import Dispatcher
 from ._refusals import remember, store_lost, store_refused
 from ._retry import decide, effective_options
 from ._runstate import AttemptState, RunState
-from ._status import RunStatus, transition
+from ._status import FINAL, RunStatus, transition
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition
 from ._text import escape_text
-from ._watchdog import LoopWatch
+from ._watchdog import LoopWatch, timed_steps
 from ._writer import GroupWriter
 from .executors._base import Executor
 
@@ -99,6 +108,8 @@ class Scheduler:
         #: the policy is kept beside its copy so a reused id can't match.
         self._retry_copies: dict[tuple[int, int], tuple[RetryOptions, RetryOptions | None]] = {}
         self._queue_infos: dict[str, QueueInfo] = {}
+        #: Per task id: its definition and whether its attempts may take the plain path.
+        self._plain: dict[str, tuple[TaskDefinition, bool]] = {}
         #: Tasks parked for a run besides its attempt task (a sync body's blocking wait runs in
         #: a task of its own); stop() cancels them so the body's thread is let go.
         self.blocking: dict[str, set[asyncio.Task[Any]]] = {}
@@ -114,11 +125,14 @@ class Scheduler:
             for fn in self.subscribers:
                 fn(event)
 
-    def _set(self, run: RunState, status: RunStatus) -> None:
+    def _set(self, run: RunState, status: RunStatus, now: float | None = None) -> None:
+        """Move `run` to `status`, stamped `now` (read from the clock if not given: an
+        attempt's start and end reuse the one reading they already made)."""
         run.status = transition(run.status, status)
-        run.updated_at = self.clock.now()
+        run.updated_at = self.clock.now() if now is None else now
         self.writer.mark(run)
-        self.emit("status", run)
+        if self.subscribers:
+            self.emit("status", run)
 
     def log(self, run: RunState, level: str, message: str, attrs: dict[str, Any] | None) -> None:
         # Text from inside a run is escaped where it enters: a printed file name holding a
@@ -189,7 +203,7 @@ class Scheduler:
         if run.recorded or run.withdrawn is not None:
             return
         run.recorded = True
-        if not run.is_final:  # cancelled before its commit: the row says so, nothing to start
+        if run.status not in FINAL:  # cancelled before its commit: the row says so, nothing to start
             self._arm(run)
 
     def _arm(self, run: RunState) -> None:
@@ -200,7 +214,7 @@ class Scheduler:
             self.enqueue(run)
 
     def enqueue(self, run: RunState, front: bool = False) -> None:
-        if run.is_final:
+        if run.status in FINAL:
             return
         run.timer = None
         if run.status is S.DELAYED:
@@ -260,7 +274,33 @@ class Scheduler:
             if not fut.done():
                 fut.set_result(None)
             return
-        run.attempt_task = self.loop.create_task(self._attempt(run))
+        defn = self._plain_defn(run)
+        if defn is not None:
+            # A generator, not a coroutine: the Task drives it directly, one frame fewer on
+            # every step of the body.
+            run.attempt_task = asyncio.Task(self._plain_attempt(run, defn), loop=self.loop)
+        else:
+            run.attempt_task = self.loop.create_task(self._attempt(run))
+
+    def _plain_defn(self, run: RunState) -> TaskDefinition | None:
+        """The task's definition if this attempt may take the plain path, else None.
+
+        Plain: an async body with no hooks, no middleware and no schema, on the `kernel`
+        machine, with no global hook set. Most tasks are; the answer per definition is kept,
+        so a burst pays for the hook checks once, not once per run.
+        """
+        if run.machine not in (None, "kernel") or not self.config.hooks.bare:
+            return None
+        defn = self.registry.get(run.task_id)
+        if defn is None:
+            return None
+        known = self._plain.get(run.task_id)
+        if known is None or known[0] is not defn:
+            plain = not defn.hooks and defn.schema is None and is_async(defn.run)
+            if len(self._plain) > 1024:
+                self._plain.clear()
+            known = self._plain[run.task_id] = (defn, plain)
+        return defn if known[1] else None
 
     def _next_turn(self) -> None:
         """A new loop turn: the start budget is whole again; deferred starts go first."""
@@ -304,45 +344,46 @@ class Scheduler:
         queue_info = self._queue_infos.get(run.queue)
         if queue_info is None:
             queue_info = self._queue_infos[run.queue] = QueueInfo(run.queue)
-        return TaskContext(
-            task=task_info,
-            run=RunInfo(run.id, tuple(run.tags), run.is_test, run.idempotency_key,
-                        run.created_at, run.parent_id, run.root_id, run.batch_id,
-                        run.max_attempts, run.replayed_from),
-            attempt=AttemptInfo(number, now),
-            queue=queue_info,
-            machine=_MACHINE_INFO[run.machine or "kernel"],
-            signal=signal,
-        )
+        return StartedContext(task_info, run, number, now, queue_info,
+                              _MACHINE_INFO[run.machine or "kernel"], signal)
 
-    async def _attempt(self, run: RunState) -> None:
-        defn = self.registry.require(run.task_id)
+    def _begin(self, run: RunState, defn: TaskDefinition
+               ) -> tuple[AttemptState, AttemptScope, TimerHandle | None]:
+        """An attempt starts: its row, EXECUTING, its ctx, its max_duration timer.
+
+        One clock reading serves the attempt's start, the run's start and its status change.
+        """
         now = self.clock.now()
-        machine = run.machine or "kernel"
         if run.retrying == "resume" and run.attempt is not None:
             attempt = run.attempt  # interrupted by a kernel restart while waiting: re-run it
             self.log(run, "info", f"attempt {attempt.number} resumed after a kernel restart: "
                      "re-running it, its finished waits return at once", None)
         else:
             run.attempt_count += 1
-            attempt = AttemptState(run.attempt_count, now, machine, run.queue)
+            attempt = AttemptState(run.attempt_count, now, run.machine or "kernel", run.queue)
             run.replay = None
-        number = attempt.number
         if run.started_at is None:
             run.started_at = now
         run.retrying = ""
         run.wait_seq = 0
-        run.delay_until = None if run.status is S.REATTEMPTING else run.delay_until
+        if run.status is S.REATTEMPTING:
+            run.delay_until = None
         run.attempt = attempt
         self.writer.mark_attempt(run, attempt)
-        self._set(run, S.EXECUTING)
+        self._set(run, S.EXECUTING, now)
         signal = run.signal = CancelSignal()
-        ctx = self._context(defn, run, number, attempt.started_at, signal)
-        plan = AttemptPlan(defn, run.payload_json, ctx, self.retry_options(defn, run),
-                           self.config.hooks, self.clock.now)
+        ctx = self._context(defn, run, attempt.number, attempt.started_at, signal)
         scope = AttemptScope(ctx, RunSink(self, run), run.metadata, run.tags, self.engine)
         limit = run.max_duration or defn.max_duration
         timer = self.clock.call_at(now + limit, partial(self._time_out, run)) if limit else None
+        return attempt, scope, timer
+
+    async def _attempt(self, run: RunState) -> None:
+        defn = self.registry.require(run.task_id)
+        machine = run.machine or "kernel"
+        attempt, scope, timer = self._begin(run, defn)
+        plan = AttemptPlan(defn, run.payload_json, scope.ctx, self.retry_options(defn, run),
+                           self.config.hooks, self.clock.now)
         try:
             outcome = await self.executor_for(machine).execute(plan, scope)
         except asyncio.CancelledError:
@@ -350,23 +391,86 @@ class Scheduler:
                 return  # cancelled or timed out: the run already ended
             raise
         except Exception as exc:  # the executor itself failed: a system failure, retried
-            decision = decide(plan.retry, number, exc, self.clock.now(), None, machine=machine)
-            outcome = AttemptOutcome(False, error=error_record(exc), retry_at=decision.retry_at,
-                                     status=S.SYSTEM_FAILURE)
+            outcome = self._system_failure(defn, run, attempt, exc)
         finally:
             if timer is not None:
                 timer.cancel()
         if run.is_final:
-            self.late_results += 1
-            self.log(run, "warn", "late result discarded: the run had already ended", None)
+            self._late(run)
             return
         self.complete_attempt(run, attempt, outcome)
 
-    def complete_attempt(self, run: RunState, attempt: AttemptState, outcome: AttemptOutcome) -> None:
+    def _plain_attempt(self, run: RunState, defn: TaskDefinition) -> Generator[Any, Any, None]:
+        """`_attempt` for a plain task (see `_plain_defn`), driven by its Task as a generator.
+
+        The same lifecycle as `nbtasks._lifecycle` gives a task without hooks (its failure
+        path is that module's own), minus what such a task doesn't need: no plan, no
+        executor, no hook lookups, no outcome object on success, no coroutine per layer. The
+        body's steps are timed for the loop-block warning as any async body's are.
+        """
+        attempt, scope, timer = self._begin(run, defn)
+        token = CURRENT.set(scope)
+        outcome: AttemptOutcome | None = None  # None: succeeded, with `output_json`
+        output_json = "null"
+        try:
+            payload = loads(run.payload_json)
+            try:
+                body = defn.run(payload, scope.ctx)
+                watch = self.watch
+                if watch.threshold > 0:
+                    output = yield from timed_steps(body, watch, scope)
+                else:
+                    output = yield from body.__await__()
+                output_json = "null" if output is None else output_json_of(defn.id, output)
+            except Exception as err:
+                plan = AttemptPlan(defn, run.payload_json, scope.ctx,
+                                   self.retry_options(defn, run), self.config.hooks,
+                                   self.clock.now)
+                outcome = yield from failed(plan, scope, self._call_sync, payload,
+                                            err).__await__()
+        except asyncio.CancelledError:
+            if run.status in FINAL:
+                return  # cancelled or timed out: the run already ended
+            raise
+        except Exception as exc:  # the engine's own part failed: a system failure, retried
+            outcome = self._system_failure(defn, run, attempt, exc)
+        finally:
+            CURRENT.reset(token)
+            flush_partial_lines(scope)
+            if timer is not None:
+                timer.cancel()
+        if run.status in FINAL:
+            self._late(run)
+            return
+        if outcome is None:
+            self._succeed(run, attempt, output_json)
+        else:
+            self.complete_attempt(run, attempt, outcome)
+
+    def _call_sync(self, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        """How the plain path's failure handling runs a sync global hook: as the kernel
+        machine's executor does, on a thread of its own."""
+        return self.executor_for("kernel").threads.run(fn, *args)  # type: ignore[attr-defined, no-any-return]
+
+    def _system_failure(self, defn: TaskDefinition, run: RunState, attempt: AttemptState,
+                        exc: Exception) -> AttemptOutcome:
+        decision = decide(self.retry_options(defn, run), attempt.number, exc, self.clock.now(),
+                          None, machine=attempt.machine)
+        return AttemptOutcome(False, error=error_record(exc), retry_at=decision.retry_at,
+                              status=S.SYSTEM_FAILURE)
+
+    def _late(self, run: RunState) -> None:
+        self.late_results += 1
+        self.log(run, "warn", "late result discarded: the run had already ended", None)
+
+    def _end_attempt(self, run: RunState, attempt: AttemptState, ok: bool,
+                     error: dict[str, Any] | None) -> float:
+        """The attempt's row is final and its slot goes back; returns the clock reading, which
+        also stamps the run's own change."""
         now = self.clock.now()
         attempt.finished_at = now
-        attempt.status = "COMPLETED" if outcome.ok else "FAILED"
-        attempt.error = outcome.error
+        attempt.status = "COMPLETED" if ok else "FAILED"
+        attempt.error = error
         self.writer.mark_attempt(run, attempt)
         run.attempt = None
         run.attempt_task = None
@@ -374,17 +478,26 @@ class Scheduler:
         if run.status is S.WAITING:
             self._drop_abandoned_waits(run)
         self._release(run)
+        return now
+
+    def _succeed(self, run: RunState, attempt: AttemptState, output_json: str | None) -> None:
+        now = self._end_attempt(run, attempt, True, None)
+        self._finish(run, S.COMPLETED, output_json=output_json, now=now)
+
+    def complete_attempt(self, run: RunState, attempt: AttemptState, outcome: AttemptOutcome) -> None:
         if outcome.ok:
-            self._finish(run, S.COMPLETED, output_json=outcome.output_json)
-        elif outcome.retry_at is not None:
+            self._succeed(run, attempt, outcome.output_json)
+            return
+        now = self._end_attempt(run, attempt, False, outcome.error)
+        if outcome.retry_at is not None:
             run.error = outcome.error
             if outcome.machine:
                 run.machine = outcome.machine
             run.delay_until = outcome.retry_at
-            self._set(run, S.REATTEMPTING)
+            self._set(run, S.REATTEMPTING, now)
             run.timer = self.clock.call_at(outcome.retry_at, partial(self.enqueue, run, True))
         else:
-            self._finish(run, outcome.status, error=outcome.error)
+            self._finish(run, outcome.status, error=outcome.error, now=now)
 
     def reschedule(self, run: RunState, at: float | None) -> None:
         """Move a DELAYED run's start time (None: start now)."""
@@ -403,25 +516,28 @@ class Scheduler:
     # ------------------------------------------------------------------ endings
 
     def _finish(self, run: RunState, status: RunStatus, *, output_json: str | None = None,
-                error: dict[str, Any] | None = None) -> None:
-        self._set(run, status)
+                error: dict[str, Any] | None = None, now: float | None = None) -> None:
+        self._set(run, status, now)
         run.finished_at = run.updated_at
         run.output_json = output_json
         if status is not S.COMPLETED:
             run.error = error if error is not None else run.error
         else:
             run.error = None
-        for t in (run.timer, run.ttl_timer):
-            if t is not None:
-                t.cancel()
-        run.timer = run.ttl_timer = None
+        if run.timer is not None:
+            run.timer.cancel()
+            run.timer = None
+        if run.ttl_timer is not None:
+            run.ttl_timer.cancel()
+            run.ttl_timer = None
         if run.start_fn is not None:
             self.dispatcher.remove(run.queue, run.concurrency_key, run.start_fn)
             run.start_fn = None
         self._release(run)
-        waiting = self.undeployed.get(run.task_id)
-        if waiting and run in waiting:
-            waiting.remove(run)
+        if self.undeployed:
+            waiting = self.undeployed.get(run.task_id)
+            if waiting and run in waiting:
+                waiting.remove(run)
         self.writer.after_commit(partial(self._durable, run), urgent=run._waiters is not None)
 
     def _durable(self, run: RunState) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+import types
 from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -51,7 +52,7 @@ class LoopWatch:
         """`coro` (user code on the engine loop), with every step timed against the threshold."""
         if self.threshold <= 0:
             return coro
-        return _TimedSteps(coro, self, scope)
+        return timed_steps(coro, self, scope)
 
     def report(self, seconds: float, scope: AttemptScope) -> None:
         self.stalls += 1
@@ -72,53 +73,50 @@ class LoopWatch:
 def user_code(coro: Coroutine[Any, Any, T]) -> Awaitable[T]:
     """`coro`, a user's async body or hook, timed if it runs on an engine's loop."""
     scope = CURRENT.get()
+    if scope is None:
+        return coro
     # A worker process's scope holds a proxy with no scheduler: its loop is its own run's alone.
-    sched = None if scope is None else getattr(scope.engine, "scheduler", None)
+    sched = getattr(scope.engine, "scheduler", None)
     if sched is None:
         return coro
-    return sched.watch.timed(coro, scope)  # type: ignore[no-any-return]
+    watch: LoopWatch = sched.watch
+    return coro if watch.threshold <= 0 else timed_steps(coro, watch, scope)
 
 
-class _TimedSteps:
-    """Drives a coroutine as a Task would, timing each `send`/`throw`: one step of user code.
+@types.coroutine
+def timed_steps(coro: Coroutine[Any, Any, T], watch: LoopWatch,
+                scope: AttemptScope) -> Generator[Any, Any, T]:
+    """Drive a coroutine as a Task would, timing each `send`/`throw`: one step of user code.
 
     Futures the coroutine yields pass through to the Task untouched, and what the Task sends
-    or throws back (results, CancelledError) is forwarded, so the coroutine can't tell.
+    or throws back (results, CancelledError) is forwarded, so the coroutine can't tell. A
+    generator-based coroutine: awaitable where a hook is awaited, and an attempt driven by its
+    Task can `yield from` it, with no object between.
     """
-
-    __slots__ = ("_coro", "_scope", "_watch")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], watch: LoopWatch,
-                 scope: AttemptScope) -> None:
-        self._coro = coro
-        self._watch = watch
-        self._scope = scope
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro = self._coro
-        clock = time.perf_counter
-        value: Any = None
-        error: BaseException | None = None
-        while True:
-            start = clock()
-            try:
-                yielded = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as stop:
-                self._check(clock() - start)
-                return stop.value
-            except BaseException:
-                self._check(clock() - start)
-                raise
-            self._check(clock() - start)
-            try:
-                value, error = (yield yielded), None
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # CancelledError and the like: into the coroutine
-                value, error = None, exc
-
-    def _check(self, seconds: float) -> None:
-        watch = self._watch
+    clock = time.perf_counter
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        start = clock()
+        try:
+            yielded = coro.send(value) if error is None else coro.throw(error)
+        except StopIteration as stop:
+            seconds = clock() - start
+            if seconds >= watch.threshold > 0:
+                watch.report(seconds, scope)
+            return stop.value  # type: ignore[no-any-return]
+        except BaseException:
+            seconds = clock() - start
+            if seconds >= watch.threshold > 0:
+                watch.report(seconds, scope)
+            raise
+        seconds = clock() - start
         if seconds >= watch.threshold > 0:
-            watch.report(seconds, self._scope)
+            watch.report(seconds, scope)
+        try:
+            value, error = (yield yielded), None
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:  # CancelledError and the like: into the coroutine
+            value, error = None, exc

@@ -209,3 +209,20 @@ def test_signal_is_an_event_like_flag() -> None:
     signal.abort("cancel")
     signal.abort("timeout")  # the first reason wins
     assert signal.aborted and signal.is_set() and signal.reason == "cancel"
+
+
+def test_ctx_run_is_the_snapshot_taken_when_the_attempt_started(engine: Engine) -> None:
+    """ctx.run is made on first read, but says what the run was when its attempt started:
+    tags added by the body since don't show in it, and it reads as a TaskContext."""
+
+    @engine.task(id="snap")
+    async def snap(payload: Any, ctx: Any) -> dict[str, Any]:
+        nbtasks.tags.add("added")
+        return {"tags": list(ctx.run.tags), "again": ctx.run is ctx.run,
+                "attempt": ctx.attempt.number, "repr": repr(ctx).split("(")[0],
+                "type": isinstance(ctx, nbtasks.TaskContext)}
+
+    handle = snap.trigger(None, tags=["first"])
+    assert handle.wait(timeout=10).output == {"tags": ["first"], "again": True, "attempt": 1,
+                                               "repr": "TaskContext", "type": True}
+    assert engine.runs.retrieve(handle.id).tags == ["first", "added"]

@@ -80,3 +80,68 @@ def test_a_held_run_gives_the_garbage_collector_little_to_walk(engine: Engine) -
         owned = [o for o in gc.get_referents(state)
                  if gc.is_tracked(o) and not isinstance(o, type | RunStatus)]
         assert owned == [state.tags], owned
+
+
+@pytest.mark.timeout(60)
+def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An async task with no hooks is driven by its own Task, with no executor or lifecycle
+    coroutine between: a task with a hook still goes through them. The body still runs as an
+    asyncio task of its own, so TaskGroup and asyncio.timeout work in it, and its logs land
+    on its run."""
+    import asyncio
+
+    import nbtasks
+    from nbtasks.executors.inline import InlineExecutor
+
+    executed: list[str] = []
+    real = InlineExecutor.execute
+
+    async def counted(self: InlineExecutor, plan: Any, scope: Any) -> Any:
+        executed.append(plan.defn.id)
+        return await real(self, plan, scope)
+
+    monkeypatch.setattr(InlineExecutor, "execute", counted)
+
+    @engine.task(id="bare")
+    async def bare(payload: int, ctx: Any) -> int:
+        async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+            child = group.create_task(asyncio.sleep(0, payload + 1))
+        nbtasks.logger.info("done", value=child.result())
+        return child.result()
+
+    @engine.task(id="hooked", cleanup=lambda payload, ctx: None)
+    async def hooked(payload: int, ctx: Any) -> int:
+        return payload
+
+    assert bare.trigger(1).wait(timeout=10).output == 2
+    assert hooked.trigger(3).wait(timeout=10).output == 3
+    assert executed == ["hooked"]
+    (run,) = engine.runs.list(task_id="bare")
+    logs = engine.runs.logs(run.id)
+    assert logs.message.tolist() == ["done"] and logs.attributes.tolist() == [{"value": 2}]
+
+
+@pytest.mark.timeout(60)
+def test_waiting_on_a_finished_batch_reads_nothing_from_the_store(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch's handles hold their runs' states: once the runs are final and durable, the
+    batch's wait answers from them, with no store query (500 ids per batch, on every wait)."""
+
+    @engine.task(id="quick")
+    async def quick(payload: int, ctx: Any) -> int:
+        return payload + 1
+
+    batch = quick.batch_trigger(list(range(50)))
+    for handle in batch.runs:
+        handle.wait(timeout=10)  # each one final and durable
+    queries: list[str] = []
+    real = engine.store.select
+
+    def counted(sql: str, params: Any = ()) -> Any:
+        queries.append(sql)
+        return real(sql, params)
+
+    monkeypatch.setattr(engine.store, "select", counted)
+    assert [r.output for r in batch.wait(timeout=10)] == list(range(1, 51))
+    assert queries == []
