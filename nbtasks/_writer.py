@@ -93,27 +93,27 @@ class GroupWriter:
 
     def mark(self, run: RunState) -> None:
         self._runs[run.id] = run
-        if not self._scheduled:
+        if not (self._scheduled or self._busy):
             self._kick()
 
     def mark_attempt(self, run: RunState, attempt: AttemptState) -> None:
         self._attempts[(run.id, attempt.number)] = (run.id, attempt)
-        if not self._scheduled:
+        if not (self._scheduled or self._busy):
             self._kick()
 
     def log(self, row: tuple[Any, ...]) -> None:
         self._logs.append(row)
-        if not self._scheduled:
+        if not (self._scheduled or self._busy):
             self._kick()
 
     def waitpoint(self, wp_id: str, row: tuple[Any, ...]) -> None:
         self._waitpoints[wp_id] = row
-        if not self._scheduled:
+        if not (self._scheduled or self._busy):
             self._kick()
 
     def statement(self, sql: str, params: tuple[Any, ...] = ()) -> None:
         self._statements.append((sql, params))
-        if not self._scheduled:
+        if not (self._scheduled or self._busy):
             self._kick()
 
     def after_commit(self, callback: Callable[[], None], urgent: bool = False) -> None:

@@ -13,7 +13,8 @@ import os
 import sqlite3
 import threading
 import time
-from itertools import compress
+from itertools import chain, compress
+from operator import is_not
 from pathlib import Path
 from typing import Any
 
@@ -140,8 +141,12 @@ def _insert_many(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, 
             continue
         sql = _multi_sql(template, width, size)
         while n - i >= size:
-            conn.execute(sql, [v for r in rows[i:i + size] for v in r])
+            conn.execute(sql, rows[i] if size == 1 else list(chain.from_iterable(
+                rows[i:i + size])))
             i += size
+
+
+_NONES = (None,) * len(RUN_COLUMNS)
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,7 +162,7 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None
     with one set of options) share a statement."""
     groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
     for row in rows:
-        columns = tuple([v is not None for v in row])
+        columns = tuple(map(is_not, row, _NONES))
         groups.setdefault(columns, []).append(tuple(compress(row, columns)))
     for columns, values in groups.items():
         _insert_many(conn, _fresh_template(columns), values)
