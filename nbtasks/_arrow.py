@@ -12,6 +12,7 @@ The only module that imports pyarrow or ADBC.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,21 @@ class Mismatch(Exception):
     """The driver could not give a column the type it needs: read this query the stdlib way."""
 
 
-def fetch(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
-    """Run `sql` on a read-only connection to the SQLite file at `path`; the whole result."""
+def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+    """Run each (sql, params) on its own read-only connection to the SQLite file at `path`,
+    all at once on threads; their results in order.
+
+    The driver steps the query and fills Arrow buffers without the GIL, and that per-value
+    work is nearly all of a large frame's cost: queries over disjoint parts of a history run
+    on as many cores as there are parts. A lone query runs on the calling thread.
+    """
+    if len(parts) == 1:
+        return [_fetch_one(path, *parts[0])]
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="nbtasks-arrow") as pool:
+        return list(pool.map(lambda part: _fetch_one(path, *part), parts))
+
+
+def _fetch_one(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
         with dbapi.connect(uri) as conn, conn.cursor() as cur:
@@ -49,6 +63,10 @@ def fetch(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
             return cur.fetch_arrow_table()
     except (AdbcError, OSError) as exc:  # e.g. a column whose type changed after the first batch
         raise Mismatch(str(exc)) from exc
+
+
+#: A query's result, read in parts (see fetch).
+Parts = Sequence["pa.Table"]
 
 
 def _typed(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
@@ -63,25 +81,33 @@ def _typed(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
     raise Mismatch(f"column of type {col.type}, wanted {want}")
 
 
-def floats(col: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+def _column(parts: Parts, i: int, want: pa.DataType) -> pa.ChunkedArray:
+    """Column `i` of every part as one column of type `want`: each part typed its columns
+    from its own rows (see _typed)."""
+    chunks = [chunk for t in parts for chunk in _typed(t.column(i), want).chunks]
+    return pa.chunked_array(chunks, type=want)
+
+
+def floats(parts: Parts, i: int) -> np.ndarray[Any, Any]:
     """float64, NaN for NULL (timestamps and durations)."""
-    return _typed(col, pa.float64()).to_numpy()  # type: ignore[no-any-return]
+    return _column(parts, i, pa.float64()).to_numpy()  # type: ignore[no-any-return]
 
 
-def ints(col: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+def ints(parts: Parts, i: int) -> np.ndarray[Any, Any]:
+    col = _column(parts, i, pa.int64())
     if col.null_count:
         raise Mismatch("NULL in an integer column")
-    return _typed(col, pa.int64()).to_numpy()  # type: ignore[no-any-return]
+    return col.to_numpy()  # type: ignore[no-any-return]
 
 
-def strings(col: pa.ChunkedArray) -> Any:
+def strings(parts: Parts, i: int) -> Any:
     """pandas' str dtype, NaN for NULL: the stdlib path's dtype, without Python objects."""
-    return _typed(col, pa.string()).to_pandas(types_mapper={pa.string(): _STR}.get).array
+    return _column(parts, i, pa.string()).to_pandas(types_mapper={pa.string(): _STR}.get).array
 
 
-def factorize(col: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[str]]:
+def factorize(parts: Parts, i: int) -> tuple[np.ndarray[Any, Any], list[str]]:
     """(codes, distinct values): code -1 for NULL, like pandas.factorize."""
-    encoded = pc.dictionary_encode(_typed(col, pa.string()).combine_chunks())
+    encoded = pc.dictionary_encode(_column(parts, i, pa.string()).combine_chunks())
     codes = encoded.indices.fill_null(-1).to_numpy().astype("int64", copy=False)
     return codes, encoded.dictionary.to_pylist()
 

@@ -159,6 +159,40 @@ def test_both_paths_give_equal_frames(full: tuple[Engine, dict[str, str]],
         pd.testing.assert_frame_equal(arrow[name], read(), check_exact=True, obj=name)
 
 
+def test_a_large_history_is_read_in_parts_that_make_the_same_frame(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above a size, frames read disjoint rowid ranges of the runs on as many threads as there
+    are cores. Made small here: six runs over four parts, so some parts have a column all NULL
+    (typed int64 by the driver) that others have as text. The frames are those of one query."""
+    from nbtasks import frames
+
+    eng, _ = full
+    reads = {
+        "runs": lambda: eng.runs.to_dataframe(),
+        "tagged": lambda: eng.runs.to_dataframe(tag="nightly"),
+        "attempts": lambda: eng.runs.attempts_dataframe(),
+        "failed attempts": lambda: eng.runs.attempts_dataframe(status="FAILED"),
+        "newest": lambda: eng.runs.to_dataframe(limit=3),
+        "spans": lambda: eng.runs.spans_dataframe(),
+        "empty": lambda: eng.runs.attempts_dataframe(task_id="nobody"),
+    }
+    whole = {name: read() for name, read in reads.items()}
+    fetched: list[int] = []
+    real_fetch = _arrow.fetch
+    monkeypatch.setattr(_arrow, "fetch", lambda path, parts: fetched.append(len(parts))
+                        or real_fetch(path, parts))
+    monkeypatch.setattr(frames, "_PART_ROWS", 1)
+    monkeypatch.setattr(frames.os, "cpu_count", lambda: 4)
+    for name, read in reads.items():
+        fetched.clear()
+        pd.testing.assert_frame_equal(read(), whole[name], check_exact=True, obj=name)
+        assert fetched == ([1] if name == "newest" else [4]), name  # a limit reads newest first
+    monkeypatch.setattr(frames.os, "cpu_count", lambda: 1)
+    fetched.clear()
+    pd.testing.assert_frame_equal(eng.runs.to_dataframe(), whole["runs"], check_exact=True)
+    assert fetched == [1]  # one core: one query
+
+
 def test_a_column_the_driver_cannot_type_falls_back_to_the_stdlib_path(
         full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver types a column from its first rows; one that is NULL there and text later
