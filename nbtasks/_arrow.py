@@ -40,24 +40,30 @@ class Mismatch(Exception):
     """The driver could not give a column the type it needs: read this query the stdlib way."""
 
 
-def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]]) -> list[pa.Table]:
+def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]], *,
+          busy_timeout: float = 30.0) -> list[pa.Table]:
     """Run each (sql, params) on its own read-only connection to the SQLite file at `path`,
     all at once on threads; their results in order.
 
     The driver steps the query and fills Arrow buffers without the GIL, and that per-value
     work is nearly all of a large frame's cost: queries over disjoint parts of a history run
     on as many cores as there are parts. A lone query runs on the calling thread.
+
+    `busy_timeout` (seconds) is how long a connection waits for a lock, as the store's own do:
+    a reader can find the WAL index briefly held (another connection opening, a checkpoint),
+    and the driver's default is to fail at once.
     """
     if len(parts) == 1:
-        return [_fetch_one(path, *parts[0])]
+        return [_fetch_one(path, busy_timeout, *parts[0])]
     with ThreadPoolExecutor(len(parts), thread_name_prefix="nbtasks-arrow") as pool:
-        return list(pool.map(lambda part: _fetch_one(path, *part), parts))
+        return list(pool.map(lambda part: _fetch_one(path, busy_timeout, *part), parts))
 
 
-def _fetch_one(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
+def _fetch_one(path: str, busy_timeout: float, sql: str, params: Sequence[Any]) -> pa.Table:
     uri = Path(path).resolve().as_uri() + "?mode=ro"
     try:
         with dbapi.connect(uri) as conn, conn.cursor() as cur:
+            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
             cur.execute(sql, tuple(params) if params else None)
             return cur.fetch_arrow_table()

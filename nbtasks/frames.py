@@ -211,14 +211,14 @@ def _arrow_frame(store: SQLiteStore, fetched: list[Col], source: str, where: str
     select = f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}"
     if tail:  # the newest `limit`: one query, handed back oldest first like an unlimited frame
         part = _arrow.fetch(store.path, [(f"{select}{where} ORDER BY {order}",
-                                          [*params, *tail])])[0]
+                                          [*params, *tail])], busy_timeout=store.busy_timeout)[0]
         parts = [part.take(np.arange(part.num_rows - 1, -1, -1))]
     else:
         within = f"{where} AND" if where else " WHERE"  # the filters are ANDed terms
         parts = _arrow.fetch(store.path, [
             (f"{select}{within} r.rowid BETWEEN ? AND ? ORDER BY {order}", [*params, lo, hi])
             for lo, hi in _rowid_ranges(store, source)
-        ] or [(f"{select}{where} ORDER BY {order}", params)])
+        ] or [(f"{select}{where} ORDER BY {order}", params)], busy_timeout=store.busy_timeout)
     data: dict[str, Any] = {}
     times: dict[str, np.ndarray[Any, Any]] = {}
     for i, c in enumerate(fetched):

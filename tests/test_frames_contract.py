@@ -179,8 +179,8 @@ def test_a_large_history_is_read_in_parts_that_make_the_same_frame(
     whole = {name: read() for name, read in reads.items()}
     fetched: list[int] = []
     real_fetch = _arrow.fetch
-    monkeypatch.setattr(_arrow, "fetch", lambda path, parts: fetched.append(len(parts))
-                        or real_fetch(path, parts))
+    monkeypatch.setattr(_arrow, "fetch", lambda path, parts, **kw: fetched.append(len(parts))
+                        or real_fetch(path, parts, **kw))
     monkeypatch.setattr(frames, "_PART_ROWS", 1)
     monkeypatch.setattr(frames.os, "cpu_count", lambda: 4)
     for name, read in reads.items():
@@ -294,3 +294,38 @@ def test_times_convert_to_the_nanosecond_as_pandas_does() -> None:
         assert (got.asi8 == expected.asi8).all() and got.isna().tolist() == expected.isna().tolist()
     with pytest.raises(pd.errors.OutOfBoundsDatetime):
         _utc(np.array([1e20]))
+
+
+def test_a_reader_waits_for_a_lock_like_the_store_does(tmp_path: Path) -> None:
+    """Parts open their connections at once, and a reader can find a lock briefly held (the WAL
+    index, a checkpoint). The driver's default is to fail at once, which would send a large
+    frame down the slow stdlib path: readers wait up to the store's busy timeout instead. Here
+    another process holds an exclusive lock on a rollback-journal file and lets go when told."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE t (x)")
+        setup.execute("INSERT INTO t VALUES (1), (2)")
+    setup.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+         "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+         "sys.stdin.readline(); c.execute('COMMIT')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(_arrow.Mismatch, match="locked"):
+            _arrow.fetch(str(path), [("SELECT x FROM t", [])], busy_timeout=0.01)
+        release = threading.Timer(0.2, holder.communicate, ["go\n"])
+        release.start()
+        tables = _arrow.fetch(str(path), [("SELECT x FROM t", []), ("SELECT x FROM t", [])],
+                              busy_timeout=30)
+        assert [t.column(0).to_pylist() for t in tables] == [[1, 2], [1, 2]]
+        release.join()
+    finally:
+        holder.kill()
+        holder.wait()
