@@ -6,13 +6,20 @@ fills Arrow buffers directly, so text, numbers and NULLs never become Python obj
 then takes the columns with few or no copies. frames.py uses this module when it can be
 imported and falls back to the stdlib path otherwise: the frames are the same either way.
 
-The only module that imports pyarrow or ADBC.
+The driver runs in a reader process of its own (_arrow_reader says why: its SQLite and the
+store's must not share a process), which hands the tables back as Arrow IPC over a pipe.
+With _arrow_reader, the only module that imports pyarrow or ADBC; importing the driver's
+Python package here only checks the extra is installed, its library loads in the reader.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import subprocess
+import sys
+import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +27,9 @@ import numpy as np
 import pandas as pd
 
 try:
+    import adbc_driver_sqlite  # noqa: F401 - used by the reader process
     import pyarrow as pa
     import pyarrow.compute as pc
-    from adbc_driver_manager import Error as AdbcError
-    from adbc_driver_sqlite import dbapi
 except ImportError:  # the extra is not installed: frames.py takes the stdlib path
     AVAILABLE = False
 else:
@@ -43,32 +49,63 @@ class Mismatch(Exception):
 def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]], *,
           busy_timeout: float = 30.0) -> list[pa.Table]:
     """Run each (sql, params) on its own read-only connection to the SQLite file at `path`,
-    all at once on threads; their results in order.
+    all at once on threads of the reader process (see _arrow_reader); their results in order.
 
     The driver steps the query and fills Arrow buffers without the GIL, and that per-value
     work is nearly all of a large frame's cost: queries over disjoint parts of a history run
-    on as many cores as there are parts. A lone query runs on the calling thread.
-
-    `busy_timeout` (seconds) is how long a connection waits for a lock, as the store's own do:
-    a reader can find the WAL index briefly held (another connection opening, a checkpoint),
-    and the driver's default is to fail at once.
+    on as many cores as there are parts. `busy_timeout` (seconds) is how long a connection
+    waits for a lock, as the store's own do.
     """
-    if len(parts) == 1:
-        return [_fetch_one(path, busy_timeout, *parts[0])]
-    with ThreadPoolExecutor(len(parts), thread_name_prefix="nbtasks-arrow") as pool:
-        return list(pool.map(lambda part: _fetch_one(path, busy_timeout, *part), parts))
+    request = json.dumps({"path": str(Path(path).resolve()), "busy_timeout": busy_timeout,
+                          "batch_rows": _BATCH_ROWS,
+                          "parts": [[sql, list(params)] for sql, params in parts]})
+    with _lock:
+        reader = _reader()
+        assert reader.stdin is not None and reader.stdout is not None
+        try:
+            reader.stdin.write(request.encode() + b"\n")
+            reader.stdin.flush()
+            answer = json.loads(reader.stdout.readline())
+            if "error" in answer:
+                raise Mismatch(answer["error"])
+            blobs = [reader.stdout.read(size) for size in answer["sizes"]]
+            if any(len(b) != size for b, size in zip(blobs, answer["sizes"], strict=True)):
+                raise OSError("the reader process ended mid-answer")
+        except (OSError, ValueError) as exc:  # it died (killed, out of memory): a new one next
+            _stop()
+            raise Mismatch(f"the Arrow reader process failed: {exc!r}") from exc
+    return [pa.ipc.open_stream(pa.py_buffer(b)).read_all() for b in blobs]
 
 
-def _fetch_one(path: str, busy_timeout: float, sql: str, params: Sequence[Any]) -> pa.Table:
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
+_lock = threading.Lock()
+_process: subprocess.Popen[bytes] | None = None
+
+
+def _reader() -> subprocess.Popen[bytes]:
+    """The reader process, started on first use and kept: it costs an interpreter start."""
+    global _process
+    if _process is None or _process.poll() is not None:
+        script = Path(__file__).with_name("_arrow_reader.py")
+        _process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE)
+    return _process
+
+
+@atexit.register
+def _stop() -> None:
+    """End the reader: closing its stdin is its signal, as it is when the kernel dies."""
+    global _process
+    process, _process = _process, None
+    if process is None:
+        return
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            pipe.close()
     try:
-        with dbapi.connect(uri) as conn, conn.cursor() as cur:
-            cur.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
-            cur.execute(sql, tuple(params) if params else None)
-            return cur.fetch_arrow_table()
-    except (AdbcError, OSError) as exc:  # e.g. a column whose type changed after the first batch
-        raise Mismatch(str(exc)) from exc
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - stuck in the driver
+        process.kill()
+        process.wait()
 
 
 #: A query's result, read in parts (see fetch).

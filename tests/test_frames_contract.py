@@ -329,3 +329,33 @@ def test_a_reader_waits_for_a_lock_like_the_store_does(tmp_path: Path) -> None:
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_reading_a_frame_keeps_the_stores_locks(db_path: Path) -> None:
+    """The driver's SQLite runs in a process of its own. In the kernel's process it would be a
+    second copy of SQLite, and closing its connection would drop the POSIX locks the store's
+    connections hold on the file: here, the write lock of an open transaction, letting another
+    process write at the same time. After the read, the other process must still be refused."""
+    import sqlite3
+
+    probe = ("import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+             "try:\n    c.execute('BEGIN IMMEDIATE'); print('wrote')\n"
+             "except sqlite3.OperationalError as e:\n    print(e)\n")
+
+    def other_process_writes() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(db_path)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+
+    with Engine(store=str(db_path)) as eng:
+        eng.runs.to_dataframe()  # the schema exists; a reader process may be started
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert other_process_writes() == "database is locked"
+        tables = _arrow.fetch(str(db_path), [("SELECT count(*) FROM runs", [])] * 2)
+        assert [t.column(0).to_pylist() for t in tables] == [[0], [0]]
+        assert other_process_writes() == "database is locked"
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
