@@ -84,7 +84,9 @@ _process: subprocess.Popen[bytes] | None = None
 def _reader() -> subprocess.Popen[bytes]:
     """The reader process, started on first use and kept: it costs an interpreter start."""
     global _process
-    if _process is None or _process.poll() is not None:
+    if _process is not None and _process.poll() is not None:  # it died since: let it go
+        _stop()
+    if _process is None:
         script = Path(__file__).with_name("_arrow_reader.py")
         _process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
                                     stdout=subprocess.PIPE)

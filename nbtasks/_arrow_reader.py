@@ -18,6 +18,7 @@ Imports only pyarrow, the driver and the standard library, so it starts without 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -54,7 +55,10 @@ def _ipc(table: Any) -> Any:
 
 
 def main() -> None:
-    out = sys.stdout.buffer
+    # The answers get stdout to themselves: anything else printing there (a library's notice)
+    # would corrupt them, so file descriptor 1 becomes stderr for everyone else.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     for line in sys.stdin.buffer:
         request = json.loads(line)
         try:

@@ -359,3 +359,16 @@ def test_reading_a_frame_keeps_the_stores_locks(db_path: Path) -> None:
         writer.execute("ROLLBACK")
     finally:
         writer.close()
+
+
+def test_a_killed_reader_process_is_replaced(full: tuple[Engine, dict[str, str]]) -> None:
+    """The reader process is started on first use and kept; killed (out of memory, by hand), the
+    next frame starts another, and the frame is the one read before."""
+    eng, _ = full
+    before = eng.runs.to_dataframe()
+    first = _arrow._process
+    assert first is not None and first.poll() is None
+    first.kill()
+    first.wait(timeout=30)
+    pd.testing.assert_frame_equal(eng.runs.to_dataframe(), before, check_exact=True)
+    assert _arrow._process is not None and _arrow._process.pid != first.pid
