@@ -6,11 +6,19 @@ fills Arrow buffers directly, so text, numbers and NULLs never become Python obj
 then takes the columns with few or no copies. frames.py uses this module when it can be
 imported and falls back to the stdlib path otherwise: the frames are the same either way.
 
-The only module that imports pyarrow or ADBC.
+The driver runs in a reader process of its own (_arrow_reader says why: its SQLite and the
+store's must not share a process), which hands the tables back as Arrow IPC over a pipe.
+With _arrow_reader, the only module that imports pyarrow or ADBC; importing the driver's
+Python package here only checks the extra is installed, its library loads in the reader.
 """
 
 from __future__ import annotations
 
+import atexit
+import json
+import subprocess
+import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +27,9 @@ import numpy as np
 import pandas as pd
 
 try:
+    import adbc_driver_sqlite  # noqa: F401 - used by the reader process
     import pyarrow as pa
     import pyarrow.compute as pc
-    from adbc_driver_manager import Error as AdbcError
-    from adbc_driver_sqlite import dbapi
 except ImportError:  # the extra is not installed: frames.py takes the stdlib path
     AVAILABLE = False
 else:
@@ -39,16 +46,72 @@ class Mismatch(Exception):
     """The driver could not give a column the type it needs: read this query the stdlib way."""
 
 
-def fetch(path: str, sql: str, params: Sequence[Any]) -> pa.Table:
-    """Run `sql` on a read-only connection to the SQLite file at `path`; the whole result."""
-    uri = Path(path).resolve().as_uri() + "?mode=ro"
+def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]], *,
+          busy_timeout: float = 30.0) -> list[pa.Table]:
+    """Run each (sql, params) on its own read-only connection to the SQLite file at `path`,
+    all at once on threads of the reader process (see _arrow_reader); their results in order.
+
+    The driver steps the query and fills Arrow buffers without the GIL, and that per-value
+    work is nearly all of a large frame's cost: queries over disjoint parts of a history run
+    on as many cores as there are parts. `busy_timeout` (seconds) is how long a connection
+    waits for a lock, as the store's own do.
+    """
+    request = json.dumps({"path": str(Path(path).resolve()), "busy_timeout": busy_timeout,
+                          "batch_rows": _BATCH_ROWS,
+                          "parts": [[sql, list(params)] for sql, params in parts]})
+    with _lock:
+        reader = _reader()
+        assert reader.stdin is not None and reader.stdout is not None
+        try:
+            reader.stdin.write(request.encode() + b"\n")
+            reader.stdin.flush()
+            answer = json.loads(reader.stdout.readline())
+            if "error" in answer:
+                raise Mismatch(answer["error"])
+            blobs = [reader.stdout.read(size) for size in answer["sizes"]]
+            if any(len(b) != size for b, size in zip(blobs, answer["sizes"], strict=True)):
+                raise OSError("the reader process ended mid-answer")
+        except (OSError, ValueError) as exc:  # it died (killed, out of memory): a new one next
+            _stop()
+            raise Mismatch(f"the Arrow reader process failed: {exc!r}") from exc
+    return [pa.ipc.open_stream(pa.py_buffer(b)).read_all() for b in blobs]
+
+
+_lock = threading.Lock()
+_process: subprocess.Popen[bytes] | None = None
+
+
+def _reader() -> subprocess.Popen[bytes]:
+    """The reader process, started on first use and kept: it costs an interpreter start."""
+    global _process
+    if _process is not None and _process.poll() is not None:  # it died since: let it go
+        _stop()
+    if _process is None:
+        script = Path(__file__).with_name("_arrow_reader.py")
+        _process = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE)
+    return _process
+
+
+@atexit.register
+def _stop() -> None:
+    """End the reader: closing its stdin is its signal, as it is when the kernel dies."""
+    global _process
+    process, _process = _process, None
+    if process is None:
+        return
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            pipe.close()
     try:
-        with dbapi.connect(uri) as conn, conn.cursor() as cur:
-            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": _BATCH_ROWS})
-            cur.execute(sql, tuple(params) if params else None)
-            return cur.fetch_arrow_table()
-    except (AdbcError, OSError) as exc:  # e.g. a column whose type changed after the first batch
-        raise Mismatch(str(exc)) from exc
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:  # pragma: no cover - stuck in the driver
+        process.kill()
+        process.wait()
+
+
+#: A query's result, read in parts (see fetch).
+Parts = Sequence["pa.Table"]
 
 
 def _typed(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
@@ -63,25 +126,33 @@ def _typed(col: pa.ChunkedArray, want: pa.DataType) -> pa.ChunkedArray:
     raise Mismatch(f"column of type {col.type}, wanted {want}")
 
 
-def floats(col: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+def _column(parts: Parts, i: int, want: pa.DataType) -> pa.ChunkedArray:
+    """Column `i` of every part as one column of type `want`: each part typed its columns
+    from its own rows (see _typed)."""
+    chunks = [chunk for t in parts for chunk in _typed(t.column(i), want).chunks]
+    return pa.chunked_array(chunks, type=want)
+
+
+def floats(parts: Parts, i: int) -> np.ndarray[Any, Any]:
     """float64, NaN for NULL (timestamps and durations)."""
-    return _typed(col, pa.float64()).to_numpy()  # type: ignore[no-any-return]
+    return _column(parts, i, pa.float64()).to_numpy()  # type: ignore[no-any-return]
 
 
-def ints(col: pa.ChunkedArray) -> np.ndarray[Any, Any]:
+def ints(parts: Parts, i: int) -> np.ndarray[Any, Any]:
+    col = _column(parts, i, pa.int64())
     if col.null_count:
         raise Mismatch("NULL in an integer column")
-    return _typed(col, pa.int64()).to_numpy()  # type: ignore[no-any-return]
+    return col.to_numpy()  # type: ignore[no-any-return]
 
 
-def strings(col: pa.ChunkedArray) -> Any:
+def strings(parts: Parts, i: int) -> Any:
     """pandas' str dtype, NaN for NULL: the stdlib path's dtype, without Python objects."""
-    return _typed(col, pa.string()).to_pandas(types_mapper={pa.string(): _STR}.get).array
+    return _column(parts, i, pa.string()).to_pandas(types_mapper={pa.string(): _STR}.get).array
 
 
-def factorize(col: pa.ChunkedArray) -> tuple[np.ndarray[Any, Any], list[str]]:
+def factorize(parts: Parts, i: int) -> tuple[np.ndarray[Any, Any], list[str]]:
     """(codes, distinct values): code -1 for NULL, like pandas.factorize."""
-    encoded = pc.dictionary_encode(_typed(col, pa.string()).combine_chunks())
+    encoded = pc.dictionary_encode(_column(parts, i, pa.string()).combine_chunks())
     codes = encoded.indices.fill_null(-1).to_numpy().astype("int64", copy=False)
     return codes, encoded.dictionary.to_pylist()
 

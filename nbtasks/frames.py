@@ -18,7 +18,10 @@ into an object matrix in C and every column converted by one vectorised call. No
 runs per row.
 
 With the `arrow` extra installed (adbc-driver-sqlite, pyarrow) the query goes through ADBC
-instead (see _arrow): plain columns, no Python object per value, text factorised by Arrow.
+instead (see _arrow): plain columns, no Python object per value, text factorised by Arrow. There
+the driver's own per-value work is most of the time and runs without the GIL, so a large history
+is read as disjoint rowid ranges of the runs, one connection and thread per core, and the parts
+joined column by column (see _rowid_ranges).
 Both paths end in the same converters, so the frame is the same either way: categories sorted
 (statuses in RunStatus order, all of them; machines by size), times datetime64[ns, UTC].
 `columns=` reads and decodes only the columns asked for.
@@ -26,6 +29,7 @@ Both paths end in the same converters, so the frame is the same either way: cate
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +48,10 @@ from .stores.sqlite import SQLiteStore
 #: Above this many distinct values a column is fetched as text and factorised by pandas: a CASE
 #: with thousands of branches would cost SQLite more per row than hashing costs pandas.
 _MAX_CODES = 64
+#: A large history is read in parts on up to this many threads, each of at least this many
+#: runs' rowids: below that, a thread and a connection cost more than they save.
+_MAX_PARTS = 8
+_PART_ROWS = 25_000
 _STATUSES = [s.value for s in RunStatus]
 #: Presets from small to large; a machine unknown to this version sorts last.
 _MACHINE_RANK = {name: i for i, name in enumerate(MACHINES)}
@@ -189,9 +197,8 @@ def _frame(store: Store, cols: tuple[Col, ...], source: str, where: str, params:
             read += [every[n] for n in c.sql.split() if every[n] not in read]
     if _arrow.AVAILABLE and isinstance(store, SQLiteStore) and not store.memory:
         try:
-            return _assemble(cols, *_arrow_frame(store.path, read, source, where,
-                                                 [*params, *tail], order_sql,
-                                                 reverse=limit is not None))
+            return _assemble(cols, *_arrow_frame(store, read, source, where, params, order_sql,
+                                                 tail))
         except _arrow.Mismatch:
             pass  # a column the driver typed from its first rows only: the stdlib path copes
     return _assemble(cols, *_sqlite_frame(store, read, source, where, [*params, *tail],
@@ -201,29 +208,56 @@ def _frame(store: Store, cols: tuple[Col, ...], source: str, where: str, params:
 Columns = tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]
 
 
-def _arrow_frame(path: str, fetched: list[Col], source: str, where: str, params: list[Any],
-                 order: str, *, reverse: bool) -> Columns:
+def _arrow_frame(store: SQLiteStore, fetched: list[Col], source: str, where: str,
+                 params: list[Any], order: str, tail: list[Any]) -> Columns:
     """The Arrow path: plain columns in SQL, text factorised and typed in C (see _arrow)."""
-    table = _arrow.fetch(
-        path, f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}{where} ORDER BY {order}",
-        params)
-    if reverse:  # the newest `limit`, handed back oldest first like an unlimited frame
-        table = table.take(np.arange(table.num_rows - 1, -1, -1))
+    select = f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}"
+    if tail:  # the newest `limit`: one query, handed back oldest first like an unlimited frame
+        part = _arrow.fetch(store.path, [(f"{select}{where} ORDER BY {order}",
+                                          [*params, *tail])], busy_timeout=store.busy_timeout)[0]
+        parts = [part.take(np.arange(part.num_rows - 1, -1, -1))]
+    else:
+        within = f"{where} AND" if where else " WHERE"  # the filters are ANDed terms
+        parts = _arrow.fetch(store.path, [
+            (f"{select}{within} r.rowid BETWEEN ? AND ? ORDER BY {order}", [*params, lo, hi])
+            for lo, hi in _rowid_ranges(store, source)
+        ] or [(f"{select}{where} ORDER BY {order}", params)], busy_timeout=store.busy_timeout)
     data: dict[str, Any] = {}
     times: dict[str, np.ndarray[Any, Any]] = {}
     for i, c in enumerate(fetched):
-        col = table.column(i)
         if c.kind == "str":
-            data[c.name] = _arrow.strings(col)
+            data[c.name] = _arrow.strings(parts, i)
         elif c.kind == "time":
-            times[c.name] = _arrow.floats(col)
+            times[c.name] = _arrow.floats(parts, i)
             data[c.name] = _column("time", times[c.name])
         elif c.kind in ("int", "bool"):
-            data[c.name] = _column(c.kind, _arrow.ints(col))
+            data[c.name] = _column(c.kind, _arrow.ints(parts, i))
         else:
-            codes, values = _arrow.factorize(col)
+            codes, values = _arrow.factorize(parts, i)
             data[c.name] = _coded(c, codes, values)
     return data, times
+
+
+def _rowid_ranges(store: Store, source: str) -> list[tuple[int, int]]:
+    """Disjoint rowid ranges of `runs r` to read in parallel, one per core, in order; none
+    (read in one query) when the history is small or the query is not over runs.
+
+    The ranges split the table's rowids evenly, not the rows a filter keeps: a filter that
+    keeps a narrow band (since="1h") gives uneven parts, never a wrong frame. Each part is its
+    own snapshot; a run is in exactly one part, and runs added after the bounds were read in
+    none, as if the frame had been read a moment earlier.
+    """
+    cores = min(os.cpu_count() or 1, _MAX_PARTS)
+    if source.split()[:2] != ["runs", "r"] or cores < 2:
+        return []
+    # Two subqueries: each is one B-tree descent, where min() and max() together would scan.
+    _, rows = store.select("SELECT (SELECT min(rowid) FROM runs), (SELECT max(rowid) FROM runs)")
+    low, high = rows[0]
+    if low is None or high - low + 1 < 2 * _PART_ROWS:
+        return []
+    parts = min(cores, (high - low + 1) // _PART_ROWS)
+    edges = [low + (high - low + 1) * k // parts for k in range(parts + 1)]
+    return [(edges[k], edges[k + 1] - 1) for k in range(parts)]
 
 
 def _sqlite_frame(store: Store, cols: list[Col], source: str, where: str,
@@ -334,13 +368,31 @@ def _matrix(rows: list[tuple[Any, ...]], width: int) -> np.ndarray[Any, Any]:
 
 def _column(kind: str, values: np.ndarray[Any, Any]) -> Any:
     """A fetched scalar column as a typed array, in one vectorised call."""
-    if kind == "time":  # pandas infers the unit from the values: pin it, it is the contract
-        return pd.to_datetime(values.astype("float64"), unit="s", utc=True).as_unit("ns")
+    if kind == "time":
+        return _utc(values.astype("float64"))
     if kind == "int":
         return values.astype("int64")
     if kind == "bool":
         return values.astype("bool")
     return pd.array(values, dtype="str")
+
+
+def _utc(seconds: np.ndarray[Any, Any]) -> pd.DatetimeIndex:
+    """Epoch seconds (NaN: NaT) as datetime64[ns, UTC], to the nanosecond what
+    `pd.to_datetime(seconds, unit="s", utc=True)` gives, in less than half its time.
+
+    pandas splits each value into whole seconds and a fraction rounded to 9 places, so a
+    float's noise below the nanosecond never carries into the result; this does the same
+    arithmetic as a few whole-array operations instead of a per-value loop and its checks.
+    """
+    nan = np.isnan(seconds)
+    whole = np.where(nan, 0.0, seconds)
+    if len(whole) and np.abs(whole).max() >= 9e9:  # past 2255: pandas' range error, not ours
+        return pd.to_datetime(seconds, unit="s", utc=True).as_unit("ns")
+    base = whole.astype("int64")
+    ns = base * 1_000_000_000 + (np.round(whole - base, 9) * 1e9).astype("int64")
+    ns[nan] = np.iinfo("int64").min  # NaT
+    return pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC")
 
 
 def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:

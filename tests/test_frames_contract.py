@@ -159,6 +159,40 @@ def test_both_paths_give_equal_frames(full: tuple[Engine, dict[str, str]],
         pd.testing.assert_frame_equal(arrow[name], read(), check_exact=True, obj=name)
 
 
+def test_a_large_history_is_read_in_parts_that_make_the_same_frame(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above a size, frames read disjoint rowid ranges of the runs on as many threads as there
+    are cores. Made small here: six runs over four parts, so some parts have a column all NULL
+    (typed int64 by the driver) that others have as text. The frames are those of one query."""
+    from nbtasks import frames
+
+    eng, _ = full
+    reads = {
+        "runs": lambda: eng.runs.to_dataframe(),
+        "tagged": lambda: eng.runs.to_dataframe(tag="nightly"),
+        "attempts": lambda: eng.runs.attempts_dataframe(),
+        "failed attempts": lambda: eng.runs.attempts_dataframe(status="FAILED"),
+        "newest": lambda: eng.runs.to_dataframe(limit=3),
+        "spans": lambda: eng.runs.spans_dataframe(),
+        "empty": lambda: eng.runs.attempts_dataframe(task_id="nobody"),
+    }
+    whole = {name: read() for name, read in reads.items()}
+    fetched: list[int] = []
+    real_fetch = _arrow.fetch
+    monkeypatch.setattr(_arrow, "fetch", lambda path, parts, **kw: fetched.append(len(parts))
+                        or real_fetch(path, parts, **kw))
+    monkeypatch.setattr(frames, "_PART_ROWS", 1)
+    monkeypatch.setattr(frames.os, "cpu_count", lambda: 4)
+    for name, read in reads.items():
+        fetched.clear()
+        pd.testing.assert_frame_equal(read(), whole[name], check_exact=True, obj=name)
+        assert fetched == ([1] if name == "newest" else [4]), name  # a limit reads newest first
+    monkeypatch.setattr(frames.os, "cpu_count", lambda: 1)
+    fetched.clear()
+    pd.testing.assert_frame_equal(eng.runs.to_dataframe(), whole["runs"], check_exact=True)
+    assert fetched == [1]  # one core: one query
+
+
 def test_a_column_the_driver_cannot_type_falls_back_to_the_stdlib_path(
         full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver types a column from its first rows; one that is NULL there and text later
@@ -240,3 +274,101 @@ def test_attempts_arrow_is_the_attempts_frame_as_an_arrow_table(
     monkeypatch.setattr(_arrow, "AVAILABLE", False)
     with pytest.raises(ImportError, match=r"pip install nbtasks\[arrow\]"):
         eng.runs.attempts_arrow()
+
+
+def test_times_convert_to_the_nanosecond_as_pandas_does() -> None:
+    """Frames turn epoch seconds into UTC times with whole-array arithmetic; every value, NaN
+    and the float noise below a nanosecond included, comes out as pd.to_datetime gives it."""
+    import numpy as np
+
+    from nbtasks.frames import _utc
+
+    rng = np.random.default_rng(13)
+    seconds = np.concatenate([rng.uniform(1.7e9, 1.8e9, 200_000), rng.uniform(-4e9, 4e9, 50_000),
+                              np.round(rng.uniform(0, 2e9, 1_000)),
+                              [np.nan, 0.0, -0.5, 1e-10, 0.9999999999, 1_780_000_000.123456789]])
+    for values in (seconds, seconds[:0], np.full(3, np.nan)):
+        expected = pd.to_datetime(values, unit="s", utc=True).as_unit("ns")
+        got = _utc(values)
+        assert got.dtype == expected.dtype == UTC_TIME
+        assert (got.asi8 == expected.asi8).all() and got.isna().tolist() == expected.isna().tolist()
+    with pytest.raises(pd.errors.OutOfBoundsDatetime):
+        _utc(np.array([1e20]))
+
+
+def test_a_reader_waits_for_a_lock_like_the_store_does(tmp_path: Path) -> None:
+    """Parts open their connections at once, and a reader can find a lock briefly held (the WAL
+    index, a checkpoint). The driver's default is to fail at once, which would send a large
+    frame down the slow stdlib path: readers wait up to the store's busy timeout instead. Here
+    another process holds an exclusive lock on a rollback-journal file and lets go when told."""
+    import sqlite3
+    import threading
+
+    path = tmp_path / "locked.db"
+    with sqlite3.connect(path) as setup:
+        setup.execute("CREATE TABLE t (x)")
+        setup.execute("INSERT INTO t VALUES (1), (2)")
+    setup.close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sqlite3, sys\n"
+         f"c = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+         "c.execute('BEGIN EXCLUSIVE'); print('locked', flush=True)\n"
+         "sys.stdin.readline(); c.execute('COMMIT')"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "locked\n"
+        with pytest.raises(_arrow.Mismatch, match="locked"):
+            _arrow.fetch(str(path), [("SELECT x FROM t", [])], busy_timeout=0.01)
+        release = threading.Timer(0.2, holder.communicate, ["go\n"])
+        release.start()
+        tables = _arrow.fetch(str(path), [("SELECT x FROM t", []), ("SELECT x FROM t", [])],
+                              busy_timeout=30)
+        assert [t.column(0).to_pylist() for t in tables] == [[1, 2], [1, 2]]
+        release.join()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_reading_a_frame_keeps_the_stores_locks(db_path: Path) -> None:
+    """The driver's SQLite runs in a process of its own. In the kernel's process it would be a
+    second copy of SQLite, and closing its connection would drop the POSIX locks the store's
+    connections hold on the file: here, the write lock of an open transaction, letting another
+    process write at the same time. After the read, the other process must still be refused."""
+    import sqlite3
+
+    probe = ("import sqlite3, sys\n"
+             "c = sqlite3.connect(sys.argv[1], timeout=0, isolation_level=None)\n"
+             "try:\n    c.execute('BEGIN IMMEDIATE'); print('wrote')\n"
+             "except sqlite3.OperationalError as e:\n    print(e)\n")
+
+    def other_process_writes() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(db_path)], capture_output=True,
+                              text=True, timeout=60, check=True).stdout.strip()
+
+    with Engine(store=str(db_path)) as eng:
+        eng.runs.to_dataframe()  # the schema exists; a reader process may be started
+    writer = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        assert other_process_writes() == "database is locked"
+        tables = _arrow.fetch(str(db_path), [("SELECT count(*) FROM runs", [])] * 2)
+        assert [t.column(0).to_pylist() for t in tables] == [[0], [0]]
+        assert other_process_writes() == "database is locked"
+        writer.execute("ROLLBACK")
+    finally:
+        writer.close()
+
+
+def test_a_killed_reader_process_is_replaced(full: tuple[Engine, dict[str, str]]) -> None:
+    """The reader process is started on first use and kept; killed (out of memory, by hand), the
+    next frame starts another, and the frame is the one read before."""
+    eng, _ = full
+    before = eng.runs.to_dataframe()
+    first = _arrow._process
+    assert first is not None and first.poll() is None
+    first.kill()
+    first.wait(timeout=30)
+    pd.testing.assert_frame_equal(eng.runs.to_dataframe(), before, check_exact=True)
+    assert _arrow._process is not None and _arrow._process.pid != first.pid
