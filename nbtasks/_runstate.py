@@ -131,6 +131,7 @@ class RunState:
         "id",
         "idempotency_expires_at",
         "idempotency_key",
+        "in_queue",
         "is_test",
         "machine",
         "max_attempts",
@@ -151,7 +152,6 @@ class RunState:
         "root_id",
         "seq",
         "signal",
-        "start_fn",
         "started_at",
         "starts",
         "status",
@@ -224,7 +224,7 @@ class RunState:
         self.ttl_timer: TimerHandle | None = None
         self.wait_depth = 0
         self._waiters: list[Callable[[RunState], None]] | None = None
-        self.start_fn: Callable[[], None] | None = None
+        self.in_queue = False  # waiting in the dispatcher for a slot
         self.starts = 0  # slots given so far: tells a start deferred to the next turn is stale
 
     @property

@@ -97,7 +97,7 @@ class Scheduler:
         #: Runs whose first commit was refused, by id (the last 1,000): a late waiter's answer.
         self.withdrawn: dict[str, RunState] = {}
         self.held: list[RunState] = []  # interrupted runs kept for the user (resume=False)
-        self.dispatcher = Dispatcher(config.concurrency_limit)
+        self.dispatcher = Dispatcher(config.concurrency_limit, self._start)
         self.subscribers: list[Callable[[RunEvent], None]] = []
         self.seq = itertools.count(1)
         self.late_results = 0
@@ -243,8 +243,8 @@ class Scheduler:
         if run.status is S.WAITING_FOR_DEPLOY:  # adopted from a kernel that lacked the task
             self._set(run, S.QUEUED)
         sort = (0 if front else 1, run.queued_at - run.priority, run.seq)
-        run.start_fn = partial(self._start, run)
-        self.dispatcher.push(run.queue, run.concurrency_key, sort, run.start_fn)
+        run.in_queue = True
+        self.dispatcher.push(run.queue, run.concurrency_key, sort, run)
 
     def _start(self, run: RunState) -> None:
         """The dispatcher gave `run` a slot: resume its wait, or start its next attempt.
@@ -255,7 +255,7 @@ class Scheduler:
         started in slices and every other callback on the loop gets a turn in between.
         """
         run.holds_slot = True
-        run.start_fn = None
+        run.in_queue = False
         if run.ttl_timer is not None:
             run.ttl_timer.cancel()
             run.ttl_timer = None
@@ -530,9 +530,9 @@ class Scheduler:
         if run.ttl_timer is not None:
             run.ttl_timer.cancel()
             run.ttl_timer = None
-        if run.start_fn is not None:
-            self.dispatcher.remove(run.queue, run.concurrency_key, run.start_fn)
-            run.start_fn = None
+        if run.in_queue:
+            self.dispatcher.remove(run.queue, run.concurrency_key, run)
+            run.in_queue = False
         self._release(run)
         if self.undeployed:
             waiting = self.undeployed.get(run.task_id)
@@ -652,9 +652,9 @@ class Scheduler:
         handle.wait(timeout) ran out, a detached wait task): drop them, it is no longer waiting."""
         for waiting in self.blocking.pop(run.id, set()):
             waiting.cancel()
-        if run.start_fn is not None:
-            self.dispatcher.remove(run.queue, run.concurrency_key, run.start_fn)
-            run.start_fn = None
+        if run.in_queue:
+            self.dispatcher.remove(run.queue, run.concurrency_key, run)
+            run.in_queue = False
         if run.resume is not None:
             run.resume.cancel()
             run.resume = None
@@ -663,9 +663,8 @@ class Scheduler:
     async def _take_slot_back(self, run: RunState) -> None:
         fut: asyncio.Future[None] = self.loop.create_future()
         run.resume = fut
-        run.start_fn = partial(self._start, run)
-        self.dispatcher.push(run.queue, run.concurrency_key, (0, self.clock.now(), run.seq),
-                             run.start_fn)
+        run.in_queue = True
+        self.dispatcher.push(run.queue, run.concurrency_key, (0, self.clock.now(), run.seq), run)
         await fut
         self._set(run, S.EXECUTING)
 

@@ -145,3 +145,30 @@ def test_waiting_on_a_finished_batch_reads_nothing_from_the_store(
     monkeypatch.setattr(engine.store, "select", counted)
     assert [r.output for r in batch.wait(timeout=10)] == list(range(1, 51))
     assert queries == []
+
+
+@pytest.mark.timeout(60)
+def test_a_queued_run_costs_the_garbage_collector_few_objects(engine: Engine) -> None:
+    """Every full collection walks every object a queued run keeps alive. A burst of 20,000
+    queued runs with seven objects each (a closure, its bound method and argument tuple among
+    them) made full collections long enough to stall the engine loop; now it is four: the
+    run's state, its handle, its tags list and its heap entry."""
+    from nbtasks._runstate import RunState
+
+    @engine.task(id="held", queue={"concurrency_limit": 1})
+    async def held(payload: int, ctx: Any) -> None:
+        return None
+
+    engine.queues.pause("task/held")
+    gc.collect()
+    before = len(gc.get_objects())
+    batches = [held.batch_trigger(list(range(i, i + 500))) for i in range(0, 2000, 500)]
+    assert batches[-1].runs[-1].status is RunStatus.QUEUED
+    gc.collect()
+    per_run = (len(gc.get_objects()) - before) / 2000
+    queued = [o for o in gc.get_objects() if type(o) is RunState]
+    assert len(queued) >= 2000
+    assert per_run <= 4.2, per_run
+    engine.queues.resume("task/held")
+    for batch in batches:
+        assert all(r.ok for r in batch.wait(timeout=30))
