@@ -216,7 +216,11 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             self.anchor = None
             rows = queries.page(store, q, now, limit=self.page_size, order=order)
         self._show(rows, now)
-        self.position = (queries.newer_than(store, q, now, self.anchor, order)
+        # Count the anchor's position from the nearer end (the previous position says which):
+        # a count walks the index from an end to the anchor, a page's worth near either end.
+        near_end = self.position * 2 > self.total
+        self.position = (queries.newer_than(store, q, now, self.anchor, order,
+                                            total=self.total if near_end else None)
                          if self.anchor is not None and rows else 0)
         if self.position == 0:
             self.anchor = None  # the first page follows new runs as they arrive
@@ -315,6 +319,7 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
                 self.anchor, rows = None, None
         elif where == "last":
             rows = queries.page(store, q, now, limit=size, last=True, order=order) or None
+            self.position = self.total  # near the end: count the position from there
         if rows:
             self.anchor = queries.Cursor.of(rows[0])
         self.refresh(now, rows)
