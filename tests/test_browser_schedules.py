@@ -54,12 +54,14 @@ waiting = [held.trigger(i) for i in range(4)]
 LIST = "nbtasks.schedules.list()"
 DASHBOARD = "dash = nbtasks.dashboard()\ndash"
 LINE = "waiting[3]"
+TRACE = "from nbtasks.notebook.trace import trace_for\ntrace_for(None, waiting[0].id)"
+TIMELINE = "from nbtasks.notebook.timeline import Timeline\nTimeline(window=300)"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     root = tmp_path_factory.mktemp("sched-lab")
-    write_notebook(root / NOTEBOOK, (SETUP, LIST, DASHBOARD, LINE))
+    write_notebook(root / NOTEBOOK, (SETUP, LIST, DASHBOARD, LINE, TRACE, TIMELINE))
     with jupyterlab(root, "jupyterlab-sched") as served:
         yield served
 
@@ -174,16 +176,23 @@ def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
 def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, str, Path]) -> None:
     expect = expect_slow()
     base, token, _root = lab
-    expect(page.locator(".nbt-status-line")).to_be_visible()
+    # the anywidgets' own views watch for the restart: a trace and a timeline in cells of their own
+    cells = page.locator(".jp-Notebook .jp-Cell")  # SETUP, LIST, DASHBOARD, LINE, TRACE, TIMELINE
+    standalone = (cells.nth(3).locator(".nbt-status-line"), cells.nth(4).locator(".nbt-trace"),
+                  cells.nth(5).locator(".nbt-timeline-w"))
+    for widget in standalone:
+        expect(widget).to_be_visible()
     expect(page.locator(".nbt-restart-line")).to_have_count(0)
     # not awaited: the command's promise waits for the dialog this test answers next
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-kernel'); }")
     page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
     lines = page.locator(".nbt-restart-line")
-    expect(lines).to_have_count(2)  # the dashboard's cell and the status line's
-    expect(lines.first).to_have_text("kernel restarted: run the cell again")
+    expect(lines).to_have_count(4)  # the cells of the dashboard, status line, trace, timeline
+    for i in range(4):
+        expect(lines.nth(i)).to_have_text("kernel restarted: run the cell again")
     expect(page.locator(".nbt-dashboard")).to_be_hidden()
-    expect(page.locator(".nbt-status-line")).to_be_hidden()
+    for widget in standalone:
+        expect(widget).to_be_hidden()
     expect(page.locator(".nbt-schedule-table")).to_be_visible()  # plain HTML stays true
     assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
     checked, bad = contrast_failures(page, ".nbt-kernel-gone")
@@ -193,5 +202,6 @@ def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, st
     kernel_ready(page, base, token, NOTEBOOK)
     run_all(page)
     expect(page.locator(".nbt-dashboard")).to_be_visible()
-    expect(page.locator(".nbt-status-line")).to_be_visible()
+    for widget in standalone:
+        expect(widget).to_be_visible()
     expect(lines).to_have_count(0)

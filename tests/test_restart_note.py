@@ -38,3 +38,13 @@ def test_a_dashboard_has_its_own_note_and_closes_it(engine: Engine) -> None:
     assert own is not restart_note()
     dash.close()
     assert own.comm is None and restart_note().comm is not None
+
+
+def test_the_trace_and_the_timeline_watch_for_a_restart_in_their_own_views() -> None:
+    """Not boxes, so no note inside them: their own module carries the watch and calls it."""
+    from nbtasks.notebook.timeline import Timeline
+    from nbtasks.notebook.trace import RunTrace
+    for widget in (RunTrace, Timeline):
+        module = str(widget._esm)
+        assert "kernel restarted: run the cell again" in module
+        assert "nbtWatchRestart(model, el)" in module.split("function render(")[-1]

@@ -63,7 +63,7 @@ class ClickableWidget(anywidget.AnyWidget):
 class RunTrace(ClickableWidget):
     """The waterfall of one run. `show(run_id)` switches run, `refresh()` re-reads it."""
 
-    _esm = asset("common.js", "trace.js")
+    _esm = asset("common.js", "restart.js", "trace.js")
     _css = asset("common.css", "trace.css")
     data = traitlets.Dict().tag(sync=True)
 
