@@ -231,6 +231,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         now = self.engine.clock.now()
         self._summary(now)
         if self.tabs.selected_index == RUNS:  # another tab hides the table: leave it be
+            # A schedule made or deleted (here, in a cell, or by another kernel on this file)
+            # is no run event: read the few schedule rows each tick, so the picker shows it now
+            # and not when the next run is created.
+            if self.table.set_schedules():
+                self.table.refresh(now)
             self.table.retime(now)
             detail = self._detail.part
             if detail is not None and detail.run is not None and not detail.run.is_completed:

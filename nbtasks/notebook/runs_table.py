@@ -278,15 +278,24 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         # the queue picker is filled here too, not only when the Queues tab is opened: a
         # queue made by a trigger is a choice as soon as its first run exists
         self.set_queues(sorted(q["name"] for q in self.engine.queues.list()))
-        self._set_options(self.schedule, [("all schedules", ALL), *(
-            (f"{task} · {cron} · {sid}", sid) for sid, task, cron in
-            queries.schedule_choices(store))])
+        self.set_schedules()
         batches = [("all batches", ALL), *((f"{bid} · {clock_time(t, now)}", bid) for bid, t in
                                           queries.recent_batches(store))]
         chosen = self.batch.value
         if chosen and chosen not in {v for _, v in batches}:
             batches.append((chosen, chosen))
         self._set_options(self.batch, batches)
+
+    def set_schedules(self) -> bool:
+        """Re-read the schedules offered in their filter (a few rows: the schedules table).
+
+        Returns True when the chosen schedule was deleted, so the filter fell back to "all
+        schedules" and the rows shown no longer match it."""
+        chosen = self.schedule.value
+        self._set_options(self.schedule, [("all schedules", ALL), *(
+            (f"{task} · {cron} · {sid}", sid) for sid, task, cron in
+            queries.schedule_choices(self.engine.store))])
+        return bool(chosen) and self.schedule.value != chosen
 
     def _set_options(self, picker: Any, options: list[tuple[str, str]]) -> None:
         if list(picker.options) == options:
