@@ -4,7 +4,8 @@ One JupyterLab server and one page serve the module; the tests go on from each o
 file order: `schedules.list()` as a table, the Schedules tab (cron in words, timezone, next and
 last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
 at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
-restart, after which each cell's widgets read "kernel restarted: run the cell again".
+restart, after which each cell's widgets read "kernel restarted: run the cell again", and the
+dashboard run again holds the runs the old kernel left (its buttons readable in both themes).
 The browser stack and when a missing one skips: tests/_browser.py.
 """
 
@@ -35,7 +36,8 @@ SETUP = '''
 import asyncio
 import nbtasks
 
-nbtasks.configure(store=".nbtasks/sched.db")
+# after a restart, the runs the old kernel left unfinished wait for a person (the held box)
+nbtasks.configure(store=".nbtasks/sched.db", resume=False)
 
 @nbtasks.task(id="report", retry={"max_attempts": 1})
 def report(payload, ctx):
@@ -205,3 +207,18 @@ def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, st
     for widget in standalone:
         expect(widget).to_be_visible()
     expect(lines).to_have_count(0)
+    # the runs the old kernel was executing are held: its buttons read in both themes (success
+    # and warning buttons kept ipywidgets' white on green, 4.1:1, and on orange, 2.7:1)
+    held = page.locator(".nbt-held")
+    expect(held).to_contain_text("interrupted by a kernel restart")
+    for name in ("Resume them", "Cancel them"):
+        expect(held.locator("button", has_text=name)).to_be_enabled()
+    for theme, light in (("JupyterLab Dark", "false"), ("JupyterLab Light", "true")):
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
+                      "{theme: t})", theme)
+        page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+        page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+        checked, bad = contrast_failures(page, ".nbt-held")
+        assert checked == 3 and not bad, (theme, bad)  # the line and both buttons
+        checked, bad = contrast_failures(page, ".nbt-dashboard")
+        assert checked > 30 and not bad, (theme, bad)
