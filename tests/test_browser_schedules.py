@@ -4,8 +4,9 @@ One JupyterLab server and one page serve the module; the tests go on from each o
 file order: `schedules.list()` as a table, the Schedules tab (cron in words, timezone, next and
 last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
 at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
-restart, after which each cell's widgets read "kernel restarted: run the cell again", and the
-dashboard run again holds the runs the old kernel left (its buttons readable in both themes).
+restart, after which each cell's widgets read "kernel restarted: run the cell again" (before and
+after a page reload), and the dashboard run again holds the runs the old kernel left (its
+buttons readable in both themes).
 The browser stack and when a missing one skips: tests/_browser.py.
 """
 
@@ -200,6 +201,22 @@ def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, st
     checked, bad = contrast_failures(page, ".nbt-kernel-gone")
     assert checked == 1 and not bad, bad
     page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted.png"))
+    # a reload: no widget model is left, so no nbtasks code runs in the page and the manager
+    # draws "model not found" per widget; the note saved beside each widget makes that the line
+    page.evaluate("async () => { await window.jupyterapp.commands.execute('docmanager:save'); }")
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    failed = page.locator(".jp-OutputArea-output.jupyter-widgets", has_text="model not found")
+    expect(failed).to_have_count(4)
+    for i in (2, 3, 4, 5):
+        out = cells.nth(i).locator(".jp-OutputArea-output.jupyter-widgets")
+        expect(out).to_be_visible()
+        assert out.evaluate("e => getComputedStyle(e, '::before').content") == \
+            '"kernel restarted: run the cell again"', i
+        assert out.evaluate("e => getComputedStyle(e).fontSize") == "0px"  # the error text
+        assert cells.nth(i).locator(".jp-OutputArea-child").filter(
+            has=page.locator(".nbt-reload-mark")).is_hidden()  # the note's own output row
+    page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted-reload.png"))
     # running the cells again brings live widgets back, and the lines go
     kernel_ready(page, base, token, NOTEBOOK)
     run_all(page)

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - anywidget comes with the notebo
                       "nbtasks: pip install anywidget") from exc
 
 from .display import label_cells, user_traceback
+from .reload_note import ReloadNoted
 from .trace_model import build_trace
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def asset(*names: str) -> str:
 Opener = Callable[[dict[str, Any]], None]
 
 
-class ClickableWidget(anywidget.AnyWidget):
+class ClickableWidget(ReloadNoted, anywidget.AnyWidget):
     """An anywidget whose frontend reports clicks through the synced `clicked` trait."""
 
     clicked = traitlets.Dict().tag(sync=True)
