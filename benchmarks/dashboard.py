@@ -13,7 +13,8 @@ median of `--repeat` tries, measured twice:
 
 "sort ...": each of the table's six sorts, timed alone: picking it (its first page), then the
 next page and the last page; each figure includes the count and the position the pager shows.
-The batch and custom-range filters are the table's other pickers.
+The batch and custom-range filters are the table's other pickers. `--index-cost` prints instead
+what the schema's two sort indexes cost a run's writes (insert, start, end), in CPU time.
 
 "open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
 in the process, with the ipywidgets import). The target is < 200 ms for opening, for each
@@ -238,12 +239,69 @@ def measure_in_kernel(path: str, repeat: int) -> dict[str, float]:
         km.shutdown_kernel(now=True)
 
 
+def index_cost(n: int, repeat: int) -> dict[str, float]:
+    """CPU µs per run of its three writes (the new run's insert, its start, its end) through
+    the store's own write path in batches of 64 (a group commit's size under load), with the
+    schema's sort indexes and with them dropped: what those indexes cost the run path."""
+    import sqlite3
+
+    from nbtasks._runstate import RunState, new_id
+    from nbtasks._status import RunStatus
+    from nbtasks.stores import SQLiteStore, WriteBatch
+
+    def once(path: str, drop: bool) -> list[float]:
+        store = SQLiteStore(path)
+        store.open()
+        if drop:
+            with sqlite3.connect(path) as conn:
+                conn.execute("DROP INDEX runs_sort_started")
+                conn.execute("DROP INDEX runs_sort_duration")
+        now = time.time()
+        runs = [RunState(new_id("run_"), "etl", "{}", now + i * 1e-4) for i in range(n)]
+        for run in runs:
+            run.queue, run.machine, run.owner = "task/etl", "kernel", "eng_bench"
+        spent = []
+        for step in ("insert", "start", "end"):
+            for run in runs:
+                if step == "start":
+                    run.status, run.started_at, run.attempt_count = RunStatus.EXECUTING, now, 1
+                elif step == "end":
+                    run.status = RunStatus.COMPLETED
+                    run.finished_at = run.updated_at = now + 0.5
+            rows = [r.row() for r in runs]
+            t = time.process_time()
+            for i in range(0, n, 64):
+                store.write(WriteBatch(runs=rows[i:i + 64], fresh=step == "insert"))
+            spent.append((time.process_time() - t) / n * 1e6)
+        store.close()
+        return spent
+
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(repeat):  # alternated, first one then the other, as the load drifts
+            for label, drop in (("with", False), ("without", True))[::1 if k % 2 else -1]:
+                spent = once(os.path.join(tmp, f"{label}{k}.db"), drop)
+                for step, us in zip(("insert", "start", "end"), spent, strict=True):
+                    out.setdefault(f"{step}, {label} sort indexes", []).append(us)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=100_000, help="runs in the store")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the in-kernel figures")
+    parser.add_argument("--index-cost", action="store_true",
+                        help="only: what the sort indexes cost a run's writes (CPU µs per run)")
     args = parser.parse_args()
+    if args.index_cost:
+        figures = index_cost(min(args.n, 20_000), args.repeat)
+        for step in ("insert", "start", "end"):
+            a, b = (figures[f"{step}, {w} sort indexes"] for w in ("with", "without"))
+            print(f"{step:7s} with {a:7.1f} µs/run, without {b:7.1f} µs/run: x{a / b:.2f}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"CPU time of the writing process; load average {load}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "runs.db")
         t = time.perf_counter()

@@ -36,14 +36,18 @@ _FINAL_SQL = (
 # started: a new run's INSERT (the trigger path) touches neither index; a run enters them when
 # it starts, or when it ends without starting. The rest ("started_at IS NULL" and not final)
 # is what is waiting in the queues, found through the status index.
-_FINAL_SORTED = ("('CANCELED', 'COMPLETED', 'CRASHED', 'EXPIRED', 'FAILED', 'INTERRUPTED', "
-                 "'SYSTEM_FAILURE', 'TIMED_OUT')")
+# "Is final" is spelled as comparisons, not `status IN (...)`: SQLite evaluates a partial
+# index's condition for every row written, and an IN list of constants builds a temporary
+# b-tree each time, which made a new run's insert a third slower.
+_IS_FINAL = "(" + " OR ".join(f"status = '{s}'" for s in (
+    "COMPLETED", "FAILED", "CANCELED", "CRASHED", "EXPIRED", "TIMED_OUT", "SYSTEM_FAILURE",
+    "INTERRUPTED")) + ")"
 NOT_YET = "1e300"
 STARTED_KEY = f"COALESCE(started_at, {NOT_YET})"
-DURATION_KEY = (f"(CASE WHEN started_at IS NOT NULL AND status IN {_FINAL_SORTED} THEN "
+DURATION_KEY = (f"(CASE WHEN started_at IS NOT NULL AND {_IS_FINAL} THEN "
                 f"MAX(0.0, COALESCE(finished_at, updated_at, started_at) - started_at) "
                 f"ELSE {NOT_YET} END)")
-SORTED_RUNS = f"(started_at IS NOT NULL OR status IN {_FINAL_SORTED})"
+SORTED_RUNS = f"(started_at IS NOT NULL OR {_IS_FINAL})"
 
 #: Migrations: version -> statements taking a store from version-1 to version.
 MIGRATIONS: dict[int, list[str]] = {
