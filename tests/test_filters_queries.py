@@ -322,3 +322,12 @@ def test_the_sort_keys_are_spelled_the_same_in_every_process() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60,
         env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2", "3", "4")}
     assert len(spelled) == 1, spelled
+
+
+def test_the_sort_indexes_and_the_queued_part_cover_every_status() -> None:
+    """The indexes' "is final" is spelled out status by status in the schema: a new final
+    status needs a new schema version, or its unstarted runs would drop out of both parts of a
+    sorted page."""
+    from nbtasks.stores.sqlite import _IS_FINAL
+    assert set(re.findall(r"status = '(\w+)'", _IS_FINAL)) == {s.value for s in FINAL}
+    assert set(queries.ACTIVE_STATUSES) | {s.value for s in FINAL} == {s.value for s in RunStatus}

@@ -112,7 +112,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX IF NOT EXISTS runs_batch ON runs(batch_id, created_at, id) "
         "WHERE batch_id IS NOT NULL",
     ],
-    # v5: the dashboard's sorts on start time and duration (see SORTED_RUNS below).
+    # v5: the dashboard's sorts on start time and duration (see SORTED_RUNS above).
     5: [
         f"CREATE INDEX IF NOT EXISTS runs_sort_started ON runs({STARTED_KEY}, id) "
         f"WHERE {SORTED_RUNS}",
