@@ -11,16 +11,18 @@ median of `--repeat` tries, measured twice:
 - inside a real Jupyter kernel (jupyter_client), where every widget also sends its comm
   messages: that is the kernel time a notebook user waits for.
 
-"sort: ..." and the batch and custom-range filters are the table's other pickers;
-`--wanted-indexes` adds the optional indexes the started and duration sorts would use (left
-out of the schema: they would cost every run's start and end a write), to show their worth.
+"sort ...": each of the table's six sorts, timed alone: picking it (its first page), then the
+next page and the last page; each figure includes the count and the position the pager shows.
+The batch and custom-range filters are the table's other pickers. `--index-cost` prints instead
+what the schema's two sort indexes cost a run's writes (insert, start, end), in CPU time.
 
 "open" is `nbtasks.dashboard(engine)` up to its first complete render ("cold" is the first one
-in the process, with the ipywidgets import). The target is < 200 ms for opening and for each
-filter change. "tick" is the once-a-second refresh of a dashboard on screen; "hidden" is the
-feed's call on a dashboard whose page reported it off screen, with a burst of events: it must
-cost next to nothing (no query, no widget message). Nothing here is an assertion: it prints
-the figures, and the machine's load average (the figures scale with it on a shared machine).
+in the process, with the ipywidgets import). The target is < 200 ms for opening, for each
+filter change and for each page of each sort. "tick" is the once-a-second refresh of a
+dashboard on screen; "hidden" is the feed's call on a dashboard whose page reported it off
+screen, with a burst of events: it must cost next to nothing (no query, no widget message).
+Nothing here is an assertion: it prints the figures, and the machine's load average (the
+figures scale with it on a shared machine).
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def _median_ms(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
+def _median_ms_after(setup: Callable[[], Any], fn: Callable[[], Any], repeat: int) -> float:
+    """`fn` timed alone, with `setup` run untimed before each try."""
+    times = []
+    for _ in range(repeat):
+        setup()
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1000)
+    return statistics.median(times)
+
+
 def measure(path: str, repeat: int) -> dict[str, float]:
     """Open an engine on `path` and time the dashboard's kernel-side work, in milliseconds."""
     import nbtasks
@@ -130,18 +143,23 @@ def measure(path: str, repeat: int) -> dict[str, float]:
 
         out["next page"] = _median_ms(page, repeat) / 2
 
-        # the sorts (each flip: sort, then back to newest first) and the other pickers
-        for name, value in (("sort: started, latest first", "started:desc"),
-                            ("sort: longest first", "duration:desc"),
-                            ("sort: shortest first", "duration:asc")):
-            out[name] = _median_ms(flip(table.sort, value), repeat) / 2
+        # every sort: its first page (picked from another sort), the next page, the last page
+        from nbtasks.notebook.runs_table import SORT_OPTIONS
+        for label, value in SORT_OPTIONS:
+            other = "created:asc" if value == "created:desc" else "created:desc"
 
-        def sorted_page() -> None:
-            table.older.click()
-            table.newer.click()
+            def pick(value: str = value) -> None:
+                table.sort.value = value
 
-        table.sort.value = "duration:desc"
-        out["next page, longest first"] = _median_ms(sorted_page, repeat) / 2
+            def away(other: str = other) -> None:
+                table.sort.value = other
+
+            out[f"sort {label}: first page"] = _median_ms_after(away, pick, repeat)
+            table.sort.value = value
+            out[f"sort {label}: next page"] = _median_ms_after(
+                table.first.click, table.older.click, repeat)
+            out[f"sort {label}: last page"] = _median_ms_after(
+                table.first.click, table.last.click, repeat)
         table.sort.value = "created:desc"
         newest_batch = table.batch.options[1][1]
         out["filter: batch (picked)"] = _median_ms(flip(table.batch, newest_batch), repeat) / 2
@@ -221,41 +239,87 @@ def measure_in_kernel(path: str, repeat: int) -> dict[str, float]:
         km.shutdown_kernel(now=True)
 
 
+def index_cost(n: int, repeat: int) -> dict[str, float]:
+    """CPU µs per run of its three writes (the new run's insert, its start, its end) through
+    the store's own write path in batches of 64 (a group commit's size under load), with the
+    schema's sort indexes and with them dropped: what those indexes cost the run path."""
+    import sqlite3
+
+    from nbtasks._runstate import RunState, new_id
+    from nbtasks._status import RunStatus
+    from nbtasks.stores import SQLiteStore, WriteBatch
+
+    def once(path: str, drop: bool) -> list[float]:
+        store = SQLiteStore(path)
+        store.open()
+        if drop:
+            with sqlite3.connect(path) as conn:
+                conn.execute("DROP INDEX runs_sort_started")
+                conn.execute("DROP INDEX runs_sort_duration")
+        now = time.time()
+        runs = [RunState(new_id("run_"), "etl", "{}", now + i * 1e-4) for i in range(n)]
+        for run in runs:
+            run.queue, run.machine, run.owner = "task/etl", "kernel", "eng_bench"
+        spent = []
+        for step in ("insert", "start", "end"):
+            for run in runs:
+                if step == "start":
+                    run.status, run.started_at, run.attempt_count = RunStatus.EXECUTING, now, 1
+                elif step == "end":
+                    run.status = RunStatus.COMPLETED
+                    run.finished_at = run.updated_at = now + 0.5
+            rows = [r.row() for r in runs]
+            t = time.process_time()
+            for i in range(0, n, 64):
+                store.write(WriteBatch(runs=rows[i:i + 64], fresh=step == "insert"))
+            spent.append((time.process_time() - t) / n * 1e6)
+        store.close()
+        return spent
+
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(repeat):  # alternated, first one then the other, as the load drifts
+            for label, drop in (("with", False), ("without", True))[::1 if k % 2 else -1]:
+                spent = once(os.path.join(tmp, f"{label}{k}.db"), drop)
+                for step, us in zip(("insert", "start", "end"), spent, strict=True):
+                    out.setdefault(f"{step}, {label} sort indexes", []).append(us)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=100_000, help="runs in the store")
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--no-kernel", action="store_true", help="skip the in-kernel figures")
-    parser.add_argument("--wanted-indexes", action="store_true",
-                        help="add the indexes the started/duration sorts and the batch filter "
-                             "could use (nbtasks.notebook.queries.WANTED_INDEXES)")
+    parser.add_argument("--index-cost", action="store_true",
+                        help="only: what the sort indexes cost a run's writes (CPU µs per run)")
     args = parser.parse_args()
+    if args.index_cost:
+        figures = index_cost(min(args.n, 20_000), args.repeat)
+        for step in ("insert", "start", "end"):
+            a, b = (figures[f"{step}, {w} sort indexes"] for w in ("with", "without"))
+            print(f"{step:7s} with {a:7.1f} µs/run, without {b:7.1f} µs/run: x{a / b:.2f}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"CPU time of the writing process; load average {load}")
+        return
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "runs.db")
         t = time.perf_counter()
         fill_store(path, args.n)
-        if args.wanted_indexes:
-            import sqlite3
-
-            from nbtasks.notebook.queries import WANTED_INDEXES
-            with sqlite3.connect(path) as conn:
-                for ddl in WANTED_INDEXES:
-                    conn.execute(ddl)
-            print("with the wanted indexes:", *WANTED_INDEXES, sep="\n  ")
         print(f"filled {args.n:,} runs in {time.perf_counter() - t:.1f} s "
               f"({os.path.getsize(path) / 1e6:.0f} MB)")
         columns = {"in process": measure(path, args.repeat)}
         if not args.no_kernel:
             columns["in a kernel"] = measure_in_kernel(path, args.repeat)
     names = list(next(iter(columns.values())))
-    print(f"\n{'kernel time, median ms':40s}" + "".join(f"{c:>14s}" for c in columns))
+    print(f"\n{'kernel time, median ms':46s}" + "".join(f"{c:>14s}" for c in columns))
     for name in names:
         cells = "".join(f"{columns[c][name]:14.1f}" for c in columns)
-        print(f"{name:40s}{cells}")
+        print(f"{name:46s}{cells}")
     worst = max(v for c in columns.values() for k, v in c.items()
-                if k.startswith(("open (warm)", "filter")))
+                if k.startswith(("open (warm)", "filter", "sort")))
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"\nslowest open/filter: {worst:.1f} ms (target < {TARGET_MS:.0f} ms); "
+    print(f"\nslowest open/filter/sorted page: {worst:.1f} ms (target < {TARGET_MS:.0f} ms); "
           f"python {sys.version.split()[0]}; load average {load} on {os.cpu_count()} cores")
 
 

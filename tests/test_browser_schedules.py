@@ -4,7 +4,9 @@ One JupyterLab server and one page serve the module; the tests go on from each o
 file order: `schedules.list()` as a table, the Schedules tab (cron in words, timezone, next and
 last run, deactivate, trigger now, delete), the Queues tab (a raised limit starts waiting runs
 at once, a bad one is refused in the row, Reset, both themes readable), and last a kernel
-restart, after which each cell's widgets read "kernel restarted: run the cell again".
+restart, after which each cell's widgets read "kernel restarted: run the cell again" (before and
+after a page reload), and the dashboard run again holds the runs the old kernel left (its
+buttons readable in both themes).
 The browser stack and when a missing one skips: tests/_browser.py.
 """
 
@@ -35,7 +37,8 @@ SETUP = '''
 import asyncio
 import nbtasks
 
-nbtasks.configure(store=".nbtasks/sched.db")
+# after a restart, the runs the old kernel left unfinished wait for a person (the held box)
+nbtasks.configure(store=".nbtasks/sched.db", resume=False)
 
 @nbtasks.task(id="report", retry={"max_attempts": 1})
 def report(payload, ctx):
@@ -54,12 +57,14 @@ waiting = [held.trigger(i) for i in range(4)]
 LIST = "nbtasks.schedules.list()"
 DASHBOARD = "dash = nbtasks.dashboard()\ndash"
 LINE = "waiting[3]"
+TRACE = "from nbtasks.notebook.trace import trace_for\ntrace_for(None, waiting[0].id)"
+TIMELINE = "from nbtasks.notebook.timeline import Timeline\nTimeline(window=300)"
 
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Path]]:
     root = tmp_path_factory.mktemp("sched-lab")
-    write_notebook(root / NOTEBOOK, (SETUP, LIST, DASHBOARD, LINE))
+    write_notebook(root / NOTEBOOK, (SETUP, LIST, DASHBOARD, LINE, TRACE, TIMELINE))
     with jupyterlab(root, "jupyterlab-sched") as served:
         yield served
 
@@ -174,24 +179,63 @@ def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
 def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, str, Path]) -> None:
     expect = expect_slow()
     base, token, _root = lab
-    expect(page.locator(".nbt-status-line")).to_be_visible()
+    # the anywidgets' own views watch for the restart: a trace and a timeline in cells of their own
+    cells = page.locator(".jp-Notebook .jp-Cell")  # SETUP, LIST, DASHBOARD, LINE, TRACE, TIMELINE
+    standalone = (cells.nth(3).locator(".nbt-status-line"), cells.nth(4).locator(".nbt-trace"),
+                  cells.nth(5).locator(".nbt-timeline-w"))
+    for widget in standalone:
+        expect(widget).to_be_visible()
     expect(page.locator(".nbt-restart-line")).to_have_count(0)
     # not awaited: the command's promise waits for the dialog this test answers next
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:restart-kernel'); }")
     page.locator(".jp-Dialog .jp-mod-accept").click()  # "Restart Kernel?"
     lines = page.locator(".nbt-restart-line")
-    expect(lines).to_have_count(2)  # the dashboard's cell and the status line's
-    expect(lines.first).to_have_text("kernel restarted: run the cell again")
+    expect(lines).to_have_count(4)  # the cells of the dashboard, status line, trace, timeline
+    for i in range(4):
+        expect(lines.nth(i)).to_have_text("kernel restarted: run the cell again")
     expect(page.locator(".nbt-dashboard")).to_be_hidden()
-    expect(page.locator(".nbt-status-line")).to_be_hidden()
+    for widget in standalone:
+        expect(widget).to_be_hidden()
     expect(page.locator(".nbt-schedule-table")).to_be_visible()  # plain HTML stays true
     assert "Error displaying widget" not in page.locator(".jp-Notebook").inner_text()
     checked, bad = contrast_failures(page, ".nbt-kernel-gone")
     assert checked == 1 and not bad, bad
     page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted.png"))
+    # a reload: no widget model is left, so no nbtasks code runs in the page and the manager
+    # draws "model not found" per widget; the note saved beside each widget makes that the line
+    page.evaluate("async () => { await window.jupyterapp.commands.execute('docmanager:save'); }")
+    page.reload(wait_until="domcontentloaded")
+    page.wait_for_selector(".jp-Notebook .jp-Cell")
+    failed = page.locator(".jp-OutputArea-output.jupyter-widgets", has_text="model not found")
+    expect(failed).to_have_count(4)
+    for i in (2, 3, 4, 5):
+        out = cells.nth(i).locator(".jp-OutputArea-output.jupyter-widgets")
+        expect(out).to_be_visible()
+        assert out.evaluate("e => getComputedStyle(e, '::before').content") == \
+            '"kernel restarted: run the cell again"', i
+        assert out.evaluate("e => getComputedStyle(e).fontSize") == "0px"  # the error text
+        assert cells.nth(i).locator(".jp-OutputArea-child").filter(
+            has=page.locator(".nbt-reload-mark")).is_hidden()  # the note's own output row
+    page.locator(".jp-Notebook").screenshot(path=str(ARTIFACTS / "kernel-restarted-reload.png"))
     # running the cells again brings live widgets back, and the lines go
     kernel_ready(page, base, token, NOTEBOOK)
     run_all(page)
     expect(page.locator(".nbt-dashboard")).to_be_visible()
-    expect(page.locator(".nbt-status-line")).to_be_visible()
+    for widget in standalone:
+        expect(widget).to_be_visible()
     expect(lines).to_have_count(0)
+    # the runs the old kernel was executing are held: its buttons read in both themes (success
+    # and warning buttons kept ipywidgets' white on green, 4.1:1, and on orange, 2.7:1)
+    held = page.locator(".nbt-held")
+    expect(held).to_contain_text("interrupted by a kernel restart")
+    for name in ("Resume them", "Cancel them"):
+        expect(held.locator("button", has_text=name)).to_be_enabled()
+    for theme, light in (("JupyterLab Dark", "false"), ("JupyterLab Light", "true")):
+        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
+                      "{theme: t})", theme)
+        page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+        page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+        checked, bad = contrast_failures(page, ".nbt-held")
+        assert checked == 3 and not bad, (theme, bad)  # the line and both buttons
+        checked, bad = contrast_failures(page, ".nbt-dashboard")
+        assert checked > 30 and not bad, (theme, bad)

@@ -520,6 +520,39 @@ def test_custom_range_batch_and_schedule_pickers(engine: Engine, dash: Dashboard
     assert table.range.value == 0.0 and is_hidden(table.since_at) and table.since_at.value == ""
 
 
+def test_the_schedule_picker_follows_schedules_made_and_deleted_with_no_new_run(
+        engine: Engine, dash: Dashboard) -> None:
+    """A schedule is no run event: a dashboard on screen picks it up at its next clock tick,
+    not when the schedule's first run is created; a deleted one leaves the picker, and a
+    filter on it is dropped with the table re-read."""
+    t = define(engine)
+    finish(t["ok"].trigger(1))
+    dash.tick = 0.05
+    dash.probe.visible = True  # on screen: the feed ticks the clock
+    table = dash.table
+    until(dash, lambda: table.total == 1)
+    before = engine.runs.count()
+
+    def offered() -> set[str]:
+        return {v for _, v in table.schedule.options} - {""}
+
+    def ticked_until(check: Any) -> None:
+        with dash.refreshed:  # a tick notifies, without counting as a refresh
+            assert dash.refreshed.wait_for(check, 10)
+
+    sched = engine.schedules.create(task="ok", cron="0 3 * * *", deduplication_key="nightly")
+    ticked_until(lambda: offered() == {sched.id})
+    other = engine.schedules.create(task="ok", cron="0 4 * * *", deduplication_key="early")
+    ticked_until(lambda: offered() == {sched.id, other.id})
+    table.schedule.value = other.id
+    assert shown(dash) == []
+    engine.schedules.delete(other.id)
+    ticked_until(lambda: offered() == {sched.id} and shown(dash) != [])
+    assert table.schedule.value == "" and len(shown(dash)) == 1  # the filter went with it
+    assert engine.runs.count() == before  # no run was created to bring any of this about
+    dash.probe.visible = False
+
+
 # ---------------------------------------------------------------------- schedules, queues, logs
 
 def test_schedules_tab_lists_and_acts(engine: Engine, dash: Dashboard) -> None:

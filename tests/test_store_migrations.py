@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,7 @@ def test_a_new_file_has_the_current_version(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "runs.db")
     store.open()
     store.close()
-    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 4
+    assert _user_version(tmp_path / "runs.db") == SCHEMA_VERSION == 5
 
 
 def _v1_file(db: Path) -> None:
@@ -66,13 +67,14 @@ def test_a_v1_file_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
     assert {"recovery", "replayed_from"} <= columns
 
 
-def _v3_file(db: Path, runs: int) -> None:
-    """A store as version 3 wrote it (no index on finished_at), holding `runs` finished runs."""
+def _v3_file(db: Path, runs: int, version: int = 3) -> None:
+    """A store as `version` wrote it (3: no index on finished_at), holding `runs` finished
+    runs."""
     con = sqlite3.connect(db, isolation_level=None)
-    for version in (1, 2, 3):
-        for stmt in MIGRATIONS[version]:
+    for v in range(1, version + 1):
+        for stmt in MIGRATIONS[v]:
             con.execute(stmt)
-    con.execute("PRAGMA user_version = 3")
+    con.execute(f"PRAGMA user_version = {version}")
     con.executemany(
         "INSERT INTO runs (id, task_id, status, attempt_count, created_at, started_at, "
         "finished_at, updated_at, queue, machine, owner, seq) VALUES (?, 'old-task', "
@@ -96,7 +98,7 @@ def test_a_v3_file_gets_the_finished_at_index_and_keeps_its_runs(tmp_path: Path)
     window = "SELECT COUNT(*) FROM runs WHERE finished_at >= ? AND created_at < ?"
     assert "runs_finished" not in _plan(db, window, 1400.0, 1400.0)  # v3: no such index
     with Engine(store=str(db)) as eng:
-        assert _user_version(db) == SCHEMA_VERSION == 4
+        assert _user_version(db) == SCHEMA_VERSION
         assert eng.runs.count() == 500
         assert eng.runs.retrieve("run_00499").status is RunStatus.COMPLETED
     # the timeline's "ended inside the window" scan and the summary's "finished in the last
@@ -107,6 +109,48 @@ def test_a_v3_file_gets_the_finished_at_index_and_keeps_its_runs(tmp_path: Path)
     con = sqlite3.connect(db)
     assert con.execute("SELECT COUNT(*) FROM runs INDEXED BY runs_finished "
                        "WHERE finished_at >= 1400").fetchone()[0] == 101
+    con.close()
+
+
+def test_a_v4_file_gets_the_sort_indexes_and_queued_runs_stay_out_of_them(
+        tmp_path: Path) -> None:
+    """Version 5 adds the dashboard's "started" and "duration" sort indexes, partial so that a
+    queued run's insert writes neither: the migrated runs are in them, a new queued run is not
+    until it starts, and a sorted page becomes an index walk."""
+    from nbtasks.notebook.queries import SORT_KEYS
+    from nbtasks.stores.sqlite import SORTED_RUNS
+    db = tmp_path / "runs.db"
+    _v3_file(db, 300, version=4)
+    sort = f"SELECT id FROM runs WHERE {SORTED_RUNS} ORDER BY {SORT_KEYS['duration']} DESC, " \
+           "id DESC LIMIT 20"
+    assert "runs_sort_duration" not in _plan(db, sort)  # v4: a scan and a sort
+    running, gate = threading.Event(), threading.Event()
+
+    def body(payload: int, ctx: object) -> bool:
+        running.set()
+        return gate.wait(10)
+
+    with Engine(store=str(db)) as eng:
+        assert _user_version(db) == SCHEMA_VERSION == 5
+        assert eng.runs.count() == 300
+        slow = eng.task(id="slow", run=body, queue={"concurrency_limit": 1})
+        first, second = slow.trigger(1), slow.trigger(2)
+        assert running.wait(10)
+        eng.runs._fresh()  # the first run's start is committed
+        con = sqlite3.connect(db)
+        held = {name: {r[0] for r in con.execute(
+            f"SELECT id FROM runs INDEXED BY {name} WHERE {SORTED_RUNS}")}
+            for name in ("runs_sort_started", "runs_sort_duration")}
+        con.close()
+        assert held["runs_sort_started"] == held["runs_sort_duration"]
+        assert len(held["runs_sort_started"] - {first.id}) == 300  # the migrated runs
+        assert second.id not in held["runs_sort_started"]  # queued: never written there
+        gate.set()
+        second.wait(timeout=10)
+    assert "runs_sort_duration" in _plan(db, sort) and "TEMP B-TREE" not in _plan(db, sort)
+    con = sqlite3.connect(db)
+    assert con.execute(f"SELECT COUNT(*) FROM runs INDEXED BY runs_sort_started "
+                       f"WHERE {SORTED_RUNS}").fetchone()[0] == 302
     con.close()
 
 

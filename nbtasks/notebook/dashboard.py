@@ -45,6 +45,7 @@ from .feed import DONE, feed_for
 from .probe import Probe
 from .queues_panel import QueuesPanel
 from .redact import Redactor
+from .reload_note import ReloadNoted
 from .restart_note import RestartNote
 from .runs_table import RunsTable
 from .schedules_panel import SchedulesPanel
@@ -94,7 +95,7 @@ def dashboard_for(engine: Engine) -> Dashboard | None:
     return None
 
 
-class Dashboard(widgets.VBox):  # type: ignore[misc]
+class Dashboard(ReloadNoted, widgets.VBox):  # type: ignore[misc]
     """The dashboard widget; see the module docstring. `show_run(run_id)` shows one run."""
 
     def __init__(self, engine: Engine, *, page_size: int = 20, read_only: bool | None = None,
@@ -231,6 +232,11 @@ class Dashboard(widgets.VBox):  # type: ignore[misc]
         now = self.engine.clock.now()
         self._summary(now)
         if self.tabs.selected_index == RUNS:  # another tab hides the table: leave it be
+            # A schedule made or deleted (here, in a cell, or by another kernel on this file)
+            # is no run event: read the few schedule rows each tick, so the picker shows it now
+            # and not when the next run is created.
+            if self.table.set_schedules():
+                self.table.refresh(now)
             self.table.retime(now)
             detail = self._detail.part
             if detail is not None and detail.run is not None and not detail.run.is_completed:

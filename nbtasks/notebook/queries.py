@@ -15,6 +15,12 @@ history costs the same as the first one. The sort key is `created_at` by default
 index); `Order("started")` and `Order("duration")` sort on an expression that is never NULL, so
 the cursor can compare it, and whose value a run only gets once (when it starts, or when it
 ends): until then a run sorts as if its key were infinite (first when descending).
+
+Every page, position and count is a range of an index, never a scan of the history: a cursor is
+compared as `key <= ? AND (key < ? OR id < ?)`, which SQLite seeks to, where the equivalent
+`key < ? OR (key = ? AND id < ?)` or a row value `(key, id) < (?, ?)` on an expression makes it
+read the index (or the table) from one end and test each entry. The "started" and "duration"
+sorts read a partial index (schema version 5) merged with the queued runs that index leaves out.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .._runs import run_filters
 from .._spans import SPAN_LEVEL
 from .._status import FINAL, RunStatus
 from ..stores import Store
+from ..stores.sqlite import DURATION_KEY, NOT_YET, SORTED_RUNS, STARTED_KEY
 
 #: The status filter's pseudo-value for "anything not final yet".
 ACTIVE = "ACTIVE"
@@ -111,29 +118,15 @@ SORTS = {"created": ("newest first", "oldest first"),
          "started": ("started, latest first", "started, earliest first"),
          "duration": ("longest first", "shortest first")}
 
-#: Sorted: FINAL is a set, whose order changes with each process's string hashing, and an
-#: expression index only serves a query that spells the expression the same way.
-_FINAL_SQL = "(" + ", ".join(f"'{v}'" for v in sorted(s.value for s in FINAL)) + ")"
-#: The key of a run that has none yet (not started; not finished, for "duration"): later and
-#: longer than any real one. One value for both directions keeps each key a single expression,
-#: which one expression index could serve both ways (see `WANTED_INDEXES`).
-_NOT_YET = "1e300"
-#: The expressions of the "started" and "duration" keys, exactly as an index must spell them.
-SORT_KEYS = {
-    "created": "created_at",
-    "started": f"COALESCE(started_at, {_NOT_YET})",
-    "duration": (f"(CASE WHEN started_at IS NOT NULL AND status IN {_FINAL_SQL} THEN "
-                 f"MAX(0.0, COALESCE(finished_at, updated_at, started_at) - started_at) "
-                 f"ELSE {_NOT_YET} END)"),
-}
-#: Indexes that would let the "started" and "duration" sorts read a page without a full scan.
-#: They are not in the schema: every run's start and end would update them, a cost on the
-#: trigger path paid by everyone for a sort few use. Without them such a sort scans the runs
-#: once per page. A user who sorts big histories often can create them (the benchmark's
-#: `--wanted-indexes` does); the keys must be spelled exactly as in SORT_KEYS for SQLite to use
-#: them. The batch filter's index (`runs_batch`) is in the schema since version 4.
-WANTED_INDEXES = tuple(f"CREATE INDEX IF NOT EXISTS runs_sort_{key} ON runs({SORT_KEYS[key]}, id)"
-                       for key in ("started", "duration"))
+#: The sort keys, as never-NULL SQL expressions, spelled exactly as the store's indexes spell
+#: them (nbtasks/stores/sqlite.py, schema version 5), so that SQLite reads a page from an index
+#: instead of sorting the whole history.
+SORT_KEYS = {"created": "created_at", "started": STARTED_KEY, "duration": DURATION_KEY}
+#: The runs a sort's index holds ("started", "duration"), and the rest: queued runs that never
+#: started, whose key is NOT_YET (found through the status index; few unless a queue is backed
+#: up). A page of either sort is the merge of the two, each read in key order.
+_INDEXED = SORTED_RUNS
+_QUEUED = f"started_at IS NULL AND status IN ({', '.join(repr(s) for s in ACTIVE_STATUSES)})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,16 +221,25 @@ def _row(r: tuple[Any, ...]) -> RunRow:
                   r[13] if len(r) > 13 else None)
 
 
-def _beyond(order: Order, forward: bool, inclusive: bool = False) -> str:
+def _beyond(key: str, order: Order, forward: bool, inclusive: bool = False) -> str:
     """The runs after a cursor in `order` (`forward`), or before it: `(key, id)` compared as a
-    pair, id breaking ties so runs with equal keys are neither skipped nor repeated."""
+    pair, id breaking ties so runs with equal keys are neither skipped nor repeated. Spelled so
+    that the leading `key <= ?` (or `>=`) is a range SQLite seeks to in the key's index."""
     op = ">" if order.ascending == forward else "<"
-    k = order.sql
-    return f"({k} {op} ? OR ({k} = ? AND id {op}{'=' if inclusive else ''} ?))"
+    return f"{key} {op}= ? AND ({key} {op} ? OR id {op}{'=' if inclusive else ''} ?)"
 
 
 def _and(where: str, clause: str) -> str:
     return where + (" AND " if where else " WHERE ") + clause
+
+
+def _parts(order: Order) -> tuple[tuple[str | None, str], ...]:
+    """(condition, key expression) of each part of the runs that `order` reads in key order:
+    the whole table for "created"; for the other sorts their index's runs, and the queued runs
+    it leaves out (whose key is the constant NOT_YET)."""
+    if order.key == "created":
+        return ((None, "created_at"),)
+    return ((_INDEXED, SORT_KEYS[order.key]), (_QUEUED, NOT_YET))
 
 
 def page(store: Store, query: RunQuery, now: float, *, limit: int, after: Cursor | None = None,
@@ -251,26 +253,43 @@ def page(store: Store, query: RunQuery, now: float, *, limit: int, after: Cursor
     where, params = query.where(now)
     backward = before is not None or last
     cursor = before or after or at
-    if cursor is not None:
-        where = _and(where, _beyond(order, before is None, inclusive=at is not None
-                                    and after is None and before is None))
-        params = [*params, cursor.key, cursor.key, cursor.id]
     down = "ASC" if order.ascending != backward else "DESC"
-    _, rows = store.select(
-        f"SELECT {', '.join(_PAGE_COLUMNS)}, {order.sql} FROM runs{where} "
-        f"ORDER BY {order.sql} {down}, id {down} LIMIT ?", (*params, limit))
+    selects: list[str] = []
+    args: list[Any] = []
+    for condition, key in _parts(order):
+        part = where if condition is None else _and(where, condition)
+        args += params
+        if cursor is not None:
+            part = _and(part, _beyond(key, order, before is None, inclusive=at is not None
+                                      and after is None and before is None))
+            args += [cursor.key, cursor.key, cursor.id]
+        selects.append(f"SELECT {', '.join(_PAGE_COLUMNS)}, {key} AS sort_key FROM runs{part}")
+    # Each part is read in order from its index and the parts are merged (SQLite's MERGE
+    # (UNION ALL)), so LIMIT stops the reading after one page.
+    _, rows = store.select(f"{' UNION ALL '.join(selects)} "
+                           f"ORDER BY sort_key {down}, id {down} LIMIT ?", (*args, limit))
     out = [_row(r) for r in rows]
     return out[::-1] if backward else out
 
 
 def newer_than(store: Store, query: RunQuery, now: float, cursor: Cursor,
-               order: Order = NEWEST) -> int:
-    """How many matching runs come before `cursor` in `order` (its position)."""
+               order: Order = NEWEST, *, total: int | None = None) -> int:
+    """How many matching runs come before `cursor` in `order` (its position): a count over a
+    range of the key's index, which holds the key, so no row is read when nothing filters.
+
+    With `total` (how many runs match, read by the caller), the runs from the cursor to the end
+    are counted instead and taken from it: a caller near the end of the order (the last page)
+    then counts a page's worth of index entries, not the whole history's."""
     where, params = query.where(now)
-    where = _and(where, _beyond(order, forward=False))
-    _, rows = store.select(f"SELECT COUNT(*) FROM runs{where}",
-                           (*params, cursor.key, cursor.key, cursor.id))
-    return int(rows[0][0])
+    counted = 0
+    for condition, key in _parts(order):
+        part = where if condition is None else _and(where, condition)
+        part = _and(part, _beyond(key, order, forward=total is not None, inclusive=True)
+                    if total is not None else _beyond(key, order, forward=False))
+        _, rows = store.select(f"SELECT COUNT(*) FROM runs{part}",
+                               (*params, cursor.key, cursor.key, cursor.id))
+        counted += int(rows[0][0])
+    return counted if total is None else max(0, total - counted)
 
 
 def matches(store: Store, query: RunQuery, now: float, run_id: str) -> bool:

@@ -3,7 +3,8 @@ restarts, turns the widget's output into one line: "kernel restarted: run the ce
 
 After a restart JupyterLab and Notebook 7 keep the old widgets on the page, looking alive but
 connected to nothing. One shared model serves every widget (each shows its own view of it), so
-the note costs no extra comm per status line. The ESM ships in the package (`restart_note.js`).
+the note costs no extra comm per status line. The ESM ships in the package (`restart_note.js`,
+after `static/restart.js`, which the run trace and the timeline use in their own views).
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ try:
 except ImportError as exc:  # pragma: no cover - anywidget is a dependency, but may be removed
     raise ImportError("nbtasks widgets need anywidget: pip install anywidget") from exc
 
-_ESM = Path(__file__).with_name("restart_note.js")
+_HERE = Path(__file__).parent
+#: The watch (shared with the trace and the timeline), then the note's own view.
+_ESM = "\n".join((_HERE / name).read_text(encoding="utf-8")
+                  for name in ("static/restart.js", "restart_note.js"))
 
 
 class RestartNote(anywidget.AnyWidget):

@@ -216,7 +216,11 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
             self.anchor = None
             rows = queries.page(store, q, now, limit=self.page_size, order=order)
         self._show(rows, now)
-        self.position = (queries.newer_than(store, q, now, self.anchor, order)
+        # Count the anchor's position from the nearer end (the previous position says which):
+        # a count walks the index from an end to the anchor, a page's worth near either end.
+        near_end = self.position * 2 > self.total
+        self.position = (queries.newer_than(store, q, now, self.anchor, order,
+                                            total=self.total if near_end else None)
                          if self.anchor is not None and rows else 0)
         if self.position == 0:
             self.anchor = None  # the first page follows new runs as they arrive
@@ -274,15 +278,24 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         # the queue picker is filled here too, not only when the Queues tab is opened: a
         # queue made by a trigger is a choice as soon as its first run exists
         self.set_queues(sorted(q["name"] for q in self.engine.queues.list()))
-        self._set_options(self.schedule, [("all schedules", ALL), *(
-            (f"{task} · {cron} · {sid}", sid) for sid, task, cron in
-            queries.schedule_choices(store))])
+        self.set_schedules()
         batches = [("all batches", ALL), *((f"{bid} · {clock_time(t, now)}", bid) for bid, t in
                                           queries.recent_batches(store))]
         chosen = self.batch.value
         if chosen and chosen not in {v for _, v in batches}:
             batches.append((chosen, chosen))
         self._set_options(self.batch, batches)
+
+    def set_schedules(self) -> bool:
+        """Re-read the schedules offered in their filter (a few rows: the schedules table).
+
+        Returns True when the chosen schedule was deleted, so the filter fell back to "all
+        schedules" and the rows shown no longer match it."""
+        chosen = self.schedule.value
+        self._set_options(self.schedule, [("all schedules", ALL), *(
+            (f"{task} · {cron} · {sid}", sid) for sid, task, cron in
+            queries.schedule_choices(self.engine.store))])
+        return bool(chosen) and self.schedule.value != chosen
 
     def _set_options(self, picker: Any, options: list[tuple[str, str]]) -> None:
         if list(picker.options) == options:
@@ -315,6 +328,7 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
                 self.anchor, rows = None, None
         elif where == "last":
             rows = queries.page(store, q, now, limit=size, last=True, order=order) or None
+            self.position = self.total  # near the end: count the position from there
         if rows:
             self.anchor = queries.Cursor.of(rows[0])
         self.refresh(now, rows)

@@ -25,6 +25,7 @@ from . import queries
 from ._ui import button, make, shared, widgets
 from .display import badge, counts_html, duration, esc, under_voila
 from .feed import DONE, feed_for
+from .reload_note import ReloadNoted
 from .restart_note import RestartNote, restart_note
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from .._events import RunEvent
 
 
-class _FedBox(widgets.HBox):  # type: ignore[misc]
+class _FedBox(ReloadNoted, widgets.HBox):  # type: ignore[misc]
     """An HBox fed by the engine's event feed: closing it stops the feed and its children."""
 
     _feed: Any

@@ -36,7 +36,7 @@ WINDOWS = (("last minute", 60.0), ("last 5 minutes", 300.0), ("last 15 minutes",
 class Timeline(ClickableWidget):
     """Runs of the last `window` seconds per queue; `refresh()` re-reads them."""
 
-    _esm = asset("common.js", "timeline.js")
+    _esm = asset("common.js", "restart.js", "timeline.js")
     _css = asset("common.css", "timeline.css")
     data = traitlets.Dict().tag(sync=True)
 

@@ -28,6 +28,7 @@ except ImportError as exc:  # pragma: no cover - anywidget comes with the notebo
                       "nbtasks: pip install anywidget") from exc
 
 from .display import label_cells, user_traceback
+from .reload_note import ReloadNoted
 from .trace_model import build_trace
 
 if TYPE_CHECKING:
@@ -44,7 +45,7 @@ def asset(*names: str) -> str:
 Opener = Callable[[dict[str, Any]], None]
 
 
-class ClickableWidget(anywidget.AnyWidget):
+class ClickableWidget(ReloadNoted, anywidget.AnyWidget):
     """An anywidget whose frontend reports clicks through the synced `clicked` trait."""
 
     clicked = traitlets.Dict().tag(sync=True)
@@ -63,7 +64,7 @@ class ClickableWidget(anywidget.AnyWidget):
 class RunTrace(ClickableWidget):
     """The waterfall of one run. `show(run_id)` switches run, `refresh()` re-reads it."""
 
-    _esm = asset("common.js", "trace.js")
+    _esm = asset("common.js", "restart.js", "trace.js")
     _css = asset("common.css", "trace.css")
     data = traitlets.Dict().tag(sync=True)
 

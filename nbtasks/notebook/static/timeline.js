@@ -217,7 +217,9 @@ function render({ model, el }) {
   model.on("change:data", () => { received = performance.now(); draw(); });
   draw();
   const stop = nbtTicking(root, draw);
-  return () => stop();
+  // after a kernel restart this view is dead: one line replaces it (restart.js)
+  const unwatch = nbtWatchRestart(model, el);
+  return () => { stop(); unwatch(); };
 }
 
 export default { render };

@@ -169,7 +169,9 @@ function render({ model, el }) {
     const data = model.get("data") || {};
     if (data.run && !data.run.final) draw();
   });
-  return () => stop();
+  // after a kernel restart this view is dead: one line replaces it (restart.js)
+  const unwatch = nbtWatchRestart(model, el);
+  return () => { stop(); unwatch(); };
 }
 
 export default { render };
