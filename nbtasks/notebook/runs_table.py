@@ -201,6 +201,8 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
 
         `rows`: the page at `anchor`, already read by the caller (paging reads it anyway; a
         sort without an index pays a scan per query, so none is read twice)."""
+        if self.engine.closed:  # a typing pause or a tick that fires after the engine closed
+            return
         store = self.engine.store
         q, order = self.query(), self.order()
         custom = self.range.value == CUSTOM
@@ -208,7 +210,7 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         hide(self.until_at, not custom)
         self.hint.value = (message(esc(self._when_problem)) if self._when_problem
                            else f'<span class="nbt-ago">{_HINT}</span>')
-        self.total = queries.count(store, q, now)
+        total = queries.count(store, q, now)
         if rows is None:
             rows = queries.page(store, q, now, limit=self.page_size, at=self.anchor,
                                 order=order)
@@ -218,21 +220,23 @@ class RunsTable(widgets.VBox):  # type: ignore[misc]
         self._show(rows, now)
         # Count the anchor's position from the nearer end (the previous position says which):
         # a count walks the index from an end to the anchor, a page's worth near either end.
-        near_end = self.position * 2 > self.total
+        near_end = self.position * 2 > total
         self.position = (queries.newer_than(store, q, now, self.anchor, order,
-                                            total=self.total if near_end else None)
+                                            total=total if near_end else None)
                          if self.anchor is not None and rows else 0)
         if self.position == 0:
             self.anchor = None  # the first page follows new runs as they arrive
         first = self.position + 1 if rows else 0
         self.where.value = (f"&nbsp;{first:,}&ndash;{self.position + len(rows):,} of "
-                            f"{self.total:,}&nbsp;")
+                            f"{total:,}&nbsp;")
         at_top = self.position == 0
-        at_end = self.position + len(rows) >= self.total
+        at_end = self.position + len(rows) >= total
         self.first.disabled = self.newer.disabled = at_top
         self.older.disabled = self.last.disabled = at_end
         hide(self.empty, bool(rows))
         hide(self.clear, bool(rows) or (q.is_empty and not custom))
+        # Last: whoever sees the new total (a test, a tick on another thread) sees its page.
+        self.total = total
 
     def _show(self, rows: list[queries.RunRow], now: float) -> None:
         self.rows_shown = rows
