@@ -7,7 +7,8 @@
 
 Baselines: bare asyncio (create_task + gather of N no-op coroutines), and a bare stdlib
 `sqlite3` loop committing one row per transaction in WAL with synchronous=NORMAL: the physical
-limit of a durable `trigger()`, which returns only once its run is committed.
+limit of a durable `trigger()`, which returns only once its run is committed. Beside it, the same
+loop into nbtasks' own runs table shows what the table's indexes cost on their own.
 
 Sections (`--only`):
   paths     `trigger()` loop ÷ bare one-row commit; `batch_trigger` x500 + wait ÷ bare asyncio;
@@ -91,6 +92,29 @@ def bare_commits(n: int, path: str) -> Timing:
                 con.execute("BEGIN IMMEDIATE")
                 con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)",
                             (f"run_{i:021d}", "noop", "QUEUED", str(i), time.time()))
+                con.execute("COMMIT")
+        return out[0], out[1]
+    finally:
+        con.close()
+
+
+def schema_commits(n: int, path: str) -> Timing:
+    """The same one-row transactions into nbtasks' own runs table, with its indexes: how much of
+    the `trigger()` loop's ratio the schema itself costs (each index is a B-tree to update)."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    nbtasks.Engine(store=path).close()  # the schema, as the engine makes it
+    con = sqlite3.connect(path, isolation_level=None)
+    try:
+        con.execute("PRAGMA synchronous = NORMAL")
+        sql = ("INSERT INTO runs (id, task_id, status, payload, attempt_count, created_at, "
+               "updated_at, queued_at, is_test, queue, priority, owner, seq) "
+               "VALUES (?, 'noop', 'QUEUED', ?, 0, ?, ?, ?, 0, 'task/noop', 0.0, 'eng', ?)")
+        out: list[float] = []
+        with _clocks(out):
+            for i in range(n):
+                now = time.time()
+                con.execute("BEGIN IMMEDIATE")
+                con.execute(sql, (f"run_{i:021d}", str(i), now, now, now, i))
                 con.execute("COMMIT")
         return out[0], out[1]
     finally:
@@ -193,6 +217,7 @@ class Paths:
         # Each is (wall, CPU) seconds per run.
         self.asyncio = _per(_best(lambda: bare_asyncio(n), repeat), n)
         self.commit = _per(_best(lambda: bare_commits(loop_n, fresh()), repeat), loop_n)
+        self.schema = _per(_best(lambda: schema_commits(loop_n, fresh()), repeat), loop_n)
         self.batch = _per(_best(lambda: nb_batch(n, fresh()), repeat), n)
         self.async_ = _per(_best(lambda: nb_async(n, fresh()), repeat), n)
         self.loop = _per(_best(lambda: nb_loop(loop_n, fresh()), repeat), loop_n)
@@ -352,6 +377,7 @@ def main() -> None:
             for name, (wall, cpu) in (
                     ("bare asyncio", quiet.asyncio),
                     ("bare sqlite3 one-row commit (WAL, NORMAL)", quiet.commit),
+                    ("the same commit into nbtasks' runs table (its indexes)", quiet.schema),
                     ("trigger() loop", quiet.loop),
                     ("batch_trigger x500 + wait", quiet.batch),
                     ("trigger_async + gather", quiet.async_)):
