@@ -280,6 +280,15 @@ CONTRAST_JS = """
 """
 
 
+def set_theme(page: Any, name: str) -> None:
+    """Switch JupyterLab (or Notebook 7) to the theme `name` and wait until it applies."""
+    light = "true" if "Light" in name else "false"
+    page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', {theme: t})",
+                  name)
+    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+    page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+
+
 def contrast_failures(page: Any, selector: str, minimum: float = 4.5) -> tuple[int, list[Any]]:
     """(texts checked, texts under `minimum`) inside the first element matching `selector`."""
     handle = page.locator(selector).first.element_handle()

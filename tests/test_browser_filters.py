@@ -26,6 +26,7 @@ from _browser import (
     jupyterlab,
     page_in_chromium,
     run_notebook,
+    set_theme,
     write_notebook,
 )
 
@@ -212,10 +213,7 @@ def test_tags_any_or_all_apply_as_you_type(page: Any, facts: dict[str, Any]) -> 
 
 @pytest.mark.parametrize("theme", ["JupyterLab Dark", "JupyterLab Light"])
 def test_the_filter_bar_reads_well_in_both_themes(page: Any, theme: str) -> None:
-    light = "true" if "Light" in theme else "false"
-    page.evaluate(f"() => window.jupyterapp.commands.execute('apputils:change-theme', "
-                  f"{{theme: '{theme}'}})")
-    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
+    set_theme(page, theme)
     _pick(page, "range", "custom")
     page.locator(".nbt-filter-from input").fill("not a time")
     expect_slow()(page.locator(".nbt-filter-hint")).to_contain_text("cannot read")
@@ -234,6 +232,6 @@ def test_the_filter_bar_reads_well_in_both_themes(page: Any, theme: str) -> None
     assert colour not in ("rgb(0, 0, 0)", "rgb(255, 255, 255)")  # the theme's error colour
     ARTIFACTS.mkdir(exist_ok=True)
     page.locator("div.nbt-table").screenshot(
-        path=str(ARTIFACTS / f"filters-{'light' if light == 'true' else 'dark'}.png"))
+        path=str(ARTIFACTS / f"filters-{'light' if 'Light' in theme else 'dark'}.png"))
     _pick(page, "range", "any time")
     expect_slow()(page.locator(".nbt-filter-from input")).to_be_hidden()

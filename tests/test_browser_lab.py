@@ -29,6 +29,7 @@ from _browser import (
     on_screen,
     run_notebook,
     save_last,
+    set_theme,
     write_notebook,
 )
 
@@ -113,14 +114,6 @@ def page(browser: Any, lab: tuple[str, str, Path]) -> Iterator[Any]:
 
 def _rows(page: Any) -> Any:
     return page.locator(".nbt-row:not(.nbt-blank)")
-
-
-def _theme(page: Any, name: str) -> None:
-    light = "true" if "Light" in name else "false"
-    page.evaluate(f"() => window.jupyterapp.commands.execute('apputils:change-theme', "
-                  f"{{theme: '{name}'}})")
-    page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
-    page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
 
 
 def test_table_filters_without_collapsing_and_ticks_while_visible(page: Any) -> None:
@@ -241,7 +234,7 @@ def test_a_hidden_dashboard_stops_ticking_and_catches_up_when_shown(page: Any) -
 @pytest.mark.parametrize("theme", ["JupyterLab Light", "JupyterLab Dark"])
 def test_every_text_is_readable_in_both_themes(page: Any, theme: str) -> None:
     expect = expect_slow()
-    _theme(page, theme)
+    set_theme(page, theme)
     page.locator(".nbt-tabs .lm-TabBar-tab", has_text="Runs").click()
     failed = page.locator(".nbt-row-FAILED .nbt-run-link").first
     failed.click()
@@ -287,10 +280,7 @@ def test_notebook_7_renders_and_drives_the_dashboard(browser: Any,
         expect(dash.locator(".nbt-row:not(.nbt-blank)")).to_have_count(1)
         dash.locator(".nbt-row-FAILED .nbt-run-link").click()
         expect(dash.locator(".nbt-detail-body")).to_contain_text("order 42 is broken")
-        pg.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
-                    "{theme: 'JupyterLab Dark'})")
-        pg.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
-        pg.wait_for_timeout(300)
+        set_theme(pg, "JupyterLab Dark")
         checked, bad = contrast_failures(pg, ".nbt-dashboard")
         assert checked > 50 and not bad, "\n".join(map(str, bad))
         pg.screenshot(path=str(ARTIFACTS / "notebook7-dark.png"))

@@ -19,6 +19,7 @@ from _browser import (
     jupyterlab,
     page_in_chromium,
     run_notebook,
+    set_theme,
     write_notebook,
 )
 from test_browser_trace import SETUP, TIMELINE, _check_contrast, _clicks
@@ -85,9 +86,7 @@ def test_trace_and_timeline_in_notebook_7(server: tuple[str, str, Path], page: A
     _check_contrast(page, ".nbt-trace", dark=False)
     _check_contrast(page, ".nbt-timeline-w", dark=False)
 
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
-                  "{theme: 'JupyterLab Dark'})")
-    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    set_theme(page, "JupyterLab Dark")
     page.wait_for_function("() => { const c = getComputedStyle(document.querySelector("
                            "'.nbt-trace')).backgroundColor.match(/\\d+/g).map(Number);"
                            " return c[0] + c[1] + c[2] < 200; }")

@@ -27,6 +27,7 @@ from _browser import (
     page_in_chromium,
     run_all,
     run_notebook,
+    set_theme,
     write_notebook,
 )
 
@@ -163,14 +164,11 @@ def test_the_queues_tab_overrides_a_limit_at_once_and_resets(page: Any) -> None:
     page.locator(".nbt-queues-pause-all").click()
     expect(page.locator(".nbt-queue .nbt-paused")).to_have_count(
         page.locator(".nbt-queue").count())
-    for theme, light in (("JupyterLab Dark", "false"), ("JupyterLab Light", "true")):
-        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
-                      "{theme: t})", theme)
-        page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
-        page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        set_theme(page, theme)
         checked, bad = contrast_failures(page, ".nbt-queues")
         assert checked >= 8 and not bad, (theme, bad)
-        if light == "false":
+        if theme == "JupyterLab Dark":
             page.locator(".nbt-queues").screenshot(path=str(ARTIFACTS / "queues-dark.png"))
     page.locator(".nbt-queues-resume-all").click()
     expect(page.locator(".nbt-queue .nbt-paused")).to_have_count(0)
@@ -230,11 +228,8 @@ def test_a_kernel_restart_leaves_one_line_per_cell(page: Any, lab: tuple[str, st
     expect(held).to_contain_text("interrupted by a kernel restart")
     for name in ("Resume them", "Cancel them"):
         expect(held.locator("button", has_text=name)).to_be_enabled()
-    for theme, light in (("JupyterLab Dark", "false"), ("JupyterLab Light", "true")):
-        page.evaluate("t => window.jupyterapp.commands.execute('apputils:change-theme', "
-                      "{theme: t})", theme)
-        page.wait_for_function(f"() => document.body.dataset.jpThemeLight === '{light}'")
-        page.wait_for_timeout(300)  # the theme's stylesheet applies on the next frames
+    for theme in ("JupyterLab Dark", "JupyterLab Light"):
+        set_theme(page, theme)
         checked, bad = contrast_failures(page, ".nbt-held")
         assert checked == 3 and not bad, (theme, bad)  # the line and both buttons
         checked, bad = contrast_failures(page, ".nbt-dashboard")

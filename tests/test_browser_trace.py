@@ -26,6 +26,7 @@ from _browser import (
     jupyterlab,
     page_in_chromium,
     run_notebook,
+    set_theme,
     write_notebook,
 )
 
@@ -268,9 +269,7 @@ def test_trace_and_timeline_in_jupyterlab_light_and_dark(lab: tuple[str, str, Pa
     _check_contrast(page, ".nbt-trace", dark=False)
     _check_contrast(page, ".nbt-timeline-w", dark=False)
 
-    page.evaluate("() => window.jupyterapp.commands.execute('apputils:change-theme', "
-                  "{theme: 'JupyterLab Dark'})")
-    page.wait_for_function("() => document.body.dataset.jpThemeLight === 'false'")
+    set_theme(page, "JupyterLab Dark")
     page.wait_for_function("() => { const c = getComputedStyle(document.querySelector("
                            "'.nbt-trace')).backgroundColor.match(/\\d+/g).map(Number);"
                            " return c[0] + c[1] + c[2] < 200; }")
