@@ -9,7 +9,9 @@ on a run whose end is marked): that batch is cut in the next loop turns.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -17,56 +19,56 @@ from nbtasks._runstate import RunState
 from nbtasks._writer import GAP, GroupWriter
 from nbtasks.stores.sqlite import SQLiteStore
 
+T = TypeVar("T")
+
 
 def _run(n: int) -> RunState:
     return RunState(f"run_gap{n:018d}", "gap", "null", 1.0)
 
 
-@pytest.mark.timeout(30)
-def test_after_a_commit_the_next_batch_gathers_for_a_gap(tmp_path: Path) -> None:
-    async def scenario() -> tuple[float, bool]:
-        loop = asyncio.get_running_loop()
+def _after_a_commit(tmp_path: Path, then: Callable[[GroupWriter], Awaitable[T]]) -> T:
+    """`then(writer)` on a real store, right after the writer's first commit is done."""
+    async def scenario() -> T:
         store = SQLiteStore(tmp_path / "runs.db")
         store.open()
-        writer = GroupWriter(store, loop)
+        writer = GroupWriter(store, asyncio.get_running_loop())
         try:
             writer.mark(_run(1))
             await writer.barrier()
-            committed = loop.time()
-            told = loop.create_future()
-            writer.mark(_run(2))
-            writer.after_commit(lambda: told.set_result(loop.time()))
-            put_off = writer._later is not None
-            return await told - committed, put_off
+            return await then(writer)
         finally:
             await writer.close()
             store.close()
 
-    waited, put_off = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+@pytest.mark.timeout(30)
+def test_after_a_commit_the_next_batch_gathers_for_a_gap(tmp_path: Path) -> None:
+    async def then(writer: GroupWriter) -> tuple[float, bool]:
+        loop = writer.loop
+        committed = loop.time()
+        told: asyncio.Future[float] = loop.create_future()
+        writer.mark(_run(2))
+        writer.after_commit(lambda: told.set_result(loop.time()))
+        put_off = writer._later is not None
+        return await told - committed, put_off
+
+    waited, put_off = _after_a_commit(tmp_path, then)
     assert put_off
     assert waited >= GAP
 
 
 @pytest.mark.timeout(30)
 def test_somebody_waiting_cuts_the_batch_without_the_gap(tmp_path: Path) -> None:
-    async def scenario() -> tuple[bool, bool, int]:
-        loop = asyncio.get_running_loop()
-        store = SQLiteStore(tmp_path / "runs.db")
-        store.open()
-        writer = GroupWriter(store, loop)
-        try:
-            writer.mark(_run(1))
-            await writer.barrier()
-            writer.mark(_run(2))  # nobody waits: put off
-            put_off = writer._later is not None
-            writer.hurry()  # now somebody does
-            cancelled = writer._later is None
-            await writer.barrier()
-            return put_off, cancelled, writer.commits
-        finally:
-            await writer.close()
-            store.close()
+    async def then(writer: GroupWriter) -> tuple[bool, bool, int]:
+        writer.mark(_run(2))  # nobody waits: put off
+        put_off = writer._later is not None
+        writer.hurry()  # now somebody does
+        cancelled = writer._later is None
+        await writer.barrier()
+        return put_off, cancelled, writer.commits
 
-    put_off, cancelled, commits = asyncio.run(scenario())
+    put_off, cancelled, commits = _after_a_commit(tmp_path, then)
     assert put_off and cancelled
     assert commits == 2
