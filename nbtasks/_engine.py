@@ -18,9 +18,9 @@ import atexit
 import concurrent.futures
 import sqlite3
 import weakref
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from . import _capture
 from ._clock import Clock, RealClock
@@ -46,6 +46,8 @@ from ._wait import WaitAPI
 from ._writer import GroupWriter
 from .executors import Executor, InlineExecutor
 from .stores import Store, WriteBatch, open_store
+
+T = TypeVar("T")
 
 #: Owners of engines open in this process (a same-pid engine row is alive only if listed here).
 LIVE_OWNERS: set[str] = set()
@@ -333,14 +335,21 @@ class Engine(ResultWaiting):
         """True if this engine runs `run_id` now (active, or handed over and not yet taken)."""
         return run_id in self.scheduler.active or run_id in self._admitting
 
-    def _group_commit(self, loop: asyncio.AbstractEventLoop) -> GroupCommit:
-        groups = getattr(self, "_groups", None)
+    def _per_loop(self, attr: str, loop: asyncio.AbstractEventLoop,
+                  make: Callable[[Engine, asyncio.AbstractEventLoop], T]) -> T:
+        """The one `make(self, loop)` of this engine for a caller's loop, kept while it lives."""
+        groups: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T] | None = getattr(
+            self, attr, None)
         if groups is None:
-            groups = self._groups = weakref.WeakKeyDictionary()
+            groups = weakref.WeakKeyDictionary()
+            setattr(self, attr, groups)
         group = groups.get(loop)
         if group is None:
-            group = groups[loop] = GroupCommit(self, loop)
+            group = groups[loop] = make(self, loop)
         return group
+
+    def _group_commit(self, loop: asyncio.AbstractEventLoop) -> GroupCommit:
+        return self._per_loop("_groups", loop, GroupCommit)
 
     def result_soon(self, run_id: str) -> Awaitable[Result[Any]]:
         """`await handle` for a run not known final: the awaits a coroutine loop makes in one
@@ -352,13 +361,7 @@ class Engine(ResultWaiting):
             loop = None
         if loop is None or loop is self.runtime.loop or CURRENT.get() is not None:
             return self.result_async(run_id)
-        groups = getattr(self, "_await_groups", None)
-        if groups is None:
-            groups = self._await_groups = weakref.WeakKeyDictionary()
-        group = groups.get(loop)
-        if group is None:
-            group = groups[loop] = AwaitGroup(self, loop)
-        return group.add(run_id)
+        return self._per_loop("_await_groups", loop, AwaitGroup).add(run_id)
 
     def _admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
         """On the loop: arm runs whose rows their caller committed."""

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ._clock import TimerHandle, to_datetime
 from ._context import CancelSignal
 from ._errors import StoreError
-from ._payload import dumps, loads
+from ._payload import _short, dumps, loads
 from ._status import FINAL, RunStatus
 from ._text import escape_row
 
@@ -334,11 +334,6 @@ def _number(row: dict[str, Any], name: str) -> Any:
             kind is int and not isinstance(value, int)) or value != value:
         raise ValueError(f"{name} is {_short(value)}, not a number")
     return value
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def run_model(row: dict[str, Any], attempts: list[dict[str, Any]] | None = None) -> Run:

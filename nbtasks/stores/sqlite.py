@@ -285,11 +285,16 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     return refused
 
 
+def _fetch(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]
+           ) -> tuple[list[str], list[tuple[Any, ...]]]:
+    cur = conn.execute(sql, params)
+    return [d[0] for d in cur.description or ()], cur.fetchall()
+
+
 def _query(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]
            ) -> tuple[list[str], list[tuple[Any, ...]]]:
     try:
-        cur = conn.execute(sql, params)
-        return [d[0] for d in cur.description or ()], cur.fetchall()
+        return _fetch(conn, sql, params)
     except sqlite3.OperationalError as exc:
         if "decode" not in str(exc):
             raise
@@ -298,8 +303,7 @@ def _query(conn: sqlite3.Connection, sql: str, params: tuple[Any, ...]
     # decoder stays for every read that doesn't meet one.
     conn.text_factory = _lenient_text
     try:
-        cur = conn.execute(sql, params)
-        return [d[0] for d in cur.description or ()], cur.fetchall()
+        return _fetch(conn, sql, params)
     finally:
         conn.text_factory = str
 
