@@ -86,16 +86,23 @@ def bare_commits(n: int, path: str) -> Timing:
         con.execute("PRAGMA synchronous = NORMAL")
         con.execute("CREATE TABLE IF NOT EXISTS runs (id TEXT PRIMARY KEY, task_id TEXT, "
                     "status TEXT, payload TEXT, created_at REAL)")
-        out: list[float] = []
-        with _clocks(out):
-            for i in range(n):
-                con.execute("BEGIN IMMEDIATE")
-                con.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?)",
-                            (f"run_{i:021d}", "noop", "QUEUED", str(i), time.time()))
-                con.execute("COMMIT")
-        return out[0], out[1]
+        return _one_row_commits(con, n, "INSERT INTO runs VALUES (?, 'noop', 'QUEUED', ?, ?)",
+                                lambda i, now: (f"run_{i:021d}", str(i), now))
     finally:
         con.close()
+
+
+def _one_row_commits(con: sqlite3.Connection, n: int, sql: str,
+                     row: Callable[[int, float], tuple[object, ...]]) -> Timing:
+    """Seconds for `n` transactions of one `sql` INSERT each, of `row(i, time.time())`."""
+    out: list[float] = []
+    with _clocks(out):
+        for i in range(n):
+            values = row(i, time.time())
+            con.execute("BEGIN IMMEDIATE")
+            con.execute(sql, values)
+            con.execute("COMMIT")
+    return out[0], out[1]
 
 
 def schema_commits(n: int, path: str) -> Timing:
@@ -109,14 +116,8 @@ def schema_commits(n: int, path: str) -> Timing:
         sql = ("INSERT INTO runs (id, task_id, status, payload, attempt_count, created_at, "
                "updated_at, queued_at, is_test, queue, priority, owner, seq) "
                "VALUES (?, 'noop', 'QUEUED', ?, 0, ?, ?, ?, 0, 'task/noop', 0.0, 'eng', ?)")
-        out: list[float] = []
-        with _clocks(out):
-            for i in range(n):
-                now = time.time()
-                con.execute("BEGIN IMMEDIATE")
-                con.execute(sql, (f"run_{i:021d}", str(i), now, now, now, i))
-                con.execute("COMMIT")
-        return out[0], out[1]
+        return _one_row_commits(con, n, sql,
+                                lambda i, now: (f"run_{i:021d}", str(i), now, now, now, i))
     finally:
         con.close()
 
