@@ -375,7 +375,7 @@ class Engine(ResultWaiting):
     def _post_admit(self, prepared: list[tuple[RunState, QueueRequest | None]]) -> None:
         # In slices, so one big batch never holds the loop for long.
         for i in range(0, len(prepared), 64):
-            self.runtime.inbox.post(self._admit, prepared[i:i + 64])
+            self.runtime.inbox.post_lazy(self._admit, prepared[i:i + 64])
 
     def trigger_encoded(self, defn: TaskDefinition, payload_json: str,
                         options: dict[str, Any], **extra: Any) -> RunHandle[Any]:

@@ -3,10 +3,10 @@
 `await asyncio.gather(*(task.trigger_async(x) for x in items))` starts thousands of calls in
 one turn of the caller's loop. Each adds its prepared run here; at the end of the turn one
 worker thread commits them, a transaction per PART runs (the caller's loop never blocks on
-SQLite), handing the engine each part as soon as it is recorded, and its calls return. So concurrent calls cost
-about what one `batch_trigger` of them costs, and the contract is a cell's `trigger()`'s: the
-run is on disk when the call returns, and a store that can't take it raises `StoreError` with
-nothing recorded and nothing started.
+SQLite), handing the engine each part as soon as it is recorded, and its calls return. So
+concurrent calls cost about what `batch_trigger` of them costs, and the contract is a cell's
+`trigger()`'s: the run is on disk when the call returns, and a store that can't take it raises
+`StoreError` with nothing recorded and nothing started.
 
 `await asyncio.gather(*handles)` does the same for waiting (`AwaitGroup`): the awaits of one
 turn go to the engine loop as one call, and the answers come back in bunches, one wake-up of

@@ -24,6 +24,8 @@ T = TypeVar("T")
 
 #: Seconds of loop time one slice of posted calls may take.
 SLICE = 0.004
+#: Seconds a mailbox gathers lazy posts after running some (see Mailbox.post_lazy).
+LINGER = 0.001
 
 
 class Mailbox:
@@ -31,13 +33,25 @@ class Mailbox:
 
     `loop.call_soon_threadsafe` writes to the loop's self-pipe on every call; a burst of
     thousands of triggers or awaits from a cell would wake the engine thousands of times.
+
+    `post_lazy` is for work that may wait a little (a run handed over by a cell's
+    `trigger()`): after a drain that ran some, the mailbox lingers for LINGER seconds, and
+    lazy posts meanwhile wake nobody; they run together when it ends. A `trigger()` loop
+    then wakes the engine about once per LINGER instead of once per run, and the engine
+    starts those runs together. A plain `post` still wakes the loop at once, and runs after
+    everything posted before it, lazy or not: a wait or a cancel finds its run handed over.
     """
+
+    #: Seconds of the linger.
+    linger = LINGER
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self._items: list[tuple[Callable[..., None], tuple[Any, ...]]] = []
         self._lock = threading.Lock()
-        self._armed = False
+        self._armed = False  # a drain is due: nobody needs to wake the loop
+        self._lingering = False  # a drain at the end of a linger is due: lazy posts wait for it
+        self._lazy = False  # the items hold a lazy post
 
     def post(self, fn: Callable[..., None], *args: Any) -> None:
         with self._lock:
@@ -45,12 +59,32 @@ class Mailbox:
             if self._armed:
                 return
             self._armed = True
+        self._wake()
+
+    def post_lazy(self, fn: Callable[..., None], *args: Any) -> None:
+        with self._lock:
+            self._items.append((fn, args))
+            self._lazy = True
+            if self._armed or self._lingering:
+                return
+            self._armed = True
+        self._wake()
+
+    def _wake(self) -> None:
         try:
             self.loop.call_soon_threadsafe(self._drain)
         except RuntimeError:  # that loop is closed: nobody is left to tell
             with self._lock:
                 self._items.clear()
                 self._armed = False
+
+    def _linger_end(self) -> None:
+        with self._lock:
+            self._lingering = False
+            if self._armed or not self._items:
+                return
+            self._armed = True
+        self._drain()
 
     def _drain(self) -> None:
         """Run what was posted, in order, in slices: a burst of 20,000 posts must not hold the
@@ -59,6 +93,10 @@ class Mailbox:
         with self._lock:
             items, self._items = self._items, []
             self._armed = False
+            if self._lazy and not self._lingering:
+                self._lingering = True
+                self.loop.call_later(self.linger, self._linger_end)
+            self._lazy = False
         deadline = time.perf_counter() + SLICE
         for i, (fn, args) in enumerate(items):
             fn(*args)

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from nbtasks import Engine
+from nbtasks._runtime import LINGER, Mailbox
 
 
 def test_a_call_that_raises_at_once_fails_only_its_caller(engine: Engine) -> None:
@@ -33,3 +34,65 @@ def test_a_call_that_raises_at_once_fails_only_its_caller(engine: Engine) -> Non
     with pytest.raises(ValueError, match="raised before"):
         rt.call(bad)
     assert rt.call(good, 3) == 3
+
+
+class _CountingMailbox(Mailbox):
+    """A mailbox that counts how often it wakes its loop."""
+
+    wakes = 0
+
+    def _wake(self) -> None:
+        self.wakes += 1
+        super()._wake()
+
+
+def test_lazy_posts_wait_for_the_linger_and_a_plain_post_runs_them_in_order() -> None:
+    """After a drain that ran a lazy post (a run handed over by a cell's trigger), lazy posts
+    wake nobody until the linger ends; a plain post (a wait, a cancel) wakes the loop at
+    once and runs after everything posted before it."""
+    loop = asyncio.new_event_loop()
+    try:
+        box = _CountingMailbox(loop)
+        box.linger = 3600.0  # its end is called by hand below: no race with the clock
+        ran: list[Any] = []
+
+        def turn() -> None:
+            loop.run_until_complete(asyncio.sleep(0))
+
+        box.post_lazy(ran.append, 1)
+        turn()
+        assert ran == [1] and box.wakes == 1  # the first one wakes the idle loop
+
+        box.post_lazy(ran.append, 2)
+        box.post_lazy(ran.append, 3)
+        turn()
+        assert ran == [1] and box.wakes == 1  # lingering: no wake, not run yet
+
+        box.post(ran.append, "wait")
+        assert box.wakes == 2
+        turn()
+        assert ran == [1, 2, 3, "wait"]
+
+        box.post_lazy(ran.append, 4)
+        turn()
+        assert ran == [1, 2, 3, "wait"] and box.wakes == 2
+        loop.call_soon(box._linger_end)  # the linger's end runs it, and lingers again
+        turn()
+        assert ran == [1, 2, 3, "wait", 4] and box.wakes == 2
+        loop.call_soon(box._linger_end)  # nothing came meanwhile: it stops lingering
+        turn()
+        box.post_lazy(ran.append, 5)
+        assert box.wakes == 3  # idle again: a lazy post wakes the loop
+        turn()
+        assert ran[-1] == 5
+
+        # With the real timer: what waits for the linger runs when it ends.
+        box.linger = LINGER
+        box._linger_end()
+        box.post_lazy(ran.append, 6)
+        turn()
+        box.post_lazy(ran.append, 7)
+        loop.run_until_complete(asyncio.sleep(LINGER * 50))
+        assert ran[-2:] == [6, 7]
+    finally:
+        loop.close()
