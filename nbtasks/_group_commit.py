@@ -2,7 +2,7 @@
 
 `await asyncio.gather(*(task.trigger_async(x) for x in items))` starts thousands of calls in
 one turn of the caller's loop. Each adds its prepared run here; at the end of the turn one
-worker thread commits them, a transaction per PART runs (the caller's loop never blocks on
+worker thread commits them, a transaction per part (the caller's loop never blocks on
 SQLite), handing the engine each part as soon as it is recorded, and its calls return. So
 concurrent calls cost about what `batch_trigger` of them costs, and the contract is a cell's
 `trigger()`'s: the run is on disk when the call returns, and a store that can't take it raises
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._errors import EngineError
@@ -60,29 +61,40 @@ class GroupCommit:
 
     def _commit_parts(self, items: list[tuple[RunState, QueueRequest | None]],
                       futures: list[asyncio.Future[RunState]]) -> None:
-        """On a worker thread: commit in parts of PART runs, handing each part to the engine
+        """On a worker thread: commit in parts (see `parts`), handing each part to the engine
         as soon as it is on disk. The engine runs the first part while the next one commits,
         as it does for a cell's `batch_trigger` calls; one transaction of 20,000 rows would
         leave it idle until the last row was written. Each call returns once its own run is
         committed; if a part can't be, it and every later part fail with that error, with
         nothing of theirs recorded."""
         engine, loop = self.engine, self.loop
-        for i in range(0, len(items), PART):
-            part = items[i:i + PART]
+        for start, stop in parts(len(items)):
+            part = items[start:stop]
             try:
                 engine._commit_new([run for run, _ in part])
             except BaseException as exc:
-                _tell(loop, _fail, futures[i:], exc)
+                _tell(loop, _fail, futures[start:], exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
             engine._post_admit(part)
-            _tell(loop, _resolve, part, futures[i:i + PART])
+            _tell(loop, _resolve, part, futures[start:stop])
 
 
-#: Runs per transaction of a group commit: big enough that a commit's fixed cost is spread
-#: thin, small enough that the engine starts on the first runs early.
+#: Most runs per transaction of a group commit: big enough that a commit's fixed cost is
+#: spread thin. The first parts are smaller, so the engine starts on the first runs early.
 PART = 500
+FIRST_PART = 64
+
+
+def parts(n: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of each part of `n` runs: 64, 128, 256, then 500 at a time. Measured on
+    20,000 gathered calls: 90-97 µs a run, against 114-118 with 500 from the first."""
+    start, size = 0, FIRST_PART
+    while start < n:
+        yield start, min(start + size, n)
+        start += size
+        size = min(size * 2, PART)
 
 
 def _tell(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:

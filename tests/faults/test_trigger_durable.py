@@ -9,6 +9,7 @@ its caller or waiter gets a StoreError naming the store.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import sqlite3
 import threading
 import time
@@ -170,12 +171,16 @@ def test_concurrent_triggers_with_one_key_run_once(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_gathered_trigger_async_calls_commit_in_parts_and_a_refused_part_stops_the_rest(
         tmp_path: Path) -> None:
-    """`gather` of many `trigger_async` calls commits them PART at a time, each part handed to
-    the engine as soon as it is on disk (the first runs start while later parts commit). A
-    part the store refuses fails its calls and every later one, with nothing of theirs
+    """`gather` of many `trigger_async` calls commits them a part at a time, each part handed
+    to the engine as soon as it is on disk (the first runs start while later parts commit).
+    A part the store refuses fails its calls and every later one, with nothing of theirs
     recorded; the parts before it are recorded and run. Checked in the reopened file."""
-    from nbtasks._group_commit import PART
+    from nbtasks._group_commit import PART, parts
 
+    n = 3 * PART
+    bounds = list(parts(n))
+    assert bounds[0] == (0, 64) and bounds[-1][1] == n and len(bounds) > 3
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     db = tmp_path / "runs.db"
     ran: list[int] = []
     rows_seen_at_first_start: list[int] = []
@@ -199,25 +204,26 @@ def test_gathered_trigger_async_calls_commit_in_parts_and_a_refused_part_stops_t
             return await asyncio.gather(
                 *(eng.trigger_async(defn, pj, {}) for pj in payloads), return_exceptions=True)
 
-        # Three good parts: the first part's runs start before the last part is on disk.
-        first = asyncio.run(gathered([str(i) for i in range(3 * PART)]))
+        # Good parts only: the first part's runs start before the last part is on disk.
+        first = asyncio.run(gathered([str(i) for i in range(n)]))
         assert all(not isinstance(h, BaseException) for h in first)
         eng.wait_results([h.id for h in first], timeout=30)
-        assert rows_seen_at_first_start and rows_seen_at_first_start[0] < 3 * PART
+        assert rows_seen_at_first_start and rows_seen_at_first_start[0] < n
 
-        # The second part holds a row the store refuses: it and the third part fail.
-        payloads = [str(3 * PART + i) for i in range(3 * PART)]
-        payloads[PART + 7] = bad_payload
+        # The third part holds a row the store refuses: it and every later part fail.
+        payloads = [str(n + i) for i in range(n)]
+        third = bounds[2][0]
+        payloads[third + 7] = bad_payload
         second = asyncio.run(gathered(payloads))
         ok = [h for h in second if not isinstance(h, BaseException)]
         failed = [h for h in second if isinstance(h, BaseException)]
-        assert len(ok) == PART and len(failed) == 2 * PART
+        assert len(ok) == third and len(failed) == n - third
         assert all(isinstance(e, StoreError) and "surrogate" in str(e) for e in failed)
-        assert [h.wait(timeout=30).ok for h in ok] == [True] * PART
-    assert sorted(ran) == list(range(4 * PART))
+        assert [h.wait(timeout=30).ok for h in ok] == [True] * third
+    assert sorted(ran) == list(range(n + third))
     con = sqlite3.connect(db)
     try:
         stored = {int(p) for (p,) in con.execute("SELECT payload FROM runs")}
     finally:
         con.close()
-    assert stored == set(range(4 * PART))
+    assert stored == set(range(n + third))
