@@ -84,8 +84,10 @@ def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
         if old is not None and old is not options["executor"]:
             # Its workers go now: an attempt still running there fails like a crashed worker
             # and retries on the new executor under its task's policy.
-            engine.runtime.loop.call_soon_threadsafe(
-                lambda: engine.runtime.loop.create_task(old.close()))
+            def close_old() -> None:
+                engine.runtime.loop.create_task(old.close())
+
+            engine.runtime.inbox.post(close_old)
     if "concurrency_limit" in options:
         from ._engine import _check_limit
 

@@ -162,7 +162,7 @@ class Engine(ResultWaiting):
         if self.runtime.in_loop():
             self.scheduler.on_define(defn)
         else:
-            self.runtime.loop.call_soon_threadsafe(self.scheduler.on_define, defn)
+            self.runtime.inbox.post(self.scheduler.on_define, defn)
 
     def executor_for(self, machine: str) -> Executor:
         if machine == "kernel":

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ._lifecycle import GlobalHooks
 from ._models import RetryOptions
 from ._runstate import RunState
+from ._runtime import mailbox
 from ._status import RunStatus
 
 if TYPE_CHECKING:
@@ -64,8 +65,8 @@ class RunSink:
     def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
         if threading.get_ident() == self.sched.loop_thread:
             fn(*args)
-        else:
-            self.sched.loop.call_soon_threadsafe(fn, *args)
+        else:  # after whatever this thread handed the engine before (a child it triggered)
+            mailbox(self.sched.loop).post(fn, *args)
 
     def log(self, level: str, message: str, attributes: dict[str, Any] | None) -> None:
         self._on_loop(self.sched.log, self.run, level, message, attributes)

@@ -9,6 +9,7 @@ import pytest
 
 from nbtasks import Engine
 from nbtasks._runtime import LINGER, Mailbox
+from nbtasks.testing import ManualClock
 
 
 def test_a_call_that_raises_at_once_fails_only_its_caller(engine: Engine) -> None:
@@ -96,3 +97,23 @@ def test_lazy_posts_wait_for_the_linger_and_a_plain_post_runs_them_in_order() ->
         assert ran[-2:] == [6, 7]
     finally:
         loop.close()
+
+
+def test_a_clock_advance_from_the_cell_comes_after_the_runs_it_triggered(
+        clocked: Engine, clock: ManualClock) -> None:
+    """`ManualClock.advance` reaches the engine through its mailbox, so a run a cell triggered
+    just before is handed over first, however long the hand-over lingers."""
+    clocked.runtime.inbox.linger = 3600.0  # a lazy hand-over waits for the next plain post
+
+    @clocked.task(id="later")
+    async def later(payload: int, ctx: Any) -> int:
+        return payload
+
+    first = later.trigger(1, delay="10s")  # the engine is idle: this one wakes it
+    clocked.on_loop(lambda: None)  # a plain post: runs after the hand-over, which now lingers
+    assert first.id in clocked.scheduler.active
+    second = later.trigger(2, delay="10s")  # lingers
+    assert second.id not in clocked.scheduler.active
+    clock.advance(10)
+    assert second.id in clocked.scheduler.active  # handed over before the clock moved
+    assert [r.output for r in clocked.wait_results([first.id, second.id], timeout=10)] == [1, 2]
