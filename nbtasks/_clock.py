@@ -165,7 +165,8 @@ class ManualClock:
 
         # Through the loop's mailbox, after whatever this thread handed the engine before (a
         # cell's triggers are handed over lazily): a run triggered and then timed by
-        # `advance` is armed before the clock moves.
+        # `advance` is armed before the clock moves. Imported here: the run state imports
+        # this module, and must not pull in the thread glue (and anyio) with it.
         from ._runtime import mailbox
 
         mailbox(loop).post(_step)
