@@ -16,14 +16,13 @@ the caller's loop per engine turn instead of one round trip per handle.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._errors import EngineError
 from ._handles import Result
 from ._runstate import RunState
-from ._runtime import Mailbox, mailbox
+from ._runtime import Mailbox, mailbox, to_loop
 
 if TYPE_CHECKING:
     from ._engine import Engine
@@ -73,12 +72,12 @@ class GroupCommit:
             try:
                 engine._commit_new([run for run, _ in part])
             except BaseException as exc:
-                _tell(loop, _fail, futures[start:], exc)
+                to_loop(loop, _fail, futures[start:], exc)
                 if not isinstance(exc, Exception):
                     raise
                 return
             engine._post_admit(part)
-            _tell(loop, _resolve, part, futures[start:stop])
+            to_loop(loop, _resolve, part, futures[start:stop])
 
 
 #: Most runs per transaction of a group commit: big enough that a commit's fixed cost is
@@ -95,11 +94,6 @@ def parts(n: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + size, n)
         start += size
         size = min(size * 2, PART)
-
-
-def _tell(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    with contextlib.suppress(RuntimeError):  # that loop closed meanwhile: nobody to tell
-        loop.call_soon_threadsafe(fn, *args)
 
 
 def _fail(futures: list[asyncio.Future[RunState]], exc: BaseException) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 import time
 import weakref
@@ -121,6 +122,13 @@ def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
         if box is None:
             box = _mailboxes[loop] = Mailbox(loop)
         return box
+
+
+def to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    """`fn(*args)` on `loop` from another thread; dropped if that loop has closed meanwhile
+    (nobody is left to tell)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def _transfer(task: asyncio.Future[T], fut: asyncio.Future[T] | concurrent.futures.Future[T]) -> None:

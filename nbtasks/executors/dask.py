@@ -61,6 +61,7 @@ from .._context import AttemptScope
 from .._errors import ConfigurationError, TaskRunError, WorkerCrashedError
 from .._lifecycle import AttemptOutcome, AttemptPlan
 from .._models import MACHINES, MachinePreset, check_machine
+from .._runtime import to_loop
 from ._dask_wire import Inbox, loads_args
 from ._dask_worker import cancel_on_dask, deliver, run_on_dask
 from ._serve import serve
@@ -121,7 +122,7 @@ class DaskExecutor:
                     # Before Dask's done-callback runs (the scheduler sends this event first,
                     # and the client handles both in order): it needn't fetch the result.
                     attempt.outcome_sent = True
-            _to_loop(self._loop, self._on_messages, messages)
+            to_loop(self._loop, self._on_messages, messages)
 
     def _on_cluster_event(self, event: tuple[float, Any]) -> None:
         message = event[1]
@@ -130,7 +131,7 @@ class DaskExecutor:
             worker, tasks = message.get("worker"), message.get("processing-tasks")
             keys = [k for k in tasks or () if isinstance(k, str) and k in self._attempts]
             if keys and isinstance(worker, str):
-                _to_loop(self._loop, self._check_loss, worker, keys)
+                to_loop(self._loop, self._check_loss, worker, keys)
 
     def _check_loss(self, worker: str, keys: list[str]) -> None:
         """On the loop: hold these attempts' outcomes while the scheduler confirms the loss.
@@ -153,7 +154,7 @@ class DaskExecutor:
                             "(another client of the scheduler posted it?)",
                             worker, len(keys) - len(lost))
             if self._loop is not None:
-                _to_loop(self._loop, self._checked, attempts, lost, worker)
+                to_loop(self._loop, self._checked, attempts, lost, worker)
 
         _in_thread(confirm)
 
@@ -278,7 +279,7 @@ class _Attempt:
                 f"the Dask task failed: {type(exc).__name__}: {exc}"))
         else:
             outcome = self._outcome(message)
-        _to_loop(self.loop, self._settle, outcome)
+        to_loop(self.loop, self._settle, outcome)
 
     def _outcome(self, message: dict[str, Any]) -> AttemptOutcome:
         if not isinstance(message, dict):
@@ -396,12 +397,6 @@ def _scheduler_where() -> Callable[..., str | None]:
         return None if worker is None else str(worker.address)
 
     return where
-
-
-def _to_loop(loop: asyncio.AbstractEventLoop, fn: Any, *args: Any) -> None:
-    """From Dask's threads onto the engine loop; once the engine has closed, drop it."""
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(fn, *args)
 
 
 def _in_thread(fn: Any) -> None:
