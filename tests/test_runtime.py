@@ -117,3 +117,25 @@ def test_a_clock_advance_from_the_cell_comes_after_the_runs_it_triggered(
     clock.advance(10)
     assert second.id in clocked.scheduler.active  # handed over before the clock moved
     assert [r.output for r in clocked.wait_results([first.id, second.id], timeout=10)] == [1, 2]
+
+
+def test_a_sync_body_ends_after_the_child_it_triggered_is_handed_over(engine: Engine) -> None:
+    """A sync body's result reaches the engine through the mailbox too: a child it triggered
+    just before returning is armed before its parent is reported finished."""
+    engine.runtime.inbox.linger = 3600.0  # a lazy hand-over waits for the next plain post
+    events: list[tuple[str, str, str]] = []
+
+    @engine.task(id="child")
+    async def child(payload: int, ctx: Any) -> int:
+        return payload
+
+    @engine.task(id="parent")
+    def parent(payload: int, ctx: Any) -> str:
+        return child.trigger(payload).id
+
+    engine.subscribe(lambda e: events.append((e.kind, e.task_id, e.status.value)))
+    handle = parent.trigger(1)
+    child_id = handle.wait(timeout=10).output
+    assert engine.wait_result(child_id, timeout=10).output == 1
+    created = events.index(("created", "child", "QUEUED"))
+    assert created < events.index(("status", "parent", "COMPLETED")), events

@@ -7,7 +7,6 @@ body that ignores `ctx.signal` after a cancel must not keep the interpreter from
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import itertools
 import queue
@@ -18,6 +17,7 @@ from typing import Any
 from .. import _parking
 from .._context import CURRENT, AttemptScope
 from .._lifecycle import AttemptOutcome, AttemptPlan, run_attempt
+from .._runtime import mailbox
 from .._tasks import TaskDefinition
 
 _Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[..., Any], tuple[Any, ...],
@@ -110,8 +110,10 @@ class DaemonThreads:
             else:
                 fut.set_exception(exc)
 
-        with contextlib.suppress(RuntimeError):  # the engine loop is gone (interpreter exit)
-            loop.call_soon_threadsafe(_set)
+        # Through the engine's mailbox, after whatever this thread handed it before: a child
+        # the body triggered just before returning is armed before its parent ends. A loop
+        # already gone (interpreter exit) drops it.
+        mailbox(loop).post(_set)
 
     def close(self) -> None:
         for _ in range(self.alive):
