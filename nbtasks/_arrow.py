@@ -7,7 +7,8 @@ then takes the columns with few or no copies. frames.py uses this module when it
 imported and falls back to the stdlib path otherwise: the frames are the same either way.
 
 The driver runs in a reader process of its own (_arrow_reader says why: its SQLite and the
-store's must not share a process), which hands the tables back as Arrow IPC over a pipe.
+store's must not share a process), which hands the tables back as Arrow IPC files in shared
+memory: mapped here, they are read without a copy.
 With _arrow_reader, the only module that imports pyarrow or ADBC; importing the driver's
 Python package here only checks the extra is installed, its library loads in the reader.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -65,16 +67,25 @@ def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]], *,
         try:
             reader.stdin.write(request.encode() + b"\n")
             reader.stdin.flush()
-            answer = json.loads(reader.stdout.readline())
+            line = reader.stdout.readline()
+            if not line:
+                raise OSError("the reader process ended mid-answer")
+            answer = json.loads(line)
             if "error" in answer:
                 raise Mismatch(answer["error"])
-            blobs = [reader.stdout.read(size) for size in answer["sizes"]]
-            if any(len(b) != size for b, size in zip(blobs, answer["sizes"], strict=True)):
-                raise OSError("the reader process ended mid-answer")
+            return [_mapped(name) for name in answer["files"]]
         except (OSError, ValueError) as exc:  # it died (killed, out of memory): a new one next
             _stop()
             raise Mismatch(f"the Arrow reader process failed: {exc!r}") from exc
-    return [pa.ipc.open_stream(pa.py_buffer(b)).read_all() for b in blobs]
+
+
+def _mapped(name: str) -> pa.Table:
+    """The table in the reader's file `name`, memory-mapped, not copied; the file is unlinked at
+    once, so its memory goes back when the last column built on it is dropped."""
+    try:
+        return pa.ipc.open_file(pa.memory_map(name)).read_all()
+    finally:
+        os.unlink(name)
 
 
 _lock = threading.Lock()

@@ -7,6 +7,8 @@ has the same columns with the same dtypes, and the two paths give equal frames.
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -372,3 +374,53 @@ def test_a_killed_reader_process_is_replaced(full: tuple[Engine, dict[str, str]]
     first.wait(timeout=30)
     pd.testing.assert_frame_equal(eng.runs.to_dataframe(), before, check_exact=True)
     assert _arrow._process is not None and _arrow._process.pid != first.pid
+
+
+def test_answers_are_owner_only_files_in_shared_memory_gone_once_read(
+        full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader hands each table back as a file the kernel maps: made 0600, in /dev/shm where
+    there is one, and unlinked as soon as it is mapped, so nothing is left behind."""
+    eng, _ = full
+    seen: list[tuple[str, int]] = []
+    mapped = _arrow._mapped
+
+    def spy(name: str) -> Any:
+        seen.append((name, os.stat(name).st_mode & 0o777))
+        return mapped(name)
+
+    monkeypatch.setattr(_arrow, "_mapped", spy)
+    frame = eng.runs.attempts_dataframe()
+    assert len(frame) > 0 and seen
+    for name, mode in seen:
+        assert mode == 0o600, oct(mode)
+        if os.path.isdir("/dev/shm"):
+            assert name.startswith("/dev/shm/nbtasks-frame-"), name
+        assert not os.path.exists(name), name
+
+
+def test_a_file_the_kernel_never_took_is_removed_by_the_reader(db_path: Path) -> None:
+    """A kernel that dies between the answer and the mapping leaves its files unread: the reader
+    removes them at its next request, and when its stdin closes (which the kernel's death does)."""
+    Engine(store=str(db_path)).close()
+    script = Path(_arrow.__file__).with_name("_arrow_reader.py")
+    reader = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    assert reader.stdin is not None and reader.stdout is not None
+    request = json.dumps({"path": str(db_path), "busy_timeout": 5, "batch_rows": "1024",
+                          "parts": [["SELECT count(*) FROM runs", []]]}).encode() + b"\n"
+    try:
+        names = []
+        for _ in range(2):
+            reader.stdin.write(request)
+            reader.stdin.flush()
+            names.append(json.loads(reader.stdout.readline())["files"][0])
+            assert os.path.exists(names[-1])
+        assert not os.path.exists(names[0])  # gone at the second request
+        reader.stdin.close()
+        assert reader.wait(timeout=30) == 0
+        assert not os.path.exists(names[1])  # gone at the end
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(timeout=30)
+        reader.stdout.close()
