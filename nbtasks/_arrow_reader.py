@@ -62,14 +62,16 @@ def _write(table: Any) -> str:
     its buffers. Shared memory can be smaller than a frame (a container's is often 64 MiB):
     then the temporary directory takes it."""
     for directory in (SHARED, None) if SHARED else (None,):
-        fd, name = tempfile.mkstemp(prefix="nbtasks-frame-", suffix=".arrow", dir=directory)
-        os.close(fd)
+        name = None
         try:
+            fd, name = tempfile.mkstemp(prefix="nbtasks-frame-", suffix=".arrow", dir=directory)
+            os.close(fd)
             with pa.OSFile(name, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
                 writer.write_table(table)
             return name
         except OSError:
-            _remove([name])
+            if name is not None:
+                _remove([name])
             if directory is None:
                 raise
     raise AssertionError("unreachable")  # pragma: no cover

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -398,16 +399,48 @@ def test_answers_are_owner_only_files_in_shared_memory_gone_once_read(
         assert not os.path.exists(name), name
 
 
+def _reader_process(shared: str | None = None) -> subprocess.Popen[bytes]:
+    """A reader process of our own, optionally told to use `shared` as its shared memory."""
+    script = Path(_arrow.__file__).with_name("_arrow_reader.py")
+    code = (f"import sys; sys.path.insert(0, {str(script.parent)!r}); import _arrow_reader as r; "
+            f"r.SHARED = {shared!r} or r.SHARED; r.main()")
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+
+
+def _request(db_path: Path) -> bytes:
+    return json.dumps({"path": str(db_path), "busy_timeout": 5, "batch_rows": "1024",
+                       "parts": [["SELECT count(*) FROM runs", []]]}).encode() + b"\n"
+
+
+def test_a_reader_without_usable_shared_memory_writes_to_the_temporary_directory(
+        db_path: Path, tmp_path: Path) -> None:
+    """Shared memory can be missing or too small (a container's is often 64 MiB): the answer
+    then goes to the temporary directory, still owner-only, still unlinked once read."""
+    Engine(store=str(db_path)).close()
+    reader = _reader_process(shared=str(tmp_path / "no-such-dir"))
+    assert reader.stdin is not None and reader.stdout is not None
+    try:
+        reader.stdin.write(_request(db_path))
+        reader.stdin.flush()
+        (name,) = json.loads(reader.stdout.readline())["files"]
+        assert os.path.dirname(name) == tempfile.gettempdir()
+        assert os.stat(name).st_mode & 0o777 == 0o600
+        assert _arrow._mapped(name).column(0).to_pylist() == [0]
+        assert not os.path.exists(name)
+    finally:
+        reader.stdin.close()
+        reader.wait(timeout=30)
+        reader.stdout.close()
+
+
 def test_a_file_the_kernel_never_took_is_removed_by_the_reader(db_path: Path) -> None:
     """A kernel that dies between the answer and the mapping leaves its files unread: the reader
     removes them at its next request, and when its stdin closes (which the kernel's death does)."""
     Engine(store=str(db_path)).close()
-    script = Path(_arrow.__file__).with_name("_arrow_reader.py")
-    reader = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE)
+    reader = _reader_process()
     assert reader.stdin is not None and reader.stdout is not None
-    request = json.dumps({"path": str(db_path), "busy_timeout": 5, "batch_rows": "1024",
-                          "parts": [["SELECT count(*) FROM runs", []]]}).encode() + b"\n"
+    request = _request(db_path)
     try:
         names = []
         for _ in range(2):
