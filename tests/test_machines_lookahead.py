@@ -1,4 +1,5 @@
-"""A busy worker holds one attempt queued behind its run while runs wait for workers. A queued
+"""A busy worker holds attempts queued behind its run (up to `LOOKAHEAD`) while runs wait for
+workers. A queued
 attempt has not started: it is never lost and never runs twice, whether its worker is killed,
 its run is cancelled, or the run ahead of it waits on it. What a worker sends is JSON only, and
 the kernel's size limits hold in workers too."""
@@ -20,6 +21,7 @@ from test_machines import wait_until as poll_until
 import nbtasks
 from nbtasks import Engine, RunStatus
 from nbtasks._payload import reset_limits
+from nbtasks.executors._pool import LOOKAHEAD
 from nbtasks.executors.process import ProcessExecutor
 
 pytestmark = pytest.mark.timeout(90)
@@ -89,6 +91,39 @@ def test_a_run_queued_behind_a_killed_worker_runs_once_elsewhere(
         crashed = reopened.runs.retrieve(blocked.id)
         assert [a.status for a in crashed.attempts] == ["FAILED"]
         assert "SIGKILL" in (crashed.attempts[0].error or {})["message"]
+
+
+def test_runs_queued_deep_behind_a_killed_worker_run_once_and_a_cancelled_one_never(
+        process_engine: MakeEngine, tmp_path: Path, db_path: Path) -> None:
+    """A full look-ahead queue: one of its runs cancelled while queued, then the worker killed.
+    Every other one comes back and runs exactly once on the replacement, without an attempt
+    spent; the cancelled one never runs."""
+    assert LOOKAHEAD >= 3, "this test is about a queue deeper than one"
+    eng = process_engine(max_workers=1)
+    go, ran = tmp_path / "go", tmp_path / "ran"
+    blocked, pid = _start_blocked(eng, go)
+    counted = _counted(eng, ran)
+    queued = [counted.trigger(None) for _ in range(LOOKAHEAD)]
+    executor = eng.preset_executor
+    assert isinstance(executor, ProcessExecutor)
+    wait_until(lambda: [len(w.lanes) for w in executor.pools["micro"].workers]
+               == [LOOKAHEAD + 1])  # all of them sent to the busy worker
+    assert queued[1].cancel()
+    assert queued[1].wait(timeout=30).status is RunStatus.CANCELED
+    os.kill(pid, signal.SIGKILL)
+    others = [queued[0], *queued[2:]]
+    results = [h.wait(timeout=30) for h in others]
+    assert all(r.ok and r.output != pid for r in results)
+    assert blocked.wait(timeout=30).status is RunStatus.CRASHED
+    eng.close()
+    assert sorted(ran.read_text().splitlines()) == sorted(str(r.output) for r in results)
+    with Engine(store=str(db_path)) as reopened:
+        for handle in others:
+            run = reopened.runs.retrieve(handle.id)
+            assert [a.status for a in run.attempts] == ["COMPLETED"]
+        cancelled = reopened.runs.retrieve(queued[1].id)
+        assert cancelled.status is RunStatus.CANCELED
+        assert [a.status for a in cancelled.attempts] in ([], ["CANCELED"])
 
 
 def test_a_queued_run_cancelled_never_runs_and_the_run_ahead_finishes(

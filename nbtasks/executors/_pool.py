@@ -24,9 +24,9 @@ then the UTF-8 text): nothing read from a worker's pipe is unpickled in the kern
 run that took over its worker can't run code here. What the kernel sends down is pickled (the
 task's functions have to be).
 
-Look-ahead: while runs wait for a worker, each busy worker gets one more attempt queued behind
-the one it runs, so it starts the next as soon as it finishes instead of idling through the
-kernel's round trip. An attempt queued ahead has not started until the worker says so, and the
+Look-ahead: while runs wait for a worker, each busy worker gets up to `LOOKAHEAD` attempts queued
+behind the one it runs, so it starts the next as soon as it finishes instead of idling through
+the kernel's round trip. An attempt queued ahead has not started until the worker says so, and the
 worker's messages keep their order, so the kernel always knows which: it started once the
 attempt before it is done (the worker reads the "skip" the kernel may have sent first, and
 answers "skipped", before it says "done"). So a queued attempt is never lost and never runs
@@ -61,7 +61,7 @@ log = logging.getLogger("nbtasks.machines")
 
 
 #: Attempts a busy worker holds queued behind its running one while runs wait for workers.
-LOOKAHEAD = 1
+LOOKAHEAD = 4
 #: The C scanner json.loads ends in, without the three Python calls on the way to it.
 _SCAN: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
@@ -475,8 +475,8 @@ class Pool:
             raise
 
     def _takes(self, worker: Worker) -> bool:
-        """Whether `worker` can take one more attempt now: idle, or busy with room to queue one
-        behind its run when no worker can start (a run waiting on others can't: what it waits
+        """Whether `worker` can take one more attempt now: idle, or busy with room in its queue
+        (`LOOKAHEAD`) behind its run when no worker can start (a run waiting on others can't: what it waits
         for might be the one queued behind it)."""
         if not worker.alive or worker.retiring:
             return False

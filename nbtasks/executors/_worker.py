@@ -7,7 +7,7 @@ stays free to read. When code on the loop thread itself blocks on a request (an 
 calling `trigger()`), it reads the pipe itself until its reply comes.
 
 Everything it says goes up as JSON (the kernel never unpickles what a worker sends). The
-kernel may queue one attempt behind the running one (`_pool.LOOKAHEAD`): it waits here in
+kernel may queue a few attempts behind the running one (`_pool.LOOKAHEAD`): they wait here in
 `PipeChannel.queue`, and a "skip" for it is answered "skipped" at once. After each attempt the
 worker reads what arrived, answers those skips, and only then says "done": so the kernel knows
 that an attempt not skipped before the one ahead of it was done has started.

@@ -18,9 +18,9 @@ Trigger.dev does), its logs, metadata, tags and waits forwarded to the kernel li
 - **Crashes.** A worker that dies mid-attempt (a signal, a segfault, `os._exit`) fails that
   attempt with WorkerCrashedError naming the signal or exit code; the retry policy applies and
   the pool starts a replacement. Other runs are untouched: each has its own process.
-- **Look-ahead.** While runs wait for a worker, a busy worker holds one more attempt queued
-  behind its run, so it never idles through the kernel's round trip; that attempt hasn't
-  started until the one ahead is done, so a crash, a cancel or a retiring worker sends it back
+- **Look-ahead.** While runs wait for a worker, a busy worker holds up to four more attempts
+  queued behind its run, so it never idles through the kernel's round trip; a queued attempt
+  hasn't started until the one ahead is done, so a crash, a cancel or a retiring worker sends it back
   to the pool, never lost and never run twice (see `_pool`).
 - **Cancel and max_duration** kill the worker (and its process group), so a run stuck in C code
   stops too. Its on_cancel and cleanup hooks don't run: the process is gone.
