@@ -8,7 +8,7 @@ imported and falls back to the stdlib path otherwise: the frames are the same ei
 
 The driver runs in a reader process of its own (_arrow_reader says why: its SQLite and the
 store's must not share a process), which hands the tables back as Arrow IPC files in shared
-memory: mapped here, they are read without a copy.
+memory, read here in one pass and unlinked.
 With _arrow_reader, the only module that imports pyarrow or ADBC; importing the driver's
 Python package here only checks the extra is installed, its library loads in the reader.
 """
@@ -73,17 +73,22 @@ def fetch(path: str, parts: Sequence[tuple[str, Sequence[Any]]], *,
             answer = json.loads(line)
             if "error" in answer:
                 raise Mismatch(answer["error"])
-            return [_mapped(name) for name in answer["files"]]
+            return [_take(name) for name in answer["files"]]
         except (OSError, ValueError) as exc:  # it died (killed, out of memory): a new one next
             _stop()
             raise Mismatch(f"the Arrow reader process failed: {exc!r}") from exc
 
 
-def _mapped(name: str) -> pa.Table:
-    """The table in the reader's file `name`, memory-mapped, not copied; the file is unlinked at
-    once, so its memory goes back when the last column built on it is dropped."""
+def _take(name: str) -> pa.Table:
+    """The table in the reader's file `name`, read into the kernel's memory; the file is unlinked
+    at once. Read, not memory-mapped: a mapped table's columns (text columns stay Arrow-backed
+    in the frame, `attempts_arrow()` is the table itself) would hold their pages of shared
+    memory for as long as the user keeps them, and /dev/shm is often small (64 MiB in a Docker
+    container) and needed by others (PyTorch's data loaders). The one copy costs about 0.1 s on
+    a 140 MB frame."""
     try:
-        return pa.ipc.open_file(pa.memory_map(name)).read_all()
+        with pa.OSFile(name, "rb") as source:
+            return pa.ipc.open_file(source).read_all()
     finally:
         os.unlink(name)
 

@@ -10,9 +10,9 @@ is the only one in the process, and its locks are real locks to everyone else.
 Protocol, over stdin and stdout: one JSON request per line, {"path", "parts": [[sql, params]...],
 "busy_timeout", "batch_rows"}; the answer is one JSON line, {"files": [...]} or {"error": "..."}:
 one Arrow IPC file per part, written owner-only to shared memory (/dev/shm, else the temporary
-directory), which the kernel memory-maps and unlinks. A pipe would cost three copies of every
-byte and thousands of 64 KiB reads: about 0.7 s of CPU for a frame of 140 MB, half the read's
-own cost. A file the kernel did not take (it died mid-answer) is removed at the next request
+directory), which the kernel reads in one pass and unlinks. A pipe would cost three copies of
+every byte and thousands of 64 KiB reads: about 0.7 s of CPU for a frame of 140 MB, half the
+read's own cost. A file the kernel did not take (it died mid-answer) is removed at the next request
 and when the process ends, which is when stdin closes, as it does when the kernel dies.
 Nothing is pickled.
 
@@ -88,7 +88,7 @@ def main() -> None:
     # would corrupt them, so file descriptor 1 becomes stderr for everyone else.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
-    written: list[str] = []  # the last answer's files: the kernel unlinks them once mapped
+    written: list[str] = []  # the last answer's files: the kernel unlinks them once read
     try:
         for line in sys.stdin.buffer:
             _remove(written)

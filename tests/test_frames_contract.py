@@ -380,16 +380,17 @@ def test_a_killed_reader_process_is_replaced(full: tuple[Engine, dict[str, str]]
 def test_answers_are_owner_only_files_in_shared_memory_gone_once_read(
         full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The reader hands each table back as a file the kernel maps: made 0600, in /dev/shm where
-    there is one, and unlinked as soon as it is mapped, so nothing is left behind."""
+    there is one, and unlinked as soon as it is read, so nothing is left behind. Read, not
+    mapped: a frame the user keeps holds no shared memory (no mapping of those files remains)."""
     eng, _ = full
     seen: list[tuple[str, int]] = []
-    mapped = _arrow._mapped
+    take = _arrow._take
 
     def spy(name: str) -> Any:
         seen.append((name, os.stat(name).st_mode & 0o777))
-        return mapped(name)
+        return take(name)
 
-    monkeypatch.setattr(_arrow, "_mapped", spy)
+    monkeypatch.setattr(_arrow, "_take", spy)
     frame = eng.runs.attempts_dataframe()
     assert len(frame) > 0 and seen
     for name, mode in seen:
@@ -397,6 +398,10 @@ def test_answers_are_owner_only_files_in_shared_memory_gone_once_read(
         if os.path.isdir("/dev/shm"):
             assert name.startswith("/dev/shm/nbtasks-frame-"), name
         assert not os.path.exists(name), name
+    arrow = eng.runs.attempts_arrow()  # the table itself, kept by the caller
+    assert arrow.num_rows == len(frame)
+    if os.path.exists("/proc/self/maps"):  # Linux: what this process has mapped
+        assert "nbtasks-frame-" not in Path("/proc/self/maps").read_text()
 
 
 def _reader_process(shared: str | None = None) -> subprocess.Popen[bytes]:
@@ -426,7 +431,7 @@ def test_a_reader_without_usable_shared_memory_writes_to_the_temporary_directory
         (name,) = json.loads(reader.stdout.readline())["files"]
         assert os.path.dirname(name) == tempfile.gettempdir()
         assert os.stat(name).st_mode & 0o777 == 0o600
-        assert _arrow._mapped(name).column(0).to_pylist() == [0]
+        assert _arrow._take(name).column(0).to_pylist() == [0]
         assert not os.path.exists(name)
     finally:
         reader.stdin.close()
