@@ -84,8 +84,9 @@ def _take(name: str) -> pa.Table:
     at once. Read, not memory-mapped: a mapped table's columns (text columns stay Arrow-backed
     in the frame, `attempts_arrow()` is the table itself) would hold their pages of shared
     memory for as long as the user keeps them, and /dev/shm is often small (64 MiB in a Docker
-    container) and needed by others (PyTorch's data loaders). The one copy costs about 0.1 s on
-    a 140 MB frame."""
+    container) and needed by others (PyTorch's data loaders). The one copy of a 140 MB frame
+    costs 0.04-0.5 s of CPU, the most when the process must first take that memory from the
+    system."""
     try:
         with pa.OSFile(name, "rb") as source:
             return pa.ipc.open_file(source).read_all()
