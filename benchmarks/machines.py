@@ -10,7 +10,8 @@
    single preset run pays).
 2. Dask: the same no-op run through DaskExecutor, one at a time, against bare
    `client.submit(...).result()`, on one LocalCluster with two worker processes, the two
-   calls alternating so both see the same load. Target: at most 1.2x (goal 1.05x).
+   calls alternating (in random order, after a random pause) so both see the same load, each
+   side timed by the mean of its middle 80% of calls. Target: at most 1.2x (goal 1.05x).
 3. Time to first run on a cold preset: in a fresh interpreter (the fork server starts too), and
    for a second preset once the fork server is up.
 
