@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import itertools
 import os
 import pickle
@@ -24,6 +23,7 @@ from typing import Any
 import distributed
 
 from .._context import CancelSignal
+from .._runtime import to_loop
 from ._dask_wire import Outbox, dumps_args, dumps_message
 from ._remote import PARKING, RemoteEngine, install_worker_mode
 from ._wire import Job, run_job
@@ -123,9 +123,8 @@ class _Running:
     def _on_task_thread(self, fn: Callable[[], None]) -> None:
         if threading.get_ident() == self.task_thread:
             fn()
-        elif self.loop is not None:
-            with contextlib.suppress(RuntimeError):  # the attempt is over, its loop idle
-                self.loop.call_soon_threadsafe(fn)
+        elif self.loop is not None:  # dropped if the attempt is over and its loop closed
+            to_loop(self.loop, fn)
 
     def waits(self, delta: int) -> None:
         """A request that waits on other runs opened (+1) or closed (-1)."""
