@@ -17,11 +17,15 @@ NOTEBOOKS_DIR = Path(__file__).parent.parent / "notebooks"
 
 
 def execute_notebook(path: Path, workdir: Path, timeout: int = 180) -> nbformat.NotebookNode:
-    """Run a copy of `path` in `workdir` with a real kernel (its .nbtasks/ lands there)."""
+    """Run a copy of `path` in `workdir` with a real kernel (its .nbtasks/ lands there).
+
+    A cell's stream outputs are merged into one per stream, as a front-end shows them: the
+    kernel sends what a print wrote whenever its flush timer fires, so under load one printed
+    line can arrive as two messages, and a test reading the text must not see it split."""
     target = workdir / path.name
     shutil.copy(path, target)
     nb = nbformat.read(target, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3",
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(workdir)}}).execute()
     return nb
 

@@ -7,13 +7,12 @@ state the notebook saves) what those widgets ended up showing.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
+from _helpers import execute_notebook
 
 NOTEBOOK = Path(__file__).parent.parent / "notebooks" / "05-dashboard.ipynb"
 VIEW = "application/vnd.jupyter.widget-view+json"
@@ -21,13 +20,7 @@ VIEW = "application/vnd.jupyter.widget-view+json"
 
 @pytest.fixture(scope="module")
 def executed(tmp_path_factory: pytest.TempPathFactory) -> nbformat.NotebookNode:
-    workdir = tmp_path_factory.mktemp("tour")
-    target = workdir / NOTEBOOK.name
-    shutil.copy(NOTEBOOK, target)
-    nb = nbformat.read(target, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3",
-                   resources={"metadata": {"path": str(workdir)}}).execute()
-    return nb
+    return execute_notebook(NOTEBOOK, tmp_path_factory.mktemp("tour"), timeout=120)
 
 
 def _outputs(nb: nbformat.NotebookNode) -> list[dict[str, Any]]:
