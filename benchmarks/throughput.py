@@ -1,9 +1,10 @@
 """Throughput of the hot path, each figure a ratio to a baseline measured in the same run.
 
-    python benchmarks/throughput.py                    # every section, N = 20,000 (~3 min)
+    python benchmarks/throughput.py                    # every target, N = 20,000 (~3 min)
     python benchmarks/throughput.py -n 5000 --repeat 2
     python benchmarks/throughput.py --only paths,wait,stall
     python benchmarks/throughput.py --only big --big-runs 1000000
+    python benchmarks/throughput.py --only lock --loop-n 5000   # where the loop's time goes
 
 Baselines: bare asyncio (create_task + gather of N no-op coroutines), and a bare stdlib
 `sqlite3` loop committing one row per transaction in WAL with synchronous=NORMAL: the physical
@@ -20,6 +21,10 @@ Sections (`--only`):
   neighbour the `paths` ratios again with a CPU-burning neighbour process, ÷ the ratios without
   big      per-run `trigger()` cost on a store already holding --big-runs runs ÷ an empty store
             (the big store is filled once, by direct SQL inserts of valid rows, in a temp dir)
+  lock      where a `trigger()` loop's time goes (no target): per run, how long the cell's
+            thread holds the store's write lock (its insert) and waits for it (the engine's
+            writer thread committing earlier runs' progress into the same file), and how long
+            the writer holds it. Not part of the default run.
 
 Beside each wall-clock figure the `paths` section prints the process's CPU time per run (all
 threads; for the `trigger()` loop, the loop and the runs it started, up to their end) and the
@@ -27,7 +32,8 @@ same ratios in CPU time. On a machine shared with other work the wall clock meas
 how often the scheduler let the process run; CPU time barely moves with the load, so those
 ratios are the ones to compare across runs.
 
-Only the public API is used, plus the probe, which reads the engine's loop (`eng.runtime.loop`).
+Only the public API is used, plus the probe, which reads the engine's loop (`eng.runtime.loop`),
+and the `lock` section, which times the SQLite store's write lock (`eng.store._lock`).
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ from contextlib import contextmanager
 
 import nbtasks
 
-SECTIONS = ("paths", "wait", "stall", "neighbour", "big")
+SECTIONS = ("paths", "wait", "stall", "neighbour", "big", "lock")
 
 
 # ---------------------------------------------------------------- baselines
@@ -349,6 +355,64 @@ def burst_stall(n: int, path: str, collector: bool = True) -> tuple[float, float
         gc.collect()
 
 
+class TimedLock:
+    """Stands in for the store's write lock (an RLock) and adds up, per thread name, the time
+    spent waiting for it and holding it (outermost acquire to its release)."""
+
+    def __init__(self, lock: threading.RLock) -> None:
+        self._inner = lock
+        self._held: dict[int, tuple[int, float]] = {}  # thread -> (depth, acquired at)
+        self.waits: dict[str, list[float]] = {}
+        self.holds: dict[str, list[float]] = {}
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        t = time.perf_counter()
+        if not self._inner.acquire(blocking, timeout):
+            return False
+        got, me = time.perf_counter(), threading.get_ident()
+        depth, since = self._held.get(me, (0, got))
+        if depth == 0:
+            self.waits.setdefault(threading.current_thread().name, []).append(got - t)
+        self._held[me] = (depth + 1, since)
+        return True
+
+    def release(self) -> None:
+        me = threading.get_ident()
+        depth, since = self._held.pop(me)
+        if depth > 1:
+            self._held[me] = (depth - 1, since)
+        else:
+            self.holds.setdefault(threading.current_thread().name, []).append(
+                time.perf_counter() - since)
+        self._inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_times(n: int, path: str) -> tuple[float, TimedLock]:
+    """A `trigger()` loop of `n` calls with the store's write lock timed: (seconds, the lock)."""
+    eng, task = _engine(path)
+    try:
+        task.batch_trigger([0]).wait()  # the engine and its writer thread warmed up
+        lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
+        eng.store._lock = lock  # type: ignore[attr-defined]
+        t = time.perf_counter()
+        handles = [task.trigger(i) for i in range(n)]
+        secs = time.perf_counter() - t
+        eng.wait_results([h.id for h in handles])
+        return secs, lock
+    finally:
+        eng.close()
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2] if values else 0.0
+
+
 def fill_big(path: str, runs: int) -> float:
     """A store holding `runs` finished runs, inserted by SQL into the engine's own schema."""
     nbtasks.Engine(store=path).close()  # the schema, as the engine makes it
@@ -388,7 +452,7 @@ def main() -> None:
     parser.add_argument("--loop-n", type=int, default=2000,
                         help="trigger() calls per loop measurement (default 2,000)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many (default 2)")
-    parser.add_argument("--only", default=",".join(SECTIONS),
+    parser.add_argument("--only", default=",".join(s for s in SECTIONS if s != "lock"),
                         help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--big-runs", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -462,6 +526,25 @@ def main() -> None:
             rows.append((f"trigger() loop on {args.big_runs:,} stored runs (filled in "
                          f"{build:.0f} s) ÷ empty store", f"{full / empty:.2f}", "≤ 1.2",
                          "≤ 1.05"))
+        if "lock" in only:
+            secs, lock = lock_times(loop_n, fresh())
+            cell = threading.current_thread().name
+            us = 1e6 / loop_n
+            held, waited = sum(lock.holds.get(cell, [])), sum(lock.waits.get(cell, []))
+            writer = lock.holds.get("nbtasks-writer", [])
+            rows += [
+                ("trigger() loop (lock timed), µs/run", f"{secs * us:.1f}", "", ""),
+                ("  the cell holds the store's write lock (its insert), µs/run",
+                 f"{held * us:.1f}", "", ""),
+                ("    the same, median of one call, µs",
+                 f"{_median(lock.holds.get(cell, [])) * 1e6:.1f}", "", ""),
+                ("  the cell waits for the lock (the writer's commits), µs/run",
+                 f"{waited * us:.1f}", "", ""),
+                ("  the rest (the cell's Python, and the GIL), µs/run",
+                 f"{(secs - held - waited) * us:.1f}", "", ""),
+                (f"the writer holds the lock ({len(writer)} commits, median "
+                 f"{_median(writer) * 1e3:.2f} ms), µs/run", f"{sum(writer) * us:.1f}", "", ""),
+            ]
     print()
     _table(rows)
 
