@@ -356,34 +356,38 @@ def burst_stall(n: int, path: str, collector: bool = True) -> tuple[float, float
 
 
 class TimedLock:
-    """Stands in for the store's write lock (an RLock) and adds up, per thread name, the time
-    spent waiting for it and holding it (outermost acquire to its release)."""
+    """Stands in for the store's write lock (an RLock) and records, per thread name, the time
+    spent waiting for it, and the wall and thread CPU time spent holding it (outermost acquire
+    to its release): wall above CPU while holding it is time the holder waited for the GIL, a
+    CPU or the disk."""
 
     def __init__(self, lock: threading.RLock) -> None:
         self._inner = lock
-        self._held: dict[int, tuple[int, float]] = {}  # thread -> (depth, acquired at)
+        self._held: dict[int, tuple[int, float, float]] = {}  # thread -> (depth, wall, cpu)
         self.waits: dict[str, list[float]] = {}
         self.holds: dict[str, list[float]] = {}
+        self.holds_cpu: dict[str, list[float]] = {}
 
     def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
         t = time.perf_counter()
         if not self._inner.acquire(blocking, timeout):
             return False
         got, me = time.perf_counter(), threading.get_ident()
-        depth, since = self._held.get(me, (0, got))
+        depth, since, cpu = self._held.get(me, (0, got, time.thread_time()))
         if depth == 0:
             self.waits.setdefault(threading.current_thread().name, []).append(got - t)
-        self._held[me] = (depth + 1, since)
+        self._held[me] = (depth + 1, since, cpu)
         return True
 
     def release(self) -> None:
         me = threading.get_ident()
-        depth, since = self._held.pop(me)
+        depth, since, cpu = self._held.pop(me)
         if depth > 1:
-            self._held[me] = (depth - 1, since)
+            self._held[me] = (depth - 1, since, cpu)
         else:
-            self.holds.setdefault(threading.current_thread().name, []).append(
-                time.perf_counter() - since)
+            name = threading.current_thread().name
+            self.holds.setdefault(name, []).append(time.perf_counter() - since)
+            self.holds_cpu.setdefault(name, []).append(time.thread_time() - cpu)
         self._inner.release()
 
     def __enter__(self) -> bool:
@@ -536,6 +540,8 @@ def main() -> None:
                 ("trigger() loop (lock timed), µs/run", f"{secs * us:.1f}", "", ""),
                 ("  the cell holds the store's write lock (its insert), µs/run",
                  f"{held * us:.1f}", "", ""),
+                ("    of which its CPU time, µs/run",
+                 f"{sum(lock.holds_cpu.get(cell, [])) * us:.1f}", "", ""),
                 ("    the same, median of one call, µs",
                  f"{_median(lock.holds.get(cell, [])) * 1e6:.1f}", "", ""),
                 ("  the cell waits for the lock (the writer's commits), µs/run",
