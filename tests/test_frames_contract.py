@@ -379,7 +379,7 @@ def test_a_killed_reader_process_is_replaced(full: tuple[Engine, dict[str, str]]
 
 def test_answers_are_owner_only_files_in_shared_memory_gone_once_read(
         full: tuple[Engine, dict[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
-    """The reader hands each table back as a file the kernel maps: made 0600, in /dev/shm where
+    """The reader hands each table back as a file the kernel reads: made 0600, in /dev/shm where
     there is one, and unlinked as soon as it is read, so nothing is left behind. Read, not
     mapped: a frame the user keeps holds no shared memory (no mapping of those files remains)."""
     eng, _ = full
@@ -440,7 +440,7 @@ def test_a_reader_without_usable_shared_memory_writes_to_the_temporary_directory
 
 
 def test_a_file_the_kernel_never_took_is_removed_by_the_reader(db_path: Path) -> None:
-    """A kernel that dies between the answer and the mapping leaves its files unread: the reader
+    """A kernel that dies between the answer and the read leaves its files behind: the reader
     removes them at its next request, and when its stdin closes (which the kernel's death does)."""
     Engine(store=str(db_path)).close()
     reader = _reader_process()

@@ -1,8 +1,7 @@
 """A busy worker holds attempts queued behind its run (up to `LOOKAHEAD`) while runs wait for
-workers. A queued
-attempt has not started: it is never lost and never runs twice, whether its worker is killed,
-its run is cancelled, or the run ahead of it waits on it. What a worker sends is JSON only, and
-the kernel's size limits hold in workers too."""
+workers. A queued attempt has not started: it is never lost and never runs twice, whether its
+worker is killed, its run is cancelled, or the run ahead of it waits on it. What a worker sends
+is JSON only, and the kernel's size limits hold in workers too."""
 
 from __future__ import annotations
 

@@ -476,8 +476,8 @@ class Pool:
 
     def _takes(self, worker: Worker) -> bool:
         """Whether `worker` can take one more attempt now: idle, or busy with room in its queue
-        (`LOOKAHEAD`) behind its run when no worker can start (a run waiting on others can't: what it waits
-        for might be the one queued behind it)."""
+        (`LOOKAHEAD`) behind its run when no worker can start (a run waiting on others can't:
+        what it waits for might be the one queued behind it)."""
         if not worker.alive or worker.retiring:
             return False
         if worker.claims == 0:
