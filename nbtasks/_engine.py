@@ -302,7 +302,7 @@ class Engine(ResultWaiting):
             self.writer.after_commit(partial(_settle_trigger, out, got), urgent=True)
         return out
 
-    def _commit_new(self, runs: list[RunState]) -> None:
+    def _commit_new(self, runs: list[RunState], intake: bool = False) -> None:
         """On the calling thread: commit the rows of new runs before anything can start them.
 
         The caller's own connection, one transaction, no trip through the engine loop: this is
@@ -318,7 +318,8 @@ class Engine(ResultWaiting):
             run.seq = next(seq)
             run.owner = owner
         try:
-            self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True))
+            self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True,
+                                        intake=intake))
         except StoreError:
             raise
         except RuntimeError as exc:
@@ -386,7 +387,7 @@ class Engine(ResultWaiting):
         if run.idempotency_key is not None:
             # The key is checked on the loop, so two callers with one key can't both run.
             return self._handle(self.runtime.call(self._submit_when_durable, run, queue), run)
-        self._commit_new([run])
+        self._commit_new([run], intake=True)
         self._post_admit([(run, queue)])
         return self._handle(run, run)
 

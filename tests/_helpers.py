@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import nbformat
 from nbclient import NotebookClient
@@ -14,6 +15,36 @@ from nbtasks import Engine
 from nbtasks._runtime import mailbox
 
 NOTEBOOKS_DIR = Path(__file__).parent.parent / "notebooks"
+
+
+def row_in_files(db: Path, run_id: str, columns: str = "status") -> tuple[Any, ...] | None:
+    """A run's row as another process would find it on disk: in `runs`, or else still in the
+    intake file beside it (where a cell's `trigger()` commits it until the writer folds it in).
+    Fresh read-only connections: only what is committed."""
+    for path, table in ((db, "runs"), (Path(f"{db}-intake"), "intake")):
+        if not path.exists():
+            continue
+        con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+        try:
+            row = con.execute(f"SELECT {columns} FROM {table} WHERE id = ?", (run_id,)).fetchone()
+        finally:
+            con.close()
+        if row is not None:
+            return tuple(row)
+    return None
+
+
+def ids_in_files(db: Path) -> set[str]:
+    """Every run id on disk: in `runs` and in the intake (see `row_in_files`)."""
+    ids: set[str] = set()
+    for path, table in ((db, "runs"), (Path(f"{db}-intake"), "intake")):
+        if path.exists():
+            con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+            try:
+                ids.update(r[0] for r in con.execute(f"SELECT id FROM {table}"))
+            finally:
+                con.close()
+    return ids
 
 
 def execute_notebook(path: Path, workdir: Path, timeout: int = 180) -> nbformat.NotebookNode:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import row_in_files
 
 import nbtasks
 from nbtasks import ConfigurationError, Engine, Run, RunList, RunNotFoundError, RunStatus
@@ -220,10 +221,7 @@ def test_trigger_returns_once_durable_and_results_are_durable_first(engine: Engi
         return payload + 1
 
     def stored(run_id: str) -> tuple[Any, ...] | None:
-        with sqlite3.connect(db_path) as conn:  # another connection: only committed data
-            row: tuple[Any, ...] | None = conn.execute(
-                "SELECT status, output FROM runs WHERE id=?", (run_id,)).fetchone()
-            return row
+        return row_in_files(db_path, run_id, "status, output")  # only committed data
 
     handle = durable.trigger(1)
     row = stored(handle.id)

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import ids_in_files
 
 CHILD = Path(__file__).with_name("_child_engine.py")
 KILLS = 20
@@ -126,6 +127,8 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
         runs = {r[0]: r for r in rows}
         missing = promised - runs.keys()
         assert not missing, f"{len(missing)} promised runs are not in the store"
+        # What the killed kernels left in the intake was folded in, and nothing else is there.
+        assert ids_in_files(db) == runs.keys()
         not_final = [r for r in rows if r[2] != "COMPLETED"]
         assert not not_final, f"runs not COMPLETED after the drain: {not_final[:5]}"
         for run_id, task_id, _status, payload, output, _n in rows:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import row_in_files
 
 from nbtasks import Engine, RunStatus
 from nbtasks.stores._base import WriteBatch
@@ -32,12 +33,8 @@ class SlowWriter(SQLiteStore):
 
 
 def _status_in_file(db: Path, run_id: str) -> str | None:
-    con = sqlite3.connect(db)
-    try:
-        rows = con.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchall()
-        return str(rows[0][0]) if rows else None
-    finally:
-        con.close()
+    row = row_in_files(db, run_id)
+    return None if row is None else str(row[0])
 
 
 @pytest.mark.timeout(60)

@@ -25,6 +25,10 @@ class WriteBatch:
     #: Every row in `runs` is a new run's first: a store may insert it plainly (no upsert),
     #: and an id already stored is then a refusal rather than an overwrite.
     fresh: bool = False
+    #: A cell waits for these new runs (a `trigger()` loop): a store may make them durable in
+    #: a cheaper place first and fold them into its history soon after (the SQLite store's
+    #: intake), as long as every read of the store sees them once this write returned.
+    intake: bool = False
 
     def __bool__(self) -> bool:
         return bool(self.runs or self.updates or self.attempts or self.logs or self.waitpoints

@@ -9,20 +9,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import sqlite3
 import threading
 import time
 from itertools import chain, compress
-from operator import is_not
 from pathlib import Path
 from typing import Any
 
 from .._errors import StoreError
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from .._text import escape_row
-from . import _trust
+from . import _intake, _trust
 from ._base import Refused, Store, WriteBatch
+
+_log = logging.getLogger("nbtasks")
 
 SCHEMA_VERSION = 5
 _FINAL_SQL = (
@@ -139,6 +141,8 @@ _RUN_UPDATE = (
     + ", ".join(f"{RUN_COLUMNS[i]} = v.column{k + 2}" for k, i in enumerate(_UPDATED))
     + " FROM (VALUES {values}) AS v WHERE runs.id = v.column1"
 )
+#: An intake row into `runs`, unless its run is there already (then with a newer state).
+_FOLD = f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES {{values}}"
 _ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
 _LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES {values}"
 #: Rows per statement. A few fixed sizes keep the statements in sqlite3's cache: a statement
@@ -174,26 +178,17 @@ def _insert_many(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, 
             i += size
 
 
-_NONES = (None,) * len(RUN_COLUMNS)
-
-
-@functools.lru_cache(maxsize=256)
-def _fresh_template(columns: tuple[bool, ...]) -> str:
-    names = ", ".join(name for name, used in zip(RUN_COLUMNS, columns, strict=True) if used)
-    return f"INSERT INTO runs ({names}) VALUES {{values}}"
-
-
-def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
-    """New runs' rows, naming only the columns they set: a new run leaves most of its 32
-    columns NULL, and SQLite inserts a row a fifth faster when it isn't handed those NULLs
-    (measured on the runs table with its indexes). Rows setting the same columns (a batch
-    with one set of options) share a statement."""
+def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                  verb: str = "INSERT") -> None:
+    """New runs' rows, naming only the columns they set (`_intake.mask`). Rows setting the
+    same columns (a batch with one set of options) share a statement. With `verb` "INSERT OR
+    IGNORE" it folds intake rows: a run already in `runs` is newer there."""
     groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
     for row in rows:
-        columns = tuple(map(is_not, row, _NONES))
+        columns = _intake.mask(row)
         groups.setdefault(columns, []).append(tuple(compress(row, columns)))
     for columns, values in groups.items():
-        _insert_many(conn, _fresh_template(columns), values)
+        _insert_many(conn, _intake.fresh_template("runs", columns, verb), values)
 
 
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
@@ -203,6 +198,10 @@ _WAITPOINT_UPSERT = (
     f"VALUES ({', '.join('?' * len(WAITPOINT_COLUMNS))})"
 )
 
+
+#: Milliseconds a read's fold (`SQLiteStore.settle`) waits for another process's write lock
+#: before it reads without it.
+_SETTLE_WAIT_MS = 100
 
 #: Words of SQLite's messages for a failure that passes: the same write may succeed later.
 _PASSING = ("locked", "busy", "full", "i/o", "readonly", "unable to open", "out of memory",
@@ -233,13 +232,28 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
         _insert_many(conn, _RUN_UPSERT, rows)
 
 
-def _apply(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
+def _apply(conn: sqlite3.Connection, batch: WriteBatch,
+           folding: list[_intake.Entry]) -> list[Refused]:
     if batch.fresh:
         _insert_fresh(conn, batch.runs)
     else:
         _insert_many(conn, _RUN_UPSERT, batch.runs)
-    if batch.updates:
-        _update_stored(conn, batch.updates)
+    updates = batch.updates
+    if folding:
+        # A run still in the intake whose newer state this batch carries is written once,
+        # whole, instead of folded and then updated; the others are folded as they are.
+        pending = {row[0] for _, row in folding}
+        whole = [row for row in updates if row[0] in pending]
+        if whole:
+            updates = [row for row in updates if row[0] not in pending]
+            _insert_many(conn, _RUN_UPSERT, whole)
+            written = {row[0] for row in whole}
+            _insert_fresh(conn, [row for _, row in folding if row[0] not in written],
+                          "INSERT OR IGNORE")
+        else:
+            _insert_fresh(conn, [row for _, row in folding], "INSERT OR IGNORE")
+    if updates:
+        _update_stored(conn, updates)
     _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
     _insert_many(conn, _LOG_INSERT, batch.logs)
     if batch.waitpoints:
@@ -249,7 +263,8 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
     return []
 
 
-def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
+def _apply_each(conn: sqlite3.Connection, batch: WriteBatch,
+                folding: list[_intake.Entry]) -> list[Refused]:
     """Row by row: a refused row is left out (SQLite undoes a failed statement by itself) and the
     rest goes on. Text SQLite can't encode in an attempt, log or wait row is written escaped:
     those rows only describe a run. A run row is never rewritten here: its run is failed (or
@@ -270,6 +285,9 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch) -> list[Refused]:
         refused.append(Refused(kind, run_id, f"{type(err).__name__}: {err}"))
 
     run_sql = _multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1)
+    fold_sql = _multi_sql(_FOLD, len(RUN_COLUMNS), 1)
+    for _, row in folding:
+        one("run", str(row[0]), fold_sql, row, False)
     attempt_sql = _multi_sql(_ATTEMPT_UPSERT, len(ATTEMPT_COLUMNS), 1)
     log_sql = _multi_sql(_LOG_INSERT, 5, 1)
     for row in (*batch.runs, *batch.updates):
@@ -331,13 +349,17 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None
         #: Set once the file was found deleted or replaced: every later write raises it.
         self._lost: StoreError | None = None
+        #: Where a cell's new runs are committed first (see nbtasks.stores._intake); None for
+        #: ":memory:", whose new runs go straight into `runs`.
+        self._intake: _intake.Intake | None = None
 
-    def _connect(self) -> sqlite3.Connection:
+    def _connect(self, target: str | None = None) -> sqlite3.Connection:
         # A file store is opened read-write but never created by SQLite (`mode=rw`): the file
         # is made 0600 by `_trust.prepare`, and a reader opening after the file was deleted
         # must fail, not leave an empty file behind. The absolute path is fixed at open(), so
         # a notebook that changes directory keeps using the same file.
-        target = self.path if self.memory else Path(self._abs).as_uri() + "?mode=rw"
+        if target is None:
+            target = self.path if self.memory else Path(self._abs).as_uri() + "?mode=rw"
         try:
             conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False, uri=not self.memory)
@@ -383,7 +405,14 @@ class SQLiteStore:
                 _trust.check_file(side)
             with self._lock:
                 self._migrate(self._writer)
+            self._intake = _intake.Intake(_intake.path_for(self._abs), self._connect)
+            self._intake.open()
+            with self._lock:
+                self._fold_stored(self._writer, self._intake)
         except BaseException as exc:
+            if self._intake is not None:
+                self._intake.close()
+                self._intake = None
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
@@ -429,6 +458,27 @@ class SQLiteStore:
             _rollback(conn)
             raise
 
+    def _fold_stored(self, conn: sqlite3.Connection, intake: _intake.Intake) -> None:
+        """At open: fold what the intake still holds (runs a killed kernel triggered, or
+        another kernel's not folded yet) into `runs`, then delete it there. A row that is
+        not a run's row (a damaged file) is left out with a warning; the rest is folded."""
+        stored = intake.stored()
+        good = [entry for entry in stored if _intake.is_run_row(entry[1])]
+        if len(good) < len(stored):
+            bad = [row[0] for _, row in stored if not _intake.is_run_row(row)]
+            _log.warning("%s: left out %d intake rows that are not runs' rows (ids %s)",
+                         intake.path, len(bad), ", ".join(map(repr, bad)))
+        if good:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                _insert_fresh(conn, [row for _, row in good], "INSERT OR IGNORE")
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        intake.forget(stored, now=True)
+        intake.renew_if_outdated()
+
     @property
     def schema_version(self) -> int:
         return int(self.select("PRAGMA user_version")[1][0][0])
@@ -446,31 +496,73 @@ class SQLiteStore:
         if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
         self.check_identity()
+        intake = self._intake
+        if batch.intake and intake is not None and not each and len(batch.runs) == 1 and not (
+                batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
+            intake.append(batch.runs[0])  # a cell's new run: into the intake, folded later
+            return []
         conn = self._reader()
         if not self._lock.acquire(timeout=self.busy_timeout):
             raise StoreError(f"{self.path}: database is locked (another write of this "
                              f"process held it for {self.busy_timeout:g}s)")
+        folding = intake.take() if intake is not None else []
         try:
-            if not each and len(batch.runs) == 1 and not (
+            if not (each or folding) and len(batch.runs) == 1 and not (
                     batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
-                # One new run from a cell: one statement is its own transaction. Two calls
-                # fewer, and each call lets the GIL go to the busy engine thread for a while.
+                # One new run: one statement is its own transaction. Two calls fewer, and
+                # each call lets the GIL go to the busy engine thread for a while.
                 if batch.fresh:
                     _insert_fresh(conn, batch.runs)
                 else:
                     conn.execute(_multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1), batch.runs[0])
                 return []
             conn.execute("BEGIN IMMEDIATE")
-            refused = _apply_each(conn, batch) if each else _apply(conn, batch)
+            refused = (_apply_each(conn, batch, folding) if each
+                       else _apply(conn, batch, folding))
             conn.execute("COMMIT")
-            return refused
         except BaseException as exc:
             _rollback(conn)
+            if folding and intake is not None:
+                intake.give_back(folding)
             if isinstance(exc, sqlite3.Error) and passing(exc):
                 raise StoreError(f"{self.path}: {exc}") from exc
             raise
         finally:
             self._lock.release()
+        if folding and intake is not None:
+            intake.forget(folding)
+        return refused
+
+    def settle(self) -> None:
+        """Fold what this process put in the intake into `runs` now, so that a read sees
+        every run a `trigger()` returned for. Before every read of this store, and before a
+        DataFrame is read from the file by another process. Gives up quietly when the file
+        can't be written now (another process holds its lock): the rows stay durable in the
+        intake, the writer folds them once it can, and the read sees the runs without them."""
+        intake = self._intake
+        if intake is None or not intake.has_pending() or self._closed or self._writer is None:
+            return
+        if not self._lock.acquire(timeout=self.busy_timeout):
+            return
+        conn = self._writer
+        try:
+            folding = intake.take()
+            if not folding:
+                return
+            conn.execute(f"PRAGMA busy_timeout = {_SETTLE_WAIT_MS}")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                _insert_fresh(conn, [row for _, row in folding], "INSERT OR IGNORE")
+                conn.execute("COMMIT")
+            except (sqlite3.Error, UnicodeError, ValueError, TypeError, OverflowError):
+                _rollback(conn)
+                intake.give_back(folding)  # the writer folds them, row by row if it must
+                return
+            finally:
+                conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        finally:
+            self._lock.release()
+        intake.forget(folding)
 
     def _reader(self) -> sqlite3.Connection:
         if self.memory:
@@ -488,6 +580,8 @@ class SQLiteStore:
     def select(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
         if self._closed:
             raise RuntimeError("store is closed")
+        if self._intake is not None and self._intake.has_pending():
+            self.settle()
         if self.memory:
             with self._lock:
                 return _query(self._reader(), sql, params)
@@ -500,7 +594,14 @@ class SQLiteStore:
     def close(self) -> None:
         if self._closed:
             return
+        intake = self._intake
+        if intake is not None:
+            if intake.has_pending():
+                self.settle()  # what is not folded now is folded at the next open
+            intake.forget([], now=True)
         self._closed = True
+        if intake is not None:
+            intake.close()
         with self._lock:
             for conn in [*self._readers, self._writer]:
                 if conn is not None:

@@ -1,10 +1,12 @@
 """A second connection holds the write lock: nothing runs unrecorded, nothing is dropped.
 
-While another process holds `BEGIN EXCLUSIVE`, a cell's `trigger()`, `batch_trigger()` and an
-awaited `trigger_async()` wait for the busy timeout and raise StoreError with nothing recorded
-and nothing run; a run accepted inside the engine (an async body's trigger) waits, unstarted,
-and is recorded and run once the lock goes. The engine says what is wrong (`store_problem`,
-one warning) meanwhile.
+While another process holds `BEGIN EXCLUSIVE` on the store, `batch_trigger()` and an awaited
+`trigger_async()` wait for the busy timeout and raise StoreError with nothing recorded and
+nothing run; a run accepted inside the engine (an async body's trigger) waits, unstarted, and
+is recorded and run once the lock goes. A cell's `trigger()` commits into the intake file, which
+that lock does not hold: it returns, its run is in the intake, and it reaches `runs` once the
+lock goes. Held on the intake file, the lock makes `trigger()` wait and raise the same way.
+The engine says what is wrong (`store_problem`, one warning) meanwhile.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import ids_in_files, row_in_files
 
 from nbtasks import Engine, StoreError
 from nbtasks.stores.sqlite import SQLiteStore
@@ -36,12 +39,16 @@ class _Told(logging.Handler):
             self.cant_write.set()
 
 
-def _count(db: Path, sql: str, params: tuple[Any, ...] = ()) -> int:
+def _rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     con = sqlite3.connect(db)
     try:
-        return int(con.execute(sql, params).fetchone()[0])
+        return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def _count(db: Path, sql: str, params: tuple[Any, ...] = ()) -> int:
+    return int(_rows(db, sql, params)[0][0])
 
 
 @pytest.mark.timeout(60)
@@ -71,12 +78,13 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
         holder = sqlite3.connect(db, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
         try:
+            cell = work.trigger({"cell": 1})  # durable in the intake, which is not locked
+            assert row_in_files(db, cell.id) == ("QUEUED",)
+            assert _count(db, "SELECT COUNT(*) FROM runs WHERE id = ?", (cell.id,)) == 0
             with pytest.raises(StoreError) as caught:
-                work.trigger({"cell": 1})
+                work.batch_trigger([{"batch": i} for i in range(5)])
             assert "database is locked" in str(caught.value)
             assert str(db) in str(caught.value)
-            with pytest.raises(StoreError):
-                work.batch_trigger([{"batch": i} for i in range(5)])
 
             # trigger_async awaited in a coroutine commits as a cell's trigger() does.
             with pytest.raises(StoreError, match="database is locked"):
@@ -87,25 +95,50 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
             assert told.cant_write.wait(10)
             assert eng.store_problem is not None and "locked" in eng.store_problem
             assert str(db) in eng.store_problem
-            assert ran == []
+            assert {"child": True} not in ran
         finally:
             holder.execute("ROLLBACK")
             holder.close()
         assert parent_handle.wait(timeout=10).output == {"child": True}
+        assert cell.wait(timeout=10).output == {"cell": 1}
         assert eng.store_problem is None
-        assert ran == [{"child": True}]
-        assert eng.runs.count() == before + 1
+        assert sorted(ran, key=str) == [{"cell": 1}, {"child": True}]
+        assert eng.runs.count() == before + 2
     finally:
         eng.close()
         logging.getLogger("nbtasks").removeHandler(told)
     assert sum("can't write" in m for m in told.messages) == 1  # warned once, not per retry
     # What the file says after reopening: everything that ran is recorded, final; the
     # refused triggers left nothing.
-    assert _count(db, "SELECT COUNT(*) FROM runs") == 2
-    assert _count(db, "SELECT COUNT(*) FROM runs WHERE status = 'COMPLETED'") == 2
-    assert _count(db, "SELECT COUNT(*) FROM runs WHERE payload LIKE '%cell%' "
-                      "OR payload LIKE '%batch%' OR payload LIKE '%async%'") == 0
-    assert _count(db, "SELECT COUNT(*) FROM attempts WHERE status = 'COMPLETED'") == 2
+    assert _count(db, "SELECT COUNT(*) FROM runs") == 3
+    assert _count(db, "SELECT COUNT(*) FROM runs WHERE status = 'COMPLETED'") == 3
+    assert _count(db, "SELECT COUNT(*) FROM runs WHERE payload LIKE '%batch%' "
+                      "OR payload LIKE '%async%'") == 0
+    assert _count(db, "SELECT COUNT(*) FROM attempts WHERE status = 'COMPLETED'") == 3
+    assert ids_in_files(db) == {r[0] for r in _rows(db, "SELECT id FROM runs")}  # folded
+
+
+@pytest.mark.timeout(60)
+def test_a_held_intake_lock_refuses_trigger_with_nothing_recorded(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    with Engine(store=SQLiteStore(db, busy_timeout=0.2)) as eng:
+        work = eng.task(id="work", run=lambda p, ctx: p)
+        assert work.trigger(0).wait(timeout=10).output == 0
+        holder = sqlite3.connect(f"{db}-intake", isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            with pytest.raises(StoreError, match="database is locked") as caught:
+                work.trigger({"cell": 1})
+            assert f"{db}-intake" in str(caught.value)
+            # Batches commit straight into `runs`: the intake's lock does not hold them.
+            assert [r.output for r in work.batch_trigger([5, 6]).wait(timeout=10)] == [5, 6]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert work.trigger(2).wait(timeout=10).output == 2
+    assert _count(db, "SELECT COUNT(*) FROM runs WHERE status = 'COMPLETED'") == 4
+    assert "cell" not in str(_rows(db, "SELECT payload FROM runs"))
+    assert ids_in_files(db) == {r[0] for r in _rows(db, "SELECT id FROM runs")}
 
 
 @pytest.mark.timeout(60)
@@ -113,7 +146,8 @@ def test_a_lock_released_within_the_busy_timeout_just_delays_trigger(tmp_path: P
     db = tmp_path / "runs.db"
     with Engine(store=SQLiteStore(db, busy_timeout=10)) as eng:
         work = eng.task(id="work", run=lambda p, ctx: p)
-        holder = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+        # A cell's trigger() commits into the intake file: the lock it waits for is that one's.
+        holder = sqlite3.connect(f"{db}-intake", isolation_level=None, check_same_thread=False)
         holder.execute("BEGIN EXCLUSIVE")
         release = threading.Timer(0.3, lambda: (holder.execute("ROLLBACK"), holder.close()))
         release.start()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import row_in_files
 
 from nbtasks import Engine, RunEvent, StoreError
 from nbtasks.stores._base import WriteBatch
@@ -32,11 +33,7 @@ class SlowDisk(SQLiteStore):
 
 
 def _on_disk(db: Path, run_id: str) -> bool:
-    con = sqlite3.connect(db)
-    try:
-        return bool(con.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchall())
-    finally:
-        con.close()
+    return row_in_files(db, run_id) is not None
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,209 @@
+"""The intake: a second SQLite file where a cell's `trigger()` makes its new run durable.
+
+A `trigger()` returns only once its run is on disk (docs/design.md). Committed straight into
+`runs`, that row costs two of SQLite's bare commits (it updates five B-trees: the table, its
+key and three indexes), and the cell waits behind the engine's writer, which commits the
+progress of earlier runs into the same file. Here the cell's row goes into a table with no
+index but its rowid, in a file of its own: one B-tree, and no other writer to queue behind.
+
+The store folds intake rows into `runs` later, inside the writer's next transaction (a run
+that moved on since is written once, with its newer state), or before any read of this
+process (so what a cell triggered is visible to every read once `trigger()` returned), and
+at open (what a killed kernel left here). The fold is `INSERT OR IGNORE`: a run already in
+`runs` is newer there, so a row is never folded over its own later state, whoever folds it
+(another kernel opening the same store, say). Folded rows are deleted from the intake
+afterwards; one deleted late is harmless for that reason.
+
+The intake's table has the columns of `runs` and nothing else: no key, no index, no
+constraint. A row SQLite can't store (text that is not valid Unicode, an integer too big)
+is refused in the caller, as it would be by `runs`; nothing in it is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import threading
+from collections.abc import Callable
+from itertools import compress
+from operator import is_not
+from pathlib import Path
+from typing import Any
+
+from .._errors import StoreError
+from .._runstate import RUN_COLUMNS
+from . import _trust
+
+#: The intake's file beside the store's: `runs.db` keeps its new runs in `runs.db-intake`
+#: (with SQLite's own `-wal` and `-shm` beside that).
+SUFFIX = "-intake"
+
+_SCHEMA = f"CREATE TABLE IF NOT EXISTS intake ({', '.join(RUN_COLUMNS)})"
+_DELETE = "DELETE FROM intake WHERE rowid = ? AND id IS ?"
+#: Folded rows are deleted from the file this many at a time (a burst of triggers must not
+#: pay a transaction of deletes per commit of the writer); those left are deleted at close,
+#: and any left by a killed kernel are folded as no-ops at the next open.
+FORGET_EVERY = 1024
+
+#: (rowid in the intake, the run's row): what is durable there and not yet folded.
+Entry = tuple[int, tuple[Any, ...]]
+
+
+_NONES = (None,) * len(RUN_COLUMNS)
+
+
+def mask(row: tuple[Any, ...]) -> tuple[bool, ...]:
+    """Which of a run row's columns are set: a new run leaves most of its 32 columns NULL,
+    and SQLite inserts a row a fifth faster when it isn't handed those NULLs."""
+    return tuple(map(is_not, row, _NONES))
+
+
+@functools.lru_cache(maxsize=256)
+def fresh_template(table: str, columns: tuple[bool, ...], verb: str = "INSERT") -> str:
+    """An insert naming only the `columns` set (see `mask`); `{values}` left to fill."""
+    names = ", ".join(name for name, used in zip(RUN_COLUMNS, columns, strict=True) if used)
+    return f"{verb} INTO {table} ({names}) VALUES {{values}}"
+
+
+@functools.lru_cache(maxsize=256)
+def _one_row(columns: tuple[bool, ...]) -> str:
+    return fresh_template("intake", columns).format(
+        values="(" + ", ".join("?" * sum(columns)) + ")")
+
+
+def path_for(store_path: str) -> Path:
+    return Path(store_path + SUFFIX)
+
+
+class Intake:
+    """One connection to the intake file, used under its own lock from any thread."""
+
+    def __init__(self, path: Path, connect: Callable[[str], sqlite3.Connection]) -> None:
+        self.path = path
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        self._identity: tuple[int, int] | None = None
+        self._columns: list[str] = []  # of the file's table, which an older nbtasks may have made
+        #: Written here, not yet folded into `runs` (taken by whoever folds them).
+        self._pending: list[Entry] = []
+        #: Folded into `runs`, not yet deleted here (a failed delete is tried again later).
+        self._folded: list[tuple[int, str]] = []
+
+    def open(self) -> None:
+        """Create (0600) or check the file like the store's own, and its table."""
+        self._identity = _trust.prepare(self.path)
+        with _trust.private_umask():
+            conn = self._connect(self.path.as_uri() + "?mode=rw")
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            for side in _trust.files(self.path)[1:]:
+                _trust.check_file(side)
+            conn.execute(_SCHEMA)
+            self._columns = [r[1] for r in conn.execute("PRAGMA table_info(intake)")]
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def check_identity(self) -> None:
+        if self._identity is not None:
+            error = _trust.identity_error(str(self.path), self._identity)
+            if error is not None:
+                raise error
+
+    # ------------------------------------------------------------------ the cell's side
+
+    def append(self, row: tuple[Any, ...]) -> None:
+        """Commit one new run's row; durable when this returns.
+
+        Raises `StoreError` when the file can't be written now (a held lock, a full disk),
+        and SQLite's own error for a row it refuses (text that is not valid Unicode, an
+        integer too big): nothing is written either way.
+        """
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store is not open")
+        self.check_identity()
+        columns = mask(row)
+        with self._lock:
+            try:  # one statement is its own transaction
+                rowid = conn.execute(_one_row(columns), tuple(compress(
+                    row, columns))).lastrowid
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"{self.path}: {exc}") from exc
+            assert rowid is not None
+            self._pending.append((rowid, row))
+
+    # ------------------------------------------------------------------ the folder's side
+
+    def take(self) -> list[Entry]:
+        """Every pending row, for a fold about to be committed (`give_back` if it isn't)."""
+        with self._lock:
+            taken, self._pending = self._pending, []
+        return taken
+
+    def give_back(self, taken: list[Entry]) -> None:
+        with self._lock:
+            self._pending[:0] = taken
+
+    def has_pending(self) -> bool:
+        return bool(self._pending)
+
+    def forget(self, taken: list[Entry], now: bool = False) -> None:
+        """`taken` is committed into `runs`: delete it here, `FORGET_EVERY` rows at a time
+        (all of them if `now`). A delete that fails is kept for the next one: a row left here
+        is folded as a no-op."""
+        conn = self._conn
+        with self._lock:
+            self._folded.extend((rowid, row[0]) for rowid, row in taken)
+            if conn is None or not self._folded or (
+                    len(self._folded) < FORGET_EVERY and not now):
+                return
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany(_DELETE, self._folded)
+                conn.execute("COMMIT")
+            except sqlite3.Error:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return
+            self._folded = []
+
+    def stored(self) -> list[Entry]:
+        """Every row in the file, oldest first, as run rows (the fold at open). The file may
+        come from another version of nbtasks: a column it lacks reads as NULL."""
+        conn = self._conn
+        if conn is None:
+            raise RuntimeError("store is not open")
+        have = [c for c in RUN_COLUMNS if c in self._columns]
+        picks = [have.index(c) if c in have else None for c in RUN_COLUMNS]
+        with self._lock:
+            rows = conn.execute(f"SELECT rowid, {', '.join(have)} FROM intake ORDER BY rowid"
+                                ).fetchall()
+        return [(r[0], tuple(None if i is None else r[1 + i] for i in picks)) for r in rows]
+
+    def renew_if_outdated(self) -> None:
+        """After the fold at open: a table made by another version of nbtasks, now empty, is
+        made again with this version's columns."""
+        conn = self._conn
+        if conn is None or self._columns == list(RUN_COLUMNS):
+            return
+        with self._lock:
+            conn.execute("DROP TABLE intake")
+            conn.execute(_SCHEMA)
+            self._columns = list(RUN_COLUMNS)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+def is_run_row(row: tuple[Any, ...]) -> bool:
+    """What the fold at open checks before it writes an intake row into `runs`: the columns
+    `runs` requires, of the types it requires (the rest is checked where it is read)."""
+    by = dict(zip(RUN_COLUMNS, row, strict=True))
+    return (isinstance(by["id"], str) and isinstance(by["task_id"], str)
+            and isinstance(by["status"], str) and isinstance(by["created_at"], int | float))
