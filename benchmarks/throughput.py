@@ -22,9 +22,10 @@ Sections (`--only`):
   big      per-run `trigger()` cost on a store already holding --big-runs runs ÷ an empty store
             (the big store is filled once, by direct SQL inserts of valid rows, in a temp dir)
   lock      where a `trigger()` loop's time goes (no target): per run, how long the cell's
-            thread holds the store's write lock (its insert) and waits for it (the engine's
-            writer thread committing earlier runs' progress into the same file), and how long
-            the writer holds it. Not part of the default run.
+            thread holds the intake's lock (its insert into the intake file) and waits for it
+            (the writer taking rows to fold, or deleting folded ones), and how long the writer
+            holds the store's write lock (its commits into the store's own file). Not part of
+            the default run.
 
 Beside each wall-clock figure the `paths` section prints the process's CPU time per run (all
 threads; for the `trigger()` loop, the loop and the runs it started, up to their end) and the
@@ -33,7 +34,8 @@ how often the scheduler let the process run; CPU time barely moves with the load
 ratios are the ones to compare across runs.
 
 Only the public API is used, plus the probe, which reads the engine's loop (`eng.runtime.loop`),
-and the `lock` section, which times the SQLite store's write lock (`eng.store._lock`).
+and the `lock` section, which times the SQLite store's two locks (`eng.store._lock`, and
+`eng.store._intake._lock`).
 """
 
 from __future__ import annotations
@@ -397,18 +399,22 @@ class TimedLock:
         self.release()
 
 
-def lock_times(n: int, path: str) -> tuple[float, TimedLock]:
-    """A `trigger()` loop of `n` calls with the store's write lock timed: (seconds, the lock)."""
+def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
+    """A `trigger()` loop of `n` calls with the intake's lock (the cell's commits) and the
+    store's write lock (the writer's) timed: (seconds, intake lock, store lock)."""
     eng, task = _engine(path)
     try:
         task.batch_trigger([0]).wait()  # the engine and its writer thread warmed up
-        lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
-        eng.store._lock = lock  # type: ignore[attr-defined]
+        intake = eng.store._intake  # type: ignore[attr-defined]
+        cell_lock = TimedLock(intake._lock)
+        intake._lock = cell_lock
+        store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
+        eng.store._lock = store_lock  # type: ignore[attr-defined]
         t = time.perf_counter()
         handles = [task.trigger(i) for i in range(n)]
         secs = time.perf_counter() - t
         eng.wait_results([h.id for h in handles])
-        return secs, lock
+        return secs, cell_lock, store_lock
     finally:
         eng.close()
 
@@ -531,24 +537,24 @@ def main() -> None:
                          f"{build:.0f} s) ÷ empty store", f"{full / empty:.2f}", "≤ 1.2",
                          "≤ 1.05"))
         if "lock" in only:
-            secs, lock = lock_times(loop_n, fresh())
+            secs, lock, store_lock = lock_times(loop_n, fresh())
             cell = threading.current_thread().name
             us = 1e6 / loop_n
             held, waited = sum(lock.holds.get(cell, [])), sum(lock.waits.get(cell, []))
-            writer = lock.holds.get("nbtasks-writer", [])
+            writer = store_lock.holds.get("nbtasks-writer", [])
             rows += [
-                ("trigger() loop (lock timed), µs/run", f"{secs * us:.1f}", "", ""),
-                ("  the cell holds the store's write lock (its insert), µs/run",
+                ("trigger() loop (locks timed), µs/run", f"{secs * us:.1f}", "", ""),
+                ("  the cell holds the intake's lock (its insert), µs/run",
                  f"{held * us:.1f}", "", ""),
                 ("    of which its CPU time, µs/run",
                  f"{sum(lock.holds_cpu.get(cell, [])) * us:.1f}", "", ""),
                 ("    the same, median of one call, µs",
                  f"{_median(lock.holds.get(cell, [])) * 1e6:.1f}", "", ""),
-                ("  the cell waits for the lock (the writer's commits), µs/run",
+                ("  the cell waits for it (the writer taking and deleting folded rows), µs/run",
                  f"{waited * us:.1f}", "", ""),
                 ("  the rest (the cell's Python, and the GIL), µs/run",
                  f"{(secs - held - waited) * us:.1f}", "", ""),
-                (f"the writer holds the lock ({len(writer)} commits, median "
+                (f"the writer holds the store's lock ({len(writer)} commits, median "
                  f"{_median(writer) * 1e3:.2f} ms), µs/run", f"{sum(writer) * us:.1f}", "", ""),
             ]
     print()

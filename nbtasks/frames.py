@@ -211,6 +211,7 @@ Columns = tuple[dict[str, Any], dict[str, np.ndarray[Any, Any]]]
 def _arrow_frame(store: SQLiteStore, fetched: list[Col], source: str, where: str,
                  params: list[Any], order: str, tail: list[Any]) -> Columns:
     """The Arrow path: plain columns in SQL, text factorised and typed in C (see _arrow)."""
+    store.settle()  # the reader is another process: fold what a cell's trigger() just committed
     select = f"SELECT {', '.join(c.sql for c in fetched)} FROM {source}"
     if tail:  # the newest `limit`: one query, handed back oldest first like an unlimited frame
         part = _arrow.fetch(store.path, [(f"{select}{where} ORDER BY {order}",

@@ -199,8 +199,8 @@ _WAITPOINT_UPSERT = (
 )
 
 
-#: Milliseconds a read's fold (`SQLiteStore.settle`) waits for another process's write lock
-#: before it reads without it.
+#: Milliseconds a read's fold (`SQLiteStore.settle`) waits for the write lock (ours, then
+#: another process's) before it reads without it.
 _SETTLE_WAIT_MS = 100
 
 #: Words of SQLite's messages for a failure that passes: the same write may succeed later.
@@ -542,7 +542,9 @@ class SQLiteStore:
         intake = self._intake
         if intake is None or not intake.has_pending() or self._closed or self._writer is None:
             return
-        if not self._lock.acquire(timeout=self.busy_timeout):
+        # The writer may hold the lock for as long as another process holds the file's (it
+        # waits out the busy timeout inside): a read must not wait that long for it.
+        if not self._lock.acquire(timeout=_SETTLE_WAIT_MS / 1000):
             return
         conn = self._writer
         try:

@@ -81,6 +81,8 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
             cell = work.trigger({"cell": 1})  # durable in the intake, which is not locked
             assert row_in_files(db, cell.id) == ("QUEUED",)
             assert _count(db, "SELECT COUNT(*) FROM runs WHERE id = ?", (cell.id,)) == 0
+            # A read of the store can't fold it while the lock is held: it reads without it.
+            assert eng.store.select("SELECT COUNT(*) FROM runs")[1] == [(before,)]
             with pytest.raises(StoreError) as caught:
                 work.batch_trigger([{"batch": i} for i in range(5)])
             assert "database is locked" in str(caught.value)
@@ -116,6 +118,36 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
                       "OR payload LIKE '%async%'") == 0
     assert _count(db, "SELECT COUNT(*) FROM attempts WHERE status = 'COMPLETED'") == 3
     assert ids_in_files(db) == {r[0] for r in _rows(db, "SELECT id FROM runs")}  # folded
+
+
+@pytest.mark.timeout(60)
+def test_a_read_under_a_held_lock_does_not_wait_out_the_busy_timeout(tmp_path: Path) -> None:
+    """A read folds what a cell's trigger() put in the intake first; with the store's lock
+    held elsewhere it gives that up after a short wait and reads without those runs, instead
+    of holding the dashboard for the busy timeout."""
+    db = tmp_path / "runs.db"
+    with Engine(store=SQLiteStore(db, busy_timeout=20)) as eng:
+        work = eng.task(id="work", run=lambda p, ctx: p)
+        assert work.trigger(0).wait(timeout=10).output == 0
+        holder = sqlite3.connect(db, isolation_level=None)
+        holder.execute("BEGIN EXCLUSIVE")
+        try:
+            handle = work.trigger(1)
+            took = threading.Event()
+            reads: list[Any] = []
+
+            def read() -> None:
+                reads.append(eng.store.select("SELECT COUNT(*) FROM runs")[1])
+                took.set()
+
+            threading.Thread(target=read, daemon=True).start()
+            assert took.wait(10), "the read waited for the lock (busy timeout 20 s)"
+            assert reads == [[(1,)]]
+        finally:
+            holder.execute("ROLLBACK")
+            holder.close()
+        assert handle.wait(timeout=10).output == 1
+        assert eng.store.select("SELECT COUNT(*) FROM runs")[1] == [(2,)]
 
 
 @pytest.mark.timeout(60)
