@@ -179,3 +179,34 @@ def test_a_second_kernel_folds_anothers_intake_without_running_or_overwriting_it
     stored = _rows(db, "SELECT status, COUNT(*) FROM runs WHERE task_id = 'echo' GROUP BY status")
     assert stored == [(RunStatus.COMPLETED.value, 20)]  # the fold never overwrote a later state
     assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
+
+
+@pytest.mark.timeout(120)
+def test_two_kernels_triggering_into_one_intake_each_run_their_own_once(tmp_path: Path) -> None:
+    """Both write the same intake file and delete their own folded rows from it (by rowid and
+    id): neither deletes the other's rows nor folds a row over the other's later state."""
+    db = tmp_path / "runs.db"
+    ran: dict[str, list[Any]] = {"a": [], "b": []}
+    engines = {name: Engine(store=str(db)) for name in ran}
+    try:
+        tasks = {name: eng.task(id=f"work-{name}", run=lambda p, ctx, name=name: ran[name].append(p))
+                 for name, eng in engines.items()}
+        ids: dict[str, list[str]] = {"a": [], "b": []}
+
+        def loop(name: str) -> None:
+            ids[name] = [tasks[name].trigger(i).id for i in range(1500)]  # past FORGET_EVERY
+
+        threads = [threading.Thread(target=loop, args=(name,)) for name in ran]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        for name, eng in engines.items():
+            assert all(r.ok for r in eng.wait_results(ids[name], timeout=60))
+    finally:
+        for eng in engines.values():
+            eng.close()
+    assert sorted(ran["a"]) == sorted(ran["b"]) == list(range(1500))
+    rows = _rows(db, "SELECT task_id, status, COUNT(*) FROM runs GROUP BY task_id, status")
+    assert rows == [("work-a", "COMPLETED", 1500), ("work-b", "COMPLETED", 1500)]
+    assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
