@@ -82,6 +82,14 @@ class Intake:
         self.path = path
         self._connect = connect
         self._lock = threading.Lock()
+        #: Notified when a fold commits or is given back: a read waits on it (`wait_folded`).
+        self._changed = threading.Condition(self._lock)
+        #: Rows appended by this process so far; of those, taken by a fold (committed or in
+        #: flight); of those, committed into `runs`. Counted in order: folds take every
+        #: pending row, oldest first, one fold at a time.
+        self.appended = 0
+        self.taken = 0
+        self.committed = 0
         self._conn: sqlite3.Connection | None = None
         self._identity: tuple[int, int] | None = None
         self._columns: list[str] = []  # of the file's table, which an older nbtasks may have made
@@ -134,18 +142,44 @@ class Intake:
                 raise StoreError(f"{self.path}: {exc}") from exc
             assert rowid is not None
             self._pending.append((rowid, row))
+            self.appended += 1
 
     # ------------------------------------------------------------------ the folder's side
 
     def take(self) -> list[Entry]:
-        """Every pending row, for a fold about to be committed (`give_back` if it isn't)."""
+        """Every pending row, for a fold inside a transaction that holds the store's write
+        lock already (`folded` once it commits, `give_back` if it doesn't)."""
         with self._lock:
             taken, self._pending = self._pending, []
+            self.taken += len(taken)
+            self._changed.notify_all()
         return taken
 
     def give_back(self, taken: list[Entry]) -> None:
         with self._lock:
             self._pending[:0] = taken
+            self.taken -= len(taken)
+            self._changed.notify_all()
+
+    def folded(self, taken: list[Entry]) -> None:
+        """`taken` is committed into `runs`: count it, wake the reads waiting for it, and
+        delete it here (see `forget`)."""
+        with self._lock:
+            self.committed += len(taken)
+            self._changed.notify_all()
+        self.forget(taken)
+
+    def wait_folded(self, target: int, take_wait: float, timeout: float) -> None:
+        """Wait until the first `target` rows appended are committed into `runs`: up to
+        `take_wait` for a fold to take them (the writer takes rows only once it holds the
+        file's lock; another process may hold it), then up to `timeout` for that fold to
+        commit, unless it is given back."""
+        with self._changed:
+            if not self._changed.wait_for(
+                    lambda: self.committed >= target or self.taken >= target, take_wait):
+                return
+            self._changed.wait_for(
+                lambda: self.committed >= target or self.taken < target, timeout)
 
     def has_pending(self) -> bool:
         return bool(self._pending)

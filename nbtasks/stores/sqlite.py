@@ -505,10 +505,11 @@ class SQLiteStore:
         if not self._lock.acquire(timeout=self.busy_timeout):
             raise StoreError(f"{self.path}: database is locked (another write of this "
                              f"process held it for {self.busy_timeout:g}s)")
-        folding = intake.take() if intake is not None else []
+        folding: list[_intake.Entry] = []
         try:
-            if not (each or folding) and len(batch.runs) == 1 and not (
-                    batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
+            if not (each or (intake is not None and intake.has_pending())) and len(
+                    batch.runs) == 1 and not (batch.updates or batch.attempts or batch.logs
+                                              or batch.waitpoints or batch.statements):
                 # One new run: one statement is its own transaction. Two calls fewer, and
                 # each call lets the GIL go to the busy engine thread for a while.
                 if batch.fresh:
@@ -517,6 +518,9 @@ class SQLiteStore:
                     conn.execute(_multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1), batch.runs[0])
                 return []
             conn.execute("BEGIN IMMEDIATE")
+            # Taken only once the file's lock is ours: a fold in flight then commits without
+            # waiting for anyone, so a read may wait for it (`settle`).
+            folding = intake.take() if intake is not None else []
             refused = (_apply_each(conn, batch, folding) if each
                        else _apply(conn, batch, folding))
             conn.execute("COMMIT")
@@ -530,41 +534,49 @@ class SQLiteStore:
         finally:
             self._lock.release()
         if folding and intake is not None:
-            intake.forget(folding)
+            intake.folded(folding)
         return refused
 
     def settle(self) -> None:
         """Fold what this process put in the intake into `runs` now, so that a read sees
         every run a `trigger()` returned for. Before every read of this store, and before a
-        DataFrame is read from the file by another process. Gives up quietly when the file
-        can't be written now (another process holds its lock): the rows stay durable in the
-        intake, the writer folds them once it can, and the read sees the runs without them."""
+        DataFrame is read from the file by another process.
+
+        If the writer is folding those rows, the read waits for its commit, however slow the
+        machine. If the store's file is locked by another process, the read waits 0.1 s for
+        it and then reads without them: they stay durable in the intake, and the writer folds
+        them once it can (it takes rows only once it holds the file's lock)."""
         intake = self._intake
-        if intake is None or not intake.has_pending() or self._closed or self._writer is None:
+        if intake is None or self._closed or self._writer is None:
             return
-        # The writer may hold the lock for as long as another process holds the file's (it
-        # waits out the busy timeout inside): a read must not wait that long for it.
+        target = intake.appended
+        if intake.committed >= target:
+            return
         if not self._lock.acquire(timeout=_SETTLE_WAIT_MS / 1000):
+            # The writer holds it: folding these rows (wait for its commit), or waiting for
+            # another process's lock before it takes them (give up soon).
+            intake.wait_folded(target, _SETTLE_WAIT_MS / 1000, self.busy_timeout)
             return
         conn = self._writer
+        folding: list[_intake.Entry] = []
         try:
-            folding = intake.take()
-            if not folding:
-                return
             conn.execute(f"PRAGMA busy_timeout = {_SETTLE_WAIT_MS}")
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                folding = intake.take()
                 _insert_fresh(conn, [row for _, row in folding], "INSERT OR IGNORE")
                 conn.execute("COMMIT")
             except (sqlite3.Error, UnicodeError, ValueError, TypeError, OverflowError):
                 _rollback(conn)
-                intake.give_back(folding)  # the writer folds them, row by row if it must
+                if folding:
+                    intake.give_back(folding)  # the writer folds them, row by row if it must
                 return
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
         finally:
             self._lock.release()
-        intake.forget(folding)
+        if folding:
+            intake.folded(folding)
 
     def _reader(self) -> sqlite3.Connection:
         if self.memory:
@@ -582,7 +594,7 @@ class SQLiteStore:
     def select(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[list[str], list[tuple[Any, ...]]]:
         if self._closed:
             raise RuntimeError("store is closed")
-        if self._intake is not None and self._intake.has_pending():
+        if self._intake is not None:
             self.settle()
         if self.memory:
             with self._lock:

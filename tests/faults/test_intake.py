@@ -210,3 +210,33 @@ def test_two_kernels_triggering_into_one_intake_each_run_their_own_once(tmp_path
     rows = _rows(db, "SELECT task_id, status, COUNT(*) FROM runs GROUP BY task_id, status")
     assert rows == [("work-a", "COMPLETED", 1500), ("work-b", "COMPLETED", 1500)]
     assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
+
+
+@pytest.mark.timeout(60)
+def test_a_read_waits_for_a_slow_fold_in_flight_and_sees_the_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine the writer's fold can take longer than a read waits for the lock:
+    the read then waits for that fold's commit instead of reading without the run."""
+    from nbtasks.stores import sqlite as store_module
+
+    folding = threading.Event()
+    real_apply = store_module._apply
+
+    def slow_apply(conn: sqlite3.Connection, batch: Any, fold: list[Any]) -> Any:
+        if fold and threading.current_thread().name == "nbtasks-writer":
+            folding.set()
+            threading.Event().wait(0.5)  # a slow commit, the rows taken and not yet written
+        return real_apply(conn, batch, fold)
+
+    monkeypatch.setattr(store_module, "_apply", slow_apply)
+    db = tmp_path / "runs.db"
+    with Engine(store=str(db)) as eng:
+        gate = threading.Event()
+        work = eng.task(id="work", run=lambda p, ctx: gate.wait(10))
+        eng.store.select("SELECT 1")  # this thread's reader connection, made before the fold
+        handle = work.trigger(1)
+        assert folding.wait(10)  # the writer holds the row in its open transaction
+        _, rows = eng.store.select("SELECT status FROM runs WHERE id = ?", (handle.id,))
+        assert rows in ([("QUEUED",)], [("EXECUTING",)])
+        gate.set()
+        assert handle.wait(timeout=10).ok
