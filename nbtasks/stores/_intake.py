@@ -4,7 +4,8 @@ A `trigger()` returns only once its run is on disk (docs/design.md). Committed s
 `runs`, that row costs two of SQLite's bare commits (it updates five B-trees: the table, its
 key and three indexes), and the cell waits behind the engine's writer, which commits the
 progress of earlier runs into the same file. Here the cell's row goes into a table with no
-index but its rowid, in a file of its own: one B-tree, and no other writer to queue behind.
+index but its rowid, in a file of its own: one B-tree, and nothing to queue behind but the
+writer's occasional delete of rows already folded.
 
 The store folds intake rows into `runs` later, inside the writer's next transaction (a run
 that moved on since is written once, with its newer state), or before any read of this

@@ -566,10 +566,13 @@ class SQLiteStore:
                 folding = intake.take()
                 _insert_fresh(conn, [row for _, row in folding], "INSERT OR IGNORE")
                 conn.execute("COMMIT")
-            except (sqlite3.Error, UnicodeError, ValueError, TypeError, OverflowError):
+            except BaseException as exc:
                 _rollback(conn)
                 if folding:
                     intake.give_back(folding)  # the writer folds them, row by row if it must
+                if not isinstance(exc, sqlite3.Error | UnicodeError | ValueError | TypeError
+                                  | OverflowError):
+                    raise
                 return
             finally:
                 conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
