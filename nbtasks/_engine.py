@@ -309,7 +309,9 @@ class Engine(ResultWaiting):
         what lets a `trigger()` loop in a cell run at close to SQLite's own speed, and the run
         is on disk before the loop even hears of it. If the store can't take it (a lock held
         past the busy timeout, a full disk) this raises `StoreError` with nothing recorded and
-        nothing started.
+        nothing started. `intake`: a cell's single `trigger()`, which the SQLite store commits
+        into its intake file (nbtasks.stores._intake); a batch goes straight into `runs`,
+        where its rows share one transaction.
         """
         if self.closed or self.runtime.closed:
             raise EngineError("the engine is closed")
