@@ -344,6 +344,9 @@ class SQLiteStore:
         self._local = threading.local()
         self._writer: sqlite3.Connection | None = None
         self._readers: list[sqlite3.Connection] = []
+        #: Guards `_readers` alone: a new thread's first read must not wait for the write lock,
+        #: which the writer holds for as long as another process holds the file's.
+        self._readers_lock = threading.Lock()
         self._closed = False
         #: (st_dev, st_ino) of the file as opened; None for ":memory:".
         self._identity: tuple[int, int] | None = None
@@ -590,7 +593,7 @@ class SQLiteStore:
             self.check_identity()  # a new thread must not read a file put in the store's place
             conn = self._connect()
             self._local.conn = conn
-            with self._lock:
+            with self._readers_lock:
                 self._readers.append(conn)
         return conn
 
@@ -619,7 +622,7 @@ class SQLiteStore:
         self._closed = True
         if intake is not None:
             intake.close()
-        with self._lock:
+        with self._lock, self._readers_lock:
             for conn in [*self._readers, self._writer]:
                 if conn is not None:
                     conn.close()

@@ -124,19 +124,24 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
 def test_a_read_under_a_held_lock_does_not_wait_out_the_busy_timeout(tmp_path: Path) -> None:
     """A read folds what a cell's trigger() put in the intake first; with the store's lock
     held elsewhere it gives that up after a short wait and reads without those runs, instead
-    of holding the dashboard for the busy timeout."""
+    of holding the dashboard for the busy timeout. That holds for a thread's first read too,
+    made while the writer waits for the file inside the store's own lock."""
     db = tmp_path / "runs.db"
-    with Engine(store=SQLiteStore(db, busy_timeout=20)) as eng:
+    store = _NotingStore(db, busy_timeout=20)
+    with Engine(store=store) as eng:
         work = eng.task(id="work", run=lambda p, ctx: p)
         assert work.trigger(0).wait(timeout=10).output == 0
         holder = sqlite3.connect(db, isolation_level=None)
         holder.execute("BEGIN EXCLUSIVE")
         try:
+            store.writing.clear()
             handle = work.trigger(1)
+            assert store.writing.wait(10)  # the writer is on its way into the lock, to wait
+            _until_held(store._lock)
             took = threading.Event()
             reads: list[Any] = []
 
-            def read() -> None:
+            def read() -> None:  # a new thread: its reader connection is made now
                 reads.append(eng.store.select("SELECT COUNT(*) FROM runs")[1])
                 took.set()
 
@@ -148,6 +153,29 @@ def test_a_read_under_a_held_lock_does_not_wait_out_the_busy_timeout(tmp_path: P
             holder.close()
         assert handle.wait(timeout=10).output == 1
         assert eng.store.select("SELECT COUNT(*) FROM runs")[1] == [(2,)]
+
+
+class _NotingStore(SQLiteStore):
+    """Says when the engine's writer thread starts a commit."""
+
+    def __init__(self, path: Path, busy_timeout: float) -> None:
+        super().__init__(path, busy_timeout=busy_timeout)
+        self.writing = threading.Event()
+
+    def write(self, batch: Any) -> None:
+        if threading.current_thread().name == "nbtasks-writer":
+            self.writing.set()
+        super().write(batch)
+
+
+def _until_held(lock: Any) -> None:
+    """Until another thread holds `lock` (the writer, a moment after it said it would)."""
+    for _ in range(10_000):
+        if not lock.acquire(blocking=False):
+            return
+        lock.release()
+        threading.Event().wait(0.001)
+    raise AssertionError("nobody took the lock")
 
 
 @pytest.mark.timeout(60)
