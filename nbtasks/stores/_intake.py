@@ -79,9 +79,11 @@ def path_for(store_path: str) -> Path:
 class Intake:
     """One connection to the intake file, used under its own lock from any thread."""
 
-    def __init__(self, path: Path, connect: Callable[[str], sqlite3.Connection]) -> None:
+    def __init__(self, path: Path,
+                 open_file: Callable[[Path], tuple[sqlite3.Connection, tuple[int, int]]]) -> None:
         self.path = path
-        self._connect = connect
+        #: The store's own way of opening its file (trust checks, 0600, WAL): used for this one.
+        self._open_file = open_file
         self._lock = threading.Lock()
         #: Notified when a fold commits or is given back: a read waits on it (`wait_folded`).
         self._changed = threading.Condition(self._lock)
@@ -96,18 +98,13 @@ class Intake:
         self._columns: list[str] = []  # of the file's table, which an older nbtasks may have made
         #: Written here, not yet folded into `runs` (taken by whoever folds them).
         self._pending: list[Entry] = []
-        #: Folded into `runs`, not yet deleted here (a failed delete is tried again later).
-        self._folded: list[tuple[int, str]] = []
+        #: (rowid, id) folded into `runs`, not yet deleted here (a failed delete is tried again).
+        self._to_delete: list[tuple[int, str]] = []
 
     def open(self) -> None:
         """Create (0600) or check the file like the store's own, and its table."""
-        self._identity = _trust.prepare(self.path)
-        with _trust.private_umask():
-            conn = self._connect(self.path.as_uri() + "?mode=rw")
+        conn, self._identity = self._open_file(self.path)
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            for side in _trust.files(self.path)[1:]:
-                _trust.check_file(side)
             conn.execute(_SCHEMA)
             self._columns = [r[1] for r in conn.execute("PRAGMA table_info(intake)")]
         except BaseException:
@@ -191,19 +188,19 @@ class Intake:
         is folded as a no-op."""
         conn = self._conn
         with self._lock:
-            self._folded.extend((rowid, row[0]) for rowid, row in taken)
-            if conn is None or not self._folded or (
-                    len(self._folded) < FORGET_EVERY and not now):
+            self._to_delete.extend((rowid, row[0]) for rowid, row in taken)
+            if conn is None or not self._to_delete or (
+                    len(self._to_delete) < FORGET_EVERY and not now):
                 return
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany(_DELETE, self._folded)
+                conn.executemany(_DELETE, self._to_delete)
                 conn.execute("COMMIT")
             except sqlite3.Error:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 return
-            self._folded = []
+            self._to_delete = []
 
     def stored(self) -> list[Entry]:
         """Every row in the file, oldest first, as run rows (the fold at open). The file may

@@ -208,6 +208,20 @@ _PASSING = ("locked", "busy", "full", "i/o", "readonly", "unable to open", "out 
             "interrupted")
 
 
+def _use_wal(conn: sqlite3.Connection) -> None:
+    """Switch the file to WAL (it stays so). Two kernels opening a new file at once can meet
+    here, and this pragma fails at once on a lock instead of waiting: retry it a while."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def passing(exc: sqlite3.Error) -> bool:
     """A lock, a full disk, an I/O error: the store can't be written now, but the rows are fine."""
     return isinstance(exc, sqlite3.OperationalError) and any(
@@ -247,11 +261,9 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch,
         if whole:
             updates = [row for row in updates if row[0] not in pending]
             _insert_many(conn, _RUN_UPSERT, whole)
-            written = {row[0] for row in whole}
-            _insert_fresh(conn, [row for _, row in folding if row[0] not in written],
-                          "INSERT OR IGNORE")
-        else:
-            _insert_fresh(conn, [row for _, row in folding], "INSERT OR IGNORE")
+        written = {row[0] for row in whole}
+        _insert_fresh(conn, [row for _, row in folding if row[0] not in written],
+                      "INSERT OR IGNORE")
     if updates:
         _update_stored(conn, updates)
     _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
@@ -378,18 +390,23 @@ class SQLiteStore:
             raise StoreError(f"{self.path}: {exc}") from exc
         return conn
 
-    def _use_wal(self, conn: sqlite3.Connection) -> None:
-        """Switch the file to WAL (it stays so). Two kernels opening a new file at once can meet
-        here, and this pragma fails at once on a lock instead of waiting: retry it a while."""
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                conn.execute("PRAGMA journal_mode = WAL")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.01)
+    def _open_file(self, path: Path) -> tuple[sqlite3.Connection, tuple[int, int]]:
+        """Check `path` is ours (nbtasks.stores._trust; made 0600 if missing), open it read-write
+        in WAL, and check the -wal and -shm SQLite made beside it: the store's file and its
+        intake are opened the same way. Returns the connection and the file's identity."""
+        identity = _trust.prepare(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            with _trust.private_umask():  # SQLite creates -wal and -shm here: 0600 from birth
+                conn = self._connect(path.as_uri() + "?mode=rw")
+                _use_wal(conn)
+            for side in _trust.files(path)[1:]:
+                _trust.check_file(side)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return conn, identity
 
     def open(self) -> None:
         """Check the file is ours (see nbtasks.stores._trust), then open and migrate it."""
@@ -398,17 +415,11 @@ class SQLiteStore:
             self._migrate(self._writer)
             return
         self._abs = os.path.abspath(self.path)  # not resolve(): a symlink must be seen, not followed
-        path = Path(self._abs)
-        self._identity = _trust.prepare(path)
         try:
-            with _trust.private_umask():  # SQLite creates -wal and -shm here: 0600 from birth
-                self._writer = self._connect()
-                self._use_wal(self._writer)
-            for side in _trust.files(path)[1:]:
-                _trust.check_file(side)
+            self._writer, self._identity = self._open_file(Path(self._abs))
             with self._lock:
                 self._migrate(self._writer)
-            self._intake = _intake.Intake(_intake.path_for(self._abs), self._connect)
+            self._intake = _intake.Intake(_intake.path_for(self._abs), self._open_file)
             self._intake.open()
             with self._lock:
                 self._fold_stored(self._writer, self._intake)
