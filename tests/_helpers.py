@@ -17,6 +17,15 @@ from nbtasks._runtime import mailbox
 NOTEBOOKS_DIR = Path(__file__).parent.parent / "notebooks"
 
 
+def read_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """What another process would see: a fresh connection to the file, closed after."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql, params).fetchall()
+    finally:
+        con.close()
+
+
 def row_in_files(db: Path, run_id: str, columns: str = "status") -> tuple[Any, ...] | None:
     """A run's row as another process would find it on disk: in `runs`, or else still in the
     intake file beside it (where a cell's `trigger()` commits it until the writer folds it in).

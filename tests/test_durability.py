@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import ids_in_files
+from _helpers import ids_in_files, read_rows
 
 import nbtasks
 from nbtasks import Engine, RunStatus
@@ -34,15 +34,6 @@ from nbtasks.stores.sqlite import SQLiteStore
 
 CHILD = Path(__file__).with_name("_child_engine.py")
 PACKAGE = Path(nbtasks.__file__).parent
-
-
-def _read(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """What another process would see: a fresh connection to the file."""
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 @pytest.mark.parametrize(("how", "code"), [("exit", 3), ("kill", -signal.SIGKILL),
@@ -81,21 +72,21 @@ def test_waiters_hear_of_completion_only_after_the_output_is_on_disk(tmp_path: P
         @eng.task(id="parent")
         async def parent(p: int, ctx: Any) -> str:
             result = await child.trigger_and_wait(p)
-            seen.extend(_read(db, "SELECT status, output FROM runs WHERE id = ?", (result.id,)))
+            seen.extend(read_rows(db, "SELECT status, output FROM runs WHERE id = ?", (result.id,)))
             return result.id
 
         for i in range(10):
             handle = child.trigger(i)
             result = handle.wait(timeout=10)
             assert result.output == {"x": i}
-            assert _read(db, "SELECT status, output FROM runs WHERE id = ?", (handle.id,)) == \
+            assert read_rows(db, "SELECT status, output FROM runs WHERE id = ?", (handle.id,)) == \
                 [("COMPLETED", json.dumps({"x": i}, separators=(",", ":")))]
         import asyncio
 
         async def awaited() -> None:
             handle = child.trigger(99)
             await handle
-            assert _read(db, "SELECT output FROM runs WHERE id = ?", (handle.id,)) == \
+            assert read_rows(db, "SELECT output FROM runs WHERE id = ?", (handle.id,)) == \
                 [('{"x":99}',)]
 
         asyncio.run(awaited())
@@ -195,7 +186,7 @@ def test_stored_values_are_json_and_a_planted_pickle_is_not_run(
     checked = 0
     for table, cols in columns.items():
         for col in cols:
-            for (value,) in _read(db, f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"):
+            for (value,) in read_rows(db, f"SELECT {col} FROM {table} WHERE {col} IS NOT NULL"):
                 assert isinstance(value, str)
                 json.loads(value)
                 checked += 1

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import ids_in_files, row_in_files
+from _helpers import ids_in_files, read_rows, row_in_files
 
 from nbtasks import Engine, StoreError
 from nbtasks.stores.sqlite import SQLiteStore
@@ -39,16 +39,8 @@ class _Told(logging.Handler):
             self.cant_write.set()
 
 
-def _rows(db: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
-
-
 def _count(db: Path, sql: str, params: tuple[Any, ...] = ()) -> int:
-    return int(_rows(db, sql, params)[0][0])
+    return int(read_rows(db, sql, params)[0][0])
 
 
 @pytest.mark.timeout(60)
@@ -117,7 +109,7 @@ def test_held_lock_runs_nothing_unrecorded_and_loses_nothing(tmp_path: Path) -> 
     assert _count(db, "SELECT COUNT(*) FROM runs WHERE payload LIKE '%batch%' "
                       "OR payload LIKE '%async%'") == 0
     assert _count(db, "SELECT COUNT(*) FROM attempts WHERE status = 'COMPLETED'") == 3
-    assert ids_in_files(db) == {r[0] for r in _rows(db, "SELECT id FROM runs")}  # folded
+    assert ids_in_files(db) == {r[0] for r in read_rows(db, "SELECT id FROM runs")}  # folded
 
 
 @pytest.mark.timeout(60)
@@ -197,8 +189,8 @@ def test_a_held_intake_lock_refuses_trigger_with_nothing_recorded(tmp_path: Path
             holder.close()
         assert work.trigger(2).wait(timeout=10).output == 2
     assert _count(db, "SELECT COUNT(*) FROM runs WHERE status = 'COMPLETED'") == 4
-    assert "cell" not in str(_rows(db, "SELECT payload FROM runs"))
-    assert ids_in_files(db) == {r[0] for r in _rows(db, "SELECT id FROM runs")}
+    assert "cell" not in str(read_rows(db, "SELECT payload FROM runs"))
+    assert ids_in_files(db) == {r[0] for r in read_rows(db, "SELECT id FROM runs")}
 
 
 @pytest.mark.timeout(60)

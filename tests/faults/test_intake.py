@@ -16,18 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _helpers import ids_in_files
+from _helpers import ids_in_files, read_rows
 
 from nbtasks import Engine, RunStatus, StoreError
 from nbtasks._runstate import RUN_COLUMNS, RunState
-
-
-def _rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 def _queued_row(run_id: str, payload: str) -> tuple[Any, ...]:
@@ -78,17 +70,17 @@ def test_a_poisoned_intake_row_is_left_out_and_the_rest_is_folded_and_run(
     assert "left out 3 intake rows" in said and "run_blob_task" in said, said
     assert "run_text_time" in said and "None" in said
     # After reopening: the good run is in `runs`, final; the intake holds nothing.
-    assert _rows(db, "SELECT id, status FROM runs") == [("run_good", "COMPLETED")]
-    assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
+    assert read_rows(db, "SELECT id, status FROM runs") == [("run_good", "COMPLETED")]
+    assert read_rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
 
 
 @pytest.mark.timeout(60)
 def test_an_intake_table_of_an_older_version_is_folded_then_made_anew(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
     Engine(store=str(db)).close()
-    _rows(f"{db}-intake", "DROP TABLE intake")
+    read_rows(f"{db}-intake", "DROP TABLE intake")
     old = RUN_COLUMNS[:-3]  # a version before the last columns were added
-    _rows(f"{db}-intake", f"CREATE TABLE intake ({', '.join(old)})")
+    read_rows(f"{db}-intake", f"CREATE TABLE intake ({', '.join(old)})")
     _plant(db, [_queued_row("run_old", '{"n":7}')[:len(old)]], old)
 
     ran: list[Any] = []
@@ -124,7 +116,7 @@ def test_a_deleted_intake_stops_trigger_naming_it_and_a_restart_makes_it_again(
         echo = _echo(eng, ran)
         assert echo.trigger(5).wait(timeout=10).output == 5
     assert sorted(ran) == [1, 3, 4, 5]  # a batch's two runs may run in either order
-    assert sorted(r[0] for r in _rows(db, "SELECT payload FROM runs")) == ["1", "3", "4", "5"]
+    assert sorted(r[0] for r in read_rows(db, "SELECT payload FROM runs")) == ["1", "3", "4", "5"]
 
 
 @pytest.mark.timeout(60)
@@ -161,7 +153,7 @@ def test_a_second_kernel_folds_anothers_intake_without_running_or_overwriting_it
         try:
             handles = [echo.trigger(i) for i in range(20)]
             assert ids_in_files(db) >= {h.id for h in handles}
-            assert not _rows(db, "SELECT id FROM runs WHERE task_id = 'echo'")
+            assert not read_rows(db, "SELECT id FROM runs WHERE task_id = 'echo'")
         finally:
             holder.execute("ROLLBACK")
             holder.close()
@@ -176,9 +168,9 @@ def test_a_second_kernel_folds_anothers_intake_without_running_or_overwriting_it
     finally:
         gate.set()
         first.close()
-    stored = _rows(db, "SELECT status, COUNT(*) FROM runs WHERE task_id = 'echo' GROUP BY status")
+    stored = read_rows(db, "SELECT status, COUNT(*) FROM runs WHERE task_id = 'echo' GROUP BY status")
     assert stored == [(RunStatus.COMPLETED.value, 20)]  # the fold never overwrote a later state
-    assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
+    assert read_rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
 
 
 @pytest.mark.timeout(120)
@@ -207,9 +199,9 @@ def test_two_kernels_triggering_into_one_intake_each_run_their_own_once(tmp_path
         for eng in engines.values():
             eng.close()
     assert sorted(ran["a"]) == sorted(ran["b"]) == list(range(1500))
-    rows = _rows(db, "SELECT task_id, status, COUNT(*) FROM runs GROUP BY task_id, status")
+    rows = read_rows(db, "SELECT task_id, status, COUNT(*) FROM runs GROUP BY task_id, status")
     assert rows == [("work-a", "COMPLETED", 1500), ("work-b", "COMPLETED", 1500)]
-    assert _rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
+    assert read_rows(f"{db}-intake", "SELECT COUNT(*) FROM intake") == [(0,)]
 
 
 @pytest.mark.timeout(60)
@@ -240,3 +232,4 @@ def test_a_read_waits_for_a_slow_fold_in_flight_and_sees_the_run(
         assert rows in ([("QUEUED",)], [("EXECUTING",)])
         gate.set()
         assert handle.wait(timeout=10).ok
+
