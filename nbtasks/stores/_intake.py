@@ -102,14 +102,21 @@ class Intake:
         self._to_delete: list[tuple[int, str]] = []
 
     def open(self) -> None:
-        """Create (0600) or check the file like the store's own, and its table."""
-        conn, self._identity = self._open_file(self.path)
+        """Create (0600) or check the file like the store's own, and its table. A file that
+        is not a database (or is damaged) is named in the error: it is this one, not the
+        store's."""
         try:
-            conn.execute(_SCHEMA)
-            self._columns = [r[1] for r in conn.execute("PRAGMA table_info(intake)")]
-        except BaseException:
-            conn.close()
-            raise
+            conn, self._identity = self._open_file(self.path)
+            try:
+                conn.execute(_SCHEMA)
+                self._columns = [r[1] for r in conn.execute("PRAGMA table_info(intake)")]
+            except BaseException:
+                conn.close()
+                raise
+        except sqlite3.DatabaseError as exc:
+            if type(exc) is not sqlite3.DatabaseError:  # a lock, a full disk: SQLite's own
+                raise
+            raise StoreError(f"{self.path}: {exc}") from exc
         self._conn = conn
 
     def check_identity(self) -> None:

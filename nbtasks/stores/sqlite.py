@@ -368,13 +368,18 @@ class SQLiteStore:
         #: ":memory:", whose new runs go straight into `runs`.
         self._intake: _intake.Intake | None = None
 
-    def _connect(self, target: str | None = None) -> sqlite3.Connection:
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
         # A file store is opened read-write but never created by SQLite (`mode=rw`): the file
         # is made 0600 by `_trust.prepare`, and a reader opening after the file was deleted
         # must fail, not leave an empty file behind. The absolute path is fixed at open(), so
-        # a notebook that changes directory keeps using the same file.
-        if target is None:
+        # a notebook that changes directory keeps using the same file. `path`: another file of
+        # the store's (its intake), named in the error if it is not a database.
+        if path is None:
             target = self.path if self.memory else Path(self._abs).as_uri() + "?mode=rw"
+            name = self.path
+        else:
+            target = path.as_uri() + "?mode=rw"
+            name = self.path if str(path) == self._abs else str(path)
         try:
             conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False, uri=not self.memory)
@@ -387,7 +392,7 @@ class SQLiteStore:
             if not self.memory:
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+            raise StoreError(f"{name}: {exc}") from exc
         return conn
 
     def _open_file(self, path: Path) -> tuple[sqlite3.Connection, tuple[int, int]]:
@@ -398,7 +403,7 @@ class SQLiteStore:
         conn: sqlite3.Connection | None = None
         try:
             with _trust.private_umask():  # SQLite creates -wal and -shm here: 0600 from birth
-                conn = self._connect(path.as_uri() + "?mode=rw")
+                conn = self._connect(path)
                 _use_wal(conn)
             for side in _trust.files(path)[1:]:
                 _trust.check_file(side)

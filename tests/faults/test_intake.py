@@ -233,3 +233,15 @@ def test_a_read_waits_for_a_slow_fold_in_flight_and_sees_the_run(
         gate.set()
         assert handle.wait(timeout=10).ok
 
+
+
+@pytest.mark.timeout(60)
+def test_an_intake_that_is_not_a_database_is_named(tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    Engine(store=str(db)).close()
+    for suffix in ("-intake-wal", "-intake-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    Path(f"{db}-intake").write_bytes(b"not a database, just text " * 100)
+    with pytest.raises(StoreError, match=r"runs\.db-intake: file is not a database"):
+        Engine(store=str(db))
+    assert read_rows(db, "SELECT COUNT(*) FROM runs") == [(0,)]  # the store itself untouched
