@@ -17,7 +17,8 @@ Sections (`--only`):
   wait      `handle.wait()` on a run already finished: first call per handle, and again
   stall     the longest stall of the engine loop during an N-run burst, seen by a probe timer
             on that loop (a 1 ms heartbeat recording how late it fires); beside it the longest
-            garbage collection in that burst, and the same burst with the collector paused
+            garbage collection in that burst, the same burst with the collector paused, and
+            with the engine's burst policy for the collector off (`gc_freeze=False`)
   neighbour the `paths` ratios again with a CPU-burning neighbour process, ÷ the ratios without
   big      per-run `trigger()` cost on a store already holding --big-runs runs ÷ an empty store
             (the big store is filled once, by direct SQL inserts of valid rows, in a temp dir)
@@ -147,8 +148,8 @@ def cpu_neighbour() -> Iterator[None]:
 # ---------------------------------------------------------------- nbtasks paths
 
 
-def _engine(path: str) -> tuple[nbtasks.Engine, nbtasks.Task[int, None]]:
-    eng = nbtasks.Engine(store=path, concurrency_limit=1000)
+def _engine(path: str, gc_freeze: bool = True) -> tuple[nbtasks.Engine, nbtasks.Task[int, None]]:
+    eng = nbtasks.Engine(store=path, concurrency_limit=1000, gc_freeze=gc_freeze)
 
     async def noop(payload: int, ctx: object) -> None:
         return None
@@ -334,11 +335,14 @@ class GCPauses:
         gc.callbacks.remove(self)
 
 
-def burst_stall(n: int, path: str, collector: bool = True) -> tuple[float, float, float, float]:
+def burst_stall(n: int, path: str, collector: bool = True,
+                gc_freeze: bool = True) -> tuple[float, float, float, float]:
     """(longest loop stall in ms, its engine-CPU share in ms, longest garbage collection in ms,
     burst seconds) while N runs are batch-triggered and awaited. With `collector=False` the
-    garbage collector is paused for the burst: what is left is the engine's own slicing."""
-    eng, task = _engine(path)
+    garbage collector is paused for the burst: what is left is the engine's own slicing. With
+    `gc_freeze=False` the engine leaves the collector alone in the burst (see nbtasks._collector):
+    a full collection then walks the whole heap."""
+    eng, task = _engine(path, gc_freeze)
     try:
         probe = LoopProbe(eng.runtime.loop)
         probe.start()
@@ -514,6 +518,11 @@ def main() -> None:
             rows.append(("the same burst with the garbage collector paused, ms",
                          f"{worst:.1f}", "≤ 20", "≤ 5"))
             rows.append(("  of which the engine thread's own CPU, ms", f"{own:.1f}", "", ""))
+            worst, _, collection, secs = burst_stall(n, fresh(), gc_freeze=False)
+            rows.append(("the same burst with gc_freeze=False (full collections walk the "
+                         "whole heap), ms", f"{worst:.1f}", "", ""))
+            rows.append(("  longest garbage collection in the burst (any thread), ms",
+                         f"{collection:.1f}", "", ""))
         if "neighbour" in only and quiet is not None:
             with cpu_neighbour():
                 loaded = Paths(n, loop_n, args.repeat, fresh)

@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 from . import _capture
 from ._clock import Clock, RealClock
-from ._configure import check_loop_block_warning
+from ._collector import COLLECTOR
+from ._configure import check_gc_freeze, check_loop_block_warning
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, StoreError
 from ._events import EngineConfig
@@ -81,12 +82,14 @@ class Engine(ResultWaiting):
         on_success: Any = None,
         on_failure: Any = None,
         loop_block_warning: float = 1.0,
+        gc_freeze: bool = True,
     ) -> None:
         self.config = EngineConfig(concurrency_limit=_check_limit(concurrency_limit),
                                    resume=resume,
                                    hooks=GlobalHooks(on_start, on_success, on_failure),
                                    loop_block_warning=check_loop_block_warning(
-                                       loop_block_warning, where="Engine"))
+                                       loop_block_warning, where="Engine"),
+                                   gc_freeze=check_gc_freeze(gc_freeze, where="Engine"))
         if retry is not NOT_GIVEN:
             self.config.retry = parse_retry(retry, where="configure: retry")
         self.config.machine = check_machine(machine, where="configure: machine")
@@ -185,6 +188,9 @@ class Engine(ResultWaiting):
             fut.result(timeout=10)
         except (concurrent.futures.TimeoutError, EngineError, RuntimeError, StoreError):
             pass  # a store deleted under the engine already said so on every trigger since
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            COLLECTOR.leave(scheduler)  # also when the loop could not end its burst itself
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.abandon()  # a store that still can't be written must not hang the exit
@@ -194,6 +200,7 @@ class Engine(ResultWaiting):
         OPEN_ENGINES.discard(self)
 
     async def _shutdown(self) -> None:
+        self.scheduler.end_burst()
         self.schedule_book.close()
         for executor in {self.inline, self.preset_executor}:
             if executor is not None:

@@ -243,7 +243,7 @@ def adopt(sched: Scheduler, run: RunState, attempt_started: float | None = None,
     Both marks are stored, so a second restart before they are acted on still knows what is
     owed.
     """
-    sched.active[run.id] = run
+    sched.track(run)
     run.owner = sched.owner
     run.seq = next(sched.seq)
     if run.idempotency_key is not None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from ._capture import flush_partial_lines
 from ._clock import Clock, TimerHandle
+from ._collector import BURST_RUNS, COLLECTOR, MAX_FROZEN, REFREEZE_RUNS
 from ._context import (
     CURRENT,
     AttemptScope,
@@ -116,6 +117,11 @@ class Scheduler:
         #: Starts made this loop turn, and runs holding a slot whose start waits for the next.
         self._turn_starts = 0
         self._deferred: deque[tuple[RunState, int]] = deque()
+        #: In a burst (`nbtasks._collector`): runs finished since the last freeze, and the
+        #: timer that lets a long burst's freeze be checked when no run finishes.
+        self._burst = False
+        self._burst_done = 0
+        self._burst_timer: TimerHandle | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -186,7 +192,7 @@ class Scheduler:
         if not recorded:
             run.seq = next(self.seq)
             run.owner = self.owner
-        self.active[run.id] = run
+        self.track(run)
         if run.parent_id is not None:
             parent = self.active.get(run.parent_id)
             if parent is not None:
@@ -198,6 +204,36 @@ class Scheduler:
             self.writer.mark(run)
             self.writer.after_commit(partial(self._on_recorded, run), urgent=True)
         return run
+
+    def track(self, run: RunState) -> None:
+        """`run` is in flight here; with the BURST_RUNS-th at once a burst begins, during
+        which full garbage collections are kept short (`nbtasks._collector`)."""
+        active = self.active
+        active[run.id] = run
+        if not self._burst and len(active) >= BURST_RUNS and self.config.gc_freeze:
+            self._burst = True
+            self._burst_done = 0
+            COLLECTOR.enter(self, self.clock.now())
+            self._burst_timer = self.clock.call_at(self.clock.now() + MAX_FROZEN / 4,
+                                                   self._burst_tick)
+
+    def _burst_tick(self) -> None:
+        """Another slice of the burst is done (REFREEZE_RUNS runs, or a quarter of
+        MAX_FROZEN): freeze what it made, or thaw a freeze held too long."""
+        self._burst_done = 0
+        COLLECTOR.step(self, self.clock.now())
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
+        self._burst_timer = self.clock.call_at(self.clock.now() + MAX_FROZEN / 4,
+                                               self._burst_tick)
+
+    def end_burst(self) -> None:
+        """Idle, or closing: this engine no longer keeps anything frozen."""
+        if self._burst_timer is not None:
+            self._burst_timer.cancel()
+            self._burst_timer = None
+        self._burst = False
+        COLLECTOR.leave(self)
 
     def _on_recorded(self, run: RunState) -> None:
         if run.recorded or run.withdrawn is not None:
@@ -550,6 +586,12 @@ class Scheduler:
         # Out of the active set before anyone hears: a waiter on another thread may look at
         # the engine the moment it is told.
         self.active.pop(run.id, None)
+        if self._burst:
+            self._burst_done += 1
+            if not self.active:
+                self.end_burst()
+            elif self._burst_done >= REFREEZE_RUNS:
+                self._burst_tick()
         if run.idempotency_key is not None:
             self.idempotency.pop((run.task_id, run.idempotency_key), None)
         run._children = None
