@@ -48,7 +48,7 @@ MAX_BACKOFF = 1.0
 #: barrier). Under steady load (runs ending one by one, as pool workers do) the writer would
 #: otherwise commit every few runs and write each run twice, started and then final; waiting
 #: this long lets a batch gather, and a quick run's start and end go in one row.
-GAP = 0.002
+GAP = 0.010
 
 _Item = tuple[WriteBatch, list[Callable[[], None]], int]
 
