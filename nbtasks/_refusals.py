@@ -34,7 +34,7 @@ def withdraw(sched: Scheduler, run: RunState, error: StoreError) -> None:
         if t is not None:
             t.cancel()
     run.timer = run.ttl_timer = None
-    sched.active.pop(run.id, None)
+    sched.untrack(run)
     if run.idempotency_key is not None and \
             sched.idempotency.get((run.task_id, run.idempotency_key)) is run:
         del sched.idempotency[(run.task_id, run.idempotency_key)]

@@ -217,6 +217,17 @@ class Scheduler:
             self._burst_timer = self.clock.call_at(self.clock.now() + MAX_FROZEN / 4,
                                                    self._burst_tick)
 
+    def untrack(self, run: RunState) -> None:
+        """`run` is no longer in flight (final and durable, or withdrawn); the last one out
+        ends a burst."""
+        self.active.pop(run.id, None)
+        if self._burst:
+            self._burst_done += 1
+            if not self.active:
+                self.end_burst()
+            elif self._burst_done >= REFREEZE_RUNS:
+                self._burst_tick()
+
     def _burst_tick(self) -> None:
         """Another slice of the burst is done (REFREEZE_RUNS runs, or a quarter of
         MAX_FROZEN): freeze what it made, or thaw a freeze held too long."""
@@ -585,13 +596,7 @@ class Scheduler:
             remember(self, run)
         # Out of the active set before anyone hears: a waiter on another thread may look at
         # the engine the moment it is told.
-        self.active.pop(run.id, None)
-        if self._burst:
-            self._burst_done += 1
-            if not self.active:
-                self.end_burst()
-            elif self._burst_done >= REFREEZE_RUNS:
-                self._burst_tick()
+        self.untrack(run)
         if run.idempotency_key is not None:
             self.idempotency.pop((run.task_id, run.idempotency_key), None)
         run._children = None

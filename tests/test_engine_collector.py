@@ -204,3 +204,25 @@ def test_a_gc_freeze_that_is_not_a_bool_is_refused(db_path: Path, value: Any) ->
     with pytest.raises(ConfigurationError, match=r"configure: gc_freeze must be True or False"):
         nbtasks.configure(gc_freeze=value)
     assert not db_path.exists()  # refused before the store was made
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_whose_runs_are_all_withdrawn_ends_with_them(engine: Engine) -> None:
+    """Runs the store refuses never finish; the last of them out of flight ends the burst."""
+    _noop_task(engine, "work")
+    defn = engine.registry.require("work")
+    bad_payload = '"report-\udcff.csv"'  # encoded JSON SQLite refuses (a lone surrogate)
+
+    async def from_loop() -> list[str]:
+        ids = [engine.trigger_encoded(defn, bad_payload, {}).id for _ in range(BURST_RUNS)]
+        assert COLLECTOR.frozen  # in flight, their commit still to come
+        return ids
+
+    ids = engine.runtime.call(from_loop)
+    with pytest.raises(nbtasks.StoreError, match="could not be recorded"):
+        engine.wait_result(ids[-1], timeout=30)
+    deadline = time.monotonic() + 10
+    while engine.scheduler.active:  # the refusals reach the loop in slices
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not COLLECTOR.frozen and gc.get_freeze_count() == 0
