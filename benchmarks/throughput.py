@@ -212,12 +212,6 @@ def nb_loop(n: int, path: str) -> Timing:
         eng.close()
 
 
-def _best(fn: Callable[[], Timing], repeat: int) -> Timing:
-    """The least wall time and the least CPU time of `repeat` measurements."""
-    timings = [fn() for _ in range(repeat)]
-    return min(t[0] for t in timings), min(t[1] for t in timings)
-
-
 def _per(timing: Timing, n: int) -> Timing:
     return timing[0] / n, timing[1] / n
 
@@ -226,13 +220,17 @@ class Paths:
     """The three trigger styles and their baselines, measured together (so ratios match)."""
 
     def __init__(self, n: int, loop_n: int, repeat: int, fresh: Callable[[], str]) -> None:
-        # Each is (wall, CPU) seconds per run.
-        self.asyncio = _per(_best(lambda: bare_asyncio(n), repeat), n)
-        self.commit = _per(_best(lambda: bare_commits(loop_n, fresh()), repeat), loop_n)
-        self.schema = _per(_best(lambda: schema_commits(loop_n, fresh()), repeat), loop_n)
-        self.batch = _per(_best(lambda: nb_batch(n, fresh()), repeat), n)
-        self.async_ = _per(_best(lambda: nb_async(n, fresh()), repeat), n)
-        self.loop = _per(_best(lambda: nb_loop(loop_n, fresh()), repeat), loop_n)
+        # Each is (wall, CPU) seconds per run, the best of `repeat` rounds. A round measures
+        # every path once, so a baseline and the path divided by it are taken minutes apart
+        # at most, not a whole section apart on a machine whose load moves.
+        measures: list[tuple[Callable[[], Timing], int]] = [
+            (lambda: bare_asyncio(n), n), (lambda: bare_commits(loop_n, fresh()), loop_n),
+            (lambda: schema_commits(loop_n, fresh()), loop_n), (lambda: nb_batch(n, fresh()), n),
+            (lambda: nb_async(n, fresh()), n), (lambda: nb_loop(loop_n, fresh()), loop_n)]
+        rounds = [[fn() for fn, _ in measures] for _ in range(repeat)]
+        (self.asyncio, self.commit, self.schema, self.batch, self.async_, self.loop) = (
+            _per((min(r[i][0] for r in rounds), min(r[i][1] for r in rounds)), count)
+            for i, (_, count) in enumerate(measures))
 
     def ratios(self, clock: int = 0) -> dict[str, float]:
         """The three target ratios, in wall time (clock 0) or process CPU time (clock 1)."""
