@@ -28,6 +28,11 @@ Sections (`--only`):
             holds the store's write lock (its commits into the store's own file). Not part of
             the default run.
 
+Beside the batch, the `paths` section times the SQLite statements a no-op batch run needs on
+their own (its row's insert with its batch, its final row and its attempt's row, with the
+store's own statements and rows built beforehand): SQLite writes one transaction at a time per
+file, so this is a floor under the batch's time that no threading can lower.
+
 Beside each wall-clock figure the `paths` section prints the process's CPU time per run (all
 threads; for the `trigger()` loop, the loop and the runs it started, up to their end) and the
 same ratios in CPU time. On a machine shared with other work the wall clock measures mostly
@@ -133,6 +138,51 @@ def schema_commits(n: int, path: str) -> Timing:
         con.close()
 
 
+def batch_sql(n: int, path: str) -> Timing:
+    """Seconds for the SQLite statements `n` no-op batch runs need, alone, 500 at a time: the
+    insert of the batch's new rows (one transaction, as `batch_trigger` commits it), then each
+    run's final state and its attempt's row (one transaction, as the writer commits them). The
+    rows are built beforehand: what is timed is SQLite's work, the part of a batch run that
+    one file's single writer does one transaction at a time, whatever the threads around it.
+
+    Uses the store's own statements (`nbtasks.stores.sqlite`, internal) on a store made by
+    the engine, so the figure moves with the schema."""
+    from nbtasks._runstate import AttemptState, RunState, new_id
+    from nbtasks._status import RunStatus
+    from nbtasks.stores import sqlite as store
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    nbtasks.Engine(store=path).close()
+    now = time.time()
+    fresh, final, attempts = [], [], []
+    for i in range(n):
+        run = RunState(new_id("run_"), "noop", str(i), now)
+        run.batch_id, run.owner, run.seq = "batch_" + str(i // 500), "eng", i
+        fresh.append(run.row())
+        attempt = AttemptState(1, now, "kernel", run.queue)
+        attempt.finished_at, attempt.status = now, "COMPLETED"
+        attempts.append(attempt.row(run.id))
+        run.status, run.attempt_count, run.output_json = RunStatus.COMPLETED, 1, "null"
+        run.started_at = run.finished_at = run.updated_at = now
+        final.append(run.row())
+    con = sqlite3.connect(path, isolation_level=None)
+    out: list[float] = []
+    try:
+        con.execute("PRAGMA synchronous = NORMAL")
+        with _clocks(out):
+            for i in range(0, n, 500):
+                con.execute("BEGIN IMMEDIATE")
+                store._insert_fresh(con, fresh[i:i + 500])
+                con.execute("COMMIT")
+                con.execute("BEGIN IMMEDIATE")
+                store._update_stored(con, final[i:i + 500])
+                store._insert_many(con, store._ATTEMPT_UPSERT, attempts[i:i + 500])
+                con.execute("COMMIT")
+    finally:
+        con.close()
+    return out[0], out[1]
+
+
 @contextmanager
 def cpu_neighbour() -> Iterator[None]:
     """A process that burns one CPU for as long as the block runs."""
@@ -225,10 +275,12 @@ class Paths:
         # at most, not a whole section apart on a machine whose load moves.
         measures: list[tuple[Callable[[], Timing], int]] = [
             (lambda: bare_asyncio(n), n), (lambda: bare_commits(loop_n, fresh()), loop_n),
-            (lambda: schema_commits(loop_n, fresh()), loop_n), (lambda: nb_batch(n, fresh()), n),
+            (lambda: schema_commits(loop_n, fresh()), loop_n), (lambda: batch_sql(n, fresh()), n),
+            (lambda: nb_batch(n, fresh()), n),
             (lambda: nb_async(n, fresh()), n), (lambda: nb_loop(loop_n, fresh()), loop_n)]
         rounds = [[fn() for fn, _ in measures] for _ in range(repeat)]
-        (self.asyncio, self.commit, self.schema, self.batch, self.async_, self.loop) = (
+        (self.asyncio, self.commit, self.schema, self.sql, self.batch, self.async_,
+         self.loop) = (
             _per((min(r[i][0] for r in rounds), min(r[i][1] for r in rounds)), count)
             for i, (_, count) in enumerate(measures))
 
@@ -489,6 +541,8 @@ def main() -> None:
                     ("bare asyncio", quiet.asyncio),
                     ("bare sqlite3 one-row commit (WAL, NORMAL)", quiet.commit),
                     ("the same commit into nbtasks' runs table (its indexes)", quiet.schema),
+                    ("the SQLite a batch run needs, alone (insert, final row, attempt)",
+                     quiet.sql),
                     ("trigger() loop", quiet.loop),
                     ("batch_trigger x500 + wait", quiet.batch),
                     ("trigger_async + gather", quiet.async_)):
@@ -499,6 +553,9 @@ def main() -> None:
                     ("1.5", "3.5", "1.1"), strict=True):
                 rows.append((f"{name} (in CPU time)", f"{ratio:.2f} ({cpu:.2f})", f"≤ {target}",
                              f"≤ {goal}"))
+            rows.append(("  the batch's SQLite alone ÷ bare asyncio (in CPU time)",
+                         f"{quiet.sql[0] / quiet.asyncio[0]:.2f} "
+                         f"({quiet.sql[1] / quiet.asyncio[1]:.2f})", "", ""))
         if "wait" in only:
             first, again = finished_wait(n, fresh())
             rows.append(("handle.wait() on a finished run, first call, µs", f"{first:.2f}",
