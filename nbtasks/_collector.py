@@ -26,6 +26,7 @@ collector's state is the process's.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 
 #: Runs in flight (in an engine's active set) at which a burst begins.
@@ -101,5 +102,14 @@ class BurstCollector:
         gc.unfreeze()
         self._frozen = False
 
+    def _after_fork(self) -> None:
+        """In a child made by `os.fork()`: none of the parent's engines run here, and what the
+        parent froze stays frozen (shared with it, page for page), as someone else's."""
+        self._lock = threading.Lock()
+        self._busy = set()
+        self._frozen = False
+        self._thawed_at_pass = None
+
 
 COLLECTOR = BurstCollector()
+os.register_at_fork(after_in_child=COLLECTOR._after_fork)

@@ -8,6 +8,7 @@ is freed then, or only once the burst is over.
 from __future__ import annotations
 
 import gc
+import os
 import time
 import weakref
 from collections.abc import Iterator
@@ -226,3 +227,19 @@ def test_a_burst_whose_runs_are_all_withdrawn_ends_with_them(engine: Engine) -> 
         assert time.monotonic() < deadline
         time.sleep(0.01)
     assert not COLLECTOR.frozen and gc.get_freeze_count() == 0
+
+
+@pytest.mark.timeout(60)
+def test_a_child_forked_in_a_burst_keeps_the_freeze_as_someone_elses(engine: Engine) -> None:
+    """None of the parent's engines run in the child: it is in no burst, and the objects it
+    shares with its parent stay frozen (a thaw would copy them all on the next collection)."""
+    batch = _held_burst(engine)
+    assert COLLECTOR.frozen
+    pid = os.fork()
+    if pid == 0:  # the child: report by exit code only
+        ok = not COLLECTOR.frozen and gc.get_freeze_count() > 0
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert COLLECTOR.frozen  # the parent's burst goes on
+    _release(engine, batch)
