@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 OPTIONS = ("store", "on_start", "on_success", "on_failure", "retry", "machine",
            "concurrency_limit", "executor", "resume", "log_level", "clock", "loop_block_warning",
-           "limits", "gc_freeze")
+           "limits", "defer_gc")
 
 _lock = threading.Lock()
 _default: Engine | None = None
@@ -39,7 +39,7 @@ def _check(options: dict[str, Any]) -> None:
     if "machine" in options:
         check_machine(options["machine"], where="configure: machine")
     check_loop_block_warning(options.get("loop_block_warning", 0), where="configure")
-    check_gc_freeze(options.get("gc_freeze", True), where="configure")
+    check_defer_gc(options.get("defer_gc", True), where="configure")
     if "limits" in options:
         check_limits(options["limits"], where="configure: limits")
     if "log_level" in options and options["log_level"] not in ("none", "error", "warn", "info",
@@ -56,10 +56,10 @@ def check_loop_block_warning(warn: Any, *, where: str) -> float:
     return float(warn)
 
 
-def check_gc_freeze(value: Any, *, where: str) -> bool:
-    """True or False: whether an engine keeps full garbage collections short in a burst."""
+def check_defer_gc(value: Any, *, where: str) -> bool:
+    """True or False: whether an engine puts full garbage collections off during a burst."""
     if not isinstance(value, bool):
-        raise ConfigurationError(f"{where}: gc_freeze must be True or False, got {value!r}")
+        raise ConfigurationError(f"{where}: defer_gc must be True or False, got {value!r}")
     return value
 
 
@@ -80,9 +80,9 @@ def apply_to_engine(engine: Engine, options: dict[str, Any]) -> None:
         cfg.machine = options["machine"]
     if "resume" in options:
         cfg.resume = bool(options["resume"])
-    if "gc_freeze" in options:
-        cfg.gc_freeze = options["gc_freeze"]
-        if not cfg.gc_freeze:
+    if "defer_gc" in options:
+        cfg.defer_gc = options["defer_gc"]
+        if not cfg.defer_gc:
             engine.on_loop(engine.scheduler.end_burst)
     if "loop_block_warning" in options:
         cfg.loop_block_warning = float(options["loop_block_warning"])
@@ -141,7 +141,7 @@ def configure(**options: Any) -> None:
 
     Options: store (path or ":memory:"), on_start, on_success, on_failure, retry, machine,
     concurrency_limit, executor, resume, log_level, clock, loop_block_warning (seconds; 0 turns
-    the blocked-loop warning off), gc_freeze (False: leave the garbage collector alone during a
+    the blocked-loop warning off), defer_gc (False: leave the garbage collector alone during a
     burst of runs; see nbtasks._collector), limits (a dict of size limits, e.g.
     `{"payload_bytes": 10 * 1024**2}`: payload_bytes, output_bytes, metadata_bytes,
     token_data_bytes, key_chars; process-wide, see nbtasks._payload.Limits). Changing `store`

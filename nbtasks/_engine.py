@@ -25,7 +25,7 @@ from typing import Any, TypeVar
 from . import _capture
 from ._clock import Clock, RealClock
 from ._collector import COLLECTOR
-from ._configure import check_gc_freeze, check_loop_block_warning
+from ._configure import check_defer_gc, check_loop_block_warning
 from ._context import CURRENT, AttemptScope
 from ._errors import EngineError, StoreError
 from ._events import EngineConfig
@@ -82,14 +82,14 @@ class Engine(ResultWaiting):
         on_success: Any = None,
         on_failure: Any = None,
         loop_block_warning: float = 1.0,
-        gc_freeze: bool = True,
+        defer_gc: bool = True,
     ) -> None:
         self.config = EngineConfig(concurrency_limit=_check_limit(concurrency_limit),
                                    resume=resume,
                                    hooks=GlobalHooks(on_start, on_success, on_failure),
                                    loop_block_warning=check_loop_block_warning(
                                        loop_block_warning, where="Engine"),
-                                   gc_freeze=check_gc_freeze(gc_freeze, where="Engine"))
+                                   defer_gc=check_defer_gc(defer_gc, where="Engine"))
         if retry is not NOT_GIVEN:
             self.config.retry = parse_retry(retry, where="configure: retry")
         self.config.machine = check_machine(machine, where="configure: machine")

@@ -51,8 +51,8 @@ class EngineConfig:
     resume: bool = True
     #: Seconds the engine loop may be blocked before a warning names the runs executing (0: off).
     loop_block_warning: float = 1.0
-    #: Keep full garbage collections short during a burst of runs (`nbtasks._collector`).
-    gc_freeze: bool = True
+    #: Put full garbage collections off during a burst of runs (`nbtasks._collector`).
+    defer_gc: bool = True
 
 
 class RunSink:

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ._capture import flush_partial_lines
 from ._clock import Clock, TimerHandle
-from ._collector import BURST_RUNS, COLLECTOR, MAX_FROZEN, REFREEZE_RUNS
+from ._collector import BURST_RUNS, COLLECTOR, IDLE_GRACE, MAX_HELD
 from ._context import (
     CURRENT,
     AttemptScope,
@@ -117,10 +117,9 @@ class Scheduler:
         #: Starts made this loop turn, and runs holding a slot whose start waits for the next.
         self._turn_starts = 0
         self._deferred: deque[tuple[RunState, int]] = deque()
-        #: In a burst (`nbtasks._collector`): runs finished since the last freeze, and the
-        #: timer that lets a long burst's freeze be checked when no run finishes.
+        #: In a burst (`nbtasks._collector`), and the timer that checks on it: every quarter
+        #: of MAX_HELD while runs are in flight, IDLE_GRACE after the last one left.
         self._burst = False
-        self._burst_done = 0
         self._burst_timer: TimerHandle | None = None
 
     # ------------------------------------------------------------------ events
@@ -207,39 +206,37 @@ class Scheduler:
 
     def track(self, run: RunState) -> None:
         """`run` is in flight here; with the BURST_RUNS-th at once a burst begins, during
-        which full garbage collections are kept short (`nbtasks._collector`)."""
+        which full garbage collections are put off (`nbtasks._collector`)."""
         active = self.active
         active[run.id] = run
-        if not self._burst and len(active) >= BURST_RUNS and self.config.gc_freeze:
+        if not self._burst and len(active) >= BURST_RUNS and self.config.defer_gc:
             self._burst = True
-            self._burst_done = 0
             COLLECTOR.enter(self, self.clock.now())
-            self._burst_timer = self.clock.call_at(self.clock.now() + MAX_FROZEN / 4,
-                                                   self._burst_tick)
+            self._check_burst_in(MAX_HELD / 4)
 
     def untrack(self, run: RunState) -> None:
-        """`run` is no longer in flight (final and durable, or withdrawn); the last one out
-        ends a burst."""
-        self.active.pop(run.id, None)
-        if self._burst:
-            self._burst_done += 1
-            if not self.active:
-                self.end_burst()
-            elif self._burst_done >= REFREEZE_RUNS:
-                self._burst_tick()
+        """`run` is no longer in flight (final and durable, or withdrawn). Once none is, the
+        burst ends if no run comes for IDLE_GRACE."""
+        active = self.active
+        active.pop(run.id, None)
+        if self._burst and not active:
+            self._check_burst_in(IDLE_GRACE)
 
-    def _burst_tick(self) -> None:
-        """Another slice of the burst is done (REFREEZE_RUNS runs, or a quarter of
-        MAX_FROZEN): freeze what it made, or thaw a freeze held too long."""
-        self._burst_done = 0
-        COLLECTOR.step(self, self.clock.now())
+    def _check_burst_in(self, seconds: float) -> None:
         if self._burst_timer is not None:
             self._burst_timer.cancel()
-        self._burst_timer = self.clock.call_at(self.clock.now() + MAX_FROZEN / 4,
-                                               self._burst_tick)
+        self._burst_timer = self.clock.call_at(self.clock.now() + seconds, self._check_burst)
+
+    def _check_burst(self) -> None:
+        self._burst_timer = None
+        if not self.active:
+            self.end_burst()
+            return
+        COLLECTOR.step(self, self.clock.now())
+        self._check_burst_in(MAX_HELD / 4)
 
     def end_burst(self) -> None:
-        """Idle, or closing: this engine no longer keeps anything frozen."""
+        """Idle, or closing: this engine no longer puts full collections off."""
         if self._burst_timer is not None:
             self._burst_timer.cancel()
             self._burst_timer = None

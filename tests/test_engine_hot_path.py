@@ -155,8 +155,6 @@ def test_a_queued_run_costs_the_garbage_collector_few_objects(engine: Engine) ->
     run's state, its handle, its tags list and its heap entry."""
     from nbtasks._runstate import RunState
 
-    engine.configure(gc_freeze=False)  # counted with gc.get_objects(), which skips frozen ones
-
     @engine.task(id="held", queue={"concurrency_limit": 1})
     async def held(payload: int, ctx: Any) -> None:
         return None
