@@ -5,23 +5,26 @@ container the process holds (the kernel, pandas, the notebook's own data) in one
 the GIL: 20 ms in a bare process, 50 to 100 in a notebook, during which the engine loop, its
 timers, every other run and every widget stand still. A burst of thousands of runs makes
 enough surviving objects (the handles a cell keeps, the runs in flight) to set one off, often
-several. So while an engine has a burst in flight (`BURST_RUNS` runs or more at once, until
-it has been idle for `IDLE_GRACE` seconds), the oldest generation's threshold is raised out
-of reach (`gc.set_threshold`): young collections go on as usual, and so does the reference
-counting that frees most objects, but no automatic full collection starts. When the last
-engine in a burst has been idle a moment or closes, or after `MAX_HELD` seconds of one burst,
-the threshold goes back to what it was, and CPython decides, as it always does, when the next
-full collection is due: the burst's survivors count towards it as if made at that moment.
+several. So while an engine holds a burst (`BURST_RUNS` runs or more not finished, queued,
+running, waiting or delayed, until fewer than `QUIET_RUNS` have been left for `IDLE_GRACE`
+seconds), the oldest generation's threshold is raised out of reach (`gc.set_threshold`):
+young collections go on as usual, and so does the reference counting that frees most
+objects, but no automatic full collection starts. When the last engine in a burst is quiet
+or closes, or once one hold has lasted `MAX_HELD` seconds, the threshold goes back to what
+it was and CPython decides, as it always does, when the next full collection is due: the
+burst's survivors count towards it as if made at that moment.
 
 The cost: a reference cycle that became garbage and had already reached the oldest
-generation is freed after the burst rather than during it. After a release forced by
-`MAX_HELD`, nothing is put off again until the collector has made a full pass, so a process
-that is never idle still has its cycles freed.
+generation is freed after the burst rather than during it, and a full collection that came
+due during a hold waits for its end, at most MAX_HELD (plus a check's CHECK_EVERY). After a
+release forced by MAX_HELD nothing is put off again until the collector has made a full
+pass, so a process that is never quiet still has its cycles freed.
 
 Left alone: a process whose collector is off (`gc.disable()`, or a threshold of 0), or whose
 oldest threshold someone else has raised this far already; a change made to the thresholds
 during a burst is kept; and every engine made with `defer_gc=False`. One instance,
-`COLLECTOR`, serves every engine of the process, since the collector's state is the process's.
+`COLLECTOR`, serves every engine of the process, since the collector's state is the
+process's; it times holds on its own monotonic clock, whatever clock each engine runs on.
 """
 
 from __future__ import annotations
@@ -29,11 +32,16 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
+from collections.abc import Callable
 
-#: Runs in flight (in an engine's active set) at which a burst begins.
+#: Runs not finished (an engine's active set) at which a burst begins.
 BURST_RUNS = 1_000
-#: Seconds an engine in a burst stays in it once idle: bursts close together are one.
+#: Fewer runs than this, for IDLE_GRACE seconds, end it: bursts close together are one.
+QUIET_RUNS = 100
 IDLE_GRACE = 1.0
+#: Seconds between two checks on a burst (by its engine's clock).
+CHECK_EVERY = 0.5
 #: Seconds one burst may put full collections off before they are allowed again.
 MAX_HELD = 60.0
 #: The oldest generation's threshold during a burst: gen-1 collections it would take to start
@@ -52,7 +60,8 @@ class BurstCollector:
     the transitions, which happen a few times per burst, never once per run.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._lock = threading.Lock()
         self._busy: set[object] = set()
         #: The oldest generation's threshold before the burst raised it; None when not raised.
@@ -66,22 +75,22 @@ class BurstCollector:
         """Automatic full collections are put off now, by a burst."""
         return self._saved is not None
 
-    def enter(self, owner: object, now: float) -> None:
+    def enter(self, owner: object) -> None:
         """`owner` has a burst in flight: put full collections off, unless that is not ours."""
         with self._lock:
             self._busy.add(owner)
             if self._saved is None:
-                self._hold(now)
+                self._hold()
 
-    def step(self, owner: object, now: float) -> None:
+    def step(self, owner: object) -> None:
         """`owner`'s burst goes on: release a hold kept MAX_HELD, or hold again once a full
         collection has been made since the last release."""
         with self._lock:
             if owner not in self._busy:
                 return
             if self._saved is None:
-                self._hold(now)
-            elif now - self._held_at >= MAX_HELD:
+                self._hold()
+            elif self.clock() - self._held_at >= MAX_HELD:
                 self._release()
                 self._released_at_pass = _full_collections()
 
@@ -92,7 +101,7 @@ class BurstCollector:
             if not self._busy and self._saved is not None:
                 self._release()
 
-    def _hold(self, now: float) -> None:
+    def _hold(self) -> None:
         young, middle, oldest = gc.get_threshold()
         if not gc.isenabled() or young == 0 or oldest >= HELD:
             return  # off, or managed by somebody else
@@ -101,7 +110,7 @@ class BurstCollector:
                 return  # what the last burst put off is not collected yet
             self._released_at_pass = None
         gc.set_threshold(young, middle, HELD)
-        self._saved, self._held_at = oldest, now
+        self._saved, self._held_at = oldest, self.clock()
 
     def _release(self) -> None:
         saved, self._saved = self._saved, None

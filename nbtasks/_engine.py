@@ -154,6 +154,9 @@ class Engine(ResultWaiting):
         """Start-up failed: stop what it started. The engine thread in particular, or the
         interpreter would wait for it at exit and never quit."""
         self.closed = True
+        scheduler = getattr(self, "scheduler", None)
+        if scheduler is not None:
+            COLLECTOR.leave(scheduler)  # recovery may have begun a burst
         self.runtime.close()  # the writer's thread is a daemon idle in get(): it never holds exit
         self.store.close()
         LIVE_OWNERS.discard(self.owner)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from ._capture import flush_partial_lines
 from ._clock import Clock, TimerHandle
-from ._collector import BURST_RUNS, COLLECTOR, IDLE_GRACE, MAX_HELD
+from ._collector import BURST_RUNS, CHECK_EVERY, COLLECTOR, IDLE_GRACE, QUIET_RUNS
 from ._context import (
     CURRENT,
     AttemptScope,
@@ -117,9 +117,10 @@ class Scheduler:
         #: Starts made this loop turn, and runs holding a slot whose start waits for the next.
         self._turn_starts = 0
         self._deferred: deque[tuple[RunState, int]] = deque()
-        #: In a burst (`nbtasks._collector`), and the timer that checks on it: every quarter
-        #: of MAX_HELD while runs are in flight, IDLE_GRACE after the last one left.
+        #: In a burst (`nbtasks._collector`), since when it has been quiet (clock time), and
+        #: the timer that checks on it.
         self._burst = False
+        self._quiet_since: float | None = None
         self._burst_timer: TimerHandle | None = None
 
     # ------------------------------------------------------------------ events
@@ -211,32 +212,34 @@ class Scheduler:
         active[run.id] = run
         if not self._burst and len(active) >= BURST_RUNS and self.config.defer_gc:
             self._burst = True
-            COLLECTOR.enter(self, self.clock.now())
-            self._check_burst_in(MAX_HELD / 4)
+            self._quiet_since = None
+            COLLECTOR.enter(self)
+            self._burst_timer = self.clock.call_at(self.clock.now() + CHECK_EVERY,
+                                                   self._check_burst)
 
     def untrack(self, run: RunState) -> None:
-        """`run` is no longer in flight (final and durable, or withdrawn). Once none is, the
-        burst ends if no run comes for IDLE_GRACE."""
-        active = self.active
-        active.pop(run.id, None)
-        if self._burst and not active:
-            self._check_burst_in(IDLE_GRACE)
-
-    def _check_burst_in(self, seconds: float) -> None:
-        if self._burst_timer is not None:
-            self._burst_timer.cancel()
-        self._burst_timer = self.clock.call_at(self.clock.now() + seconds, self._check_burst)
+        """`run` is no longer in flight: final and durable, or withdrawn."""
+        self.active.pop(run.id, None)
 
     def _check_burst(self) -> None:
-        self._burst_timer = None
-        if not self.active:
-            self.end_burst()
-            return
-        COLLECTOR.step(self, self.clock.now())
-        self._check_burst_in(MAX_HELD / 4)
+        """Every CHECK_EVERY seconds of a burst: it ends once fewer than QUIET_RUNS runs have
+        been in flight for IDLE_GRACE; until then the collector may give back a hold kept
+        too long (`BurstCollector.step`)."""
+        now = self.clock.now()
+        if len(self.active) < QUIET_RUNS:
+            if self._quiet_since is None:
+                self._quiet_since = now
+            if now - self._quiet_since >= IDLE_GRACE:
+                self._burst_timer = None
+                self.end_burst()
+                return
+        else:
+            self._quiet_since = None
+        COLLECTOR.step(self)
+        self._burst_timer = self.clock.call_at(now + CHECK_EVERY, self._check_burst)
 
     def end_burst(self) -> None:
-        """Idle, or closing: this engine no longer puts full collections off."""
+        """Quiet, or closing: this engine no longer puts full collections off."""
         if self._burst_timer is not None:
             self._burst_timer.cancel()
             self._burst_timer = None

@@ -17,19 +17,29 @@ from typing import Any
 import pytest
 
 import nbtasks
-from nbtasks import ConfigurationError, Engine
-from nbtasks._collector import BURST_RUNS, COLLECTOR, HELD, IDLE_GRACE, MAX_HELD
+from nbtasks import ConfigurationError, Engine, _collector
+from nbtasks._collector import (
+    BURST_RUNS,
+    CHECK_EVERY,
+    COLLECTOR,
+    HELD,
+    IDLE_GRACE,
+    MAX_HELD,
+    QUIET_RUNS,
+)
+from nbtasks._schedules import ScheduleBook
 from nbtasks.testing import ManualClock
 
 
 @pytest.fixture(autouse=True)
-def _collector_as_found() -> Iterator[tuple[int, int, int]]:
+def _collector_as_found() -> Iterator[None]:
     """Each test starts with the default thresholds and the collector on, and leaves them so."""
     found = gc.get_threshold()
     gc.enable()
     gc.set_threshold(700, 10, 10)
-    yield gc.get_threshold()
-    assert not COLLECTOR.holding
+    yield
+    assert not COLLECTOR.holding and not COLLECTOR._busy
+    COLLECTOR._released_at_pass = None
     gc.enable()
     gc.set_threshold(*found)
 
@@ -77,12 +87,13 @@ def _release(engine: Engine, batch: list[nbtasks.BatchHandle[None]], name: str =
 
 
 def _idle(engine: Engine, clock: ManualClock) -> None:
-    """Every run of `engine` has left flight; then IDLE_GRACE passes."""
+    """Fewer than QUIET_RUNS runs of `engine` are in flight; then IDLE_GRACE passes, and the
+    checks that see it."""
     deadline = time.monotonic() + 10
-    while engine.scheduler.active:
+    while len(engine.scheduler.active) >= QUIET_RUNS:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    clock.advance(IDLE_GRACE)
+    clock.advance(IDLE_GRACE + 2 * CHECK_EVERY)
 
 
 def _allocate_a_full_pass_worth() -> list[list[int]]:
@@ -106,9 +117,10 @@ def test_no_automatic_full_collection_during_a_burst_and_one_after(
     assert COLLECTOR.holding  # idle for less than IDLE_GRACE: a burst close behind is the same
     _idle(clocked, clock)
     assert not COLLECTOR.holding and _oldest() == 10  # given back
+    del kept
     more = _allocate_a_full_pass_worth()
     assert _full_passes() > before  # and CPython collects as it always does
-    del kept, more
+    del more
 
 
 @pytest.mark.timeout(60)
@@ -137,7 +149,7 @@ def test_bursts_close_together_are_one(clocked: Engine, clock: ManualClock) -> N
     clock.advance(IDLE_GRACE / 2)
     assert COLLECTOR.holding
     second = _held_burst(clocked, name="second")
-    clock.advance(IDLE_GRACE)  # runs in flight: not idle, whatever the time
+    clock.advance(2 * IDLE_GRACE)  # runs in flight: not quiet, whatever the time
     assert COLLECTOR.holding
     _release(clocked, second, name="second")
     _idle(clocked, clock)
@@ -182,17 +194,20 @@ def test_thresholds_changed_during_a_burst_are_kept(clocked: Engine, clock: Manu
 
 @pytest.mark.timeout(60)
 def test_a_burst_past_max_held_gives_back_and_waits_for_a_full_pass(
-        clocked: Engine, clock: ManualClock) -> None:
+        clocked: Engine, clock: ManualClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    held_for = [0.0]  # the collector's own clock, moved by hand
+    passes = [0]  # full collections made, as the collector counts them
+    monkeypatch.setattr(COLLECTOR, "clock", lambda: held_for[0])
+    monkeypatch.setattr(_collector, "_full_collections", lambda: passes[0])
     batch = _held_burst(clocked)
     assert COLLECTOR.holding
-    clock.advance(MAX_HELD)
+    held_for[0] = MAX_HELD
+    clock.advance(CHECK_EVERY)
     assert not COLLECTOR.holding and _oldest() == 10  # still in the burst
-    passes = _full_passes()
-    clock.advance(MAX_HELD / 4)  # the next check: no full pass yet, so no new hold
-    if _full_passes() == passes:
-        assert not COLLECTOR.holding
-    gc.collect()  # the full pass: what the burst put off is collected ...
-    clock.advance(MAX_HELD / 4)  # ... and the burst may put them off again
+    clock.advance(10 * CHECK_EVERY)  # no full pass yet: no new hold
+    assert not COLLECTOR.holding
+    passes[0] += 1  # a full pass: what the burst put off is collected ...
+    clock.advance(CHECK_EVERY)  # ... and the burst may put them off again
     assert COLLECTOR.holding and _oldest() == HELD
     _release(clocked, batch)
     _idle(clocked, clock)
@@ -200,16 +215,45 @@ def test_a_burst_past_max_held_gives_back_and_waits_for_a_full_pass(
 
 
 @pytest.mark.timeout(60)
+def test_a_burst_ends_when_quiet_though_runs_trickle_on(
+        clocked: Engine, clock: ManualClock) -> None:
+    """A few runs in flight all the time (a poll, a slow loop) do not keep a burst going."""
+    _release(clocked, _held_burst(clocked))
+    trickle = _held_burst(clocked, QUIET_RUNS - 1, name="trickle")
+    _idle(clocked, clock)
+    assert not COLLECTOR.holding and _oldest() == 10
+    _release(clocked, trickle, name="trickle")
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_start_that_began_a_burst_gives_the_collector_back(
+        db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery adopted a burst's worth of runs left queued, then start-up failed."""
+    with Engine(store=str(db_path)) as eng:
+        _held_burst(eng)
+    assert not COLLECTOR.holding
+
+    def broken(self: Any) -> None:
+        raise RuntimeError("the schedules could not be restored")
+
+    monkeypatch.setattr(ScheduleBook, "restore", broken)
+    with pytest.raises(RuntimeError, match="schedules"):
+        Engine(store=str(db_path))
+    assert not COLLECTOR.holding and _oldest() == 10
+
+
+@pytest.mark.timeout(60)
 def test_the_hold_lasts_until_the_last_engine_in_a_burst_is_idle(
         clocked: Engine, clock: ManualClock, tmp_path: Path) -> None:
-    with Engine(store=str(tmp_path / "other" / "runs.db"), clock=clock) as other:
+    other_clock = ManualClock()
+    with Engine(store=str(tmp_path / "other" / "runs.db"), clock=other_clock) as other:
         mine = _held_burst(clocked)
         theirs = _held_burst(other)
         _release(clocked, mine)
         _idle(clocked, clock)
         assert COLLECTOR.holding  # the other engine's burst is still in flight
         _release(other, theirs)
-        _idle(other, clock)
+        _idle(other, other_clock)
         assert not COLLECTOR.holding and _oldest() == 10
 
 
