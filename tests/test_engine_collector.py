@@ -308,3 +308,11 @@ def test_a_defer_gc_that_is_not_a_bool_is_refused(db_path: Path, value: Any) -> 
     with pytest.raises(ConfigurationError, match=r"configure: defer_gc must be True or False"):
         nbtasks.configure(defer_gc=value)
     assert not db_path.exists()  # refused before the store was made
+
+
+@pytest.mark.timeout(30)
+def test_configure_defer_gc_reaches_the_default_engine() -> None:
+    from nbtasks._configure import default_engine
+
+    nbtasks.configure(defer_gc=False)
+    assert default_engine().config.defer_gc is False
