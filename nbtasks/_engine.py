@@ -154,13 +154,18 @@ class Engine(ResultWaiting):
         """Start-up failed: stop what it started. The engine thread in particular, or the
         interpreter would wait for it at exit and never quit."""
         self.closed = True
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            COLLECTOR.leave(scheduler)  # recovery may have begun a burst
+        self._leave_burst()  # recovery may have begun one
         self.runtime.close()  # the writer's thread is a daemon idle in get(): it never holds exit
         self.store.close()
         LIVE_OWNERS.discard(self.owner)
         OPEN_ENGINES.discard(self)
+
+    def _leave_burst(self) -> None:
+        """This engine puts no full garbage collection off any more (nbtasks._collector),
+        from any thread: for when its loop can't end the burst itself."""
+        scheduler = getattr(self, "scheduler", None)  # made on the loop by _start()
+        if scheduler is not None:
+            COLLECTOR.leave(scheduler)
 
     def _on_define(self, defn: TaskDefinition) -> None:
         if self.closed:
@@ -191,9 +196,7 @@ class Engine(ResultWaiting):
             fut.result(timeout=10)
         except (concurrent.futures.TimeoutError, EngineError, RuntimeError, StoreError):
             pass  # a store deleted under the engine already said so on every trigger since
-        scheduler = getattr(self, "scheduler", None)
-        if scheduler is not None:
-            COLLECTOR.leave(scheduler)  # also when the loop could not end its burst itself
+        self._leave_burst()  # also when the loop could not end its burst itself
         writer = getattr(self, "writer", None)
         if writer is not None:
             writer.abandon()  # a store that still can't be written must not hang the exit
