@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,14 @@ def read_rows(db: Path | str, sql: str, params: tuple[Any, ...] = ()) -> list[tu
         return con.execute(sql, params).fetchall()
     finally:
         con.close()
+
+
+def wait_queued(engine: Engine, queue: str, n: int) -> None:
+    """Until `queue` holds `n` runs waiting (its runs are handed to the engine lazily)."""
+    deadline = time.monotonic() + 30
+    while engine.queues.retrieve(queue)["queued"] < n:
+        assert time.monotonic() < deadline, engine.queues.retrieve(queue)
+        time.sleep(0.01)
 
 
 def row_in_files(db: Path, run_id: str, columns: str = "status") -> tuple[Any, ...] | None:

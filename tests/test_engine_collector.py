@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _helpers import wait_queued
 
 import nbtasks
 from nbtasks import ConfigurationError, Engine, _collector
@@ -74,10 +75,7 @@ def _held_burst(engine: Engine, n: int = BURST_RUNS,
     task = _noop_task(engine, name)
     engine.queues.pause(f"task/{name}")
     batch = _batches(task, n)
-    deadline = time.monotonic() + 30
-    while engine.queues.retrieve(f"task/{name}")["queued"] < n:
-        assert time.monotonic() < deadline, engine.queues.retrieve(f"task/{name}")
-        time.sleep(0.01)
+    wait_queued(engine, f"task/{name}", n)
     return batch
 
 

@@ -12,18 +12,12 @@ import time
 from typing import Any
 
 import pytest
+from _helpers import wait_queued
 
 from nbtasks import Engine, RunStatus
 from nbtasks._scheduler import STARTS_PER_TURN
 
 BURST = 4 * STARTS_PER_TURN + 7
-
-
-def _queued(engine: Engine, name: str, n: int) -> None:
-    deadline = time.monotonic() + 30
-    while engine.queues.retrieve(name)["queued"] < n:
-        assert time.monotonic() < deadline, engine.queues.retrieve(name)
-        time.sleep(0.01)
 
 
 @pytest.mark.timeout(60)
@@ -37,7 +31,7 @@ def test_a_burst_of_starts_lets_other_callbacks_in(engine: Engine) -> None:
         started.append(payload)
 
     batch = burst.batch_trigger(list(range(BURST)))
-    _queued(engine, "task/burst", BURST)
+    wait_queued(engine, "task/burst", BURST)
     loop = engine.runtime.loop
 
     def raise_limit() -> None:
@@ -59,7 +53,7 @@ def test_a_start_deferred_to_the_next_turn_is_dropped_when_the_run_ends(engine: 
         started.append(payload)
 
     batch = deferred.batch_trigger(list(range(BURST)))
-    _queued(engine, "task/deferred", BURST)
+    wait_queued(engine, "task/deferred", BURST)
     # Past the first turn's starts, within the engine's limit of 100: a slot, no attempt yet.
     victim = STARTS_PER_TURN + 1
     last = batch.runs[victim]

@@ -234,7 +234,6 @@ def test_a_read_waits_for_a_slow_fold_in_flight_and_sees_the_run(
         assert handle.wait(timeout=10).ok
 
 
-
 @pytest.mark.timeout(60)
 def test_an_intake_that_is_not_a_database_is_named(tmp_path: Path) -> None:
     db = tmp_path / "runs.db"
