@@ -153,3 +153,42 @@ def test_a_fresh_row_is_stored_as_the_upsert_stores_it_and_never_overwrites(
         assert _stored(tmp_path / "fresh.db") == before
     for store in stores:
         store.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("folded_elsewhere", [False, True])
+def test_a_run_that_moved_on_before_its_fold_is_written_once_with_its_newer_state(
+        tmp_path: Path, folded_elsewhere: bool) -> None:
+    """An intake row whose run the same commit carries further (here: completed) goes into
+    `runs` once, with the newer state. If another kernel's open already folded the intake row
+    (the run is in `runs`, QUEUED), the newer state still wins: it is never dropped as a
+    duplicate of the old one."""
+    from nbtasks._runstate import RunState
+
+    db = tmp_path / "runs.db"
+    store = SQLiteStore(db)
+    store.open()
+    try:
+        runs = [RunState(f"run_{i:021d}", "echo", str(i), 1000.0 + i) for i in range(3)]
+        for run in runs:
+            run.owner, run.seq = "eng_x", 1
+            store.write(WriteBatch(runs=[run.row()], fresh=True, intake=True))
+        if folded_elsewhere:  # what another kernel's fold at open writes for the first two
+            con = sqlite3.connect(db, isolation_level=None)
+            with con:
+                for run in runs[:2]:
+                    con.execute("INSERT INTO runs (id, task_id, status, payload, created_at) "
+                                "VALUES (?, 'echo', 'QUEUED', ?, ?)",
+                                (run.id, run.payload_json, run.created_at))
+            con.close()
+        for run in runs[:2]:
+            run.status, run.attempt_count, run.output_json = RunStatus.COMPLETED, 1, '"done"'
+            run.started_at = run.finished_at = run.updated_at = 2000.0
+        store.write(WriteBatch(updates=[run.row() for run in runs[:2]]))
+        rows = {r[0]: r for r in _stored(db)}
+        assert sorted(rows) == [run.id for run in runs]
+        for run in runs[:2]:
+            assert rows[run.id][2:5] == ("COMPLETED", run.payload_json, '"done"')
+        assert rows[runs[2].id][2] == "QUEUED"  # folded as it was
+    finally:
+        store.close()

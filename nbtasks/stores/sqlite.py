@@ -246,6 +246,19 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
         _insert_many(conn, _RUN_UPSERT, rows)
 
 
+def _write_whole(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Runs first written with a newer state than their intake row's: inserted once, naming
+    only the columns set (`_insert_fresh`). That costs about half an upsert of the same rows,
+    and a third of the fold-then-update it replaces (measured on the runs table with its
+    indexes: 11-13 µs a run against 17-21 and 25-31). A run already in `runs` (another
+    kernel's fold at open took its intake row) is caught by the count of rows inserted, and
+    the rows are then upserted: an upsert of a row already written is harmless."""
+    before = conn.total_changes
+    _insert_fresh(conn, rows, "INSERT OR IGNORE")
+    if conn.total_changes - before != len(rows):
+        _insert_many(conn, _RUN_UPSERT, rows)
+
+
 def _apply(conn: sqlite3.Connection, batch: WriteBatch,
            folding: list[_intake.Entry]) -> list[Refused]:
     if batch.fresh:
@@ -260,7 +273,7 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch,
         whole = [row for row in updates if row[0] in pending]
         if whole:
             updates = [row for row in updates if row[0] not in pending]
-            _insert_many(conn, _RUN_UPSERT, whole)
+            _write_whole(conn, whole)
         written = {row[0] for row in whole}
         _insert_fresh(conn, [row for _, row in folding if row[0] not in written],
                       "INSERT OR IGNORE")
