@@ -19,6 +19,9 @@ Sections (`--only`):
             on that loop (a 1 ms heartbeat recording how late it fires); beside it the longest
             garbage collection in that burst, the same burst with the collector paused, and
             with the engine's burst policy for the collector off (`defer_gc=False`)
+  gc        the CPU time each trigger style spends in garbage collections, per run, and the
+            number of full collections (the oldest generation) it set off, with the engine's
+            burst policy for the collector and with `defer_gc=False`
   neighbour the `paths` ratios again with a CPU-burning neighbour process, ÷ the ratios without
   big      per-run `trigger()` cost on a store already holding --big-runs runs ÷ an empty store
             (the big store is filled once, by direct SQL inserts of valid rows, in a temp dir)
@@ -61,7 +64,7 @@ from contextlib import contextmanager
 
 import nbtasks
 
-SECTIONS = ("paths", "wait", "stall", "neighbour", "big", "lock")
+SECTIONS = ("paths", "wait", "stall", "gc", "neighbour", "big", "lock")
 
 
 # ---------------------------------------------------------------- baselines
@@ -207,9 +210,10 @@ def _engine(path: str, defer_gc: bool = True) -> tuple[nbtasks.Engine, nbtasks.T
     return eng, eng.task(id="noop", run=noop)
 
 
-def _timed(path: str, body: Callable[[nbtasks.Task[int, None]], None]) -> Timing:
+def _timed(path: str, body: Callable[[nbtasks.Task[int, None]], None],
+           defer_gc: bool = True) -> Timing:
     """Seconds `body(task)` takes on an engine (start-up and shutdown not counted)."""
-    eng, task = _engine(path)
+    eng, task = _engine(path, defer_gc)
     try:
         out: list[float] = []
         with _clocks(out):
@@ -228,11 +232,11 @@ def _batch_body(n: int) -> Callable[[nbtasks.Task[int, None]], None]:
     return body
 
 
-def nb_batch(n: int, path: str) -> Timing:
-    return _timed(path, _batch_body(n))
+def nb_batch(n: int, path: str, defer_gc: bool = True) -> Timing:
+    return _timed(path, _batch_body(n), defer_gc)
 
 
-def nb_async(n: int, path: str) -> Timing:
+def nb_async(n: int, path: str, defer_gc: bool = True) -> Timing:
     def body(task: nbtasks.Task[int, None]) -> None:
         async def go() -> None:
             handles = await asyncio.gather(*(task.trigger_async(i) for i in range(n)))
@@ -241,13 +245,13 @@ def nb_async(n: int, path: str) -> Timing:
 
         asyncio.run(go())
 
-    return _timed(path, body)
+    return _timed(path, body, defer_gc)
 
 
-def nb_loop(n: int, path: str) -> Timing:
+def nb_loop(n: int, path: str, defer_gc: bool = True) -> Timing:
     """Seconds for `n` trigger() calls from a cell (the waits afterwards are not counted), and
     the process CPU seconds of the loop and of the runs it started, up to their end."""
-    eng, task = _engine(path)
+    eng, task = _engine(path, defer_gc)
     try:
         c = time.process_time()
         t = time.perf_counter()
@@ -372,13 +376,19 @@ class GCPauses:
 
     def __init__(self) -> None:
         self.longest = 0.0
+        #: CPU seconds and collections, by generation (0, 1, 2: the last a full collection).
+        self.seconds = [0.0, 0.0, 0.0]
+        self.counts = [0, 0, 0]
         self._start = 0.0
 
     def __call__(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             self._start = time.thread_time()
         else:
-            self.longest = max(self.longest, time.thread_time() - self._start)
+            took = time.thread_time() - self._start
+            self.longest = max(self.longest, took)
+            self.seconds[info["generation"]] += took
+            self.counts[info["generation"]] += 1
 
     def __enter__(self) -> GCPauses:
         gc.callbacks.append(self)
@@ -581,6 +591,18 @@ def main() -> None:
                          "whole heap), ms", f"{worst:.1f}", "", ""))
             rows.append(("  longest garbage collection in the burst (its thread's CPU), ms",
                          f"{collection:.1f}", "", ""))
+        if "gc" in only:
+            for name, path_fn, count in (("trigger() loop", nb_loop, n),
+                                          ("batch_trigger x500 + wait", nb_batch, n),
+                                          ("trigger_async + gather", nb_async, n)):
+                for policy in (True, False):
+                    gc.collect()  # each measurement starts from the same collector state
+                    with GCPauses() as spent:
+                        path_fn(count, fresh(), policy)
+                    rows.append((f"{name}{'' if policy else ', defer_gc=False'}: garbage "
+                                 "collections, CPU µs/run (full ones)",
+                                 f"{sum(spent.seconds) / count * 1e6:.2f} ({spent.counts[2]})",
+                                 "", ""))
         if "neighbour" in only and quiet is not None:
             with cpu_neighbour():
                 loaded = Paths(n, loop_n, args.repeat, fresh)

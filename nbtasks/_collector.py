@@ -7,8 +7,10 @@ pandas and ipywidgets are in (before any data of the notebook's own), during whi
 loop, its timers, every other run and every widget stand still. A burst of thousands of runs makes
 enough surviving objects (the handles a cell keeps, the runs in flight) to set one off, often
 several. So while an engine holds a burst (`BURST_RUNS` runs or more not finished, queued,
-running, waiting or delayed, until fewer than `QUIET_RUNS` have been left for `IDLE_GRACE`
-seconds), the oldest generation's threshold is raised out of reach (`gc.set_threshold`):
+running, waiting or delayed, or as many arriving within `CHECK_EVERY` seconds, until fewer
+than `QUIET_RUNS` are left in flight and fewer arrive for `IDLE_GRACE` seconds), and while a
+coroutine loop commits a burst of gathered `trigger_async` calls, the oldest generation's
+threshold is raised out of reach (`gc.set_threshold`):
 young collections go on as usual, and so does the reference counting that frees most
 objects, but no automatic full collection starts. When the last engine in a burst is quiet
 or closes, or once one hold has lasted `MAX_HELD` seconds, the threshold goes back to what
@@ -36,8 +38,12 @@ import threading
 import time
 from collections.abc import Callable
 
-#: Runs not finished (an engine's active set) at which a burst begins.
+#: Runs not finished (an engine's active set) at which a burst begins; as many arriving within
+#: CHECK_EVERY seconds begin one too, and so do as many `trigger_async` calls gathered in one
+#: turn of a coroutine loop (`nbtasks._group_commit`).
 BURST_RUNS = 1_000
+#: An engine looks at the rate of arrivals every this many runs.
+ARRIVALS_STRIDE = 256
 #: Fewer runs than this, for IDLE_GRACE seconds, end it: bursts close together are one.
 QUIET_RUNS = 100
 IDLE_GRACE = 1.0

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 
 from ._capture import flush_partial_lines
 from ._clock import Clock, TimerHandle
-from ._collector import BURST_RUNS, CHECK_EVERY, COLLECTOR, IDLE_GRACE, QUIET_RUNS
+from ._collector import (
+    ARRIVALS_STRIDE,
+    BURST_RUNS,
+    CHECK_EVERY,
+    COLLECTOR,
+    IDLE_GRACE,
+    QUIET_RUNS,
+)
 from ._context import (
     CURRENT,
     AttemptScope,
@@ -120,6 +127,11 @@ class Scheduler:
         #: In a burst (`nbtasks._collector`), since when it has been quiet (clock time), and
         #: the timer that checks on it.
         self._burst = False
+        #: Runs tracked so far, and (clock time, that count) at the start of the current
+        #: window of arrivals (see `_fast_arrivals`).
+        self._arrivals = 0
+        self._window = (0.0, 0)
+        self._checked = 0  # arrivals at the last check of a burst
         self._quiet_since: float | None = None
         self._burst_timer: TimerHandle | None = None
 
@@ -206,27 +218,45 @@ class Scheduler:
         return run
 
     def track(self, run: RunState) -> None:
-        """`run` is in flight here; with the BURST_RUNS-th at once a burst begins, during
-        which full garbage collections are put off (`nbtasks._collector`)."""
+        """`run` is in flight here. A burst begins with the BURST_RUNS-th run in flight at once,
+        or with BURST_RUNS arriving within CHECK_EVERY seconds (`_fast_arrivals`): while it
+        lasts, full garbage collections are put off (`nbtasks._collector`)."""
         active = self.active
         active[run.id] = run
-        if not self._burst and len(active) >= BURST_RUNS and self.config.defer_gc:
+        self._arrivals += 1
+        if not self._burst and self.config.defer_gc and (
+                len(active) >= BURST_RUNS
+                or (not self._arrivals % ARRIVALS_STRIDE and self._fast_arrivals())):
             self._burst = True
             self._quiet_since = None
+            self._checked = self._arrivals
             COLLECTOR.enter(self)
             self._burst_timer = self.clock.call_at(self.clock.now() + CHECK_EVERY,
                                                    self._check_burst)
+
+    def _fast_arrivals(self) -> bool:
+        """BURST_RUNS runs or more arrived within CHECK_EVERY seconds. A stream of quick runs
+        (a cell's `trigger()` loop: 10,000 a second, each done in a millisecond) keeps few in
+        flight at once, yet makes as much garbage for the collector as a batch does. Asked
+        every ARRIVALS_STRIDE-th arrival, so a run pays for no clock reading."""
+        now = self.clock.now()
+        since, count = self._window
+        if now - since > CHECK_EVERY:
+            self._window = (now, self._arrivals)
+            return False
+        return self._arrivals - count >= BURST_RUNS
 
     def untrack(self, run: RunState) -> None:
         """`run` is no longer in flight: final and durable, or withdrawn."""
         self.active.pop(run.id, None)
 
     def _check_burst(self) -> None:
-        """Every CHECK_EVERY seconds of a burst: it ends once fewer than QUIET_RUNS runs have
-        been in flight for IDLE_GRACE; until then the collector may give back a hold kept
-        too long (`BurstCollector.step`)."""
+        """Every CHECK_EVERY seconds of a burst: it ends once, for IDLE_GRACE, fewer than
+        QUIET_RUNS runs have been in flight and fewer than QUIET_RUNS have arrived per check;
+        until then the collector may give back a hold kept too long (`BurstCollector.step`)."""
         now = self.clock.now()
-        if len(self.active) < QUIET_RUNS:
+        arrived, self._checked = self._arrivals - self._checked, self._arrivals
+        if len(self.active) < QUIET_RUNS and arrived < QUIET_RUNS:
             if self._quiet_since is None:
                 self._quiet_since = now
             if now - self._quiet_since >= IDLE_GRACE:

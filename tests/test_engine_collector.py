@@ -7,6 +7,7 @@ collection does so during a burst (it must not) and after it (it must).
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import time
@@ -20,6 +21,7 @@ from _helpers import wait_queued
 import nbtasks
 from nbtasks import ConfigurationError, Engine, _collector
 from nbtasks._collector import (
+    ARRIVALS_STRIDE,
     BURST_RUNS,
     CHECK_EVERY,
     COLLECTOR,
@@ -314,3 +316,76 @@ def test_configure_defer_gc_reaches_the_default_engine() -> None:
 
     nbtasks.configure(defer_gc=False)
     assert default_engine().config.defer_gc is False
+
+
+def _stream(engine: Engine, task: nbtasks.Task[int, None], n: int, *, every: int = 100,
+            clock: ManualClock | None = None, step: float = 0.0) -> int:
+    """`n` runs triggered `every` at a time, each group finished before the next (so few are
+    ever in flight); `clock` moves `step` seconds between groups. Returns the most in flight."""
+    most = 0
+    for start in range(0, n, every):
+        handles = [task.trigger(i) for i in range(start, min(start + every, n))]
+        most = max(most, len(engine.scheduler.active))
+        assert all(r.ok for r in engine.wait_results([h.id for h in handles], timeout=60))
+        if clock is not None and step:
+            clock.advance(step)
+    return most
+
+
+@pytest.mark.timeout(120)
+def test_a_stream_of_quick_runs_is_a_burst_though_few_are_in_flight(
+        clocked: Engine, clock: ManualClock) -> None:
+    """A cell's trigger() loop: runs done as fast as they come, never many at once."""
+    task = _noop_task(clocked, "stream")
+    most = _stream(clocked, task, BURST_RUNS + 2 * ARRIVALS_STRIDE)  # within one clock reading
+    assert most <= 100 < BURST_RUNS  # so it is the arrivals that began it
+    assert COLLECTOR.holding and _oldest() == HELD
+    for _ in range(int(2 * IDLE_GRACE / CHECK_EVERY)):  # the stream goes on past IDLE_GRACE
+        _stream(clocked, task, QUIET_RUNS)
+        clock.advance(CHECK_EVERY)
+    assert COLLECTOR.holding
+    _idle(clocked, clock)  # the stream stops: nothing in flight, nothing arriving
+    assert not COLLECTOR.holding and _oldest() == 10
+
+
+@pytest.mark.timeout(120)
+def test_as_many_runs_arriving_slowly_are_no_burst(clocked: Engine, clock: ManualClock) -> None:
+    """The same arrivals spread out (fewer than BURST_RUNS in any CHECK_EVERY) hold nothing."""
+    task = _noop_task(clocked, "slow")
+    _stream(clocked, task, BURST_RUNS + 4 * ARRIVALS_STRIDE, clock=clock,
+            step=CHECK_EVERY * 0.4)  # 100 runs per 0.4 of a window: about 250 per window
+    assert not COLLECTOR.holding and _oldest() == 10
+
+
+def _gather(task: nbtasks.Task[int, None], n: int) -> None:
+    async def go() -> None:
+        handles = await asyncio.gather(*(task.trigger_async(i) for i in range(n)))
+        assert all(r.ok for r in await asyncio.gather(*handles))
+
+    asyncio.run(go())
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("calls", "defer_gc", "held"), [
+    (BURST_RUNS, True, True), (BURST_RUNS - 1, True, False), (BURST_RUNS, False, False)])
+def test_gathered_calls_hold_the_collector_from_their_own_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, calls: int, defer_gc: bool,
+        held: bool) -> None:
+    """`trigger_async` calls gathered in one turn are a burst before the engine has any of
+    them: the collector is held when their first part is committed, and given back once
+    they and their runs are done."""
+    clock = ManualClock()
+    with Engine(store=str(tmp_path / "runs.db"), clock=clock, defer_gc=defer_gc) as eng:
+        task = _noop_task(eng, "gathered")
+        seen: list[bool] = []
+        commit = eng._commit_new
+
+        def spy(runs: list[Any]) -> None:
+            seen.append(COLLECTOR.holding)
+            commit(runs)
+
+        monkeypatch.setattr(eng, "_commit_new", spy)
+        _gather(task, calls)
+        assert seen[0] is held  # the first part: none of its runs reached the engine yet
+        _idle(eng, clock)
+        assert not COLLECTOR.holding and _oldest() == 10
