@@ -119,16 +119,17 @@ class Intake:
             raise StoreError(f"{self.path}: {exc}") from exc
         self._conn = conn
 
-    def check_identity(self) -> None:
-        if self._identity is not None:
-            error = _trust.identity_error(str(self.path), self._identity)
-            if error is not None:
-                raise error
+    def identity_problem(self) -> StoreError | None:
+        """Why this file can't be written (deleted or replaced since it was opened), or None."""
+        if self._identity is None:
+            return None
+        return _trust.identity_error(str(self.path), self._identity)
 
     # ------------------------------------------------------------------ the cell's side
 
     def append(self, row: tuple[Any, ...]) -> None:
-        """Commit one new run's row; durable when this returns.
+        """Commit one new run's row; durable when this returns. The store has checked that
+        this file is still the one it opened (`SQLiteStore.check_identity(intake=True)`).
 
         Raises `StoreError` when the file can't be written now (a held lock, a full disk),
         and SQLite's own error for a row it refuses (text that is not valid Unicode, an
@@ -137,7 +138,6 @@ class Intake:
         conn = self._conn
         if conn is None:
             raise RuntimeError("store is not open")
-        self.check_identity()
         columns = mask(row)
         with self._lock:
             try:  # one statement is its own transaction

@@ -15,7 +15,8 @@ import logging
 import os
 import stat
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._errors import StoreError
@@ -134,3 +135,67 @@ def identity_error(path: str, expected: tuple[int, int]) -> StoreError | None:
                           "engine was running; refusing to write into either. Restart the "
                           "engine to open the new file")
     return None
+
+
+#: Nanoseconds after its last change a folder's stamps are trusted to tell the next change
+#: apart. File systems stamp with a coarse clock, so a change in the same tick as the one
+#: before it could leave them as they were: a tick is 1 to 10 ms on Linux's own file systems,
+#: and whole seconds on some others (FAT, HFS+, ext3), whose stamps then have no fraction.
+SETTLE_NS = 100_000_000
+COARSE_SETTLE_NS = 3_000_000_000
+_SECOND = 1_000_000_000
+
+#: A folder's (st_dev, st_ino, st_mtime_ns, st_ctime_ns).
+FolderKey = tuple[int, int, int, int]
+
+
+class FolderWatch:
+    """Whether the entries of the folder holding a store's files may have changed: one stat()
+    of the folder instead of one per file, on the path of every `trigger()`.
+
+    Deleting, renaming or replacing a file updates its folder's mtime and ctime (POSIX), and a
+    ctime can't be set back. So while the folder's stamps are the ones seen just before its
+    files were last found to be the store's own, none of them was deleted or replaced since.
+    Each stat() lets the GIL go, and under a busy engine each one costs a wait for it: a
+    `trigger()` that stats the folder alone rather than the store's file and its intake's is
+    faster in a loop (see the `paths` section of benchmarks/throughput.py). A folder changed
+    less than SETTLE_NS ago (COARSE_SETTLE_NS on a file system stamping whole seconds) is not
+    trusted: its files are checked each time, as they would be without this, until its
+    stamps have settled.
+    """
+
+    def __init__(self, folder: str, clock: Callable[[], int] = time.time_ns) -> None:
+        self.folder = folder
+        #: The file system's clock's reading now (its stamps are wall-clock time).
+        self.clock = clock
+        #: The folder's stamps when its files were last found to be ours, once settled.
+        self._trusted: FolderKey | None = None
+        #: Before this (ns, by `clock`), the folder changed too lately to look at it.
+        self._settles_at = 0
+
+    def look(self) -> FolderKey | None:
+        """The folder's stamps if they may be trusted (settled), else None: then check the
+        files. Call before checking them; `trust` what this returned once they passed."""
+        now = self.clock()
+        if now < self._settles_at:
+            return None
+        try:
+            st = os.stat(self.folder)
+        except OSError:
+            return None
+        changed = max(st.st_mtime_ns, st.st_ctime_ns)
+        settle = (SETTLE_NS if st.st_mtime_ns % _SECOND or st.st_ctime_ns % _SECOND
+                  else COARSE_SETTLE_NS)
+        if now - changed < settle:
+            self._settles_at = changed + settle
+            return None
+        return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns
+
+    def unchanged(self, key: FolderKey | None) -> bool:
+        """`key` (from `look`) is the one trusted: no file in the folder changed since."""
+        return key is not None and key == self._trusted
+
+    def trust(self, key: FolderKey | None) -> None:
+        """The files were found to be ours after `look` returned `key`."""
+        if key is not None:
+            self._trusted = key

@@ -377,6 +377,8 @@ class SQLiteStore:
         self._identity: tuple[int, int] | None = None
         #: Set once the file was found deleted or replaced: every later write raises it.
         self._lost: StoreError | None = None
+        #: Watches the folder of the file and its intake; None for ":memory:".
+        self._folder: _trust.FolderWatch | None = None
         #: Where a cell's new runs are committed first (see nbtasks.stores._intake); None for
         #: ":memory:", whose new runs go straight into `runs`.
         self._intake: _intake.Intake | None = None
@@ -439,6 +441,7 @@ class SQLiteStore:
                 self._migrate(self._writer)
             self._intake = _intake.Intake(_intake.path_for(self._abs), self._open_file)
             self._intake.open()
+            self._folder = _trust.FolderWatch(os.path.dirname(self._abs))
             with self._lock:
                 self._fold_stored(self._writer, self._intake)
         except BaseException as exc:
@@ -460,17 +463,31 @@ class SQLiteStore:
         lock or a full disk this never passes: a writer must not retry it."""
         return self._lost
 
-    def check_identity(self) -> None:
-        """Raise StoreError if the file was deleted or replaced since open(). One stat() call:
-        cheap enough for every commit, which is where writing into the void must stop."""
+    def check_identity(self, intake: bool = False) -> None:
+        """Raise StoreError if the file (or with `intake`, the intake's file, which a cell's
+        `trigger()` writes) was deleted or replaced since open(): checked before every
+        commit, which is where writing into the void must stop.
+
+        One stat() of their folder when it has not changed since both files were last found
+        to be ours (`_trust.FolderWatch`); else one of each file. An intake found deleted
+        stops only what writes into it: batches and the writer go on into the store's file.
+        """
         if self._lost is not None:
             raise StoreError(str(self._lost))  # a fresh one: re-raising one would grow its traceback
-        if self._identity is None:
+        if self._identity is None or self._folder is None:
+            return
+        key = self._folder.look()
+        if self._folder.unchanged(key):
             return
         error = _trust.identity_error(self._abs, self._identity)
         if error is not None:
             self._lost = error
             raise error
+        problem = self._intake.identity_problem() if self._intake is not None else None
+        if problem is None:
+            self._folder.trust(key)
+        elif intake:
+            raise problem
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
@@ -527,12 +544,13 @@ class SQLiteStore:
         from meeting in SQLite's busy handler, which sleeps in steps of up to 100 ms."""
         if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
-        self.check_identity()
         intake = self._intake
         if batch.intake and intake is not None and not each and len(batch.runs) == 1 and not (
                 batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
+            self.check_identity(intake=True)
             intake.append(batch.runs[0])  # a cell's new run: into the intake, folded later
             return []
+        self.check_identity()
         conn = self._reader()
         if not self._lock.acquire(timeout=self.busy_timeout):
             raise StoreError(f"{self.path}: database is locked (another write of this "
