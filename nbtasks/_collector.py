@@ -15,7 +15,8 @@ young collections go on as usual, and so does the reference counting that frees 
 objects, but no automatic full collection starts. When the last engine in a burst is quiet
 or closes, or once one hold has lasted `MAX_HELD` seconds, the threshold goes back to what
 it was and CPython decides, as it always does, when the next full collection is due: the
-burst's survivors count towards it as if made at that moment.
+burst's survivors count towards it as if made at that moment. If one came due during the hold,
+it is made then, at the burst's quiet end, rather than left to set off inside the next burst.
 
 The cost: a reference cycle that became garbage and had already reached the oldest
 generation is freed after the burst rather than during it, and a full collection that came
@@ -102,11 +103,25 @@ class BurstCollector:
                 self._released_at_pass = _full_collections()
 
     def leave(self, owner: object) -> None:
-        """`owner` is idle (or closed): the last to leave gives the collector back."""
+        """`owner` is idle (or closed): the last to leave gives the collector back, and makes
+        now the full collection the burst put off, if one came due (see `_due`)."""
         with self._lock:
             self._busy.discard(owner)
+            due = False
             if not self._busy and self._saved is not None:
+                due = self._due()
                 self._release()
+        if due:
+            gc.collect()
+
+    def _due(self) -> bool:
+        """A full collection came due during the hold: as many middle-generation passes as the
+        oldest generation's own threshold have been made since the last full one. Left to
+        CPython, it would run at its next look, at the next stretch of allocation: the start
+        of the next burst, most often (measured: a 14-29 ms collection inside the next
+        20,000-run burst, where the ones left are 2-3 ms). Made at the burst's quiet end
+        instead, it costs the same, once, where nothing waits for the loop."""
+        return gc.get_count()[2] >= (self._saved or 0)
 
     def _hold(self) -> None:
         young, middle, oldest = gc.get_threshold()

@@ -389,3 +389,30 @@ def test_gathered_calls_hold_the_collector_from_their_own_commit(
         assert seen[0] is held  # the first part: none of its runs reached the engine yet
         _idle(eng, clock)
         assert not COLLECTOR.holding and _oldest() == 10
+
+
+@pytest.mark.timeout(60)
+def test_a_collection_that_came_due_in_a_burst_is_made_at_its_quiet_end(
+        clocked: Engine, clock: ManualClock) -> None:
+    """Left to CPython it would set off at the next stretch of allocation: inside the next
+    burst, most often. It is made once the burst is quiet instead."""
+    batch = _held_burst(clocked)
+    before = _full_passes()
+    kept = _allocate_a_full_pass_worth()  # a full collection comes due, and is put off
+    assert _full_passes() == before and gc.get_count()[2] >= 10
+    _release(clocked, batch)
+    _idle(clocked, clock)
+    assert not COLLECTOR.holding and _full_passes() == before + 1  # made at the quiet end
+    del kept
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_that_put_nothing_off_makes_no_collection_at_its_end(
+        clocked: Engine, clock: ManualClock) -> None:
+    gc.collect()  # the oldest generation's count starts from 0
+    batch = _held_burst(clocked)
+    before = _full_passes()
+    _release(clocked, batch)
+    assert gc.get_count()[2] < 10  # nothing came due: no more middle passes than its threshold
+    _idle(clocked, clock)
+    assert not COLLECTOR.holding and _full_passes() == before
