@@ -28,8 +28,9 @@ Sections (`--only`):
   lock      where a `trigger()` loop's time goes (no target): per run, how long the cell's
             thread holds the intake's lock (its insert into the intake file) and waits for it
             (the writer taking rows to fold, or deleting folded ones), and how long the writer
-            holds the store's write lock (its commits into the store's own file). Not part of
-            the default run.
+            holds the store's write lock (its commits into the store's own file); then the same
+            for an N-run batch burst, whose cell and writer take turns at the store's lock,
+            beside the engine thread's CPU. Not part of the default run.
 
 Beside the batch, the `paths` section times the SQLite statements a no-op batch run needs on
 their own (its row's insert with its batch, its final row and its attempt's row, with the
@@ -44,7 +45,7 @@ ratios are the ones to compare across runs.
 
 Only the public API is used, plus the probe, which reads the engine's loop (`eng.runtime.loop`),
 and the `lock` section, which times the SQLite store's two locks (`eng.store._lock`, and
-`eng.store._intake._lock`).
+`eng.store._intake._lock`) and reads the engine thread's CPU time on its loop.
 """
 
 from __future__ import annotations
@@ -486,6 +487,28 @@ def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
         eng.close()
 
 
+def batch_lock_times(n: int, path: str) -> tuple[float, TimedLock, list[float]]:
+    """`n` runs in batches of 500 (triggered, then waited for) with the store's write lock
+    timed, and the engine thread's CPU seconds over the same span: (seconds, lock, [engine
+    CPU seconds]). The cell's batch commits and the writer's commits take turns at that lock."""
+    eng, task = _engine(path)
+    try:
+        task.batch_trigger([0]).wait()
+        store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
+        eng.store._lock = store_lock  # type: ignore[attr-defined]
+        engine_cpu = eng.runtime.call(_thread_cpu)
+        t = time.perf_counter()
+        _batch_body(n)(task)
+        secs = time.perf_counter() - t
+        return secs, store_lock, [eng.runtime.call(_thread_cpu) - engine_cpu]
+    finally:
+        eng.close()
+
+
+async def _thread_cpu() -> float:
+    return time.thread_time()
+
+
 def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2] if values else 0.0
 
@@ -646,6 +669,21 @@ def main() -> None:
                 (f"the writer holds the store's lock ({len(writer)} commits, median "
                  f"{_median(writer) * 1e3:.2f} ms), µs/run", f"{sum(writer) * us:.1f}", "", ""),
             ]
+            secs, store_lock, (engine_cpu,) = batch_lock_times(n, fresh())
+            us = 1e6 / n
+            rows.append(("batch_trigger x500 + wait (store's lock timed), µs/run",
+                         f"{secs * us:.1f}", "", ""))
+            for name, who in ((cell, "the cell (its batches' inserts)"),
+                              ("nbtasks-writer", "the writer (runs' progress)")):
+                holds = store_lock.holds.get(name, [])
+                rows += [
+                    (f"  {who} holds the store's lock, µs/run (its CPU)",
+                     f"{sum(holds) * us:.1f} ({sum(store_lock.holds_cpu.get(name, [])) * us:.1f})",
+                     "", ""),
+                    (f"  {who} waits for it, µs/run",
+                     f"{sum(store_lock.waits.get(name, [])) * us:.1f}", "", ""),
+                ]
+            rows.append(("  the engine thread's CPU, µs/run", f"{engine_cpu * us:.1f}", "", ""))
     print()
     _table(rows)
 

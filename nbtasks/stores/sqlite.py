@@ -248,9 +248,9 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
 
 def _write_whole(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Runs first written with a newer state than their intake row's: inserted once, naming
-    only the columns set (`_insert_fresh`). That costs about half an upsert of the same rows,
-    and a third of the fold-then-update it replaces (measured on the runs table with its
-    indexes: 11-13 µs a run against 17-21 and 25-31). A run already in `runs` (another
+    only the columns set (`_insert_fresh`), which SQLite does in about half the time of an
+    upsert of the same whole rows, and well under the fold-then-update it replaces (the final
+    update rewrites four of the table's index entries). A run already in `runs` (another
     kernel's fold at open took its intake row) is caught by the count of rows inserted, and
     the rows are then upserted: an upsert of a row already written is harmless."""
     before = conn.total_changes
