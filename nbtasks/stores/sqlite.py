@@ -474,10 +474,11 @@ class SQLiteStore:
         """
         if self._lost is not None:
             raise StoreError(str(self._lost))  # a fresh one: re-raising one would grow its traceback
-        if self._identity is None or self._folder is None:
+        if self._identity is None:
             return
-        key = self._folder.look()
-        if self._folder.unchanged(key):
+        folder = self._folder  # None while the store is opening: its files are checked alone
+        key = folder.look() if folder is not None else None
+        if folder is not None and folder.unchanged(key):
             return
         error = _trust.identity_error(self._abs, self._identity)
         if error is not None:
@@ -485,7 +486,8 @@ class SQLiteStore:
             raise error
         problem = self._intake.identity_problem() if self._intake is not None else None
         if problem is None:
-            self._folder.trust(key)
+            if folder is not None:
+                folder.trust(key)
         elif intake:
             raise problem
 
