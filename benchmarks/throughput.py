@@ -472,12 +472,10 @@ def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
     store's write lock (the writer's) timed: (seconds, intake lock, store lock)."""
     eng, task = _engine(path)
     try:
-        task.batch_trigger([0]).wait()  # the engine and its writer thread warmed up
+        store_lock = _time_store_lock(eng, task)
         intake = eng.store._intake  # type: ignore[attr-defined]
         cell_lock = TimedLock(intake._lock)
         intake._lock = cell_lock
-        store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
-        eng.store._lock = store_lock  # type: ignore[attr-defined]
         t = time.perf_counter()
         handles = [task.trigger(i) for i in range(n)]
         secs = time.perf_counter() - t
@@ -487,22 +485,28 @@ def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
         eng.close()
 
 
-def batch_lock_times(n: int, path: str) -> tuple[float, TimedLock, list[float]]:
+def batch_lock_times(n: int, path: str) -> tuple[float, TimedLock, float]:
     """`n` runs in batches of 500 (triggered, then waited for) with the store's write lock
-    timed, and the engine thread's CPU seconds over the same span: (seconds, lock, [engine
-    CPU seconds]). The cell's batch commits and the writer's commits take turns at that lock."""
+    timed, and the engine thread's CPU seconds over the same span: (seconds, lock, engine CPU
+    seconds). The cell's batch commits and the writer's commits take turns at that lock."""
     eng, task = _engine(path)
     try:
-        task.batch_trigger([0]).wait()
-        store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
-        eng.store._lock = store_lock  # type: ignore[attr-defined]
+        store_lock = _time_store_lock(eng, task)
         engine_cpu = eng.runtime.call(_thread_cpu)
         t = time.perf_counter()
         _batch_body(n)(task)
         secs = time.perf_counter() - t
-        return secs, store_lock, [eng.runtime.call(_thread_cpu) - engine_cpu]
+        return secs, store_lock, eng.runtime.call(_thread_cpu) - engine_cpu
     finally:
         eng.close()
+
+
+def _time_store_lock(eng: nbtasks.Engine, task: nbtasks.Task[int, None]) -> TimedLock:
+    """Warm the engine and its writer thread up, then time the store's write lock from here."""
+    task.batch_trigger([0]).wait()
+    store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
+    eng.store._lock = store_lock  # type: ignore[attr-defined]
+    return store_lock
 
 
 async def _thread_cpu() -> float:
@@ -669,7 +673,7 @@ def main() -> None:
                 (f"the writer holds the store's lock ({len(writer)} commits, median "
                  f"{_median(writer) * 1e3:.2f} ms), µs/run", f"{sum(writer) * us:.1f}", "", ""),
             ]
-            secs, store_lock, (engine_cpu,) = batch_lock_times(n, fresh())
+            secs, store_lock, engine_cpu = batch_lock_times(n, fresh())
             us = 1e6 / n
             rows.append(("batch_trigger x500 + wait (store's lock timed), µs/run",
                          f"{secs * us:.1f}", "", ""))

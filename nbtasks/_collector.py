@@ -61,6 +61,16 @@ def _full_collections() -> int:
     return int(gc.get_stats()[-1]["collections"])
 
 
+def _due(oldest_threshold: int) -> bool:
+    """A full collection came due during a hold: as many middle-generation passes as the
+    oldest generation's own threshold (`oldest_threshold`, the one the hold raised) have been
+    made since the last full one. Left to CPython, it would run at its next look, at the next
+    stretch of allocation: the start of the next burst, most often (measured: a 14-29 ms
+    collection inside the next 20,000-run burst, where the ones left are 2-3 ms). Made at the
+    burst's quiet end instead, it costs the same, once, where nothing waits for the loop."""
+    return gc.get_count()[2] >= oldest_threshold
+
+
 class BurstCollector:
     """The process's put-off, shared by the engines in a burst (each a hashable `owner`).
 
@@ -104,24 +114,15 @@ class BurstCollector:
 
     def leave(self, owner: object) -> None:
         """`owner` is idle (or closed): the last to leave gives the collector back, and makes
-        now the full collection the burst put off, if one came due (see `_due`)."""
+        now the full collection the burst put off, if one came due (`_due`)."""
         with self._lock:
             self._busy.discard(owner)
             due = False
             if not self._busy and self._saved is not None:
-                due = self._due()
+                due = _due(self._saved)
                 self._release()
         if due:
             gc.collect()
-
-    def _due(self) -> bool:
-        """A full collection came due during the hold: as many middle-generation passes as the
-        oldest generation's own threshold have been made since the last full one. Left to
-        CPython, it would run at its next look, at the next stretch of allocation: the start
-        of the next burst, most often (measured: a 14-29 ms collection inside the next
-        20,000-run burst, where the ones left are 2-3 ms). Made at the burst's quiet end
-        instead, it costs the same, once, where nothing waits for the loop."""
-        return gc.get_count()[2] >= (self._saved or 0)
 
     def _hold(self) -> None:
         young, middle, oldest = gc.get_threshold()
