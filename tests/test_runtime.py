@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from nbtasks import Engine
-from nbtasks._runtime import LINGER, Mailbox
+from nbtasks._runtime import LINGER, STREAM, Mailbox
 from nbtasks.testing import ManualClock
 
 
@@ -139,3 +139,73 @@ def test_a_sync_body_ends_after_the_child_it_triggered_is_handed_over(engine: En
     assert engine.wait_result(child_id, timeout=10).output == 1
     created = events.index(("created", "child", "QUEUED"))
     assert created < events.index(("status", "parent", "COMPLETED")), events
+
+
+def test_a_stream_of_lazy_posts_stretches_the_linger_and_a_quiet_linger_ends_it() -> None:
+    """Hand-overs that keep coming (STREAM or more per `linger` of a linger's length) double
+    the next linger, up to its most; a linger that gathers fewer starts over at `linger`, and
+    one that gathers nothing ends the stream. A plain post still runs everything at once."""
+    loop = asyncio.new_event_loop()
+    try:
+        box = Mailbox(loop)
+        # The timers' ends are called by hand below: their real ends are an hour away.
+        box.linger, box.linger_max = 3600.0, 3600.0 * 6
+        ran: list[Any] = []
+
+        def turn() -> None:
+            loop.run_until_complete(asyncio.sleep(0))
+
+        def linger_end() -> None:
+            loop.call_soon(box._linger_end)
+            turn()
+
+        box.post_lazy(ran.append, 0)
+        turn()
+        assert box._span == 3600.0 and not box.streaming()  # a lone hand-over: no stream
+
+        spans = []
+        for _ in range(5):  # a stream: STREAM hand-overs per `linger` of each linger
+            for i in range(int(STREAM * box._span / 3600.0)):
+                box.post_lazy(ran.append, i)
+            linger_end()
+            spans.append(box._span / 3600.0)
+        assert spans == [2, 4, 6, 6, 6]  # doubled each time, up to linger_max
+        assert box.streaming()
+
+        for i in range(STREAM * 6 - 1):  # one fewer than the rate: back to the first linger
+            box.post_lazy(ran.append, i)
+        linger_end()
+        assert box._span == 3600.0 and not box.streaming()
+
+        for i in range(STREAM):
+            box.post_lazy(ran.append, i)
+        linger_end()
+        assert box.streaming()
+        box.post_lazy(ran.append, "lazy")
+        box.post(ran.append, "wait")  # a plain post runs at once, after the hand-over
+        turn()
+        assert ran[-2:] == ["lazy", "wait"]
+        linger_end()  # nothing came since: the stream is over
+        assert not box.streaming()
+        assert len(ran) == 1 + STREAM * (1 + 2 + 4 + 6 + 6) + STREAM * 6 - 1 + STREAM + 2
+    finally:
+        loop.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_trigger_loop_streams_and_every_run_still_ends(engine: Engine) -> None:
+    """A `trigger()` loop from a cell is a stream: the engine lingers longer between drains
+    (and the writer between commits), and every run it triggered still runs and is waited
+    for at once: a wait is a plain post, which never waits for a linger."""
+    seen: list[bool] = []
+    # A stream is then 4 hand-overs in 5 ms, not in 1: however slow the machine, a loop is one.
+    engine.runtime.inbox.linger = 0.005
+
+    @engine.task(id="streamed")
+    async def streamed(payload: int, ctx: Any) -> int:
+        seen.append(engine.runtime.inbox.streaming())
+        return payload
+
+    handles = [streamed.trigger(i) for i in range(2000)]
+    assert [h.wait(timeout=30).output for h in handles] == list(range(2000))
+    assert any(seen), "2,000 trigger() calls in a row were never seen as a stream"

@@ -16,7 +16,7 @@ from typing import TypeVar
 import pytest
 
 from nbtasks._runstate import RunState
-from nbtasks._writer import GAP, GroupWriter
+from nbtasks._writer import GAP, STREAM_GAP, GroupWriter
 from nbtasks.stores.sqlite import SQLiteStore
 
 T = TypeVar("T")
@@ -26,12 +26,14 @@ def _run(n: int) -> RunState:
     return RunState(f"run_gap{n:018d}", "gap", "null", 1.0)
 
 
-def _after_a_commit(tmp_path: Path, then: Callable[[GroupWriter], Awaitable[T]]) -> T:
-    """`then(writer)` on a real store, right after the writer's first commit is done."""
+def _after_a_commit(tmp_path: Path, then: Callable[[GroupWriter], Awaitable[T]],
+                    streaming: bool = False) -> T:
+    """`then(writer)` on a real store, right after the writer's first commit is done; with
+    `streaming`, while runs come in a stream (`Mailbox.streaming`)."""
     async def scenario() -> T:
         store = SQLiteStore(tmp_path / "runs.db")
         store.open()
-        writer = GroupWriter(store, asyncio.get_running_loop())
+        writer = GroupWriter(store, asyncio.get_running_loop(), lambda: streaming)
         try:
             writer.mark(_run(1))
             await writer.barrier()
@@ -43,20 +45,47 @@ def _after_a_commit(tmp_path: Path, then: Callable[[GroupWriter], Awaitable[T]])
     return asyncio.run(scenario())
 
 
+async def _next_commit(writer: GroupWriter) -> tuple[float, bool]:
+    """(loop seconds from the last commit's end to the next one's, whether it was put off)."""
+    loop = writer.loop
+    committed = loop.time()
+    told: asyncio.Future[float] = loop.create_future()
+    writer.mark(_run(2))
+    writer.after_commit(lambda: told.set_result(loop.time()))
+    put_off = writer._later is not None
+    return await told - committed, put_off
+
+
 @pytest.mark.timeout(30)
 def test_after_a_commit_the_next_batch_gathers_for_a_gap(tmp_path: Path) -> None:
-    async def then(writer: GroupWriter) -> tuple[float, bool]:
-        loop = writer.loop
-        committed = loop.time()
-        told: asyncio.Future[float] = loop.create_future()
-        writer.mark(_run(2))
-        writer.after_commit(lambda: told.set_result(loop.time()))
-        put_off = writer._later is not None
-        return await told - committed, put_off
-
-    waited, put_off = _after_a_commit(tmp_path, then)
+    waited, put_off = _after_a_commit(tmp_path, _next_commit)
     assert put_off
     assert waited >= GAP
+
+
+@pytest.mark.timeout(30)
+def test_while_runs_stream_in_the_next_batch_gathers_for_longer(tmp_path: Path) -> None:
+    """A cell's `trigger()` loop: each commit made meanwhile takes the GIL from it, and nobody
+    waits for these runs' progress; fewer, bigger commits cost less in all."""
+    waited, put_off = _after_a_commit(tmp_path, _next_commit, streaming=True)
+    assert put_off
+    assert waited >= STREAM_GAP
+
+
+@pytest.mark.timeout(30)
+def test_somebody_waiting_cuts_the_batch_at_once_in_a_stream_too(tmp_path: Path) -> None:
+    async def then(writer: GroupWriter) -> tuple[float, bool, int]:
+        writer.mark(_run(2))
+        assert writer._later is not None
+        put_off_for = writer._later.when() - writer._last_done
+        done = writer.barrier()  # somebody waits: cut at once
+        cancelled = writer._later is None
+        await done
+        return put_off_for, cancelled, writer.commits
+
+    put_off_for, cancelled, commits = _after_a_commit(tmp_path, then, streaming=True)
+    assert put_off_for == pytest.approx(STREAM_GAP, abs=GAP / 10)  # the stream's gap, not GAP
+    assert cancelled and commits == 2
 
 
 @pytest.mark.timeout(30)
