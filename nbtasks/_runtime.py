@@ -31,7 +31,7 @@ LINGER = 0.001
 #: a `trigger()` loop makes 10-15): the next linger is twice as long, up to LINGER_MAX seconds,
 #: until a linger gathers fewer.
 STREAM = 4
-LINGER_MAX = 0.05
+LINGER_MAX = 0.1
 
 
 class Mailbox:

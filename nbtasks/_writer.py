@@ -53,7 +53,7 @@ GAP = 0.010
 #: Nobody waits for their progress, and each commit made while the cell is still triggering
 #: takes the GIL from it: fewer, bigger commits cost less in all. A waiter still cuts the next
 #: batch at once.
-STREAM_GAP = 0.05
+STREAM_GAP = 0.2
 
 _Item = tuple[WriteBatch, list[Callable[[], None]], int]
 
