@@ -648,6 +648,27 @@ def test_a_batch_handle_as_a_cells_value_stays_live(engine: Engine) -> None:
 
 # ---------------------------------------------------------------------- the Test tab
 
+def test_a_late_task_list_keeps_a_payload_typed_meanwhile(engine: Engine, dash: Dashboard) -> None:
+    """The task list reaches the form from the kernel: with a busy kernel it lands after the
+    user began typing a payload, and must not overwrite it. A task the user picks does fill
+    the box, and the next late list keeps what the form filled in unless it was edited."""
+    dash.tabs.selected_index = TEST
+    form = dash.form
+    assert list(form.task.options) == [] and form.payload.value == ""
+    form.payload.value = '{"typed": "before the list came"}'
+    form.set_tasks(["first", "second"])  # the kernel's answer, late
+    assert form.task.value == "first"
+    assert form.payload.value == '{"typed": "before the list came"}'
+
+    form.task.value = "second"  # the user's own pick: the example payload
+    assert form.payload.value == "{}"
+    form.set_tasks(["third"])  # "second" is gone: the form moves on, and may fill the box
+    assert form.task.value == "third" and form.payload.value == "{}"
+    form.payload.value = "[1]"
+    form.set_tasks(["fourth"])
+    assert form.payload.value == "[1]"
+
+
 def test_the_test_form_checks_json_as_you_type_and_passes_every_option(
         engine: Engine, dash: Dashboard) -> None:
     t = define(engine)

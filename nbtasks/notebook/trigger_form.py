@@ -145,6 +145,8 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
                          button_style="primary")
         self.message = make(widgets.HTML, "nbt-test-message")
         self._payloads: list[Any] = []
+        #: The payload text the form itself last put in the box: anything else there was typed.
+        self._filled = ""
         self.task.observe(guard(self._on_task), "value")
         self.recent.observe(guard(self._on_recent), "value")
         self.payload.observe(guard(lambda _c: self._check()), "value")
@@ -190,17 +192,26 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
         finally:
             self._quiet = False
         if self.task.value != current:
-            self._prefill()
+            # The kernel's doing, not the user's: it may land after the user began typing in
+            # a form that showed no task yet (a busy kernel answers late), and keeps that text.
+            self._prefill(keep_typed=True)
 
     def _on_task(self, _change: Any) -> None:
         if not self._quiet:
             self._prefill()
 
-    def _prefill(self) -> None:
+    def _fill(self, text: str, keep_typed: bool = False) -> None:
+        """Put `text` in the payload box, unless `keep_typed` and the user typed there since
+        the form last filled it."""
+        if keep_typed and self.payload.value != self._filled:
+            return
+        self._filled = self.payload.value = text
+
+    def _prefill(self, keep_typed: bool = False) -> None:
         task_id = self.task.value
         self.message.value = ""
         if not task_id:
-            self.payload.value = ""
+            self._fill("", keep_typed)
             return
         defn = self.engine.registry.get(task_id)
         self._payloads = [self.rules.mask("payload", p)
@@ -220,7 +231,7 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
             value: Any = example_payload(defn.schema)
         else:
             value = self._payloads[0] if self._payloads else {}
-        self.payload.value = json.dumps(value, indent=2, ensure_ascii=False)
+        self._fill(json.dumps(value, indent=2, ensure_ascii=False), keep_typed)
 
     def _on_recent(self, _change: Any) -> None:
         if self._quiet:
@@ -233,7 +244,7 @@ class TriggerForm(widgets.VBox):  # type: ignore[misc]
             value = list(TEMPLATES.get(self.task.value, {}).values())[-2 - pick]
         else:
             value = self._payloads[pick]
-        self.payload.value = json.dumps(value, indent=2, ensure_ascii=False)
+        self._fill(json.dumps(value, indent=2, ensure_ascii=False))
 
     def _save(self) -> None:
         name = self.template_name.value.strip()
