@@ -131,6 +131,43 @@ class Watcher:
         return None
 
 
+class Flaky:
+    """A listener that ticks only when it asks to (returns seconds), and whose first
+    `failures` updates raise."""
+
+    run_ids: frozenset[str] = frozenset()
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls = 0
+        self.ticked = threading.Event()
+
+    def update(self, events: list[Any]) -> float | None:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError(f"update {self.calls} failed")
+        self.ticked.set()
+        return DONE
+
+
+def test_a_listener_whose_update_raised_is_called_again_and_logged_once(
+        engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """No event is coming for it: without the retry it would never be called again (a clock
+    that ticks only when it asks to would stop for good)."""
+    feed = feed_for(engine)
+    feed.retry = 0.02
+    flaky = Flaky(failures=3)
+    feed.add(flaky)
+    try:
+        feed.poke(flaky)
+        assert flaky.ticked.wait(10), f"called {flaky.calls} times, never again after failing"
+        assert flaky.calls == 4
+        failures = [r for r in caplog.records if "failed to update" in r.getMessage()]
+        assert len(failures) == 1 and "update 1 failed" in (failures[0].exc_text or "")
+    finally:
+        feed.remove(flaky)
+
+
 def test_status_line_updates_from_engine_events(engine: Engine,
                                                  wait_status: Callable[..., RunStatus]) -> None:
     gate = asyncio.Event()

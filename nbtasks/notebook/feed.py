@@ -12,7 +12,8 @@ asked for. When nothing happens the thread blocks on the flag: no polling, no ti
 >>> feed.remove(listener)     # the last one out stops the thread and the subscription
 
 Listeners return None to keep listening, a number of seconds to be called again that soon even
-without events (a plot that throttles itself harder), or `DONE` to be removed.
+without events (a plot that throttles itself harder), or `DONE` to be removed. A listener whose
+update raises is logged (once, until it succeeds again) and called again `retry` seconds later.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ DONE = -1.0
 
 #: The default gap between two updates: at most four a second.
 INTERVAL = 0.25
+#: Seconds before a listener whose update raised is called again, events or not. It is
+#: dropped from nothing: a widget that ticks only when it asks to (a clock) would otherwise
+#: stop until its next event, and one that failed once (a query that met a locked file)
+#: gets its chance to catch up.
+RETRY = 1.0
 
 
 class Listener(Protocol):
@@ -64,6 +70,7 @@ class _Pump:
         self.stop = threading.Event()
         self.unsubscribe: Callable[[], None] | None = None
         self.poked: set[int] = set()  # id(listener)s to call at the next wake, events or not
+        self.failing: set[int] = set()  # id(listener)s whose last update raised (logged once)
         self.thread = threading.Thread(target=self._run, name="nbtasks-dashboard", daemon=True)
 
     def start(self) -> None:
@@ -117,23 +124,32 @@ class _Pump:
                     due[key] = now + again
             live = {id(x) for x in self.feed.listeners()}
             due = {k: v for k, v in due.items() if k in live}
+            self.failing &= live
             last = time.monotonic()
 
-    @staticmethod
-    def _call(listener: Listener, events: list[RunEvent]) -> float | None:
+    def _call(self, listener: Listener, events: list[RunEvent]) -> float | None:
+        """`listener.update(events)`; a broken widget must not stop the others' updates, nor
+        its own: it is called again `retry` seconds later."""
+        key = id(listener)
         try:
-            return listener.update(events)
-        except Exception:  # a broken widget must not stop the others' updates
-            log.exception("nbtasks: a live widget failed to update")
-            return None
+            again = listener.update(events)
+        except Exception:
+            if key not in self.failing:
+                self.failing.add(key)
+                log.exception("nbtasks: a live widget failed to update (tried again every "
+                              "%gs; logged once until it succeeds)", self.feed.retry)
+            return self.feed.retry
+        self.failing.discard(key)
+        return again
 
 
 class LiveFeed:
     """The shared event stream of one engine (see the module docstring)."""
 
-    def __init__(self, engine: Engine, interval: float = INTERVAL) -> None:
+    def __init__(self, engine: Engine, interval: float = INTERVAL, retry: float = RETRY) -> None:
         self.engine = engine
         self.interval = interval
+        self.retry = retry
         self._lock = threading.Lock()
         self._listeners: list[Listener] = []
         self._pump: _Pump | None = None
