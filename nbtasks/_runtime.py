@@ -106,8 +106,10 @@ class Mailbox:
         self._drain()
 
     def streaming(self) -> bool:
-        """True while lazy posts come in a stream (the linger is stretched)."""
-        return self._span > self.linger
+        """True while lazy posts come in a stream: the linger has doubled three times, so the
+        posts kept coming for seven lingers' time. A batch burst's posts sometimes stretch one
+        linger once; that is no reason for the writer to put its commits off (`STREAM_GAP`)."""
+        return self._span >= 8 * self.linger
 
     def _next_span(self) -> float:
         """The next linger's seconds: twice the last in a stream, else `linger`."""

@@ -144,12 +144,13 @@ def test_a_sync_body_ends_after_the_child_it_triggered_is_handed_over(engine: En
 def test_a_stream_of_lazy_posts_stretches_the_linger_and_a_quiet_linger_ends_it() -> None:
     """Hand-overs that keep coming (STREAM or more per `linger` of a linger's length) double
     the next linger, up to its most; a linger that gathers fewer starts over at `linger`, and
-    one that gathers nothing ends the stream. A plain post still runs everything at once."""
+    one that gathers nothing ends the stream. It is a stream for the writer (`streaming`)
+    once the linger has doubled three times. A plain post still runs everything at once."""
     loop = asyncio.new_event_loop()
     try:
         box = Mailbox(loop)
-        # The timers' ends are called by hand below: their real ends are an hour away.
-        box.linger, box.linger_max = 3600.0, 3600.0 * 6
+        # The timers' ends are called by hand below: their real ends are hours away.
+        box.linger, box.linger_max = 3600.0, 3600.0 * 12
         ran: list[Any] = []
 
         def turn() -> None:
@@ -159,35 +160,37 @@ def test_a_stream_of_lazy_posts_stretches_the_linger_and_a_quiet_linger_ends_it(
             loop.call_soon(box._linger_end)
             turn()
 
+        def stream(lingers: int) -> list[tuple[float, bool]]:
+            """STREAM hand-overs per `linger` of each of `lingers` lingers: (span in lingers,
+            streaming) after each."""
+            seen = []
+            for _ in range(lingers):
+                for i in range(int(STREAM * box._span / 3600.0)):
+                    box.post_lazy(ran.append, i)
+                linger_end()
+                seen.append((box._span / 3600.0, box.streaming()))
+            return seen
+
         box.post_lazy(ran.append, 0)
         turn()
         assert box._span == 3600.0 and not box.streaming()  # a lone hand-over: no stream
 
-        spans = []
-        for _ in range(5):  # a stream: STREAM hand-overs per `linger` of each linger
-            for i in range(int(STREAM * box._span / 3600.0)):
-                box.post_lazy(ran.append, i)
-            linger_end()
-            spans.append(box._span / 3600.0)
-        assert spans == [2, 4, 6, 6, 6]  # doubled each time, up to linger_max
-        assert box.streaming()
+        # Doubled each time, up to linger_max; a stream for the writer from 8 lingers on.
+        assert stream(5) == [(2, False), (4, False), (8, True), (12, True), (12, True)]
 
-        for i in range(STREAM * 6 - 1):  # one fewer than the rate: back to the first linger
+        for i in range(STREAM * 12 - 1):  # one fewer than the rate: back to the first linger
             box.post_lazy(ran.append, i)
         linger_end()
         assert box._span == 3600.0 and not box.streaming()
 
-        for i in range(STREAM):
-            box.post_lazy(ran.append, i)
-        linger_end()
-        assert box.streaming()
+        assert stream(3)[-1] == (8, True)
         box.post_lazy(ran.append, "lazy")
         box.post(ran.append, "wait")  # a plain post runs at once, after the hand-over
         turn()
         assert ran[-2:] == ["lazy", "wait"]
         linger_end()  # nothing came since: the stream is over
         assert not box.streaming()
-        assert len(ran) == 1 + STREAM * (1 + 2 + 4 + 6 + 6) + STREAM * 6 - 1 + STREAM + 2
+        assert len(ran) == 1 + STREAM * (1 + 2 + 4 + 8 + 12) + STREAM * 12 - 1 + STREAM * 7 + 2
     finally:
         loop.close()
 
