@@ -1,6 +1,7 @@
 """A kernel stand-in for the restart tests: an engine in its own process, on a given store file.
 
     python tests/_child_engine.py kill  DB SEED N     # recover, trigger N runs, work until killed
+    python tests/_child_engine.py stream DB SEED N    # the same with a trigger() loop of N runs
     python tests/_child_engine.py drain DB            # recover, run every run to a final status
     python tests/_child_engine.py mine  DB TAG N T    # two kernels: run N of task TAG, read T
     python tests/_child_engine.py state DB            # one run in each state, on a manual clock
@@ -107,6 +108,24 @@ def kill_mode(db: str, seed: int, n: int) -> None:
             delay = {"delay": 0.3} if kind == "late" else {}
             ids += [h.id for h in tasks[kind].batch_trigger(items, **delay)]
         say(ids)
+    time.sleep(3600)  # keep executing until killed
+
+
+def stream_mode(db: str, seed: int, n: int) -> None:
+    """Recover, then a `trigger()` loop of N runs, as a cell writes it: the engine takes them as
+    a stream (longer lingers, and the writer's longer gap between commits). Every 50 calls it
+    prints the ids whose trigger() returned, and whether the mailbox was streaming then."""
+    rng = random.Random(seed)
+    eng, registry = start(db)
+    say("ready")
+    work = nbtasks.Task(registry.require("work"), registry)
+    ids: list[str] = []
+    for _ in range(n):
+        ids.append(work.trigger({"i": rng.randrange(10**9), "ms": rng.randint(1, 30)}).id)
+        if len(ids) == 50:
+            say({"ids": ids, "streaming": eng.runtime.inbox.streaming()})
+            ids = []
+    say({"ids": ids, "streaming": eng.runtime.inbox.streaming()})
     time.sleep(3600)  # keep executing until killed
 
 
@@ -258,6 +277,8 @@ if __name__ == "__main__":
     mode, db, *rest = sys.argv[1:]
     if mode == "kill":
         kill_mode(db, int(rest[0]), int(rest[1]))
+    elif mode == "stream":
+        stream_mode(db, int(rest[0]), int(rest[1]))
     elif mode == "drain":
         drain_mode(db)
     elif mode == "crash":

@@ -166,3 +166,53 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
                    drain_seconds=drained["seconds"], total_seconds=round(elapsed, 1))
     print("\nkill test figures:", json.dumps(figures))
     assert figures["attempts_failed_by_kills"] > 0  # the kills did land on running attempts
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_sigkill_in_trigger_loops_loses_nothing(tmp_path: Path) -> None:
+    """The same, with kernels killed in a `trigger()` loop or just after it: while the engine
+    takes the loop's runs as a stream, with hand-overs lingering up to 100 ms and the writer's
+    progress put off up to 200 ms. A run whose trigger() returned is in the file after the
+    drain, completed once with its own output; nothing in the intake is left unfolded."""
+    db = tmp_path / ".nbtasks" / "runs.db"
+    rng = random.Random(int(os.environ.get("NBTASKS_KILL_SEED", "20260101")))
+    promised: set[str] = set()
+    streamed = 0
+    for k in range(6):
+        kernel = Kernel("stream", str(db), str(k), "4000")
+        assert kernel.ready.wait(60), "the kernel never got ready"
+        time.sleep(rng.uniform(0.1, 0.6))
+        kernel.proc.send_signal(signal.SIGKILL)
+        rc, err = kernel.finish(timeout=30)
+        assert rc == -signal.SIGKILL, err
+        assert "Traceback" not in err, err
+        for line in kernel.lines:
+            value = json.loads(line)
+            if isinstance(value, dict):
+                promised.update(value["ids"])
+                streamed += value["streaming"]
+    assert streamed, "no kernel was ever streaming when it printed: the new path never ran"
+    assert promised
+    last = Kernel("drain", str(db))
+    rc, err = last.finish(timeout=120)
+    assert rc == 0, err
+
+    con = sqlite3.connect(db)
+    try:
+        rows = con.execute("SELECT id, status, payload, output FROM runs").fetchall()
+        runs = {r[0]: r for r in rows}
+        missing = promised - runs.keys()
+        assert not missing, f"{len(missing)} of {len(promised)} promised runs are not in the store"
+        assert ids_in_files(db) == runs.keys()
+        not_done = [r for r in rows if r[1] != "COMPLETED"]
+        assert not not_done, f"runs not COMPLETED after the drain: {not_done[:5]}"
+        for run_id, _status, payload, output in rows:
+            assert json.loads(output)["i"] == json.loads(payload)["i"], run_id
+        gaps = con.execute(
+            "SELECT r.id FROM runs r LEFT JOIN attempts a ON a.run_id = r.id GROUP BY r.id "
+            "HAVING COUNT(a.number) != r.attempt_count OR MAX(a.number) != r.attempt_count"
+        ).fetchall()
+        assert not gaps, f"attempt numbers with gaps: {gaps[:5]}"
+    finally:
+        con.close()
