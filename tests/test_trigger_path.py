@@ -94,6 +94,30 @@ def test_gathered_awaits_share_one_trip_and_hear_only_committed_results(tmp_path
 
 
 @pytest.mark.timeout(60)
+def test_waiters_on_a_trigger_loops_runs_hear_only_committed_results(tmp_path: Path) -> None:
+    """A `trigger()` loop is taken as a stream: hand-overs linger up to 100 ms and the writer
+    puts its progress off up to 200 ms. A wait still hears of a run only once its final row is
+    in the file (the writer is slowed, so an early answer would find the file behind it)."""
+    db = tmp_path / "runs.db"
+    with Engine(store=SlowWriter(db)) as eng:
+        eng.runtime.inbox.linger = 0.005  # 4 hand-overs in 5 ms are a stream: on any machine
+        streaming: list[bool] = []
+
+        async def quick(p: int, ctx: Any) -> int:
+            streaming.append(eng.runtime.inbox.streaming())
+            return p
+
+        task = eng.task(id="quick", run=quick)
+        handles = [task.trigger(i) for i in range(1500)]
+        on_disk = {}
+        for h in handles[::25]:
+            assert h.wait(timeout=30).output == handles.index(h)
+            on_disk[h.id] = _status_in_file(db, h.id)  # read the moment the answer arrived
+    assert any(streaming), "the loop was never taken as a stream"
+    assert set(on_disk.values()) == {RunStatus.COMPLETED.value}
+
+
+@pytest.mark.timeout(60)
 def test_gathered_awaits_on_unknown_and_closed_runs_raise_for_each(tmp_path: Path) -> None:
     from nbtasks import EngineError, RunNotFoundError
     from nbtasks._handles import RunHandle
