@@ -48,6 +48,13 @@ class Kernel:
                 if line == '"ready"\n':
                     self.ready.set()
 
+    def kill(self) -> None:
+        """SIGKILL it and reap it: it must die of the kill, with no traceback before it."""
+        self.proc.send_signal(signal.SIGKILL)
+        rc, err = self.finish(timeout=30)
+        assert rc == -signal.SIGKILL, err
+        assert "Traceback" not in err, err
+
     def finish(self, timeout: float) -> tuple[int, str]:
         """Wait for the exit (reaping it: a zombie would look alive to the next kernel)."""
         rc = self.proc.wait(timeout=timeout)
@@ -87,6 +94,29 @@ def _figures(db: Path) -> dict[str, Any]:
         con.close()
 
 
+def _check_drained(con: sqlite3.Connection, db: Path, promised: set[str]) -> list[Any]:
+    """What every kill test asks of the drained file: nothing promised is missing, the intake
+    was folded (nothing else is left there), every run COMPLETED with an output, and every run's
+    attempts numbered 1..n with no gap. Returns the runs' (id, task_id, payload, output)."""
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    rows = con.execute("SELECT id, task_id, status, payload, output FROM runs").fetchall()
+    runs = {r[0]: r for r in rows}
+    missing = promised - runs.keys()
+    assert not missing, f"{len(missing)} of {len(promised)} promised runs are not in the store"
+    assert ids_in_files(db) == runs.keys()
+    not_final = [r for r in rows if r[2] != "COMPLETED"]
+    assert not not_final, f"runs not COMPLETED after the drain: {not_final[:5]}"
+    lost = [r[0] for r in rows if r[4] is None]
+    assert not lost, f"runs that lost their output: {lost[:5]}"
+    gaps = con.execute(
+        "SELECT r.id, r.attempt_count, COUNT(a.number), MIN(a.number), MAX(a.number) "
+        "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id GROUP BY r.id "
+        "HAVING COUNT(a.number) != r.attempt_count OR MIN(a.number) != 1 "
+        "OR MAX(a.number) != r.attempt_count").fetchall()
+    assert not gaps, f"attempt numbers with gaps: {gaps[:5]}"
+    return [(r[0], r[1], r[3], r[4]) for r in rows]
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(480)  # 125 s measured at load ~17 on 2 cores: a ceiling, not a budget
 def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
@@ -107,10 +137,7 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
         else:
             assert kernel.ready.wait(60), "the kernel never got ready"
             time.sleep(rng.uniform(0.05, 1.5))
-        kernel.proc.send_signal(signal.SIGKILL)
-        rc, err = kernel.finish(timeout=30)
-        assert rc == -signal.SIGKILL, err
-        assert "Traceback" not in err, err
+        kernel.kill()
         killed_before_ready += '"ready"\n' not in kernel.lines
         promised |= _promised(kernel.lines)
     last = Kernel("drain", str(db))
@@ -121,18 +148,7 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
 
     con = sqlite3.connect(db)
     try:
-        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        rows = con.execute("SELECT id, task_id, status, payload, output, attempt_count "
-                           "FROM runs").fetchall()
-        runs = {r[0]: r for r in rows}
-        missing = promised - runs.keys()
-        assert not missing, f"{len(missing)} promised runs are not in the store"
-        # What the killed kernels left in the intake was folded in, and nothing else is there.
-        assert ids_in_files(db) == runs.keys()
-        not_final = [r for r in rows if r[2] != "COMPLETED"]
-        assert not not_final, f"runs not COMPLETED after the drain: {not_final[:5]}"
-        for run_id, task_id, _status, payload, output, _n in rows:
-            assert output is not None, f"{run_id} lost its output"
+        for run_id, task_id, payload, output in _check_drained(con, db, promised):
             out, inp = json.loads(output), json.loads(payload)
             if task_id == "complete":
                 assert out in (True, False)
@@ -144,12 +160,6 @@ def test_sigkill_twenty_times_loses_nothing(tmp_path: Path) -> None:
             "SELECT p.id, COUNT(c.id) FROM runs p LEFT JOIN runs c ON c.parent_id = p.id "
             "WHERE p.task_id = 'parent' GROUP BY p.id HAVING COUNT(c.id) != 2").fetchall()
         assert not per_parent, f"resumed parents triggered their children again: {per_parent[:5]}"
-        gaps = con.execute(
-            "SELECT r.id, r.attempt_count, COUNT(a.number), MIN(a.number), MAX(a.number) "
-            "FROM runs r LEFT JOIN attempts a ON a.run_id = r.id GROUP BY r.id "
-            "HAVING COUNT(a.number) != r.attempt_count OR MIN(a.number) != 1 "
-            "OR MAX(a.number) != r.attempt_count").fetchall()
-        assert not gaps, f"attempt numbers with gaps: {gaps[:5]}"
         open_attempts = con.execute(
             "SELECT COUNT(*) FROM attempts WHERE status NOT IN ('COMPLETED', 'FAILED')"
         ).fetchone()[0]
@@ -183,10 +193,7 @@ def test_sigkill_in_trigger_loops_loses_nothing(tmp_path: Path) -> None:
         kernel = Kernel("stream", str(db), str(k), "4000")
         assert kernel.ready.wait(60), "the kernel never got ready"
         time.sleep(rng.uniform(0.1, 0.6))
-        kernel.proc.send_signal(signal.SIGKILL)
-        rc, err = kernel.finish(timeout=30)
-        assert rc == -signal.SIGKILL, err
-        assert "Traceback" not in err, err
+        kernel.kill()
         for line in kernel.lines:
             value = json.loads(line)
             if isinstance(value, dict):
@@ -200,19 +207,7 @@ def test_sigkill_in_trigger_loops_loses_nothing(tmp_path: Path) -> None:
 
     con = sqlite3.connect(db)
     try:
-        rows = con.execute("SELECT id, status, payload, output FROM runs").fetchall()
-        runs = {r[0]: r for r in rows}
-        missing = promised - runs.keys()
-        assert not missing, f"{len(missing)} of {len(promised)} promised runs are not in the store"
-        assert ids_in_files(db) == runs.keys()
-        not_done = [r for r in rows if r[1] != "COMPLETED"]
-        assert not not_done, f"runs not COMPLETED after the drain: {not_done[:5]}"
-        for run_id, _status, payload, output in rows:
+        for run_id, _task, payload, output in _check_drained(con, db, promised):
             assert json.loads(output)["i"] == json.loads(payload)["i"], run_id
-        gaps = con.execute(
-            "SELECT r.id FROM runs r LEFT JOIN attempts a ON a.run_id = r.id GROUP BY r.id "
-            "HAVING COUNT(a.number) != r.attempt_count OR MAX(a.number) != r.attempt_count"
-        ).fetchall()
-        assert not gaps, f"attempt numbers with gaps: {gaps[:5]}"
     finally:
         con.close()
