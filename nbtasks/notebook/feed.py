@@ -39,10 +39,10 @@ DONE = -1.0
 
 #: The default gap between two updates: at most four a second.
 INTERVAL = 0.25
-#: Seconds before a listener whose update raised is called again, events or not. It is
-#: dropped from nothing: a widget that ticks only when it asks to (a clock) would otherwise
-#: stop until its next event, and one that failed once (a query that met a locked file)
-#: gets its chance to catch up.
+#: Seconds before a listener whose update raised is called again, events or not. Raising
+#: never removes a listener: a widget that ticks only when it asks to (a clock) would
+#: otherwise stop until its next event, and one that failed once (a query that met a locked
+#: file) gets its chance to catch up.
 RETRY = 1.0
 
 
