@@ -8,13 +8,12 @@ timeout makes a writer wait for the other kernel's commit instead of failing.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import os
 import sqlite3
 import threading
 import time
-from itertools import chain, compress
+from itertools import compress
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
 from .._text import escape_row
 from . import _intake, _trust
 from ._base import Refused, Store, WriteBatch
+from ._bulk import insert_many, multi_sql
 
 _log = logging.getLogger("nbtasks")
 
@@ -150,39 +150,6 @@ _RUN_UPDATE = (
 _FOLD = f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES {{values}}"
 _ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
 _LOG_INSERT = "INSERT INTO logs (run_id, ts, level, message, attributes) VALUES {values}"
-#: Rows per statement. A few fixed sizes keep the statements in sqlite3's cache: a statement
-#: made for every batch size would be parsed afresh each commit. 512 x 30 columns stays under
-#: SQLite's 32,766 bound parameters.
-_CHUNKS = (512, 128, 32, 8, 1)
-
-
-@functools.lru_cache(maxsize=64)
-def _multi_sql(template: str, width: int, count: int) -> str:
-    row = "(" + ", ".join("?" * width) + ")"
-    return template.format(values=", ".join([row] * count))
-
-
-def _insert_many(conn: sqlite3.Connection, template: str, rows: list[tuple[Any, ...]]) -> None:
-    """Many rows per statement: one sqlite3_step for hundreds of rows.
-
-    executemany() steps once per row and drops the GIL around every step; with the engine loop
-    busy on another thread, each step then waits for the GIL to come back. One statement per
-    chunk keeps the writer from stalling behind the loop.
-    """
-    if not rows:
-        return
-    width = len(rows[0])
-    i, n = 0, len(rows)
-    for size in _CHUNKS:
-        if n - i < size:
-            continue
-        sql = _multi_sql(template, width, size)
-        while n - i >= size:
-            conn.execute(sql, rows[i] if size == 1 else list(chain.from_iterable(
-                rows[i:i + size])))
-            i += size
-
-
 def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
                   verb: str = "INSERT") -> None:
     """New runs' rows, naming only the columns they set (`_intake.mask`). Rows setting the
@@ -193,7 +160,7 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
         columns = _intake.mask(row)
         groups.setdefault(columns, []).append(tuple(compress(row, columns)))
     for columns, values in groups.items():
-        _insert_many(conn, _intake.fresh_template("runs", columns, verb), values)
+        insert_many(conn, _intake.fresh_template("runs", columns, verb), values)
 
 
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
@@ -246,9 +213,9 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> Non
     file was edited behind the engine's back) is caught by the count of changed rows, and the
     rows are then written whole: an upsert of a row already written is harmless."""
     before = conn.total_changes
-    _insert_many(conn, _RUN_UPDATE, list(map(_UPDATE_VALUES, rows)))
+    insert_many(conn, _RUN_UPDATE, list(map(_UPDATE_VALUES, rows)))
     if conn.total_changes - before != len(rows):
-        _insert_many(conn, _RUN_UPSERT, rows)
+        insert_many(conn, _RUN_UPSERT, rows)
 
 
 def _write_whole(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
@@ -261,7 +228,7 @@ def _write_whole(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     before = conn.total_changes
     _insert_fresh(conn, rows, "INSERT OR IGNORE")
     if conn.total_changes - before != len(rows):
-        _insert_many(conn, _RUN_UPSERT, rows)
+        insert_many(conn, _RUN_UPSERT, rows)
 
 
 def _apply(conn: sqlite3.Connection, batch: WriteBatch,
@@ -269,7 +236,7 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch,
     if batch.fresh:
         _insert_fresh(conn, batch.runs)
     else:
-        _insert_many(conn, _RUN_UPSERT, batch.runs)
+        insert_many(conn, _RUN_UPSERT, batch.runs)
     updates = batch.updates
     if folding:
         # A run still in the intake whose newer state this batch carries is written once,
@@ -284,8 +251,8 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch,
                       "INSERT OR IGNORE")
     if updates:
         _update_stored(conn, updates)
-    _insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
-    _insert_many(conn, _LOG_INSERT, batch.logs)
+    insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
+    insert_many(conn, _LOG_INSERT, batch.logs)
     if batch.waitpoints:
         conn.executemany(_WAITPOINT_UPSERT, batch.waitpoints)
     for sql, params in batch.statements:
@@ -314,12 +281,12 @@ def _apply_each(conn: sqlite3.Connection, batch: WriteBatch,
                 err = exc
         refused.append(Refused(kind, run_id, f"{type(err).__name__}: {err}"))
 
-    run_sql = _multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1)
-    fold_sql = _multi_sql(_FOLD, len(RUN_COLUMNS), 1)
+    run_sql = multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1)
+    fold_sql = multi_sql(_FOLD, len(RUN_COLUMNS), 1)
     for _, row in folding:
         one("run", str(row[0]), fold_sql, row, False)
-    attempt_sql = _multi_sql(_ATTEMPT_UPSERT, len(ATTEMPT_COLUMNS), 1)
-    log_sql = _multi_sql(_LOG_INSERT, 5, 1)
+    attempt_sql = multi_sql(_ATTEMPT_UPSERT, len(ATTEMPT_COLUMNS), 1)
+    log_sql = multi_sql(_LOG_INSERT, 5, 1)
     for row in (*batch.runs, *batch.updates):
         one("run", str(row[0]), run_sql, row, False)
     for row in batch.attempts:
@@ -552,10 +519,10 @@ class SQLiteStore:
         if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
         intake = self._intake
-        if batch.intake and intake is not None and not each and len(batch.runs) == 1 and not (
+        if batch.intake and intake is not None and not each and batch.runs and not (
                 batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
             self.check_identity(intake=True)
-            intake.append(batch.runs[0])  # a cell's new run: into the intake, folded later
+            intake.append(batch.runs)  # a cell's new runs: into the intake, folded later
             return []
         self.check_identity()
         conn = self._reader()
@@ -572,7 +539,7 @@ class SQLiteStore:
                 if batch.fresh:
                     _insert_fresh(conn, batch.runs)
                 else:
-                    conn.execute(_multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1), batch.runs[0])
+                    conn.execute(multi_sql(_RUN_UPSERT, len(RUN_COLUMNS), 1), batch.runs[0])
                 return []
             conn.execute("BEGIN IMMEDIATE")
             # Taken only once the file's lock is ours: a fold in flight then commits without
