@@ -31,7 +31,15 @@ from typing import Any
 
 from ._errors import ConfigurationError, PayloadSerializationError
 
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+_encode_any = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _encode(value: Any) -> str:
+    """Compact, strict JSON. An int (a batch of ids, of row numbers) is spelled as the encoder
+    spells it, without the encoder's per-call set-up (a few µs, a batch item's largest cost)."""
+    if type(value) is int:
+        return int.__repr__(value)
+    return _encode_any(value)
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 #: The decoder's C scanner: what `decode` runs after two regex calls for surrounding whitespace,

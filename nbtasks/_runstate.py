@@ -261,8 +261,9 @@ class RunState:
     def _row(self) -> tuple[Any, ...]:
         # The status as plain text: a tuple of text, numbers and None only is one the garbage
         # collector stops tracking, and the intake keeps a new run's row until it is folded.
+        # (`_value_` is the member's own attribute; `.value` is a descriptor call.)
         return (
-            self.id, self.task_id, self.status.value, self.payload_json, self.output_json,
+            self.id, self.task_id, self.status._value_, self.payload_json, self.output_json,
             dumps(self.error) if self.error else None, self.attempt_count, self.created_at,
             self.started_at, self.finished_at, self.updated_at, self.delay_until, self.ttl,
             self.queued_at, dumps(self.tags) if self.tags else None,

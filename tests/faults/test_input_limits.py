@@ -119,3 +119,26 @@ def test_token_data_and_keys_have_limits(engine: Engine, db_path: Path) -> None:
     assert rows(engine, db_path)["waitpoints"] == 1
     assert engine.wait.list_tokens()[0]["status"] == "WAITING"
     assert engine.wait.complete_token(token, {"answer": 42})
+
+
+def test_an_int_payload_is_spelled_and_limited_as_any_other(engine: Engine, echo: Any,
+                                                            db_path: Path) -> None:
+    """Ints skip the JSON encoder's set-up: the text is the encoder's own, bools stay
+    `true`/`false`, and an int too long for the limit or for text is refused naming it."""
+    import json
+
+    from nbtasks._payload import dumps
+
+    for value in (0, -7, 2**63, -(10**40), True, False, 1.0):
+        assert dumps(value, what="payload") == json.dumps(value)
+    before = rows(engine, db_path)
+    with pytest.raises(PayloadSerializationError, match=r"items\[1\] cannot be stored as JSON"):
+        echo.batch_trigger([1, 10**5000])
+    nbtasks.configure(limits={"payload_bytes": 10})
+    try:
+        with pytest.raises(PayloadSerializationError, match="payload is 11 bytes of JSON"):
+            echo.trigger(10**10)
+    finally:
+        nbtasks.configure(limits={"payload_bytes": 3 * MB})
+    assert rows(engine, db_path) == before
+    assert [r.output for r in echo.batch_trigger([10**20, -1]).wait(timeout=10)] == [10**20, -1]
