@@ -133,7 +133,8 @@ class Engine(ResultWaiting):
 
     async def _start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.writer = GroupWriter(self.store, loop, self.runtime.inbox.streaming)
+        self.writer = GroupWriter(self.store, loop, self.runtime.inbox.streaming,
+                                  self.runtime.inbox.turn)
         self.scheduler = Scheduler(
             loop=loop, clock=self.clock, writer=self.writer, registry=self.registry,
             config=self.config, executor_for=self.executor_for, owner=self.owner, engine=self,

@@ -33,12 +33,11 @@ from typing import Any
 
 from ._errors import StoreError
 from ._runstate import AttemptState, RunState
+from ._runtime import LoopTurn
 from .stores._base import Refused, Store, WriteBatch
 
 _log = logging.getLogger("nbtasks")
 
-#: Seconds of loop time one slice of row building or after-commit work may take.
-SLICE = 0.004
 #: Rows built between two looks at the clock (a few microseconds each).
 _ROWS = 64
 #: Longest pause between two tries of a commit the store can't take now.
@@ -62,9 +61,12 @@ class GroupWriter:
     """Marks happen on the engine loop; `Store.write` happens on a daemon writer thread."""
 
     def __init__(self, store: Store, loop: asyncio.AbstractEventLoop,
-                 streaming: Callable[[], bool] = lambda: False) -> None:
+                 streaming: Callable[[], bool] = lambda: False,
+                 turn: LoopTurn | None = None) -> None:
         self.store = store
         self.loop = loop
+        #: The loop's turn budget: row building and after-commit work draw on it in slices.
+        self._turn = turn if turn is not None else LoopTurn(loop)
         #: True while runs come in a stream (see STREAM_GAP).
         self._streaming = streaming
         #: Called on the loop with the rows the store refused (set by the scheduler).
@@ -224,7 +226,7 @@ class GroupWriter:
         """Make the rows in slices: a 20,000-run burst must not hold the loop while they are
         made. A run changed between two slices is written with its newer state, which is
         fine: what the callbacks of this batch announce was set before the batch was cut."""
-        deadline = time.perf_counter() + SLICE
+        deadline = self._turn.deadline()
         out_runs, out_updates, out_attempts = batch.runs, batch.updates, batch.attempts
         while runs or attempts:
             for run in runs[-_ROWS:]:
@@ -340,7 +342,7 @@ class GroupWriter:
         """After-commit work in slices, in order (20,000 waiters told at once would hold the
         loop for a tenth of a second)."""
         pending = self._pending
-        deadline = time.perf_counter() + SLICE
+        deadline = self._turn.deadline()
         n = 0
         while pending:
             callback = pending.popleft()

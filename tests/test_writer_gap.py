@@ -101,3 +101,51 @@ def test_somebody_waiting_cuts_the_batch_without_the_gap(tmp_path: Path) -> None
     put_off, cancelled, commits = _after_a_commit(tmp_path, then)
     assert put_off and cancelled
     assert commits == 2
+
+
+@pytest.mark.timeout(30)
+def test_the_mailbox_and_the_writer_share_one_turn_of_the_loop(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sliced work ready in the same loop turn draws on one budget (`LoopTurn`): a mailbox
+    drain that spends it leaves the writer's after-commit work ready in that turn one step
+    (64 callbacks), and both carry on in the next turn with a new budget. The clock is a fake
+    that only the mailbox's calls move, so the slices are counted, not timed."""
+    import time as real_time
+
+    from nbtasks._runtime import SLICE, Mailbox
+
+    now = [1000.0]
+    monkeypatch.setattr(real_time, "perf_counter", lambda: now[0])
+
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        store = SQLiteStore(tmp_path / "runs.db")
+        store.open()
+        box = Mailbox(loop)
+        writer = GroupWriter(store, loop, turn=box.turn)
+        ran: list[int] = []
+        told: list[int] = []
+        per_turn: list[int] = []
+
+        def costly(i: int) -> None:  # each call costs a whole slice
+            ran.append(i)
+            now[0] += SLICE
+
+        try:
+            for i in range(3):
+                box.post(costly, i)  # a drain is queued now
+            loop.call_soon(writer._run_later, [lambda i=i: told.append(i) for i in range(200)])
+            for _ in range(4):
+                per_turn.append(len(told))
+                await asyncio.sleep(0)
+            return ran, told, per_turn
+        finally:
+            await writer.close()
+            store.close()
+
+    ran, told, per_turn = asyncio.run(scenario())
+    assert ran == [0, 1, 2]
+    assert told == list(range(200))
+    # The turn the mailbox spent: the writer ran one step of 64. The next turn's budget,
+    # which the mailbox's last call used up only to its end, let it finish.
+    assert per_turn[:3] == [0, 64, 200], per_turn
