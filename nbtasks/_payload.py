@@ -313,8 +313,8 @@ def dumps(value: Any, *, what: str | None = None, limit: int | None = None) -> s
         return text
     if limit is not None:
         cap = limit
-    elif what == "payload":  # the common case, without parsing `what`
-        cap = LIMITS.payload_bytes
+    elif what == "payload" or what.startswith("items["):  # a trigger's or a batch item's,
+        cap = LIMITS.payload_bytes  # without parsing `what` (a batch asks once per item)
     else:
         cap = LIMITS.bytes_for(what)[1]
     if size > cap:

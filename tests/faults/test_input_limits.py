@@ -138,6 +138,8 @@ def test_an_int_payload_is_spelled_and_limited_as_any_other(engine: Engine, echo
     try:
         with pytest.raises(PayloadSerializationError, match="payload is 11 bytes of JSON"):
             echo.trigger(10**10)
+        with pytest.raises(PayloadSerializationError, match=r"items\[1\] is 11 bytes of JSON"):
+            echo.batch_trigger([1, 10**10])
     finally:
         nbtasks.configure(limits={"payload_bytes": 3 * MB})
     assert rows(engine, db_path) == before
