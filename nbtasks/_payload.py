@@ -40,6 +40,8 @@ def _encode(value: Any) -> str:
     if type(value) is int:
         return int.__repr__(value)
     return _encode_any(value)
+
+
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 #: The decoder's C scanner: what `decode` runs after two regex calls for surrounding whitespace,

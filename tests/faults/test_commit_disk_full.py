@@ -66,6 +66,11 @@ try:
     out["trigger"] = None
 except StoreError as exc:
     out["trigger"] = str(exc)
+try:  # a batch commits into the intake in one transaction: all of it, or none
+    work.batch_trigger([{"i": f"b{k}", "pad": big} for k in range(3)])
+    out["batch"] = None
+except StoreError as exc:
+    out["batch"] = str(exc)
 eng.runtime.loop.call_soon_threadsafe(go.set)
 out["warned"] = warned.wait(20)
 out["problem"] = eng.store_problem
@@ -91,6 +96,10 @@ def test_full_disk_runs_nothing_unrecorded_and_keeps_everything(tmp_path: Path) 
     assert str(db) in err
     assert "cannot rollback" not in err
     assert "full" in err or "I/O" in err, err  # SQLite's own words for the write that failed
+    batch_err = out["batch"]
+    assert batch_err is not None, "batch_trigger() returned on a full disk"
+    assert f"{db}-intake" in batch_err and "cannot rollback" not in batch_err
+    assert "full" in batch_err or "I/O" in batch_err, batch_err
     assert out["warned"]
     assert out["problem"] is not None and str(db) in out["problem"]
     assert out["ran_while_full"] == [0, 1, 2]  # the child waited, unstarted, for its commit
@@ -102,7 +111,13 @@ def test_full_disk_runs_nothing_unrecorded_and_keeps_everything(tmp_path: Path) 
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         statuses = con.execute("SELECT status, COUNT(*) FROM runs GROUP BY status").fetchall()
         assert statuses == [("COMPLETED", 5)]  # 3 + parent + child; the refused cell run: none
-        assert con.execute("SELECT COUNT(*) FROM runs WHERE payload LIKE '%cell%'"
-                           ).fetchone()[0] == 0
+        assert con.execute("SELECT COUNT(*) FROM runs WHERE payload LIKE '%cell%' "
+                           "OR payload LIKE '%\"b_\"%'").fetchone()[0] == 0
     finally:
         con.close()
+    intake = sqlite3.connect(f"{db}-intake")
+    try:  # nothing of the refused batch was left in the intake either
+        assert intake.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert intake.execute("SELECT COUNT(*) FROM intake").fetchone()[0] == 0
+    finally:
+        intake.close()
