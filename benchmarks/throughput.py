@@ -29,14 +29,13 @@ Sections (`--only`):
             thread holds the intake's lock (its insert into the intake file) and waits for it
             (the writer taking rows to fold, or deleting folded ones), and how long the writer
             holds the store's write lock (its commits into the store's own file); then the same
-            for an N-run batch burst (its cell commits into the intake, as the loop does),
+            for an N-run batch burst, whose cell and writer take turns at the store's lock,
             beside the engine thread's CPU. Not part of the default run.
 
-Beside the batch, the `paths` section times the SQLite work a no-op batch run needs on its own
-(its row's insert into the intake with its batch, its final row and its attempt's row, the
-intake row's delete; with the store's own code and rows built beforehand): SQLite writes one
-transaction at a time per file, so this is a floor under the batch's time that no threading
-can lower.
+Beside the batch, the `paths` section times the SQLite statements a no-op batch run needs on
+their own (its row's insert with its batch, its final row and its attempt's row, with the
+store's own statements and rows built beforehand): SQLite writes one transaction at a time per
+file, so this is a floor under the batch's time that no threading can lower.
 
 Beside each wall-clock figure the `paths` section prints the process's CPU time per run (all
 threads; for the `trigger()` loop, the loop and the runs it started, up to their end) and the
@@ -144,20 +143,17 @@ def schema_commits(n: int, path: str) -> Timing:
 
 
 def batch_sql(n: int, path: str) -> Timing:
-    """Seconds for the SQLite work `n` no-op batch runs need, alone, 500 at a time: the
-    batch's new rows committed into the intake (one transaction, as `batch_trigger` commits
-    them), then each run's final state and its attempt's row (one transaction, as the writer
-    commits them: the run is written into `runs` once, with its final state, and its intake
-    row is deleted later, a thousand at a time). The rows are built beforehand: what is timed
-    is SQLite's work, the part of a batch run that one file's single writer does one
-    transaction at a time, whatever the threads around it.
+    """Seconds for the SQLite statements `n` no-op batch runs need, alone, 500 at a time: the
+    insert of the batch's new rows (one transaction, as `batch_trigger` commits it), then each
+    run's final state and its attempt's row (one transaction, as the writer commits them). The
+    rows are built beforehand: what is timed is SQLite's work, the part of a batch run that
+    one file's single writer does one transaction at a time, whatever the threads around it.
 
-    Uses the store's own code (`nbtasks.stores.sqlite`, internal) on a store made by the
-    engine, so the figure moves with the schema."""
+    Uses the store's own statements (`nbtasks.stores.sqlite`, internal) on a store made by
+    the engine, so the figure moves with the schema."""
     from nbtasks._runstate import AttemptState, RunState, new_id
     from nbtasks._status import RunStatus
-    from nbtasks.stores import WriteBatch
-    from nbtasks.stores.sqlite import SQLiteStore
+    from nbtasks.stores import sqlite as store
 
     os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     nbtasks.Engine(store=path).close()
@@ -173,16 +169,21 @@ def batch_sql(n: int, path: str) -> Timing:
         run.status, run.attempt_count, run.output_json = RunStatus.COMPLETED, 1, "null"
         run.started_at = run.finished_at = run.updated_at = now
         final.append(run.row())
-    store = SQLiteStore(path)
-    store.open()
+    con = sqlite3.connect(path, isolation_level=None)
     out: list[float] = []
     try:
+        con.execute("PRAGMA synchronous = NORMAL")
         with _clocks(out):
             for i in range(0, n, 500):
-                store.write(WriteBatch(runs=fresh[i:i + 500], fresh=True, intake=True))
-                store.write(WriteBatch(updates=final[i:i + 500], attempts=attempts[i:i + 500]))
+                con.execute("BEGIN IMMEDIATE")
+                store._insert_fresh(con, fresh[i:i + 500])
+                con.execute("COMMIT")
+                con.execute("BEGIN IMMEDIATE")
+                store._update_stored(con, final[i:i + 500])
+                store.insert_many(con, store._ATTEMPT_UPSERT, attempts[i:i + 500])
+                con.execute("COMMIT")
     finally:
-        store.close()
+        con.close()
     return out[0], out[1]
 
 
@@ -471,7 +472,10 @@ def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
     store's write lock (the writer's) timed: (seconds, intake lock, store lock)."""
     eng, task = _engine(path)
     try:
-        cell_lock, store_lock = _time_locks(eng, task)
+        store_lock = _time_store_lock(eng, task)
+        intake = eng.store._intake  # type: ignore[attr-defined]
+        cell_lock = TimedLock(intake._lock)
+        intake._lock = cell_lock
         t = time.perf_counter()
         handles = [task.trigger(i) for i in range(n)]
         secs = time.perf_counter() - t
@@ -481,34 +485,28 @@ def lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock]:
         eng.close()
 
 
-def batch_lock_times(n: int, path: str) -> tuple[float, TimedLock, TimedLock, float]:
-    """`n` runs in batches of 500 (triggered, then waited for) with both locks timed, and the
-    engine thread's CPU seconds over the same span: (seconds, intake lock, store lock, engine
-    CPU seconds). The cell's batches commit under the intake's lock, the writer's commits
-    under the store's."""
+def batch_lock_times(n: int, path: str) -> tuple[float, TimedLock, float]:
+    """`n` runs in batches of 500 (triggered, then waited for) with the store's write lock
+    timed, and the engine thread's CPU seconds over the same span: (seconds, lock, engine CPU
+    seconds). The cell's batch commits and the writer's commits take turns at that lock."""
     eng, task = _engine(path)
     try:
-        cell_lock, store_lock = _time_locks(eng, task)
+        store_lock = _time_store_lock(eng, task)
         engine_cpu = eng.runtime.call(_thread_cpu)
         t = time.perf_counter()
         _batch_body(n)(task)
         secs = time.perf_counter() - t
-        return secs, cell_lock, store_lock, eng.runtime.call(_thread_cpu) - engine_cpu
+        return secs, store_lock, eng.runtime.call(_thread_cpu) - engine_cpu
     finally:
         eng.close()
 
 
-def _time_locks(eng: nbtasks.Engine, task: nbtasks.Task[int, None]) -> tuple[TimedLock, TimedLock]:
-    """Warm the engine and its writer thread up, then time the intake's lock and the store's
-    write lock from here: (intake lock, store lock)."""
+def _time_store_lock(eng: nbtasks.Engine, task: nbtasks.Task[int, None]) -> TimedLock:
+    """Warm the engine and its writer thread up, then time the store's write lock from here."""
     task.batch_trigger([0]).wait()
-    store = eng.store
-    store_lock = TimedLock(store._lock)  # type: ignore[attr-defined]
-    store._lock = store_lock  # type: ignore[attr-defined]
-    intake = store._intake  # type: ignore[attr-defined]
-    cell_lock = TimedLock(intake._lock)
-    intake._lock = cell_lock
-    return cell_lock, store_lock
+    store_lock = TimedLock(eng.store._lock)  # type: ignore[attr-defined]
+    eng.store._lock = store_lock  # type: ignore[attr-defined]
+    return store_lock
 
 
 async def _thread_cpu() -> float:
@@ -675,20 +673,19 @@ def main() -> None:
                 (f"the writer holds the store's lock ({len(writer)} commits, median "
                  f"{_median(writer) * 1e3:.2f} ms), µs/run", f"{sum(writer) * us:.1f}", "", ""),
             ]
-            secs, cell_lock, store_lock, engine_cpu = batch_lock_times(n, fresh())
+            secs, store_lock, engine_cpu = batch_lock_times(n, fresh())
             us = 1e6 / n
-            rows.append(("batch_trigger x500 + wait (locks timed), µs/run",
+            rows.append(("batch_trigger x500 + wait (store's lock timed), µs/run",
                          f"{secs * us:.1f}", "", ""))
-            for name, who, which, timed in (
-                    (cell, "the cell (its batches' inserts)", "intake's", cell_lock),
-                    ("nbtasks-writer", "the writer (runs' progress)", "store's", store_lock)):
-                holds = timed.holds.get(name, [])
+            for name, who in ((cell, "the cell (its batches' inserts)"),
+                              ("nbtasks-writer", "the writer (runs' progress)")):
+                holds = store_lock.holds.get(name, [])
                 rows += [
-                    (f"  {who} holds the {which} lock, µs/run (its CPU)",
-                     f"{sum(holds) * us:.1f} ({sum(timed.holds_cpu.get(name, [])) * us:.1f})",
+                    (f"  {who} holds the store's lock, µs/run (its CPU)",
+                     f"{sum(holds) * us:.1f} ({sum(store_lock.holds_cpu.get(name, [])) * us:.1f})",
                      "", ""),
                     (f"  {who} waits for it, µs/run",
-                     f"{sum(timed.waits.get(name, [])) * us:.1f}", "", ""),
+                     f"{sum(store_lock.waits.get(name, [])) * us:.1f}", "", ""),
                 ]
             rows.append(("  the engine thread's CPU, µs/run", f"{engine_cpu * us:.1f}", "", ""))
     print()

@@ -316,16 +316,16 @@ class Engine(ResultWaiting):
             self.writer.after_commit(partial(_settle_trigger, out, got), urgent=True)
         return out
 
-    def _commit_new(self, runs: list[RunState]) -> None:
+    def _commit_new(self, runs: list[RunState], intake: bool = False) -> None:
         """On the calling thread: commit the rows of new runs before anything can start them.
 
         The caller's own connection, one transaction, no trip through the engine loop: this is
         what lets a `trigger()` loop in a cell run at close to SQLite's own speed, and the run
         is on disk before the loop even hears of it. If the store can't take it (a lock held
         past the busy timeout, a full disk) this raises `StoreError` with nothing recorded and
-        nothing started. The SQLite store commits them into its intake file
-        (nbtasks.stores._intake), a batch's in one transaction, and folds them into `runs`
-        with the writer's next commit: a run already finished by then is written there once.
+        nothing started. `intake`: a cell's single `trigger()`, which the SQLite store commits
+        into its intake file (nbtasks.stores._intake); a batch goes straight into `runs`,
+        where its rows share one transaction (docs/design.md says why).
         """
         if self.closed or self.runtime.closed:
             raise EngineError("the engine is closed")
@@ -335,7 +335,7 @@ class Engine(ResultWaiting):
             run.owner = owner
         try:
             self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True,
-                                        intake=True))
+                                        intake=intake))
         except StoreError:
             raise
         except RuntimeError as exc:
@@ -403,7 +403,7 @@ class Engine(ResultWaiting):
         if run.idempotency_key is not None:
             # The key is checked on the loop, so two callers with one key can't both run.
             return self._handle(self.runtime.call(self._submit_when_durable, run, queue), run)
-        self._commit_new([run])
+        self._commit_new([run], intake=True)
         self._post_admit([(run, queue)])
         return self._handle(run, run)
 

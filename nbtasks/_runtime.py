@@ -24,7 +24,7 @@ from ._parking import parked
 T = TypeVar("T")
 
 #: Seconds of loop time one turn of the loop gives the engine's own sliced work (see LoopTurn).
-SLICE = 0.002
+SLICE = 0.004
 #: Seconds a mailbox gathers lazy posts after running some (see Mailbox.post_lazy).
 LINGER = 0.001
 #: Lazy posts gathered per LINGER of a linger's length that make a stream (4 a millisecond:

@@ -25,7 +25,7 @@ class WriteBatch:
     #: Every row in `runs` is a new run's first: a store may insert it plainly (no upsert),
     #: and an id already stored is then a refusal rather than an overwrite.
     fresh: bool = False
-    #: A caller waits for these new runs (a `trigger()`, a batch): a store may make them durable in
+    #: A cell waits for these new runs (a `trigger()` loop): a store may make them durable in
     #: a cheaper place first and fold them into its history soon after (the SQLite store's
     #: intake), as long as every read of the store sees them once this write returned.
     intake: bool = False

@@ -1,4 +1,4 @@
-"""Many rows per statement: the store's and the intake's inserts of hundreds of rows at once.
+"""Many rows per statement: the store's inserts and updates of hundreds of rows at once.
 
 executemany() steps once per row and drops the GIL around every step; with the engine loop
 busy on another thread, each step then waits for the GIL to come back. One statement per

@@ -5,10 +5,7 @@ A `trigger()` returns only once its run is on disk (docs/design.md). Committed s
 key and three indexes), and the cell waits behind the engine's writer, which commits the
 progress of earlier runs into the same file. Here the cell's row goes into a table with no
 index but its rowid, in a file of its own: one B-tree, and nothing to queue behind but the
-writer's occasional delete of rows already folded. A `batch_trigger()`'s rows, and a part of
-gathered `trigger_async()` calls, go there too, in one transaction; a run that finishes before
-the writer's next commit is then written into `runs` once, final, instead of inserted and then
-updated.
+writer's occasional delete of rows already folded.
 
 The store folds intake rows into `runs` later, inside the writer's next transaction (a run
 that moved on since is written once, with its newer state), or before any read of this
@@ -25,7 +22,6 @@ is refused in the caller, as it would be by `runs`; nothing in it is ever unpick
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sqlite3
 import threading
@@ -38,7 +34,6 @@ from typing import Any
 from .._errors import StoreError
 from .._runstate import RUN_COLUMNS
 from . import _trust
-from ._bulk import insert_many
 
 #: The intake's file beside the store's: `runs.db` keeps its new runs in `runs.db-intake`
 #: (with SQLite's own `-wal` and `-shm` beside that).
@@ -132,10 +127,9 @@ class Intake:
 
     # ------------------------------------------------------------------ the cell's side
 
-    def append(self, rows: list[tuple[Any, ...]]) -> None:
-        """Commit new runs' rows, all or none; durable when this returns. The store has
-        checked that this file is still the one it opened
-        (`SQLiteStore.check_identity(intake=True)`).
+    def append(self, row: tuple[Any, ...]) -> None:
+        """Commit one new run's row; durable when this returns. The store has checked that
+        this file is still the one it opened (`SQLiteStore.check_identity(intake=True)`).
 
         Raises `StoreError` when the file can't be written now (a held lock, a full disk),
         and SQLite's own error for a row it refuses (text that is not valid Unicode, an
@@ -144,52 +138,16 @@ class Intake:
         conn = self._conn
         if conn is None:
             raise RuntimeError("store is not open")
+        columns = mask(row)
         with self._lock:
-            try:
-                entries = self._insert_one(conn, rows[0]) if len(rows) == 1 else (
-                    self._insert_all(conn, rows))
+            try:  # one statement is its own transaction
+                rowid = conn.execute(_one_row(columns), tuple(compress(
+                    row, columns))).lastrowid
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
-            self._pending.extend(entries)
-            self.appended += len(entries)
-
-    @staticmethod
-    def _insert_one(conn: sqlite3.Connection, row: tuple[Any, ...]) -> list[Entry]:
-        """A `trigger()`: one statement is its own transaction."""
-        columns = mask(row)
-        rowid = conn.execute(_one_row(columns), tuple(compress(row, columns))).lastrowid
-        assert rowid is not None
-        return [(rowid, row)]
-
-    @staticmethod
-    def _insert_all(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> list[Entry]:
-        """A batch, or a part of a group commit: one transaction, hundreds of rows per
-        statement (rows setting the same columns share one).
-
-        Each row's rowid (what its delete names, with its id) is counted from the table's
-        largest at the start: the transaction holds the file's write lock, and SQLite gives
-        a new row the largest rowid plus one. Were a count ever off, that row would only be
-        deleted late (`forget` checks the id too), and fold as a no-op meanwhile.
-        """
-        groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
-        for row in rows:
-            groups.setdefault(mask(row), []).append(row)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            rowid = conn.execute("SELECT max(rowid) FROM intake").fetchone()[0] or 0
-            entries: list[Entry] = []
-            for columns, group in groups.items():
-                insert_many(conn, fresh_template("intake", columns),
-                            [tuple(compress(row, columns)) for row in group])
-                entries.extend(enumerate(group, rowid + 1))
-                rowid += len(group)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:  # SQLite rolls back by itself on a full disk, say
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        return entries
+            assert rowid is not None
+            self._pending.append((rowid, row))
+            self.appended += 1
 
     # ------------------------------------------------------------------ the folder's side
 

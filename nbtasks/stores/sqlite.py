@@ -519,10 +519,10 @@ class SQLiteStore:
         if self._writer is None or self._closed:
             raise RuntimeError("store is not open")
         intake = self._intake
-        if batch.intake and intake is not None and not each and batch.runs and not (
+        if batch.intake and intake is not None and not each and len(batch.runs) == 1 and not (
                 batch.updates or batch.attempts or batch.logs or batch.waitpoints or batch.statements):
             self.check_identity(intake=True)
-            intake.append(batch.runs)  # a cell's new runs: into the intake, folded later
+            intake.append(batch.runs[0])  # a cell's new run: into the intake, folded later
             return []
         self.check_identity()
         conn = self._reader()

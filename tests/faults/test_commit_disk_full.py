@@ -66,7 +66,7 @@ try:
     out["trigger"] = None
 except StoreError as exc:
     out["trigger"] = str(exc)
-try:  # a batch commits into the intake in one transaction: all of it, or none
+try:  # a batch commits in one transaction: all of it, or none
     work.batch_trigger([{"i": f"b{k}", "pad": big} for k in range(3)])
     out["batch"] = None
 except StoreError as exc:
@@ -98,7 +98,7 @@ def test_full_disk_runs_nothing_unrecorded_and_keeps_everything(tmp_path: Path) 
     assert "full" in err or "I/O" in err, err  # SQLite's own words for the write that failed
     batch_err = out["batch"]
     assert batch_err is not None, "batch_trigger() returned on a full disk"
-    assert f"{db}-intake" in batch_err and "cannot rollback" not in batch_err
+    assert str(db) in batch_err and "cannot rollback" not in batch_err
     assert "full" in batch_err or "I/O" in batch_err, batch_err
     assert out["warned"]
     assert out["problem"] is not None and str(db) in out["problem"]
