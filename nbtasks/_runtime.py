@@ -184,8 +184,19 @@ def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
     with _mailboxes_lock:
         box = _mailboxes.get(loop)
         if box is None:
+            forget_closed(_mailboxes)
             box = _mailboxes[loop] = Mailbox(loop)
         return box
+
+
+def forget_closed(per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
+    """Drop the entries of loops that have closed. What a weak map keeps per loop (a mailbox,
+    a group commit) holds its loop, so the weak key never dies by itself: every
+    `asyncio.run()` in a notebook that triggered or awaited a run would stay in memory for
+    the kernel's life. Swept when a new loop's entry is made, so at most one closed loop's
+    entry waits for the next."""
+    for loop in [loop for loop in per_loop if loop.is_closed()]:
+        per_loop.pop(loop, None)  # another thread may have swept it first
 
 
 def to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

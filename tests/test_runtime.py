@@ -212,3 +212,24 @@ def test_a_trigger_loop_streams_and_every_run_still_ends(engine: Engine) -> None
     handles = [streamed.trigger(i) for i in range(2000)]
     assert [h.wait(timeout=30).output for h in handles] == list(range(2000))
     assert any(seen), "2,000 trigger() calls in a row were never seen as a stream"
+
+
+def test_loops_closed_after_triggering_and_awaiting_are_not_kept(engine: Engine) -> None:
+    """Each `asyncio.run()` that triggers and awaits runs gets its own mailbox, group commit
+    and await group, held in weak maps keyed by its loop; each of those holds its loop, so
+    the loop (and what hangs on it) stayed for the kernel's life. Once closed it is dropped
+    when the next loop's entries are made: only the last closed loop may be left."""
+    import gc
+    import weakref
+
+    task = engine.task(id="closed_loops", run=lambda p, ctx: p)
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def go(i: int) -> Any:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        handle = await task.trigger_async(i)
+        return (await handle).output
+
+    assert [asyncio.run(go(i)) for i in range(4)] == [0, 1, 2, 3]
+    gc.collect()
+    assert sum(ref() is not None for ref in loops) <= 1
