@@ -299,3 +299,26 @@ def test_tracebacks_hide_the_engines_own_frames() -> None:
         "ValueError: boom"]
     assert "frames hidden" not in display.error_html(
         {"type": "E", "message": "m", "traceback": "Traceback:\nE: m"})
+
+
+@pytest.mark.timeout(60)
+def test_a_closed_engines_feed_does_not_keep_it_alive(tmp_path: Any) -> None:
+    """Feeds are kept per engine in a weak map, and each holds its engine: the key could never
+    die, so an engine that ever had a widget stayed in memory after `close()`. A closed
+    engine's feed is dropped when the next engine's is made."""
+    import gc
+    import weakref
+
+    first = Engine(store=str(tmp_path / "a.db"))
+    assert first.task(id="t", run=lambda p, ctx: p).trigger(1).wait(timeout=10).output == 1
+    feed_for(first)
+    gone = weakref.ref(first)
+    first.close()
+    del first
+    second = Engine(store=str(tmp_path / "b.db"))
+    try:
+        feed_for(second)
+        gc.collect()
+        assert gone() is None
+    finally:
+        second.close()

@@ -208,5 +208,9 @@ def feed_for(engine: Engine) -> LiveFeed:
     with _feeds_lock:
         feed = _feeds.get(engine)
         if feed is None:
+            # A feed holds its engine, so the weak key never dies by itself: a closed engine
+            # that ever had a widget stayed in memory for the kernel's life. Swept here.
+            for old in [e for e in _feeds if e.closed]:
+                _feeds.pop(old, None)
             feed = _feeds[engine] = LiveFeed(engine)
         return feed
