@@ -39,7 +39,7 @@ from ._recovery import child_ids, existing_runs, recover
 from ._results import ResultWaiting
 from ._runs import RunsAPI
 from ._runstate import RunState, new_id
-from ._runtime import Runtime, forget_closed
+from ._runtime import LOOP_CLOSED, Runtime, forget_gone
 from ._scheduler import Scheduler
 from ._tasks import NOT_GIVEN, Registry, TaskDefinition, TaskFactory
 from ._tokens import TokenBook
@@ -362,7 +362,7 @@ class Engine(ResultWaiting):
             setattr(self, attr, groups)
         group = groups.get(loop)
         if group is None:
-            forget_closed(groups)
+            forget_gone(groups, LOOP_CLOSED)
             group = groups[loop] = make(self, loop)
         return group
 

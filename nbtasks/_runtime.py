@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import operator
 import threading
 import time
 import weakref
@@ -184,19 +185,25 @@ def mailbox(loop: asyncio.AbstractEventLoop) -> Mailbox:
     with _mailboxes_lock:
         box = _mailboxes.get(loop)
         if box is None:
-            forget_closed(_mailboxes)
+            forget_gone(_mailboxes, LOOP_CLOSED)
             box = _mailboxes[loop] = Mailbox(loop)
         return box
 
 
-def forget_closed(per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]) -> None:
-    """Drop the entries of loops that have closed. What a weak map keeps per loop (a mailbox,
-    a group commit) holds its loop, so the weak key never dies by itself: every
-    `asyncio.run()` in a notebook that triggered or awaited a run would stay in memory for
-    the kernel's life. Swept when a new loop's entry is made, so at most one closed loop's
-    entry waits for the next."""
-    for loop in [loop for loop in per_loop if loop.is_closed()]:
-        per_loop.pop(loop, None)  # another thread may have swept it first
+K = TypeVar("K")
+#: `gone` for a map keyed by loops: a closed loop runs nothing again.
+LOOP_CLOSED: Callable[[asyncio.AbstractEventLoop], bool] = operator.methodcaller("is_closed")
+
+
+def forget_gone(per_key: weakref.WeakKeyDictionary[K, Any], gone: Callable[[K], bool]) -> None:
+    """Drop the entries whose key is `gone` (a closed loop, a closed engine). What such a weak
+    map keeps per key (a mailbox, a group commit, a live feed) holds its key, so the weak key
+    never dies by itself: every `asyncio.run()` in a notebook that triggered or awaited a
+    run, and every closed engine that had a widget, would stay in memory for the kernel's
+    life. Callers sweep when they make a new entry, so at most one gone key's entry waits
+    for the next."""
+    for key in [key for key in per_key if gone(key)]:
+        per_key.pop(key, None)  # another thread may have swept it first
 
 
 def to_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:

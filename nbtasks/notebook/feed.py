@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import threading
 import time
 import weakref
@@ -27,6 +28,7 @@ from collections.abc import Callable, Collection
 from typing import TYPE_CHECKING, Protocol
 
 from .._errors import EngineError
+from .._runtime import forget_gone
 
 if TYPE_CHECKING:
     from .._engine import Engine
@@ -200,6 +202,7 @@ class LiveFeed:
 
 
 _feeds: weakref.WeakKeyDictionary[Engine, LiveFeed] = weakref.WeakKeyDictionary()
+_engine_closed: Callable[[Engine], bool] = operator.attrgetter("closed")
 _feeds_lock = threading.Lock()
 
 
@@ -208,9 +211,6 @@ def feed_for(engine: Engine) -> LiveFeed:
     with _feeds_lock:
         feed = _feeds.get(engine)
         if feed is None:
-            # A feed holds its engine, so the weak key never dies by itself: a closed engine
-            # that ever had a widget stayed in memory for the kernel's life. Swept here.
-            for old in [e for e in _feeds if e.closed]:
-                _feeds.pop(old, None)
+            forget_gone(_feeds, _engine_closed)  # a feed holds its engine: see forget_gone
             feed = _feeds[engine] = LiveFeed(engine)
         return feed
