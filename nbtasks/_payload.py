@@ -24,6 +24,7 @@ nbtasks._errors.PayloadSerializationError: payload["ratio"] is nan; JSON holds o
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from dataclasses import dataclass, fields
@@ -71,11 +72,18 @@ class Limits:
 
     def bytes_for(self, what: str) -> tuple[str, int]:
         """The limit's name and bytes for a value described as `what` ("output", "metadata")."""
-        name = _LIMIT_NAMES.get(what.split("[", 1)[0].split(" ", 1)[0], "payload_bytes")
+        name = _limit_name(what)
         return name, getattr(self, name)
 
 
 _LIMIT_NAMES = {"output": "output_bytes", "metadata": "metadata_bytes", "data": "token_data_bytes"}
+
+
+@functools.lru_cache(maxsize=1024)
+def _limit_name(what: str) -> str:
+    """The name of the limit for `what`, parsed once per description: a batch asks for each
+    of its items (`items[0]` to `items[499]`) on every call."""
+    return _LIMIT_NAMES.get(what.split("[", 1)[0].split(" ", 1)[0], "payload_bytes")
 
 
 LIMITS = Limits()
@@ -315,8 +323,8 @@ def dumps(value: Any, *, what: str | None = None, limit: int | None = None) -> s
         return text
     if limit is not None:
         cap = limit
-    elif what == "payload" or what.startswith("items["):  # a trigger's or a batch item's,
-        cap = LIMITS.payload_bytes  # without parsing `what` (a batch asks once per item)
+    elif what == "payload":  # the common case, without a lookup
+        cap = LIMITS.payload_bytes
     else:
         cap = LIMITS.bytes_for(what)[1]
     if size > cap:
