@@ -145,7 +145,8 @@ def schema_commits(n: int, path: str) -> Timing:
 def batch_sql(n: int, path: str) -> Timing:
     """Seconds for the SQLite statements `n` no-op batch runs need, alone, 500 at a time: the
     insert of the batch's new rows (one transaction, as `batch_trigger` commits it), then each
-    run's final state and its attempt's row (one transaction, as the writer commits them). The
+    run's final state (the columns that changed since the insert, as the writer writes them)
+    and its attempt's row (one transaction, as the writer commits them). The
     rows are built beforehand: what is timed is SQLite's work, the part of a batch run that
     one file's single writer does one transaction at a time, whatever the threads around it.
 
@@ -179,7 +180,7 @@ def batch_sql(n: int, path: str) -> Timing:
                 store._insert_fresh(con, fresh[i:i + 500])
                 con.execute("COMMIT")
                 con.execute("BEGIN IMMEDIATE")
-                store._update_stored(con, final[i:i + 500])
+                store._update_stored(con, final[i:i + 500], fresh[i:i + 500])
                 store.insert_many(con, store._ATTEMPT_UPSERT, attempts[i:i + 500])
                 con.execute("COMMIT")
     finally:

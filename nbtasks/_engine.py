@@ -333,9 +333,9 @@ class Engine(ResultWaiting):
         for run in runs:
             run.seq = next(seq)
             run.owner = owner
+        rows = [run.row() for run in runs]
         try:
-            self.store.write(WriteBatch(runs=[run.row() for run in runs], fresh=True,
-                                        intake=intake))
+            self.store.write(WriteBatch(runs=rows, fresh=True, intake=intake))
         except StoreError:
             raise
         except RuntimeError as exc:
@@ -344,8 +344,9 @@ class Engine(ResultWaiting):
             raise StoreError(f"{self.store.path}: the store refused the run's record "
                              f"({type(exc).__name__}: {exc}); nothing was recorded") from exc
         admitting = self._admitting
-        for run in runs:
+        for run, row in zip(runs, rows, strict=True):
             run.recorded = True
+            run.stored = row
             admitting[run.id] = run  # only ever popped by key on the loop: safe from any thread
 
     def drives(self, run_id: str) -> bool:

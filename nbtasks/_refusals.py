@@ -60,6 +60,8 @@ def store_refused(sched: Scheduler, refused: list[Refused]) -> None:
     path = getattr(sched.writer.store, "path", "the store")
     for r in refused:
         run = sched.active.get(r.run_id) if r.run_id is not None else None
+        if run is not None:
+            run.stored = None  # the row it kept may be the one left out: next, write them all
         if run is None or run.durable:
             _log.error("nbtasks: the store refused a %s row%s and left it out: %s", r.kind,
                        f" of run {r.run_id}" if r.run_id else "", r.reason)

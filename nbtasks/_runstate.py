@@ -155,6 +155,7 @@ class RunState:
         "started_at",
         "starts",
         "status",
+        "stored",
         "tags",
         "task_id",
         "timer",
@@ -212,6 +213,10 @@ class RunState:
         self.withdrawn: StoreError | None = None
         #: The store refused a row of it once: its rows are written with text escaped.
         self.escape = False
+        #: The row last committed for it by this kernel, while it is not final: the store
+        #: then updates only the columns that changed since (an update's cost in SQLite grows
+        #: with the columns it names). None: unknown, the next update names them all.
+        self.stored: tuple[Any, ...] | None = None
         self.holds_slot = False
         self.resume: asyncio.Future[None] | None = None
         # Stored as `recovery`. "restart": the attempt died with its kernel and its retry is

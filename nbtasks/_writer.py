@@ -34,6 +34,7 @@ from typing import Any
 from ._errors import StoreError
 from ._runstate import AttemptState, RunState
 from ._runtime import LoopTurn
+from ._status import FINAL
 from .stores._base import Refused, Store, WriteBatch
 
 _log = logging.getLogger("nbtasks")
@@ -228,10 +229,17 @@ class GroupWriter:
         fine: what the callbacks of this batch announce was set before the batch was cut."""
         deadline = self._turn.deadline()
         out_runs, out_updates, out_attempts = batch.runs, batch.updates, batch.attempts
+        out_previous = batch.previous
         while runs or attempts:
             for run in runs[-_ROWS:]:
-                # A run whose row is committed needs only an update of what changed.
-                (out_updates if run.recorded else out_runs).append(run.row())
+                row = run.row()
+                if run.recorded:  # its row is committed: an update of what changed since
+                    out_updates.append(row)
+                    out_previous.append(run.stored)
+                else:
+                    out_runs.append(row)
+                # A final run is seldom written again: it keeps no copy of its row.
+                run.stored = None if run.status in FINAL else row
             del runs[-_ROWS:]
             if not runs:
                 for run_id, attempt in attempts[-_ROWS:]:

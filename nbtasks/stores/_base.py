@@ -18,6 +18,9 @@ class WriteBatch:
     #: Whole rows of runs already stored (committed before): a store may write only the
     #: columns a run's life changes. A row it finds missing is written whole all the same.
     updates: list[tuple[Any, ...]] = field(default_factory=list)
+    #: For each row of `updates` (same order; may be shorter), the row last committed for
+    #: that run, or None if unknown: a store may then write only the columns that differ.
+    previous: list[tuple[Any, ...] | None] = field(default_factory=list)
     attempts: list[tuple[Any, ...]] = field(default_factory=list)
     logs: list[tuple[Any, ...]] = field(default_factory=list)
     waitpoints: list[tuple[Any, ...]] = field(default_factory=list)
