@@ -33,7 +33,7 @@ from ._group_commit import AwaitGroup, GroupCommit
 from ._handles import BatchHandle, BatchResult, Result, RunHandle
 from ._lifecycle import GlobalHooks
 from ._models import check_machine, parse_retry
-from ._prepare import QueueRequest, prepare_run
+from ._prepare import Prepared, QueueRequest, new_run, prepare_run, resolve
 from ._queues_api import QueuesAPI
 from ._recovery import child_ids, existing_runs, recover
 from ._results import ResultWaiting
@@ -457,9 +457,21 @@ class Engine(ResultWaiting):
 
     def _batch(self, defn: TaskDefinition, items: list[tuple[str, dict[str, Any]]],
                options: dict[str, Any]) -> tuple[str, list[tuple[RunState, QueueRequest | None]]]:
+        """The batch's runs, made at one `now`. The batch's own options are resolved once, for
+        every item that sets none (the first such item's, so options every item overrides are
+        never looked at); an item with options of its own resolves the merge of both."""
         batch_id = new_id("batch_")
-        prepared = [self._prepare(defn, pj, {**options, **opts}, batch_id=batch_id)
-                    for pj, opts in items]
+        now, scope = self.clock.now(), CURRENT.get()
+        shared: Prepared | None = None
+        prepared = []
+        for pj, opts in items:
+            if opts:
+                p = resolve(self, defn, {**options, **opts}, scope, now)
+            else:
+                if shared is None:
+                    shared = resolve(self, defn, options, scope, now)
+                p = shared
+            prepared.append((new_run(p, defn.id, pj, now, batch_id=batch_id), p.queue_request))
         return batch_id, prepared
 
     async def _submit_batch(self, prepared: list[tuple[RunState, QueueRequest | None]]

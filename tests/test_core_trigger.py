@@ -199,6 +199,55 @@ def test_batch_item_options(engine: Engine) -> None:
     assert [r.output for r in batch.wait(timeout=10)] == [["shared"], ["own"]]
 
 
+def test_a_batchs_options_are_resolved_once_for_the_items_that_set_none(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """500 items sharing the batch's options validate them once (no pydantic per item), and
+    get the same values: one delay's due time, their own copies of its tags and metadata."""
+    from nbtasks import _prepare
+
+    parsed: list[dict[str, Any]] = []
+    real = _prepare.parse_trigger_options
+
+    def counting(options: dict[str, Any], **kw: Any) -> Any:
+        parsed.append(options)
+        return real(options, **kw)
+
+    monkeypatch.setattr(_prepare, "parse_trigger_options", counting)
+
+    @engine.task(id="shared-options")
+    async def shared(payload: int, ctx: Any) -> None:
+        return None
+
+    items: list[Any] = [*range(499), nbtasks.BatchItem(499, tags=["own"])]
+    batch = shared.batch_trigger(items, delay="1h", tags=["shared"], metadata={"k": 1}, ttl="2h")
+    assert parsed == [{"delay": "1h", "tags": ["shared"], "metadata": {"k": 1}, "ttl": "2h"},
+                      {"delay": "1h", "tags": ["own"], "metadata": {"k": 1}, "ttl": "2h"}]
+    runs = [h._run for h in batch]  # the engine's own state of each new run
+    assert all(r is not None for r in runs)
+    assert len({r.delay_until for r in runs if r is not None}) == 1
+    assert {r.status for r in runs if r is not None} == {RunStatus.DELAYED}
+    first, second, own = runs[0], runs[1], runs[499]
+    assert first is not None and second is not None and own is not None
+    assert first.tags == ["shared"] and first.tags is not second.tags
+    assert first.metadata == {"k": 1} and first.metadata is not second.metadata
+    assert own.tags == ["own"] and own.ttl == 7200
+    stored = engine.runs.list(task_id="shared-options", limit=500)
+    assert len(stored) == 500 and {tuple(r.tags) for r in stored} == {("shared",), ("own",)}
+
+
+def test_batch_options_every_item_overrides_are_not_looked_at(engine: Engine) -> None:
+    @engine.task(id="overridden-options")
+    async def overridden(payload: int, ctx: Any) -> list[str]:
+        return list(ctx.run.tags)
+
+    batch = overridden.batch_trigger([nbtasks.BatchItem(1, tags=["a"]),
+                                      nbtasks.BatchItem(2, tags=["b"])], tags=5)
+    assert [r.output for r in batch.wait(timeout=10)] == [["a"], ["b"]]
+    with pytest.raises(ConfigurationError, match="tags"):
+        overridden.batch_trigger([nbtasks.BatchItem(1, tags=["a"]), 2], tags=5)
+    assert engine.runs.count(task_id="overridden-options") == 2  # the bad batch recorded nothing
+
+
 def test_tasks_trigger_by_id_and_unknown_id() -> None:
     @nbtasks.task(id="core-trigger-by-id")
     async def by_id(payload: dict[str, int], ctx: Any) -> int:
