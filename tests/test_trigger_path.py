@@ -153,12 +153,14 @@ def _stored(db: Path) -> list[tuple[Any, ...]]:
 
 def test_a_fresh_row_is_stored_as_the_upsert_stores_it_and_never_overwrites(
         tmp_path: Path) -> None:
-    """New runs are inserted naming only the columns they set: same row, and a clash with a
-    stored id is refused (nothing changed) where the upsert would have overwritten it."""
+    """New runs are inserted naming only the columns they set (rows setting different columns,
+    in any order, each with their own): same row, and a clash with a stored id is refused
+    (nothing changed) where the upsert would have overwritten it."""
     from nbtasks._runstate import RunState
 
     runs = []
-    for i, (tags, delay) in enumerate([([], None), (["a"], 5.0), ([], None)]):
+    for i, (tags, delay) in enumerate([([], None), (["a"], 5.0), ([], None), (["b"], 6.0),
+                                       ([], None)]):
         run = RunState(f"run_{i:021d}", "echo", str(i), 1000.0 + i)
         run.tags, run.delay_until, run.owner, run.seq = tags, delay, "eng_x", i
         runs.append(run)

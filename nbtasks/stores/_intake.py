@@ -26,8 +26,7 @@ import functools
 import sqlite3
 import threading
 from collections.abc import Callable
-from itertools import compress
-from operator import is_not
+from operator import is_not, itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +63,16 @@ def fresh_template(table: str, columns: tuple[bool, ...], verb: str = "INSERT") 
     """An insert naming only the `columns` set (see `mask`); `{values}` left to fill."""
     names = ", ".join(name for name, used in zip(RUN_COLUMNS, columns, strict=True) if used)
     return f"{verb} INTO {table} ({names}) VALUES {{values}}"
+
+
+@functools.lru_cache(maxsize=256)
+def picker(columns: tuple[bool, ...]) -> Callable[[tuple[Any, ...]], tuple[Any, ...]]:
+    """The values of a row's `columns` (see `mask`), as a tuple: one C call a row."""
+    used = [i for i, u in enumerate(columns) if u]
+    if len(used) == 1:  # itemgetter of one index gives the value, not a 1-tuple
+        only = used[0]
+        return lambda row: (row[only],)
+    return itemgetter(*used)
 
 
 @functools.lru_cache(maxsize=256)
@@ -141,8 +150,7 @@ class Intake:
         columns = mask(row)
         with self._lock:
             try:  # one statement is its own transaction
-                rowid = conn.execute(_one_row(columns), tuple(compress(
-                    row, columns))).lastrowid
+                rowid = conn.execute(_one_row(columns), picker(columns)(row)).lastrowid
             except sqlite3.OperationalError as exc:
                 raise StoreError(f"{self.path}: {exc}") from exc
             assert rowid is not None

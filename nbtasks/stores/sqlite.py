@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from itertools import compress
+from collections.abc import Callable
 from operator import itemgetter, ne
 from pathlib import Path
 from typing import Any
@@ -173,9 +173,15 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     same columns (a batch with one set of options) share a statement. With `verb` "INSERT OR
     IGNORE" it folds intake rows: a run already in `runs` is newer there."""
     groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
+    last: tuple[bool, ...] | None = None
+    group: list[tuple[Any, ...]] = []
+    pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple
     for row in rows:
         columns = _intake.mask(row)
-        groups.setdefault(columns, []).append(tuple(compress(row, columns)))
+        if columns != last:  # a batch's rows most often all set the same columns
+            last, pick = columns, _intake.picker(columns)
+            group = groups.setdefault(columns, [])
+        group.append(pick(row))
     for columns, values in groups.items():
         insert_many(conn, _intake.fresh_template("runs", columns, verb), values)
 
