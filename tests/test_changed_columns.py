@@ -104,13 +104,14 @@ def test_a_missing_row_is_written_whole_even_when_nothing_changed(store: SQLiteS
 def test_runs_that_change_different_columns_in_one_commit(store: SQLiteStore) -> None:
     a, a_first, a_done = _queued_then_done(store)
     b, b_first, _ = _queued_then_done(store)
+    c, c_first, c_done = _queued_then_done(store)
     b.metadata = {"k": 1}
     b.priority = 5.0
     b_new = b.row()
-    store.write(WriteBatch(updates=[a_done, b_new], previous=[a_first, b_first]))
+    store.write(WriteBatch(updates=[a_done, b_new, c_done], previous=[a_first, b_first, c_first]))
     db = Path(store.path)
-    assert tuple(_row_on_disk(db, a.id)[c] for c in RUN_COLUMNS) == a_done
-    assert tuple(_row_on_disk(db, b.id)[c] for c in RUN_COLUMNS) == b_new
+    for run, row in ((a, a_done), (b, b_new), (c, c_done)):
+        assert tuple(_row_on_disk(db, run.id)[col] for col in RUN_COLUMNS) == row
 
 
 @pytest.mark.timeout(60)

@@ -240,13 +240,13 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     then written whole: an upsert of a row already written is harmless."""
     before = conn.total_changes
     groups: dict[tuple[bool, ...] | None, list[tuple[Any, ...]]] = {}
+    last: tuple[bool, ...] | bool | None = False  # no key is False: the first row starts one
+    group: list[tuple[Any, ...]] = []
     for row, prev in zip(rows, previous, strict=True):
         key = None if prev is None else tuple(map(ne, row, prev))
-        group = groups.get(key)
-        if group is None:
-            groups[key] = [row]
-        else:
-            group.append(row)
+        if key != last:  # a burst's runs most often changed the same columns
+            last, group = key, groups.setdefault(key, [])
+        group.append(row)
     for key, group in groups.items():
         sql, values = (_RUN_UPDATE, _UPDATE_VALUES) if key is None else _changed_update(key)
         insert_many(conn, sql, list(map(values, group)))
