@@ -78,6 +78,54 @@ async def _bare(n: int) -> None:
     await asyncio.gather(*(asyncio.create_task(noop(i)) for i in range(n)))
 
 
+class _Awaits:
+    """Stands in for a run handle: awaiting it awaits its future."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: asyncio.Future[None]) -> None:
+        self.future = future
+
+    def __await__(self) -> Iterator[None]:
+        yield from self.future.__await__()
+
+
+async def _gather_shape(n: int) -> None:
+    """What `trigger_async` + gather asks of asyncio itself, with nothing behind it: `n`
+    gathered calls, each waiting for a future that one callback resolves for the whole turn
+    (as the group commit does) and returning an awaitable; then a gather of those, each
+    waiting for a future resolved the same way (as the await group does)."""
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Future[None]] = []
+
+    def resolve_all() -> None:
+        ready = pending[:]
+        pending.clear()
+        for fut in ready:
+            fut.set_result(None)
+
+    def later() -> asyncio.Future[None]:
+        fut = loop.create_future()
+        pending.append(fut)
+        if len(pending) == 1:
+            loop.call_soon(resolve_all)
+        return fut
+
+    async def call(i: int) -> _Awaits:
+        await later()
+        return _Awaits(later())
+
+    handles = await asyncio.gather(*(call(i) for i in range(n)))
+    await asyncio.gather(*handles)
+
+
+def bare_gather_shape(n: int) -> Timing:
+    out: list[float] = []
+    with _clocks(out):
+        asyncio.run(_gather_shape(n))
+    return out[0], out[1]
+
+
 #: (wall seconds, process CPU seconds) of one measurement.
 Timing = tuple[float, float]
 
@@ -283,10 +331,11 @@ class Paths:
             (lambda: bare_asyncio(n), n), (lambda: bare_commits(loop_n, fresh()), loop_n),
             (lambda: schema_commits(loop_n, fresh()), loop_n), (lambda: batch_sql(n, fresh()), n),
             (lambda: nb_batch(n, fresh()), n),
-            (lambda: nb_async(n, fresh()), n), (lambda: nb_loop(loop_n, fresh()), loop_n)]
+            (lambda: nb_async(n, fresh()), n), (lambda: nb_loop(loop_n, fresh()), loop_n),
+            (lambda: bare_gather_shape(n), n)]
         rounds = [[fn() for fn, _ in measures] for _ in range(repeat)]
         (self.asyncio, self.commit, self.schema, self.sql, self.batch, self.async_,
-         self.loop) = (
+         self.loop, self.shape) = (
             _per((min(r[i][0] for r in rounds), min(r[i][1] for r in rounds)), count)
             for i, (_, count) in enumerate(measures))
 
@@ -597,6 +646,13 @@ def main() -> None:
             rows.append(("  the batch's SQLite alone ÷ bare asyncio (in CPU time)",
                          f"{quiet.sql[0] / quiet.asyncio[0]:.2f} "
                          f"({quiet.sql[1] / quiet.asyncio[1]:.2f})", "", ""))
+            # The gather style pays asyncio for two gathered tasks a run on top of a batch's
+            # work, whatever nbtasks does: the faster the batch, the higher this floor.
+            rows.append(("  asyncio's own cost of the gather style (two gathers, no runs), µs/run",
+                         f"{quiet.shape[0] * 1e6:.1f} ({quiet.shape[1] * 1e6:.1f})", "", ""))
+            rows.append(("  that ÷ batch: what it adds to gather ÷ batch, less any hidden by overlap",
+                         f"{quiet.shape[0] / quiet.batch[0]:.2f} "
+                         f"({quiet.shape[1] / quiet.batch[1]:.2f})", "", ""))
         if "wait" in only:
             first, again = finished_wait(n, fresh())
             rows.append(("handle.wait() on a finished run, first call, µs", f"{first:.2f}",
