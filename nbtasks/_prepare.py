@@ -91,10 +91,24 @@ class Prepared:
         self.priority = 0.0
 
 
+#: A definition's runs without options, outside a run: (definition, its Prepared), by the
+#: definition's id and machine. Shared by every such trigger (`new_run` only reads it).
+_PLAIN: dict[tuple[int, str | None], tuple[TaskDefinition, Prepared]] = {}
+
+
 def resolve(engine: Engine, defn: TaskDefinition, options: dict[str, Any],
             scope: AttemptScope | None, now: float, *, is_test: bool = False) -> Prepared:
     """Validate `options` (raising in the caller, naming the option) and resolve them."""
-    p = Prepared(defn.queue_name, defn.machine or engine.config.machine, is_test)
+    machine = defn.machine or engine.config.machine
+    if not options and scope is None and not is_test:  # a plain trigger: nothing to resolve
+        key = (id(defn), machine)
+        hit = _PLAIN.get(key)
+        if hit is None or hit[0] is not defn:
+            if len(_PLAIN) > 1024:
+                _PLAIN.clear()
+            hit = _PLAIN[key] = (defn, Prepared(defn.queue_name, machine, False))
+        return hit[1]
+    p = Prepared(defn.queue_name, machine, is_test)
     if options:
         o = parse_trigger_options(options, where=f"{defn.id}.trigger")
         p.options = True
