@@ -229,7 +229,7 @@ def batch_sql(n: int, path: str) -> Timing:
                 con.execute("COMMIT")
                 con.execute("BEGIN IMMEDIATE")
                 store._update_stored(con, final[i:i + 500], fresh[i:i + 500])
-                store.insert_many(con, store._ATTEMPT_UPSERT, attempts[i:i + 500])
+                store._insert_attempts(con, attempts[i:i + 500])
                 con.execute("COMMIT")
     finally:
         con.close()

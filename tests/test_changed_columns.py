@@ -4,7 +4,8 @@ SQLite's cost for an update grows with the columns it names, so the writer hands
 each run's last committed row beside its new one (`WriteBatch.previous`), and the SQLite store
 names only what differs. These tests read the file afresh: a column that changed is always
 there, one that did not is left alone, an unknown previous row means a whole update, and a row
-the store refused is never taken as the one on disk.
+the store refused is never taken as the one on disk. An attempt's row, likewise, names only the
+columns it sets, and replaces the attempt's earlier row whole.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 
 import nbtasks
 from nbtasks import Engine, RunStatus
-from nbtasks._runstate import RUN_COLUMNS, RunState, new_id
+from nbtasks._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, AttemptState, RunState, new_id
 from nbtasks.stores._base import WriteBatch
 from nbtasks.stores.sqlite import SQLiteStore
 
@@ -169,3 +170,27 @@ def test_a_refused_row_is_not_taken_for_the_one_on_disk(db_path: Path) -> None:
     assert "refused" in json.loads(row["error"])["message"]
     assert json.loads(row["tags"]) == ["changed"]
     assert row["machine"] == "report-\\udcff.csv"  # written escaped once refused
+
+
+@pytest.mark.timeout(30)
+def test_an_attempts_row_names_what_it_sets_and_replaces_the_earlier_row_whole(
+        store: SQLiteStore) -> None:
+    run, _, _ = _queued_then_done(store)
+    failing = AttemptState(1, 1001.0, "kernel", run.queue)
+    failing.finished_at, failing.status = 1002.0, "FAILED"
+    failing.error = {"type": "ValueError", "message": "bad", "traceback": ""}
+    store.write(WriteBatch(attempts=[failing.row(run.id)]))
+    # The same attempt written again without an error (its error columns left out of the
+    # statement): nothing of the earlier row may survive.
+    again = AttemptState(1, 1001.0, "kernel", run.queue)
+    again.finished_at, again.status = 1003.0, "COMPLETED"
+    started = AttemptState(2, 1004.0, "micro", run.queue)  # no end yet: fewer columns still
+    store.write(WriteBatch(attempts=[again.row(run.id), started.row(run.id)]))
+    con = sqlite3.connect(store.path)
+    try:
+        rows = con.execute(f"SELECT {', '.join(ATTEMPT_COLUMNS)} FROM attempts WHERE run_id = ? "
+                           "ORDER BY number", (run.id,)).fetchall()
+    finally:
+        con.close()
+    assert rows == [again.row(run.id), started.row(run.id)]
+    assert rows[0][7:] == (None, None, None)

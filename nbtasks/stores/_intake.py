@@ -53,8 +53,9 @@ _NONES = (None,) * len(RUN_COLUMNS)
 
 
 def mask(row: tuple[Any, ...]) -> tuple[bool, ...]:
-    """Which of a run row's columns are set: a new run leaves most of its 32 columns NULL,
-    and SQLite inserts a row a fifth faster when it isn't handed those NULLs."""
+    """Which of a row's columns are set (a run's, or any narrower row's): a new run leaves
+    most of its 32 columns NULL, and SQLite inserts a row a fifth faster when it isn't handed
+    those NULLs."""
     return tuple(map(is_not, row, _NONES))
 
 

@@ -172,6 +172,27 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     """New runs' rows, naming only the columns they set (`_intake.mask`). Rows setting the
     same columns (a batch with one set of options) share a statement. With `verb` "INSERT OR
     IGNORE" it folds intake rows: a run already in `runs` is newer there."""
+    _insert_set(conn, rows, lambda columns: _intake.fresh_template("runs", columns, verb))
+
+
+@functools.lru_cache(maxsize=64)
+def _attempt_template(columns: tuple[bool, ...]) -> str:
+    names = ", ".join(name for name, used in zip(ATTEMPT_COLUMNS, columns, strict=True) if used)
+    return f"INSERT OR REPLACE INTO attempts ({names}) VALUES {{values}}"
+
+
+def _insert_attempts(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """Attempts' rows, naming only the columns they set: a successful attempt leaves its three
+    error columns NULL, and its row goes in about a third faster without them (a replaced row's
+    columns left out are NULL all the same)."""
+    _insert_set(conn, rows, _attempt_template)
+
+
+def _insert_set(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
+                template: Callable[[tuple[bool, ...]], str]) -> None:
+    """Insert `rows` naming only the columns each sets: SQLite's cost for a row grows with the
+    values it is handed, NULLs included. Rows setting the same columns share a statement
+    (`template(columns)`)."""
     groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
     last: tuple[bool, ...] | None = None
     group: list[tuple[Any, ...]] = []
@@ -183,7 +204,7 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
             group = groups.setdefault(columns, [])
         group.append(pick(row))
     for columns, values in groups.items():
-        insert_many(conn, _intake.fresh_template("runs", columns, verb), values)
+        insert_many(conn, template(columns), values)
 
 
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
@@ -296,7 +317,7 @@ def _apply(conn: sqlite3.Connection, batch: WriteBatch,
                       "INSERT OR IGNORE")
     if updates:
         _update_stored(conn, updates, previous)
-    insert_many(conn, _ATTEMPT_UPSERT, batch.attempts)
+    _insert_attempts(conn, batch.attempts)
     insert_many(conn, _LOG_INSERT, batch.logs)
     if batch.waitpoints:
         conn.executemany(_WAITPOINT_UPSERT, batch.waitpoints)
