@@ -44,6 +44,11 @@ def _edit_behind(db: Path, sql: str, params: tuple[Any, ...]) -> None:
         con.close()
 
 
+def _retag_behind(db: Path, run_id: str) -> None:
+    """Somebody else changes a column a run's end does not change: its tags."""
+    _edit_behind(db, "UPDATE runs SET tags = ? WHERE id = ?", ('["edited"]', run_id))
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Any:
     s = SQLiteStore(str(tmp_path / ".nbtasks" / "runs.db"))
@@ -69,8 +74,7 @@ def _queued_then_done(store: SQLiteStore) -> tuple[RunState, tuple[Any, ...], tu
 def test_an_update_writes_what_changed_and_leaves_the_rest(store: SQLiteStore) -> None:
     run, first, done = _queued_then_done(store)
     db = Path(store.path)
-    # Somebody else changes a column this run's end does not change.
-    _edit_behind(db, "UPDATE runs SET tags = ? WHERE id = ?", ('["edited"]', run.id))
+    _retag_behind(db, run.id)
     store.write(WriteBatch(updates=[done], previous=[first]))
     row = _row_on_disk(db, run.id)
     assert (row["status"], row["attempt_count"], row["output"]) == ("COMPLETED", 1, "2")
@@ -82,13 +86,10 @@ def test_an_update_writes_what_changed_and_leaves_the_rest(store: SQLiteStore) -
 def test_an_update_without_its_previous_row_writes_every_column(store: SQLiteStore) -> None:
     run, _, done = _queued_then_done(store)
     db = Path(store.path)
-    _edit_behind(db, "UPDATE runs SET tags = ? WHERE id = ?", ('["edited"]', run.id))
-    store.write(WriteBatch(updates=[done], previous=[None]))
-    assert _row_on_disk(db, run.id)["tags"] == '["a"]'
-    # `previous` left short: the same as unknown.
-    _edit_behind(db, "UPDATE runs SET tags = ? WHERE id = ?", ('["edited"]', run.id))
-    store.write(WriteBatch(updates=[done]))
-    assert _row_on_disk(db, run.id)["tags"] == '["a"]'
+    for previous in ([None], []):  # unknown, or left short: the same
+        _retag_behind(db, run.id)
+        store.write(WriteBatch(updates=[done], previous=previous))
+        assert _row_on_disk(db, run.id)["tags"] == '["a"]'
 
 
 @pytest.mark.timeout(30)
