@@ -60,10 +60,12 @@ def mask(row: tuple[Any, ...]) -> tuple[bool, ...]:
 
 
 @functools.lru_cache(maxsize=256)
-def fresh_template(table: str, columns: tuple[bool, ...], verb: str = "INSERT") -> str:
-    """An insert naming only the `columns` set (see `mask`); `{values}` left to fill."""
-    names = ", ".join(name for name, used in zip(RUN_COLUMNS, columns, strict=True) if used)
-    return f"{verb} INTO {table} ({names}) VALUES {{values}}"
+def fresh_template(table: str, columns: tuple[bool, ...], verb: str = "INSERT",
+                   names: tuple[str, ...] = RUN_COLUMNS) -> str:
+    """An insert naming only the `columns` set (see `mask`) of a table whose columns are
+    `names` (a run's, unless told); `{values}` left to fill."""
+    used = ", ".join(name for name, on in zip(names, columns, strict=True) if on)
+    return f"{verb} INTO {table} ({used}) VALUES {{values}}"
 
 
 @functools.lru_cache(maxsize=256)

@@ -14,10 +14,10 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from operator import itemgetter, ne
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .._errors import StoreError
 from .._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS
@@ -27,6 +27,7 @@ from ._base import Refused, Store, WriteBatch
 from ._bulk import insert_many, multi_sql
 
 _log = logging.getLogger("nbtasks")
+K = TypeVar("K")
 
 SCHEMA_VERSION = 5
 _FINAL_SQL = (
@@ -138,6 +139,8 @@ _RUN_UPSERT = (
 _FIXED = frozenset({"id", "task_id", "payload", "created_at", "parent_id", "root_id",
                     "batch_id", "is_test", "idempotency_key", "replayed_from"})
 _UPDATED = tuple(i for i, c in enumerate(RUN_COLUMNS) if c not in _FIXED)
+
+
 def _update_template(columns: tuple[int, ...]) -> str:
     """An update of `columns` (indexes into RUN_COLUMNS) from rows of (id, *those values)."""
     return ("UPDATE runs SET "
@@ -163,6 +166,8 @@ def _changed_update(changed: tuple[bool, ...]) -> tuple[str, itemgetter[tuple[An
     that it is still counted (a missing row is caught by the count)."""
     columns = tuple(i for i in _UPDATED if changed[i]) or (_STATUS,)
     return _update_template(columns), itemgetter(0, *columns)
+
+
 #: An intake row into `runs`, unless its run is there already (then with a newer state).
 _FOLD = f"INSERT OR IGNORE INTO runs ({', '.join(RUN_COLUMNS)}) VALUES {{values}}"
 _ATTEMPT_UPSERT = f"INSERT OR REPLACE INTO attempts ({', '.join(ATTEMPT_COLUMNS)}) VALUES {{values}}"
@@ -175,17 +180,12 @@ def _insert_fresh(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     _insert_set(conn, rows, lambda columns: _intake.fresh_template("runs", columns, verb))
 
 
-@functools.lru_cache(maxsize=64)
-def _attempt_template(columns: tuple[bool, ...]) -> str:
-    names = ", ".join(name for name, used in zip(ATTEMPT_COLUMNS, columns, strict=True) if used)
-    return f"INSERT OR REPLACE INTO attempts ({names}) VALUES {{values}}"
-
-
 def _insert_attempts(conn: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
     """Attempts' rows, naming only the columns they set: a successful attempt leaves its three
     error columns NULL, and its row goes in about a third faster without them (a replaced row's
     columns left out are NULL all the same)."""
-    _insert_set(conn, rows, _attempt_template)
+    _insert_set(conn, rows, lambda columns: _intake.fresh_template(
+        "attempts", columns, "INSERT OR REPLACE", ATTEMPT_COLUMNS))
 
 
 def _insert_set(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
@@ -193,18 +193,25 @@ def _insert_set(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     """Insert `rows` naming only the columns each sets: SQLite's cost for a row grows with the
     values it is handed, NULLs included. Rows setting the same columns share a statement
     (`template(columns)`)."""
-    groups: dict[tuple[bool, ...], list[tuple[Any, ...]]] = {}
-    last: tuple[bool, ...] | None = None
+    for columns, group in _grouped(rows, map(_intake.mask, rows)).items():
+        insert_many(conn, template(columns), list(map(_intake.picker(columns), group)))
+
+
+_NO_KEY = object()
+
+
+def _grouped(rows: list[tuple[Any, ...]], keys: Iterable[K]) -> dict[K, list[tuple[Any, ...]]]:
+    """`rows` by their `keys` (in step with them), each group in its rows' order. A key is
+    compared with the last row's before it is hashed: a burst's rows most often share one (a
+    batch's new runs set the same columns; their ends change the same ones)."""
+    groups: dict[K, list[tuple[Any, ...]]] = {}
+    last: object = _NO_KEY
     group: list[tuple[Any, ...]] = []
-    pick: Callable[[tuple[Any, ...]], tuple[Any, ...]] = tuple
-    for row in rows:
-        columns = _intake.mask(row)
-        if columns != last:  # a batch's rows most often all set the same columns
-            last, pick = columns, _intake.picker(columns)
-            group = groups.setdefault(columns, [])
-        group.append(pick(row))
-    for columns, values in groups.items():
-        insert_many(conn, template(columns), values)
+    for row, key in zip(rows, keys, strict=True):
+        if key != last:
+            last, group = key, groups.setdefault(key, [])
+        group.append(row)
+    return groups
 
 
 WAITPOINT_COLUMNS = ("id", "run_id", "kind", "status", "created_at", "resume_at", "timeout_at",
@@ -260,15 +267,9 @@ def _update_stored(conn: sqlite3.Connection, rows: list[tuple[Any, ...]],
     edited behind the engine's back) is caught by the count of changed rows, and the rows are
     then written whole: an upsert of a row already written is harmless."""
     before = conn.total_changes
-    groups: dict[tuple[bool, ...] | None, list[tuple[Any, ...]]] = {}
-    last: tuple[bool, ...] | bool | None = False  # no key is False: the first row starts one
-    group: list[tuple[Any, ...]] = []
-    for row, prev in zip(rows, previous, strict=True):
-        key = None if prev is None else tuple(map(ne, row, prev))
-        if key != last:  # a burst's runs most often changed the same columns
-            last, group = key, groups.setdefault(key, [])
-        group.append(row)
-    for key, group in groups.items():
+    changed = (None if prev is None else tuple(map(ne, row, prev))
+               for row, prev in zip(rows, previous, strict=True))
+    for key, group in _grouped(rows, changed).items():
         sql, values = (_RUN_UPDATE, _UPDATE_VALUES) if key is None else _changed_update(key)
         insert_many(conn, sql, list(map(values, group)))
     if conn.total_changes - before != len(rows):
