@@ -31,6 +31,14 @@ Sections (`--only`):
             holds the store's write lock (its commits into the store's own file); then the same
             for an N-run batch burst, whose cell and writer take turns at the store's lock,
             beside the engine thread's CPU. Not part of the default run.
+  design    what two other designs would give (no target; not part of the default run): the
+            SQLite a batch run needs, on a thread beside another running Python, ÷ alone, and
+            the work both threads do ÷ one thread doing it in turn (threads can't overlap SQLite
+            with the engine's Python: sqlite3 takes the GIL back after every statement); and
+            the batch with its commits made by a child process (`child_writer.py`, a sketch
+            with none of the failure handling a store needs): wall, the kernel's CPU and the
+            child's, and what that CPU allows at best, pipelined perfectly, with two cores
+            (side by side) and with one (in turn, as with a CPU-burning neighbour)
 
 Beside the batch, the `paths` section times the SQLite statements a no-op batch run needs on
 their own (its row's insert with its batch, its final row and its attempt's row, with the
@@ -64,8 +72,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import nbtasks
+from nbtasks.stores import Store
 
-SECTIONS = ("paths", "wait", "stall", "gc", "neighbour", "big", "lock")
+SECTIONS = ("paths", "wait", "stall", "gc", "neighbour", "big", "lock", "design")
 
 
 # ---------------------------------------------------------------- baselines
@@ -200,6 +209,15 @@ def batch_sql(n: int, path: str) -> Timing:
 
     Uses the store's own statements (`nbtasks.stores.sqlite`, internal) on a store made by
     the engine, so the figure moves with the schema."""
+    write = _batch_sql(n, path)
+    out: list[float] = []
+    with _clocks(out):
+        write()
+    return out[0], out[1]
+
+
+def _batch_sql(n: int, path: str) -> Callable[[], None]:
+    """`batch_sql`'s statements, ready to run once: a new store at `path`, its rows built."""
     from nbtasks._runstate import AttemptState, RunState, new_id
     from nbtasks._status import RunStatus
     from nbtasks.stores import sqlite as store
@@ -218,11 +236,11 @@ def batch_sql(n: int, path: str) -> Timing:
         run.status, run.attempt_count, run.output_json = RunStatus.COMPLETED, 1, "null"
         run.started_at = run.finished_at = run.updated_at = now
         final.append(run.row())
-    con = sqlite3.connect(path, isolation_level=None)
-    out: list[float] = []
-    try:
-        con.execute("PRAGMA synchronous = NORMAL")
-        with _clocks(out):
+
+    def write() -> None:
+        con = sqlite3.connect(path, isolation_level=None)
+        try:
+            con.execute("PRAGMA synchronous = NORMAL")
             for i in range(0, n, 500):
                 con.execute("BEGIN IMMEDIATE")
                 store._insert_fresh(con, fresh[i:i + 500])
@@ -231,9 +249,75 @@ def batch_sql(n: int, path: str) -> Timing:
                 store._update_stored(con, final[i:i + 500], fresh[i:i + 500])
                 store._insert_attempts(con, attempts[i:i + 500])
                 con.execute("COMMIT")
+        finally:
+            con.close()
+
+    return write
+
+
+def _python_work() -> int:
+    """A slice of pure-Python work (as the engine loop's is), about a millisecond here."""
+    total = 0
+    for i in range(20_000):
+        total += i & 7
+    return total
+
+
+def sqlite_beside_python(n: int, path: str, seconds: float = 0.5) -> tuple[float, float]:
+    """What two threads get done when one runs `batch_sql`'s statements and the other pure
+    Python, as the writer's and the engine loop's do in a burst. Returns (the statements' time
+    beside the Python ÷ alone; the work both threads did together ÷ the time one thread takes
+    to do the same work in turn). The second is 2 if the threads overlapped fully and 1 if a
+    second thread gained nothing: sqlite3 lets the GIL go while SQLite works, but takes it back
+    after every statement, and waits for the busy thread to give it up (up to the switch
+    interval, 5 ms) while SQLite stands idle."""
+    done = threading.Event()
+    slices = [0]
+
+    def python() -> None:
+        while not done.is_set():
+            _python_work()
+            slices[0] += 1
+
+    t = time.perf_counter()  # the Python's pace alone, on the calling thread
+    alone_slices = 0
+    while time.perf_counter() - t < seconds:
+        _python_work()
+        alone_slices += 1
+    per_slice = (time.perf_counter() - t) / alone_slices
+    sql_alone = batch_sql(n, path + "-alone")[0]
+    write = _batch_sql(n, path)
+    spinner = threading.Thread(target=python)
+    spinner.start()
+    try:
+        time.sleep(0.05)
+        before = slices[0]
+        t = time.perf_counter()
+        write()
+        beside = time.perf_counter() - t
+        python_done = slices[0] - before
     finally:
-        con.close()
-    return out[0], out[1]
+        done.set()
+        spinner.join()
+    return beside / sql_alone, (sql_alone + python_done * per_slice) / beside
+
+
+def nb_batch_child(n: int, path: str) -> tuple[float, float, float]:
+    """`nb_batch` on a store whose commits a child process makes (`child_writer`, a sketch):
+    wall seconds, the kernel's CPU seconds, and the child's CPU seconds in that time."""
+    from child_writer import ChildWriterStore
+
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    store = ChildWriterStore(path)
+    eng, task = _engine(path, store=store)
+    try:
+        child = store.child_cpu()
+        out: list[float] = []
+        with _clocks(out):
+            _batch_body(n)(task)
+        return out[0], out[1], store.child_cpu() - child
+    finally:
+        eng.close()
 
 
 @contextmanager
@@ -251,8 +335,9 @@ def cpu_neighbour() -> Iterator[None]:
 # ---------------------------------------------------------------- nbtasks paths
 
 
-def _engine(path: str, defer_gc: bool = True) -> tuple[nbtasks.Engine, nbtasks.Task[int, None]]:
-    eng = nbtasks.Engine(store=path, concurrency_limit=1000, defer_gc=defer_gc)
+def _engine(path: str, defer_gc: bool = True, store: Store | None = None
+            ) -> tuple[nbtasks.Engine, nbtasks.Task[int, None]]:
+    eng = nbtasks.Engine(store=store or path, concurrency_limit=1000, defer_gc=defer_gc)
 
     async def noop(payload: int, ctx: object) -> None:
         return None
@@ -606,7 +691,8 @@ def main() -> None:
     parser.add_argument("--loop-n", type=int, default=2000,
                         help="trigger() calls per loop measurement (default 2,000)")
     parser.add_argument("--repeat", type=int, default=2, help="best of this many (default 2)")
-    parser.add_argument("--only", default=",".join(s for s in SECTIONS if s != "lock"),
+    parser.add_argument("--only", default=",".join(s for s in SECTIONS
+                                                     if s not in ("lock", "design")),
                         help=f"comma-separated sections: {', '.join(SECTIONS)}")
     parser.add_argument("--big-runs", type=int, default=1_000_000)
     args = parser.parse_args()
@@ -745,6 +831,37 @@ def main() -> None:
                      f"{sum(store_lock.waits.get(name, [])) * us:.1f}", "", ""),
                 ]
             rows.append(("  the engine thread's CPU, µs/run", f"{engine_cpu * us:.1f}", "", ""))
+        if "design" in only:
+            slower, together = sqlite_beside_python(n, fresh())
+            rows.append(("the SQLite a batch run needs, beside a thread running Python ÷ alone",
+                         f"{slower:.2f}", "", ""))
+            rows.append(("  the work of both threads ÷ the time one thread takes for it in turn",
+                         f"{together:.2f}", "", ""))
+            bare, own, child = [], [], []
+            for _ in range(args.repeat):  # alternated, best of each
+                bare.append(bare_asyncio(n))
+                own.append(nb_batch(n, fresh()))
+                child.append(nb_batch_child(n, fresh()))
+            asyncio_, batch, sketch = (min(t, key=lambda x: x[0]) for t in (bare, own, child))
+            us = 1e6 / n
+            rows += [
+                ("bare asyncio, µs/run (CPU µs/run)",
+                 f"{asyncio_[0] * us:.1f} ({asyncio_[1] * us:.1f})", "", ""),
+                ("batch_trigger x500 + wait, µs/run (CPU µs/run)",
+                 f"{batch[0] * us:.1f} ({batch[1] * us:.1f})", "", ""),
+                ("  ÷ bare asyncio (in CPU time)",
+                 f"{batch[0] / asyncio_[0]:.2f} ({batch[1] / asyncio_[1]:.2f})", "", ""),
+                ("the same, commits made by a child process (a sketch), µs/run (the kernel's "
+                 "CPU µs/run)", f"{sketch[0] * us:.1f} ({sketch[1] * us:.1f})", "", ""),
+                ("  the child's CPU, µs/run", f"{sketch[2] * us:.1f}", "", ""),
+                ("  ÷ bare asyncio (in the kernel's CPU time)",
+                 f"{sketch[0] / asyncio_[0]:.2f} ({sketch[1] / asyncio_[1]:.2f})", "", ""),
+                # Pipelined perfectly, the kernel and the child would run side by side on two
+                # cores (the busier sets the pace), and in turn on one (with a neighbour).
+                ("  its CPU bound ÷ bare asyncio: the kernel's and the child's side by side / "
+                 "in turn", f"{max(sketch[1], sketch[2]) / asyncio_[1]:.2f} / "
+                 f"{(sketch[1] + sketch[2]) / asyncio_[1]:.2f}", "", ""),
+            ]
     print()
     _table(rows)
 
