@@ -14,8 +14,10 @@ still goes to the intake in the kernel, and reads still use the kernel's own con
 
 What it leaves out, and a real design would need: a reply lost after the child committed (its
 resend must be idempotent), a child that dies or runs out of memory, a batch the store refuses
-row by row, the start-up cost of a process per engine, and every durability test. So it is a
-bound on what the design could give on this machine, not a candidate to ship.
+row by row, the start-up cost of a process per engine, and every durability test; and it sends
+one commit at a time, answered before the next is sent, where a real one would pipeline them (the
+section prints what that could give at best). So it measures the design, and is not a candidate
+to ship.
 """
 
 from __future__ import annotations
