@@ -13,7 +13,7 @@ import asyncio
 import itertools
 import threading
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, TypeVar
 
@@ -353,8 +353,6 @@ class Scheduler:
             return
         defn = self._plain_defn(run)
         if defn is not None:
-            # A generator, not a coroutine: the Task drives it directly, one frame fewer on
-            # every step of the body.
             run.attempt_task = asyncio.Task(self._plain_attempt(run, defn), loop=self.loop)
         else:
             run.attempt_task = self.loop.create_task(self._attempt(run))
@@ -477,13 +475,16 @@ class Scheduler:
             return
         self.complete_attempt(run, attempt, outcome)
 
-    def _plain_attempt(self, run: RunState, defn: TaskDefinition) -> Generator[Any, Any, None]:
-        """`_attempt` for a plain task (see `_plain_defn`), driven by its Task as a generator.
+    async def _plain_attempt(self, run: RunState, defn: TaskDefinition) -> None:
+        """`_attempt` for a plain task (see `_plain_defn`).
 
         The same lifecycle as `nbtasks._lifecycle` gives a task without hooks (its failure
         path is that module's own), minus what such a task doesn't need: no plan, no
         executor, no hook lookups, no outcome object on success, no coroutine per layer. The
         body's steps are timed for the loop-block warning as any async body's are.
+
+        A coroutine, not a bare generator: Python 3.12's asyncio refuses a generator as a
+        Task's coroutine (TypeError), and `await` delegates as directly as `yield from` did.
         """
         attempt, scope, timer = self._begin(run, defn)
         token = CURRENT.set(scope)
@@ -495,16 +496,15 @@ class Scheduler:
                 body = defn.run(payload, scope.ctx)
                 watch = self.watch
                 if watch.threshold > 0:
-                    output = yield from timed_steps(body, watch, scope)
+                    output = await timed_steps(body, watch, scope)
                 else:
-                    output = yield from body.__await__()
+                    output = await body
                 output_json = "null" if output is None else output_json_of(defn.id, output)
             except Exception as err:
                 plan = AttemptPlan(defn, run.payload_json, scope.ctx,
                                    self.retry_options(defn, run), self.config.hooks,
                                    self.clock.now)
-                outcome = yield from failed(plan, scope, self._call_sync, payload,
-                                            err).__await__()
+                outcome = await failed(plan, scope, self._call_sync, payload, err)
         except asyncio.CancelledError:
             if run.status in FINAL:
                 return  # cancelled or timed out: the run already ended

@@ -88,13 +88,16 @@ def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
     """An async task with no hooks is driven by its own Task, with no executor or lifecycle
     coroutine between: a task with a hook still goes through them. The body still runs as an
     asyncio task of its own, so TaskGroup and asyncio.timeout work in it, and its logs land
-    on its run."""
+    on its run. That task drives a real coroutine: Python 3.12's asyncio refuses a bare
+    generator as a Task's coroutine, so a generator here would fail every plain run there."""
     import asyncio
+    import inspect
 
     import nbtasks
     from nbtasks.executors.inline import InlineExecutor
 
     executed: list[str] = []
+    drives: list[bool] = []
     real = InlineExecutor.execute
 
     async def counted(self: InlineExecutor, plan: Any, scope: Any) -> Any:
@@ -105,6 +108,8 @@ def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
 
     @engine.task(id="bare")
     async def bare(payload: int, ctx: Any) -> int:
+        task = asyncio.current_task()
+        drives.append(task is not None and inspect.iscoroutine(task.get_coro()))
         async with asyncio.timeout(5), asyncio.TaskGroup() as group:
             child = group.create_task(asyncio.sleep(0, payload + 1))
         nbtasks.logger.info("done", value=child.result())
@@ -116,7 +121,7 @@ def test_a_plain_task_runs_without_the_executor_and_its_body_is_a_task(
 
     assert bare.trigger(1).wait(timeout=10).output == 2
     assert hooked.trigger(3).wait(timeout=10).output == 3
-    assert executed == ["hooked"]
+    assert executed == ["hooked"] and drives == [True]
     (run,) = engine.runs.list(task_id="bare")
     logs = engine.runs.logs(run.id)
     assert logs.message.tolist() == ["done"] and logs.attributes.tolist() == [{"value": 2}]
