@@ -157,3 +157,19 @@ def test_trigger_by_id_from_a_worker_reaches_the_engine_of_the_run(
         return (await nbtasks.tasks.trigger_and_wait("target", 7)).output
 
     assert caller.trigger(None).wait(timeout=30).output == "target got 7"
+
+
+def test_a_worker_body_may_open_with_a_timeout_and_a_task_group(
+        process_engine: MakeEngine) -> None:
+    """Both need a current task from the body's first step: a real worker process gives it
+    one, as the kernel's loop does."""
+    eng = process_engine(max_workers=1)
+
+    @eng.task(id="grouped", machine="micro")
+    async def grouped(payload: int, ctx: Any) -> int:
+        async with asyncio.timeout(5), asyncio.TaskGroup() as group:
+            child = group.create_task(asyncio.sleep(0, payload + 1))
+        return child.result()
+
+    result = grouped.trigger(2).wait(timeout=30)
+    assert (result.status, result.output) == (RunStatus.COMPLETED, 3), result.error

@@ -1,5 +1,6 @@
-"""A pool worker runs an attempt's first step by hand and hands the rest to a task only if it
-awaits (`_worker.PipeChannel.attempt`): both ways must look like one task driving it."""
+"""A pool worker drives an attempt's coroutine on a task of its own (`_worker.PipeChannel.attempt`),
+as the kernel's loop does: an async body that opens with `asyncio.timeout` or a TaskGroup needs
+a current task, its context stays its own, cancels reach it, and what it starts gets a turn."""
 
 from __future__ import annotations
 
@@ -35,12 +36,26 @@ async def _no_await() -> dict[str, Any]:
     return {"loop": asyncio.get_running_loop(), "task": asyncio.current_task()}
 
 
-def test_an_attempt_that_never_awaits_finishes_in_its_first_step(channel: PipeChannel) -> None:
+def test_an_attempt_that_never_awaits_runs_in_a_task_of_its_own(channel: PipeChannel) -> None:
     out = channel.attempt(_no_await())
-    assert out["loop"] is channel.loop  # the loop is visible to it, as under a task
-    assert out["task"] is None  # no task was made for it
+    assert out["loop"] is channel.loop
+    assert isinstance(out["task"], asyncio.Task)
     assert SEEN.get() == "unset"  # what it set stayed in its own context
     assert asyncio.events._get_running_loop() is None
+
+
+async def _opens_with_a_timeout_and_a_group() -> int:
+    async with asyncio.timeout(5):
+        async with asyncio.TaskGroup() as group:
+            child = group.create_task(asyncio.sleep(0, 3))
+    return await asyncio.wait_for(asyncio.sleep(0, child.result() + 1), 5)
+
+
+def test_an_attempt_may_open_with_a_timeout_a_task_group_and_wait_for(
+        channel: PipeChannel) -> None:
+    """Each needs a current task from the first step on: hand-stepped, the first raised
+    "Timeout should be used inside a task" (and wait_for does too on Python 3.12+)."""
+    assert channel.attempt(_opens_with_a_timeout_and_a_group()) == 4
 
 
 async def _awaits(failing: asyncio.Future[None]) -> dict[str, Any]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import contextvars
 import ctypes
 import itertools
 import json
@@ -36,7 +35,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Coroutine, Generator
+from collections.abc import Coroutine
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -178,27 +177,13 @@ class PipeChannel:
     def attempt(self, coro: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         """Run one attempt's coroutine (the loop reads replies once it makes a request).
 
-        Its first step runs here, directly, with the loop set as the running one: a sync body
-        (run on this thread, see `InlineSync`) finishes in it without awaiting anything, and
-        then the attempt costs no task and no turn of the loop. Should it await something, a
-        task on the loop drives the rest (`_Rest`), in the same context.
+        On a task of its own, as on the kernel's loop: an async body that opens with
+        `asyncio.timeout`, a TaskGroup or (Python 3.12+) `asyncio.wait_for` needs a current
+        task, and stepping the coroutine by hand left it none ("Timeout should be used inside
+        a task").
         """
-        context = contextvars.copy_context()
         try:
-            asyncio.events._set_running_loop(self.loop)
-            try:
-                first = context.run(coro.send, None)
-            except StopIteration as stop:
-                asyncio.events._set_running_loop(None)
-                if self.watching or getattr(self.loop, "_ready", None):
-                    # It left work for the loop (a reader for its request's reply, a task it
-                    # started): one turn, as the turn that ended its task used to give them.
-                    self.loop.run_until_complete(asyncio.sleep(0))
-                return stop.value  # type: ignore[no-any-return]
-            finally:
-                asyncio.events._set_running_loop(None)
-            task = self.loop.create_task(_rest(coro, first), context=context)
-            return self.loop.run_until_complete(task)
+            return self.loop.run_until_complete(self.loop.create_task(coro))
         finally:
             if self.watching:
                 self.watching = False
@@ -210,38 +195,6 @@ class PipeChannel:
             if self.stopping or not self._recv(None):
                 return None
         return self.queue.popleft()
-
-
-class _Rest:
-    """Awaits the rest of a coroutine that was stepped once by hand and yielded `first`: what
-    it yields goes to the task driving this, and what the task sends or throws (a result, a
-    CancelledError) goes back into it, as if the task had driven it from the start."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], first: Any) -> None:
-        self.coro = coro
-        self.first = first
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, out = self.coro, self.first
-        while True:
-            value, error = None, None
-            try:
-                value = yield out
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # thrown in by the task (a cancel): pass it on
-                error = exc
-            try:
-                out = coro.send(value) if error is None else coro.throw(error)
-            except StopIteration as stop:
-                return stop.value
-
-
-async def _rest(coro: Coroutine[Any, Any, Any], first: Any) -> Any:
-    return await _Rest(coro, first)
 
 
 def cores_for(cpu: float, available: list[int], offset: int) -> list[int]:
