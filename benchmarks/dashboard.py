@@ -244,6 +244,7 @@ def index_cost(n: int, repeat: int) -> dict[str, float]:
     the store's own write path in batches of 64 (a group commit's size under load), with the
     schema's sort indexes and with them dropped: what those indexes cost the run path."""
     import sqlite3
+    from contextlib import closing
 
     from nbtasks._runstate import RunState, new_id
     from nbtasks._status import RunStatus
@@ -253,7 +254,7 @@ def index_cost(n: int, repeat: int) -> dict[str, float]:
         store = SQLiteStore(path)
         store.open()
         if drop:
-            with sqlite3.connect(path) as conn:
+            with closing(sqlite3.connect(path)) as conn, conn:
                 conn.execute("DROP INDEX runs_sort_started")
                 conn.execute("DROP INDEX runs_sort_duration")
         now = time.time()

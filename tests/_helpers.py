@@ -6,6 +6,7 @@ import asyncio
 import shutil
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,6 @@ class Gate:
 def rows(eng: Engine, db_path: Path) -> dict[str, int]:
     """Row counts per table, read from the file once the engine's writer has caught up."""
     eng.runs.count()  # waits for the writer
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         return {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
                 for t in ("runs", "attempts", "logs", "waitpoints")}

@@ -6,6 +6,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -160,7 +161,7 @@ def test_store_is_a_real_sqlite_file_of_json_without_pickles(engine: Engine,
     handle.wait(timeout=10)
     engine.runs.retrieve(handle.id)  # pending writes have landed
     assert db_path.exists() and db_path.read_bytes()[:16] == b"SQLite format 3\x00"
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         row = conn.execute("SELECT payload, output, tags, metadata, error, status FROM runs "
                            "WHERE id=?", (handle.id,)).fetchone()
         assert json.loads(row[0]) == {"rows": [1, 2, {"a": None}]}

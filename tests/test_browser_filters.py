@@ -14,6 +14,7 @@ import json
 import re
 import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def facts(page: Any, lab: tuple[str, str, Path]) -> dict[str, Any]:
 
 
 def _sql(facts: dict[str, Any], sql: str, *params: Any) -> list[Any]:
-    with sqlite3.connect(f"file:{facts['db']}?mode=ro", uri=True) as conn:
+    with closing(sqlite3.connect(f"file:{facts['db']}?mode=ro", uri=True)) as conn, conn:
         return [r[0] for r in conn.execute(sql, params)]
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +72,7 @@ def _orphan(path: str, started: float, last_words: float) -> None:
     store.open()
     store.write(WriteBatch(runs=[orphan.row()], attempts=[attempt.row("run_orphan")]))
     store.close()
-    with sqlite3.connect(path) as con:
+    with closing(sqlite3.connect(path)) as con, con:
         con.execute("INSERT INTO logs (run_id, ts, level, message, attributes) VALUES "
                     "(?, ?, 'INFO', 'still going', NULL)", ("run_orphan", last_words))
 

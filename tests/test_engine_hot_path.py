@@ -173,7 +173,9 @@ def test_a_queued_run_costs_the_garbage_collector_few_objects(engine: Engine) ->
     per_run = (len(gc.get_objects()) - before) / 2000
     queued = [o for o in gc.get_objects() if type(o) is RunState]
     assert len(queued) >= 2000
-    assert per_run <= 4.2, per_run
+    # 4.15 on Python 3.11, 4.3 on 3.13 (which leaves a few more of the engine's small tuples
+    # tracked): one object more per run would be 5.
+    assert per_run <= 4.5, per_run
     engine.queues.resume("task/held")
     for batch in batches:
         assert all(r.ok for r in batch.wait(timeout=30))

@@ -300,11 +300,12 @@ def test_a_queued_run_is_in_no_sort_index_until_it_starts_or_ends(store: SQLiteS
     """The sort indexes are partial: a new run's insert (the trigger path) writes neither; a run
     enters them when it starts, or when it ends without starting."""
     import sqlite3
+    from contextlib import closing
     queued, started, dropped = (_run(NOW, RunStatus.QUEUED),
                                 _run(NOW, RunStatus.EXECUTING, started=NOW + 1),
                                 _run(NOW, RunStatus.CANCELED))
     write(store, [queued, started, dropped])
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         for index in ("runs_sort_started", "runs_sort_duration"):
             # a read forced through the index visits exactly the entries it holds
             held = {r[0] for r in conn.execute(

@@ -306,9 +306,10 @@ def test_a_reader_waits_for_a_lock_like_the_store_does(tmp_path: Path) -> None:
     another process holds an exclusive lock on a rollback-journal file and lets go when told."""
     import sqlite3
     import threading
+    from contextlib import closing
 
     path = tmp_path / "locked.db"
-    with sqlite3.connect(path) as setup:
+    with closing(sqlite3.connect(path)) as setup, setup:
         setup.execute("CREATE TABLE t (x)")
         setup.execute("INSERT INTO t VALUES (1), (2)")
     setup.close()

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,7 @@ def test_a_script_without_a_main_guard_runs_once(tmp_path: Path) -> None:
     assert done.stdout.split() == ["42", "43"]
     assert "Traceback" not in done.stderr and "bootstrapping" not in done.stderr, done.stderr
     assert len((tmp_path / "side-effects.txt").read_text().split()) == 1
-    with sqlite3.connect(f"file:{tmp_path / 'runs.db'}?mode=ro", uri=True) as db:
+    with closing(sqlite3.connect(f"file:{tmp_path / 'runs.db'}?mode=ro", uri=True)) as db, db:
         statuses = [s for (s,) in db.execute("SELECT status FROM runs")]
     assert sorted(statuses) == ["COMPLETED"] * 4
 

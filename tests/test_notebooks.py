@@ -15,6 +15,7 @@ import re
 import sqlite3
 import sys
 import tomllib
+from contextlib import closing
 from pathlib import Path
 from typing import NamedTuple
 
@@ -113,7 +114,7 @@ def test_each_notebook_keeps_its_own_history(passes: Passes
     for stem, tasks in OWN_STORE.items():
         store = passes.folder / ".nbtasks" / f"{stem}.db"
         assert store.exists(), store
-        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+        with closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db, db:
             seen = {row[0] for row in db.execute("SELECT DISTINCT task_id FROM runs")}
         assert seen == tasks, (stem, seen)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,8 @@ def test_a_v1_file_is_migrated_and_keeps_its_history(tmp_path: Path) -> None:
         assert (sched.id, sched.cron, sched.updated_at) == ("sched_old", "0 * * * *", None)
         # New writes use the new columns.
         eng.task(id="new", run=lambda p, ctx: p).trigger(1).wait(timeout=10)
-    columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
+    with closing(sqlite3.connect(db)) as con:
+        columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
     assert {"recovery", "replayed_from"} <= columns
 
 
@@ -172,5 +174,6 @@ def test_a_failed_migration_changes_nothing(tmp_path: Path,
     with pytest.raises(sqlite3.OperationalError):
         SQLiteStore(db).open()
     assert _user_version(db) == 1
-    columns = {r[1] for r in sqlite3.connect(db).execute("PRAGMA table_info(runs)")}
+    with closing(sqlite3.connect(db)) as con:
+        columns = {r[1] for r in con.execute("PRAGMA table_info(runs)")}
     assert "recovery" not in columns  # the whole step rolled back

@@ -434,6 +434,7 @@ class SQLiteStore:
         else:
             target = path.as_uri() + "?mode=rw"
             name = self.path if str(path) == self._abs else str(path)
+        conn: sqlite3.Connection | None = None
         try:
             conn = sqlite3.connect(target, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False, uri=not self.memory)
@@ -446,6 +447,8 @@ class SQLiteStore:
             if not self.memory:
                 conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
+            if conn is not None:  # not a database, or locked: let its file handle go now
+                conn.close()
             raise StoreError(f"{name}: {exc}") from exc
         return conn
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ FAR = 6e12  # epoch seconds in the year 192,102: what `delay="9999999w"` used to
 
 def insert_like(db_path: Path, template_id: str, **changes: Any) -> None:
     """Copy an existing run row with some columns changed (the file's own schema)."""
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         cursor = conn.execute("SELECT * FROM runs WHERE id = ?", (template_id,))
         cols = [d[0] for d in cursor.description]
         row = dict(zip(cols, cursor.fetchone(), strict=True))
@@ -57,7 +58,7 @@ def poisoned(db_path: Path) -> tuple[Path, list[str]]:
         good.append(eng.runs.list(limit=1)[0].id)
     for run_id, changes in POISON.items():
         insert_like(db_path, good[-1], id=run_id, **changes)
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute("UPDATE attempts SET started_at = ? WHERE run_id = ?", (FAR, good[0]))
     return db_path, good
 
@@ -114,7 +115,7 @@ def test_list_tokens_shows_odd_rows_instead_of_failing(db_path: Path) -> None:
     with Engine(store=str(db_path)) as eng:
         good = eng.wait.create_token(timeout="1h", tags=["ok"])
     now = time.time()
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         for token_id, timeout_at, tags in (("waitpoint_far", FAR, None),
                                            ("waitpoint_badtags", now + 60, "{oops")):
             conn.execute(
@@ -138,7 +139,7 @@ def _orphan(db_path: Path, run_id: str, **changes: Any) -> None:
            "queued_at": time.time(), "tags": "[]", "metadata": "{}", "queue": "task/echo",
            "owner": "eng_gone", "seq": 1, "is_test": 0, "priority": 0.0}
     row.update(changes)
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         conn.execute(f"INSERT INTO runs ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                      list(row.values()))
 
@@ -167,7 +168,7 @@ def test_a_restart_ends_runs_it_cannot_read_and_resumes_the_rest(
         assert eng.wait_results(["run_fine"], timeout=10)[0].ok
     warned = [r.getMessage() for r in caplog.records if "could not resume" in r.getMessage()]
     assert len(warned) == 1 and "run_unknown_status" in warned[0]
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         found = dict(conn.execute("SELECT id, status FROM runs").fetchall())
         errors = dict(conn.execute("SELECT id, error FROM runs WHERE error IS NOT NULL"))
     assert found == {"run_fine": "COMPLETED", **dict.fromkeys(UNREADABLE, "SYSTEM_FAILURE")}
@@ -188,7 +189,7 @@ def test_text_that_is_not_utf8_reads_as_replacement_characters(db_path: Path) ->
 
         bad, good = echo.trigger("a").id, echo.trigger("b").id
         eng.wait_results([bad, good], timeout=10)
-        with sqlite3.connect(db_path) as conn:
+        with closing(sqlite3.connect(db_path)) as conn, conn:
             conn.execute("UPDATE runs SET output = CAST(X'22ff22' AS TEXT) WHERE id = ?", (bad,))
         listed = {r.id: r.output for r in eng.runs.list()}
         assert listed == {bad: "\ufffd", good: "b"}

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +123,7 @@ def test_text_made_inside_a_run_is_escaped_visibly_and_stored(engine: Engine,
     run = engine.runs.retrieve(handle.id)
     assert run.metadata == {"file": SHOWN, SHOWN: 1}
     assert run.tags == [SHOWN]
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         message, attributes = conn.execute(
             "SELECT message, attributes FROM logs WHERE run_id = ? AND message LIKE 'reading%'",
             (handle.id,)).fetchone()
@@ -232,7 +233,7 @@ def test_text_made_in_a_worker_process_is_escaped_the_same_way(process_engine: A
     assert handle.wait(timeout=180).ok  # a ceiling: it includes starting the worker
     run = eng.runs.retrieve(handle.id)
     assert run.metadata == {"file": SHOWN} and run.tags == [SHOWN]
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         logged = conn.execute("SELECT message, attributes FROM logs WHERE run_id = ? AND "
                               "message LIKE 'reading%'", (handle.id,)).fetchall()
     assert logged == [(f"reading {SHOWN}", json.dumps({"file": SHOWN}, separators=(",", ":")))]

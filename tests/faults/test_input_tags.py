@@ -8,6 +8,7 @@ tag must never fail the run that adds it. The check used to raise when one call 
 from __future__ import annotations
 
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ def run_body(eng: Engine, body: Any, **options: Any) -> tuple[Any, Any]:
 
 
 def logged(db_path: Path, run_id: str) -> list[tuple[str, str]]:
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn, conn:
         return conn.execute("SELECT level, message FROM logs WHERE run_id = ? ORDER BY ts",
                             (run_id,)).fetchall()
 
