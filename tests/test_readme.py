@@ -94,8 +94,12 @@ def test_what_the_second_command_does() -> None:
     assert "python3 -m venv .venv" in ci and '-e ".[dev]"' in ci
     for step in (".venv/bin/ruff check", ".venv/bin/mypy", ".venv/bin/python -m pytest"):
         assert step in ci, step
+    assert "bash .ci/newest-python" in ci
+    newest = (ROOT / ".ci" / "newest-python").read_text()
+    assert "debootstrap" in newest and "trixie" in newest and "python3.13" in newest
     first = BLOCKS[0].code
-    assert "apt" in first and "Debian-like" in first and "about 10 minutes" in first
+    assert "apt" in first and "Debian-like" in first and "about 15 minutes" in first
+    assert "Python 3.13" in first and "debootstrap" in first
 
 
 def test_no_command_names_an_unpublished_package() -> None:
