@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._lifecycle import GlobalHooks
 from ._models import RetryOptions
+from ._payload import MAX_DEPTH, readable_by_sqlite
 from ._runstate import RunState
 from ._runtime import mailbox
 from ._status import RunStatus
@@ -25,8 +26,17 @@ if TYPE_CHECKING:
 
 def attributes_json(attrs: dict[str, Any]) -> str:
     """Log attributes as JSON. A value JSON cannot hold is kept as its str(): a log line must
-    never fail the run that writes it (nor vanish when a sync body writes it)."""
-    return json.dumps(attrs, ensure_ascii=False, separators=(",", ":"), default=str)
+    never fail the run that writes it (nor vanish when a sync body writes it). Attributes
+    nested too deep to encode, or for SQLite's JSON functions to read (the logs DataFrame reads
+    them with those), are replaced by a note saying so."""
+    try:
+        text = json.dumps(attrs, ensure_ascii=False, separators=(",", ":"), default=str)
+    except RecursionError:
+        text = ""
+    if text and readable_by_sqlite(text):
+        return text
+    return json.dumps({"unstorable": "attributes nested too deep to store (the limit is "
+                                     f"{MAX_DEPTH} levels), not kept"})
 
 
 @dataclass(frozen=True, slots=True)

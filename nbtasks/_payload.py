@@ -6,7 +6,10 @@ encoded here, so the store only ever holds text that is valid JSON and valid UTF
 - NaN and ±inf are refused (they are not JSON; SQLite's JSON functions reject them);
 - a str holding a lone surrogate (`os.fsdecode(b"report-\\xff.csv")`) is refused, because
   SQLite can't store it as UTF-8;
-- circular and absurdly deep values are refused instead of raising RecursionError;
+- circular and absurdly deep values are refused instead of raising RecursionError, and so is
+  a value nested deeper than SQLite's JSON functions read (`MAX_DEPTH`, 1,000 levels): the
+  dashboard and the history read stored JSON with them, and one such row would fail every
+  query that does, whatever depth the interpreter's own encoder allows (3.13's 10,000);
 - a value over its size limit (`LIMITS`, set by `configure(limits=...)`) is refused.
 
 The encoder runs at C speed and the path of the problem is looked for only once it has failed,
@@ -24,9 +27,13 @@ nbtasks._errors.PayloadSerializationError: payload["ratio"] is nan; JSON holds o
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import math
+import os
+import sqlite3
+import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -41,6 +48,54 @@ def _encode(value: Any) -> str:
     if type(value) is int:
         return int.__repr__(value)
     return _encode_any(value)
+
+
+#: How deep SQLite's JSON functions read (its JSON_MAX_DEPTH: 1,000 since 3.45, 2,000 before).
+#: A value nested deeper has more brackets than this, so text with fewer is never handed to
+#: SQLite to check (`readable_by_sqlite`).
+MAX_DEPTH = 1000 if sqlite3.sqlite_version_info >= (3, 45, 0) else 2000
+
+
+class _TooDeep(ValueError):
+    """Encoded, but nested deeper than SQLite's JSON functions read."""
+
+
+class _Checker:
+    """One in-memory SQLite connection that asks `json_valid()` of text with many brackets.
+    Shared under a lock (the check is rare and takes microseconds), made again after a fork,
+    and closed at exit."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: sqlite3.Connection | None = None
+        self.pid = 0
+
+    def valid(self, text: str) -> bool:
+        with self.lock:
+            if self.conn is None or self.pid != os.getpid():
+                self.conn = sqlite3.connect(":memory:", check_same_thread=False)
+                self.pid = os.getpid()
+            row = self.conn.execute("SELECT json_valid(?)", (text,)).fetchone()
+        return bool(row[0])
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None and self.pid == os.getpid():
+                self.conn.close()
+            self.conn = None
+
+
+_checker = _Checker()
+atexit.register(_checker.close)
+
+
+def readable_by_sqlite(text: str) -> bool:
+    """Whether SQLite's JSON functions can read `text`, JSON our encoder made: only its depth
+    can stop them. Text with at most MAX_DEPTH brackets can't be that deep and costs two
+    C-speed counts (nothing at all when short); the rest is asked of SQLite itself."""
+    if len(text) <= 2 * MAX_DEPTH or text.count("[") + text.count("{") <= MAX_DEPTH:
+        return True
+    return _checker.valid(text)
 
 
 _decoder = json.JSONDecoder()
@@ -291,12 +346,13 @@ def _problem(value: Any, path: str, exc: BaseException) -> str:
         else:
             hint = " (use .isoformat())" if hasattr(item, "isoformat") else ""
             return f"{_spell(node)} is a {type(item).__name__}, which JSON cannot hold{hint}"
-    if isinstance(exc, RecursionError):
+    if isinstance(exc, RecursionError | _TooDeep):
         depth, node = deepest
         where = _spell(node)
         shown = where if len(where) <= 80 else where[:40] + "..." + where[-30:]
-        return (f"{path} is nested {depth + 1} levels deep (at {shown}), deeper than JSON "
-                "encoding allows")
+        limit = ("JSON encoding allows" if isinstance(exc, RecursionError)
+                 else f"the store's JSON queries read ({MAX_DEPTH} levels)")
+        return f"{path} is nested {depth + 1} levels deep (at {shown}), deeper than {limit}"
     return f"{path} cannot be stored as JSON: {exc}"
 
 
@@ -315,6 +371,8 @@ def dumps(value: Any, *, what: str | None = None, limit: int | None = None) -> s
     try:
         text = _encode(value)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if what is not None and not readable_by_sqlite(text):
+            raise _TooDeep(text[:40])
     except (TypeError, ValueError, RecursionError) as exc:  # UnicodeEncodeError is a ValueError
         if what is None:
             return _record(value, exc)

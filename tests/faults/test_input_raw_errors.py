@@ -4,6 +4,8 @@ OverflowError) are ConfigurationError or PayloadSerializationError naming what w
 from __future__ import annotations
 
 import asyncio
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,57 @@ def test_payload_nested_10000_deep_names_the_depth(engine: Engine, echo: Any,
     assert rows(engine, db_path) == before
     # A modestly nested value is fine.
     assert echo.trigger(nested(50)).wait(timeout=10).ok
+
+
+@pytest.fixture
+def deep_encoding() -> Iterator[None]:
+    """Let the interpreter's own JSON encoder go 3,000 levels deep (3.11's counts against the
+    recursion limit; 3.12+'s already does), so only the store's own depth check can refuse."""
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(old, 20_000))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(old)
+
+
+def test_a_value_deeper_than_sqlites_json_reads_is_refused_by_name(
+        engine: Engine, echo: Any, db_path: Path, deep_encoding: None) -> None:
+    """Python 3.13's encoder writes 9,999 levels, SQLite's JSON functions read 1,000 (2,000
+    before 3.45): one deeper row made the dashboard's schedule filter, a json_extract over
+    every run's payload, fail with "malformed JSON" for the whole store."""
+    from nbtasks._payload import MAX_DEPTH, readable_by_sqlite
+
+    assert readable_by_sqlite("[" * 500 + "]" * 500)
+    assert not readable_by_sqlite("[" * 2_500 + "]" * 2_500)
+    assert readable_by_sqlite("[" + ",".join(["[]"] * 5_000) + "]")  # many brackets, shallow
+    assert readable_by_sqlite('"' + "[" * 5_000 + '"')  # brackets in a string only
+    before = rows(engine, db_path)
+    with pytest.raises(PayloadSerializationError,
+                       match=rf"payload is nested 2500 levels deep .*JSON queries read "
+                             rf"\({MAX_DEPTH} levels\)"):
+        echo.trigger(nested(2_500))
+    with pytest.raises(ConfigurationError, match=r"metadata is nested 2501 levels deep"):
+        echo.trigger(1, metadata={"deep": nested(2_500)})
+    assert rows(engine, db_path) == before
+    wide = [[i] for i in range(5_000)]  # 5,001 brackets, two levels: kept
+    assert echo.trigger(wide).wait(timeout=10).output == wide
+
+
+def test_log_attributes_too_deep_to_store_are_replaced_by_a_note(
+        engine: Engine, deep_encoding: None) -> None:
+    import nbtasks
+
+    @engine.task(id="deep-log")
+    async def deep_log(payload: int, ctx: Any) -> str:
+        nbtasks.logger.info("deep", value=nested(payload))
+        return "done"
+
+    assert deep_log.trigger(2_500).wait(timeout=10).output == "done"
+    (run,) = engine.runs.list(task_id="deep-log")
+    logs = engine.runs.logs(run.id)
+    assert logs.message.tolist() == ["deep"]
+    assert "nested too deep to store" in logs.attributes.tolist()[0]["unstorable"]
 
 
 def test_deep_output_fails_the_attempt_not_the_engine(engine: Engine) -> None:
