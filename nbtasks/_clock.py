@@ -60,8 +60,16 @@ async def sleep_until(clock: Clock, when: float) -> None:
 
 
 def to_datetime(ts: float | None) -> datetime | None:
-    """Epoch seconds to an aware UTC datetime (None stays None)."""
-    return None if ts is None else datetime.fromtimestamp(ts, UTC)
+    """Epoch seconds to an aware UTC datetime (None stays None).
+
+    A time past the year 9999 (a poisoned row) raises ValueError in our own words, the same
+    on every Python: the interpreter's own text for it changed in 3.14."""
+    if ts is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ts, UTC)
+    except (ValueError, OverflowError, OSError):
+        raise ValueError(f"{ts!r} seconds since 1970 is out of range for a date") from None
 
 
 class RealClock:

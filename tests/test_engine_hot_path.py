@@ -77,8 +77,10 @@ def test_a_held_run_gives_the_garbage_collector_little_to_walk(engine: Engine) -
     assert all(r.ok for r in batch.wait(timeout=30))
     for state in states:
         assert state is not None
+        # Its metadata dict is always its own; Python 3.14 also tracks it while empty.
         owned = [o for o in gc.get_referents(state)
-                 if gc.is_tracked(o) and not isinstance(o, type | RunStatus)]
+                 if gc.is_tracked(o) and not isinstance(o, type | RunStatus)
+                 and o is not state.metadata]
         assert owned == [state.tags], owned
 
 
@@ -174,8 +176,9 @@ def test_a_queued_run_costs_the_garbage_collector_few_objects(engine: Engine) ->
     queued = [o for o in gc.get_objects() if type(o) is RunState]
     assert len(queued) >= 2000
     # 4.15 on Python 3.11, 4.3 on 3.13 (which leaves a few more of the engine's small tuples
-    # tracked): one object more per run would be 5.
-    assert per_run <= 4.5, per_run
+    # tracked): one object more per run would be 5. Python 3.14 tracks empty dicts too, so
+    # each run's empty metadata dict counts there (5.05).
+    assert per_run <= 4.5 + gc.is_tracked({}), per_run
     engine.queues.resume("task/held")
     for batch in batches:
         assert all(r.ok for r in batch.wait(timeout=30))
