@@ -98,6 +98,14 @@ def readable_by_sqlite(text: str) -> bool:
     return _checker.valid(text)
 
 
+def valid_json(column: str) -> str:
+    """SQL for `column` where SQLite's JSON functions can read it, else NULL. A query that
+    extracts from stored JSON then reads an odd row (text that isn't JSON, or nested too deep,
+    written by hand or by an older version) as having no value, instead of failing whole with
+    "malformed JSON"."""
+    return f"(CASE WHEN json_valid({column}) THEN {column} END)"
+
+
 _decoder = json.JSONDecoder()
 _decode = _decoder.decode
 #: The decoder's C scanner: what `decode` runs after two regex calls for surrounding whitespace,
@@ -402,6 +410,21 @@ def _record(value: Any, exc: BaseException) -> str:
     except (TypeError, ValueError, RecursionError) as again:
         raise PayloadSerializationError(_problem(escaped, "record", again)) from exc
     return text
+
+
+def loads_or(text: str | None, default: Any = None) -> Any:
+    """`loads`, or `default` for text that doesn't decode (not JSON, or nested deeper than the
+    decoder goes): for views of many rows, where one odd row must not fail the rest."""
+    try:
+        return loads(text)
+    except (ValueError, RecursionError):
+        return default
+
+
+def tags_of(text: str | None) -> tuple[str, ...]:
+    """A stored tags column as a tuple; () for NULL or an odd row (not JSON, not a list)."""
+    value = loads_or(text)
+    return tuple(value) if isinstance(value, list) else ()
 
 
 def loads(text: str | None) -> Any:

@@ -20,7 +20,7 @@ from ._durations import Duration, parse_delay, parse_duration
 from ._errors import ConfigurationError, EngineError, RunNotFoundError
 from ._events import RunEvent
 from ._models import Run
-from ._payload import check_text, dumps, loads
+from ._payload import check_text, dumps, loads, valid_json
 from ._runstate import ATTEMPT_COLUMNS, RUN_COLUMNS, run_model
 from ._status import FINAL, RunStatus
 
@@ -116,7 +116,8 @@ def run_filters(
         params += sts
     if tag is not None:
         tags = _strings(tag, "tag")
-        where.append(f"EXISTS (SELECT 1 FROM json_each({alias}.tags) WHERE value IN "
+        where.append(f"EXISTS (SELECT 1 FROM json_each({valid_json(alias + '.tags')}) "
+                     "WHERE value IN "
                      f"({', '.join('?' * len(tags))}))")
         params += tags
     if (t := _when(since, now, "since")) is not None:
@@ -139,7 +140,9 @@ def run_filters(
 
 _FILTERS = {"task_id", "status", "tag", "since", "until", "is_test", "batch_id"}
 
-_BAD_VALUE = (TypeError, ValueError, OverflowError, OSError)
+#: What decoding one odd column can raise; RecursionError: JSON nested deeper than the decoder
+#: goes (written by hand, or by an older version on a Python whose encoder goes deeper).
+_BAD_VALUE = (TypeError, ValueError, OverflowError, OSError, RecursionError)
 
 
 def _known_filters(filters: dict[str, Any], where: str, valid: set[str] = _FILTERS) -> None:

@@ -39,7 +39,7 @@ import pandas as pd
 from . import _arrow
 from ._errors import ConfigurationError
 from ._models import MACHINES
-from ._payload import loads
+from ._payload import loads_or, tags_of, valid_json
 from ._runs import run_filters
 from ._status import RunStatus
 from .stores._base import Store
@@ -91,8 +91,8 @@ RUN_COLUMNS = (
     Col("queue", "r.queue", "code", "SELECT DISTINCT queue FROM runs"),
     Col("concurrency_key", "r.concurrency_key", "str"),
     Col("tags", "r.tags", "tags", "SELECT DISTINCT tags FROM runs"),
-    Col("error_type", "json_extract(r.error, '$.type')", "category"),
-    Col("error_message", "json_extract(r.error, '$.message')", "str"),
+    Col("error_type", f"json_extract({valid_json('r.error')}, '$.type')", "category"),
+    Col("error_message", f"json_extract({valid_json('r.error')}, '$.message')", "str"),
     Col("is_test", "r.is_test", "bool"),
     Col("parent_id", "r.parent_id", "str"),
     Col("root_id", "r.root_id", "str"),
@@ -405,7 +405,9 @@ def _coded(col: Col, codes: np.ndarray[Any, Any], values: list[Any]) -> Any:
     if col.kind in ("tags", "json"):
         table = np.empty(len(values) + 1, dtype=object)
         for i, text in enumerate(values):  # one by one: numpy would unpack the tuples
-            table[i] = tuple(loads(text)) if col.kind == "tags" else loads(text)
+            # An odd row (not JSON, too deep, tags not a list) reads as no value, as
+            # `runs.list()` shows it, instead of failing the whole frame.
+            table[i] = tags_of(text) if col.kind == "tags" else loads_or(text)
         table[-1] = () if col.kind == "tags" else None  # code -1 (NULL) picks the last slot
         return table[codes]
     if col.name == "status" and col.kind == "code":  # a run or attempt status
@@ -457,7 +459,9 @@ def spans_frame(store: Store, now: float, *, run_id: str | None = None,
     from ._spans import SPAN_LEVEL
 
     where, params = run_filters(now, alias="r", **filters)
-    where = f"{where} AND l.level = ?" if where else " WHERE l.level = ?"
+    # A span line whose attributes SQLite can't read (an odd row) is left out, not the frame.
+    where = (f"{where} AND l.level = ? AND json_valid(l.attributes)" if where
+             else " WHERE l.level = ? AND json_valid(l.attributes)")
     params.append(SPAN_LEVEL)
     if run_id is not None:
         where += " AND l.run_id = ?"

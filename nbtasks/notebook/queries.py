@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .._payload import loads
+from .._payload import loads_or, tags_of, valid_json
 from .._runs import run_filters
 from .._spans import SPAN_LEVEL
 from .._status import FINAL, RunStatus
@@ -87,10 +87,11 @@ class RunQuery:
             # A scheduled run carries its schedule only in its payload (ScheduledPayload), so
             # the schedule's task bounds the scan to that task's index range first.
             clauses.append("runs.task_id IN (SELECT task_id FROM schedules WHERE id = ?) "
-                           "AND json_extract(runs.payload, '$.schedule_id') = ?")
+                           f"AND json_extract({valid_json('runs.payload')}, '$.schedule_id') = ?")
             params += [self.schedule_id, self.schedule_id]
         if self.all_tags:
-            clauses += ["EXISTS (SELECT 1 FROM json_each(runs.tags) WHERE value = ?)"] * len(tags)
+            clauses += [f"EXISTS (SELECT 1 FROM json_each({valid_json('runs.tags')}) "
+                        "WHERE value = ?)"] * len(tags)
             params += tags
         for column, value in (("queue", self.queue), ("machine", self.machine)):
             if value:
@@ -217,7 +218,7 @@ class RunRow:
 
 def _row(r: tuple[Any, ...]) -> RunRow:
     return RunRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] or 0, r[8] or "kernel",
-                  r[9] or "", tuple(loads(r[10]) or ()), bool(r[11]), r[12],
+                  r[9] or "", tags_of(r[10]), bool(r[11]), r[12],
                   r[13] if len(r) > 13 else None)
 
 
@@ -365,7 +366,7 @@ def last_payload(store: Store, task_id: str) -> Any:
     """The newest run's payload for `task_id` (decoded), or None when it never ran."""
     _, rows = store.select(
         "SELECT payload FROM runs WHERE task_id = ? ORDER BY created_at DESC LIMIT 1", (task_id,))
-    return loads(rows[0][0]) if rows else None
+    return loads_or(rows[0][0]) if rows else None
 
 
 def recent_payloads(store: Store, task_id: str, limit: int = 5) -> list[Any]:
@@ -378,7 +379,7 @@ def recent_payloads(store: Store, task_id: str, limit: int = 5) -> list[Any]:
     for (text,) in rows:
         if text not in seen and len(out) < limit:
             seen.add(text)
-            out.append(loads(text))
+            out.append(loads_or(text))
     return out
 
 
@@ -395,7 +396,7 @@ def logs(store: Store, run_id: str, limit: int = 200) -> list[LogLine]:
     _, rows = store.select(
         "SELECT ts, level, message, attributes FROM logs WHERE run_id = ? AND level != ? "
         "ORDER BY ts DESC LIMIT ?", (run_id, SPAN_LEVEL, limit))
-    return [LogLine(ts, level, msg, loads(attrs)) for ts, level, msg, attrs in reversed(rows)]
+    return [LogLine(ts, level, msg, loads_or(attrs)) for ts, level, msg, attrs in reversed(rows)]
 
 
 def children(store: Store, run_id: str, limit: int = 20) -> tuple[list[tuple[str, str, str]], int]:

@@ -195,3 +195,56 @@ def test_text_that_is_not_utf8_reads_as_replacement_characters(db_path: Path) ->
         assert listed == {bad: "\ufffd", good: "b"}
         assert eng.runs.retrieve(bad).output == "\ufffd"
         assert eng.runs.retrieve(good).output == "b"
+
+
+def test_odd_json_in_one_row_fails_no_filter_frame_or_dashboard_query(db_path: Path) -> None:
+    """Text SQLite's JSON functions can't read (not JSON, or nested deeper than they go: an
+    older version on Python 3.12+ could store such a payload) in one row's tags, error, payload
+    or log attributes. Every filter that extracts from those columns, the DataFrames and the
+    dashboard's queries used to fail whole ("malformed JSON", or a RecursionError decoding the
+    payload); now the odd row reads as having no value there, and the others as before."""
+    import pandas as pd
+
+    from nbtasks.notebook import queries
+
+    with Engine(store=str(db_path)) as eng:
+        @eng.task(id="echo")
+        async def echo(payload: Any, ctx: Any) -> Any:
+            import nbtasks
+            with nbtasks.logger.trace("step", rows=1):
+                nbtasks.logger.info("hello", n=1)
+            return payload
+
+        good = echo.trigger(1, tags=["keep"])
+        assert good.wait(timeout=10).ok
+    deep = "[" * 3_000 + "]" * 3_000
+    insert_like(db_path, good.id, id="run_tags_not_json", tags="not json")
+    insert_like(db_path, good.id, id="run_error_not_json", status="FAILED", error="{bad")
+    insert_like(db_path, good.id, id="run_deep_payload", payload=deep)
+    with closing(sqlite3.connect(db_path)) as conn, conn:
+        conn.execute("UPDATE logs SET attributes = 'not json' WHERE run_id = ?", (good.id,))
+        conn.execute("INSERT INTO schedules (id, task_id, type, cron, timezone, active, "
+                     "created_at) VALUES ('sched_1', 'echo', 'IMPERATIVE', '0 0 1 1 *', 'UTC', 0, 0)")
+    ids = {good.id, "run_tags_not_json", "run_error_not_json", "run_deep_payload"}
+    with Engine(store=str(db_path)) as eng:
+        assert {r.id for r in eng.runs.list()} == ids
+        assert eng.runs.retrieve("run_deep_payload").payload is None
+        assert {r.id for r in eng.runs.list(tag="keep")} == ids - {"run_tags_not_json"}
+        frame = eng.runs.to_dataframe().set_index("id")
+        assert set(frame.index) == ids
+        assert frame.loc["run_tags_not_json", "tags"] == ()
+        assert frame.loc[good.id, "tags"] == ("keep",)
+        assert pd.isna(frame.loc["run_error_not_json", "error_type"])
+        assert set(eng.runs.to_dataframe(tag="keep").id) == ids - {"run_tags_not_json"}
+        assert eng.runs.spans_dataframe(run_id=good.id).empty  # its span lines are unreadable
+        logs = eng.runs.logs(good.id)
+        assert "hello" in logs.message.tolist() and all(a is None for a in logs.attributes)
+        now = time.time()
+        for query in (queries.RunQuery(schedule_id="sched_1"),
+                      queries.RunQuery(tags=("keep",)),
+                      queries.RunQuery(tags=("keep",), all_tags=True)):
+            rows = queries.page(eng.store, query, now, limit=10)
+            assert {r.id for r in rows} <= ids, query
+        shown = {r.id: r.tags for r in queries.page(eng.store, queries.RunQuery(), now, limit=10)}
+        assert shown["run_tags_not_json"] == () and shown[good.id] == ("keep",)
+        assert [line.attributes for line in queries.logs(eng.store, good.id)] == [None]
