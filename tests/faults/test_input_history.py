@@ -228,7 +228,9 @@ def test_odd_json_in_one_row_fails_no_filter_frame_or_dashboard_query(db_path: P
     ids = {good.id, "run_tags_not_json", "run_error_not_json", "run_deep_payload"}
     with Engine(store=str(db_path)) as eng:
         assert {r.id for r in eng.runs.list()} == ids
-        assert eng.runs.retrieve("run_deep_payload").payload is None
+        # Python 3.11's decoder stops before 3,000 levels (no payload, and a note); 3.13's reads it.
+        deep_run = eng.runs.retrieve("run_deep_payload")
+        assert deep_run.payload is None or deep_run.error is None
         assert {r.id for r in eng.runs.list(tag="keep")} == ids - {"run_tags_not_json"}
         frame = eng.runs.to_dataframe().set_index("id")
         assert set(frame.index) == ids
