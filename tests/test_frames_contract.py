@@ -238,8 +238,10 @@ def test_columns_reads_and_decodes_only_those(full: tuple[Engine, dict[str, str]
     eng, _ = full
     whole = eng.runs.to_dataframe()
     decoded: list[str] = []
-    real_loads = frames.loads
-    monkeypatch.setattr(frames, "loads", lambda text: decoded.append(text) or real_loads(text))
+    for name in ("loads_or", "tags_of"):  # the frame's two decoders of stored JSON
+        real = getattr(frames, name)
+        monkeypatch.setattr(frames, name,
+                            lambda text, real=real: decoded.append(text) or real(text))
     lean = eng.runs.to_dataframe(columns=["id", "duration_ms", "status"])
     assert decoded == []  # no tags decoded: they were not asked for
     assert list(lean.columns) == ["id", "duration_ms", "status"]
