@@ -183,7 +183,7 @@ class PipeChannel:
         a task").
         """
         try:
-            return self.loop.run_until_complete(self.loop.create_task(coro))
+            return self.loop.run_until_complete(coro)  # wrapped in a task of its own
         finally:
             if self.watching:
                 self.watching = False
