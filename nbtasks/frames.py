@@ -460,8 +460,8 @@ def spans_frame(store: Store, now: float, *, run_id: str | None = None,
 
     where, params = run_filters(now, alias="r", **filters)
     # A span line whose attributes SQLite can't read (an odd row) is left out, not the frame.
-    where = (f"{where} AND l.level = ? AND json_valid(l.attributes)" if where
-             else " WHERE l.level = ? AND json_valid(l.attributes)")
+    spans = "l.level = ? AND json_valid(l.attributes)"
+    where = f"{where} AND {spans}" if where else f" WHERE {spans}"
     params.append(SPAN_LEVEL)
     if run_id is not None:
         where += " AND l.run_id = ?"
