@@ -83,19 +83,25 @@ class DaemonThreads:
                 self._idle -= 1
                 self._pending -= 1
             loop, fut, fn, args, ctx = job
-            result = None
+            result: Any = None
+            error: BaseException | None = None
             try:
                 result = ctx.run(fn, *args)
             except BaseException as exc:
-                self._settle(loop, fut, None, exc, ctx)
-            else:
-                self._settle(loop, fut, result, None, ctx)
-            del job, fn, args, ctx, result  # an idle thread must not keep the last run alive
+                error = exc
+            # Counted before the run's end is handed on: whoever hears of it may look at
+            # `alive` at once, and must not see a thread that is only about to retire.
             with self._lock:
-                if self.alive - self.parked > self.max_threads:
+                retire = self.alive - self.parked > self.max_threads
+                if retire:
                     self.alive -= 1  # grown for waits that are over: back under the cap
-                    return
-                self._idle += 1
+                else:
+                    self._idle += 1
+            self._settle(loop, fut, result, error, ctx)
+            # an idle thread must not keep the last run alive
+            del job, fn, args, ctx, result, error
+            if retire:
+                return
 
     @staticmethod
     def _settle(loop: asyncio.AbstractEventLoop, fut: asyncio.Future[Any], result: Any,
